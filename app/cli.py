@@ -1,0 +1,167 @@
+"""The `atelier` command: serve | worker | migrate | dev-token | check-ledger."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.observability import configure_logging
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(e.get("msg", e)) for e in exc.errors())
+        raise SystemExit(f"atelier: invalid settings: {messages}") from exc
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from app.db import migrate, pool
+
+    conn = await pool.connect(settings)
+    try:
+        return await migrate.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from app.db.migrate import MigrationError
+
+    try:
+        done = asyncio.run(_migrate(settings))
+    except MigrationError as exc:
+        print(f"atelier migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"applied {len(done)} migration(s)" + (": " + ", ".join(done) if done else ""))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    if settings.migrate_on_start and cmd_migrate(settings, args) != 0:
+        return 1
+    if "public_base_url" not in settings.model_fields_set:
+        # Local-storage links must point at where this server listens.
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        settings = settings.model_copy(update={"public_base_url": f"http://{host}:{args.port}"})
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the previous
+    # handler back in place. Left at the default, that kills the process before atexit runs,
+    # so the embedded PostgreSQL would be left running: exit normally instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        # Open streams (SSE) never end by themselves: cut them after a few seconds so the
+        # worker's drain (SHUTDOWN_GRACE_SECONDS) still fits a 30 s termination grace.
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+async def _worker(settings: Settings) -> None:
+    from contextlib import AsyncExitStack
+
+    from app.main import open_runtime, run_worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with AsyncExitStack() as stack:
+        runtime = await open_runtime(stack, settings)
+        await run_worker(runtime, settings, stop)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.migrate_on_start and cmd_migrate(settings, args) != 0:
+        return 1
+    asyncio.run(_worker(settings))
+    return 0
+
+
+def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import devauth
+
+    if settings.auth != "dev":
+        print("atelier dev-token: AUTH is not dev; sign in through Clerk instead", file=sys.stderr)
+        return 2
+    key = devauth.load_or_create_key(settings.dev_key_path)
+    print(devauth.mint(settings, key, args.user_id, email=args.email, ttl_seconds=args.ttl))
+    return 0
+
+
+async def _check_ledger(settings: Settings) -> int:
+    from app.db import pool
+    from app.services import credits
+
+    conn = await pool.connect(settings)
+    try:
+        bad, unopened = await credits.check(conn)
+    finally:
+        await conn.close()
+    for row in bad:
+        print(
+            f"MISMATCH user {row['id']}: credits={row['credits']} "
+            f"ledger sum={row['total']} last balance_after={row['last_balance']}"
+        )
+    if unopened:
+        print(f"note: {unopened} user(s) have no ledger entry yet (opened on their next request)")
+    if bad:
+        print(f"check-ledger: {len(bad)} balance(s) changed behind the ledger's back")
+        return 1
+    print("check-ledger: every balance matches its ledger")
+    return 0
+
+
+def cmd_check_ledger(settings: Settings, _: argparse.Namespace) -> int:
+    return asyncio.run(_check_ledger(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="run the API (migrates first unless MIGRATE_ON_START=false)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser(
+        "worker", help="run a job worker only (SIGTERM: stop claiming, finish or hand back)"
+    ).set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_migrate)
+    token = sub.add_parser("dev-token", help="print a dev bearer token (AUTH=dev)")
+    token.add_argument("user_id")
+    token.add_argument("--email", default=None)
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.set_defaults(func=cmd_dev_token)
+    sub.add_parser(
+        "check-ledger", help="verify every balance against its ledger (exit 1 on a mismatch)"
+    ).set_defaults(func=cmd_check_ledger)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    code: int = args.func(settings, args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Settings, read once from the environment (and `.env`); every field is in `.env.example`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Database: unset DATABASE_URL means an embedded PostgreSQL in DATA_DIR/pg.
+    database_url: SecretStr | None = None
+    direct_url: SecretStr | None = None
+    db_pool_min_size: int = Field(default=2, ge=0)
+    db_pool_max_size: int = Field(default=20, ge=1)
+    db_statement_cache_size: int = Field(default=100, ge=0)
+    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    migrate_on_start: bool = True
+
+    # Authentication.
+    auth: Literal["clerk", "dev"] = "dev"
+    clerk_issuer: str | None = None
+    clerk_jwks_url: str | None = None
+    clerk_jwt_key: SecretStr | None = None
+    clerk_authorized_parties: Annotated[list[str], NoDecode] = []
+    clerk_require_azp: bool = False
+    clerk_secret_key: SecretStr | None = None
+    clerk_api_url: str = "https://api.clerk.com/v1"
+    supabase_url: str | None = None
+    jwt_leeway_seconds: int = Field(default=5, ge=0, le=300)
+    jwks_min_refresh_seconds: float = Field(default=60.0, ge=0)
+    dev_auth_issuer: str = "atelier-dev"
+    dev_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    token_cache_size: int = Field(default=10_000, ge=0)
+    outbound_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Users and credits.
+    new_user_credits: int = Field(default=5, ge=0)
+    cost_generate: int = Field(default=1, ge=0)
+    cost_style: int = Field(default=1, ge=0)
+    cost_edit: int = Field(default=1, ge=0)
+    last_login_interval_seconds: int = Field(default=300, ge=0)
+
+    # Generation.
+    provider: Literal["local", "gemini", "fal", "replicate"] = "local"
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str | None = None  # tests point this at a loopback server
+    gemini_models: Annotated[list[str], NoDecode] = [
+        "gemini-3.1-flash-image",
+        "gemini-3-pro-image",
+    ]
+    gemini_timeout_seconds: float = Field(default=120.0, gt=0)
+    gemini_max_retry_delay_seconds: float = Field(default=20.0, ge=0)
+    gemini_server_error_retries: int = Field(default=2, ge=0)
+    local_provider_delay_ms: int = Field(default=0, ge=0)
+    local_provider_fail_rate: float = Field(default=0.0, ge=0, le=1)
+    fal_key: SecretStr | None = None
+    replicate_api_token: SecretStr | None = None
+
+    # Jobs and the worker.
+    worker_in_process: bool = True  # `atelier serve` also runs a worker
+    worker_concurrency: int = Field(default=16, ge=1, le=5000)
+    job_lease_seconds: float = Field(default=60.0, ge=1)
+    worker_poll_seconds: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    storage_retries: int = Field(default=3, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    max_prefer_wait_seconds: int = Field(default=60, ge=0, le=60)
+    pack_reference_icons: int = Field(default=3, ge=0, le=10)
+
+    # Uploads.
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(default=40_000_000, ge=1)
+
+    # Storage.
+    storage: Literal["local", "r2"] = "local"
+    public_base_url: str = "http://127.0.0.1:8000"
+    local_url_secret: SecretStr | None = None  # unset: a random secret kept in DATA_DIR
+    signed_url_ttl_seconds: int = Field(default=3600, ge=10)
+    r2_endpoint: str | None = None
+    r2_bucket_name: str | None = None
+    r2_access_key_id: SecretStr | None = None
+    r2_secret_access_key: SecretStr | None = None
+    r2_public_base_url: str | None = None
+    r2_region: str = "auto"
+    storage_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # HTTP.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    admin_user_ids: Annotated[list[str], NoDecode] = []
+
+    _split = field_validator(
+        "clerk_authorized_parties",
+        "cors_origins",
+        "admin_user_ids",
+        "gemini_models",
+        mode="before",
+    )(_split_csv)
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.env == "production":
+            if self.auth == "dev":
+                raise ValueError("AUTH=dev signs its own tokens and is refused when ENV=production")
+            if self.database_url is None:
+                raise ValueError("ENV=production needs DATABASE_URL (no embedded database)")
+            if self.provider == "local":
+                raise ValueError(
+                    "PROVIDER=local is an offline dev tool, refused when ENV=production"
+                )
+        if self.auth == "clerk" and not (self.clerk_jwt_key or self.jwks_url):
+            raise ValueError("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
+        if self.auth == "clerk" and not self.clerk_issuer:
+            raise ValueError("AUTH=clerk needs CLERK_ISSUER (the Frontend API URL of the instance)")
+        return self
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.clerk_jwks_url:
+            return self.clerk_jwks_url
+        if self.clerk_issuer:
+            return self.clerk_issuer.rstrip("/") + "/.well-known/jwks.json"
+        return None
+
+    @property
+    def costs(self) -> dict[str, int]:
+        return {"generate": self.cost_generate, "style": self.cost_style, "edit": self.cost_edit}
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def dev_key_path(self) -> Path:
+        return self.data_dir / "dev-auth-key.pem"

@@ -1,0 +1,203 @@
+"""The `generated_images` table (shared with the mobile app, which inserts rows of its own)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+COLUMNS = (
+    "id, user_id, image_url, prompt, storage_key, job_id, model, pack_id, visibility, "
+    "likes_count, width, height, created_at"
+)
+
+
+async def insert_for_job(
+    conn: asyncpg.Connection,
+    *,
+    image_id: UUID,
+    job_id: UUID,
+    attempt: int,
+    image_url: str,
+    storage_key: str,
+    model: str,
+    visibility: str,
+    width: int,
+    height: int,
+    pack_id: UUID | None,
+) -> asyncpg.Record | None:
+    """Record the job's image, fenced on the attempt that made it; None if the fence failed.
+
+    `pack_id` is kept only if that pack (the job owner's) still exists."""
+    return await conn.fetchrow(
+        f"""
+        INSERT INTO generated_images (
+            id, user_id, image_url, prompt, storage_key, job_id, model, visibility,
+            width, height, pack_id)
+        SELECT $1, j.user_id, $3, j.prompt, $4, j.id, $5, $6, $7, $8,
+               -- the pack may have been deleted while the job waited: then no pack (the
+               -- lock keeps it from going between this look and the foreign key's check)
+               (SELECT p.id FROM icon_packs p
+                WHERE p.id = $9 AND p.user_id = j.user_id FOR KEY SHARE)
+        FROM image_generation_jobs j
+        WHERE j.id = $2 AND j.attempts = $10 AND j.status = 'running'
+        ON CONFLICT DO NOTHING
+        RETURNING {COLUMNS}
+        """,
+        image_id,
+        job_id,
+        image_url,
+        storage_key,
+        model,
+        visibility,
+        width,
+        height,
+        pack_id,
+        attempt,
+    )
+
+
+async def get(conn: asyncpg.Connection, image_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM generated_images WHERE id = $1 AND deleted_at IS NULL",
+        image_id,
+    )
+
+
+async def get_readable(
+    conn: asyncpg.Connection, image_id: UUID, user_id: str
+) -> asyncpg.Record | None:
+    """The image if `user_id` may see it: their own, or public."""
+    return await conn.fetchrow(
+        f"""
+        SELECT {COLUMNS} FROM generated_images
+        WHERE id = $1 AND deleted_at IS NULL AND (user_id = $2 OR visibility = 'public')
+        """,
+        image_id,
+        user_id,
+    )
+
+
+_LIST_COLUMNS = ", ".join("i." + c.strip() for c in COLUMNS.split(","))
+
+
+async def page(
+    conn: asyncpg.Connection,
+    *,
+    viewer: str,
+    owner: str | None,
+    public_only: bool,
+    pack_id: UUID | None,
+    before: tuple[object, UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """A page of images newest first, with `liked_by_me` for `viewer`.
+
+    `owner`: only that user's images; `public_only`: only public ones; `pack_id`: only that
+    pack's icons; `before`: the (created_at, id) of the previous page's last item.
+    """
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_LIST_COLUMNS},
+               EXISTS (SELECT 1 FROM image_likes l
+                       WHERE l.image_id = i.id AND l.user_id = $1) AS liked_by_me
+        FROM generated_images i
+        WHERE i.deleted_at IS NULL
+          AND ($2::text IS NULL OR i.user_id = $2)
+          AND (NOT $3 OR i.visibility = 'public')
+          AND ($4::uuid IS NULL OR i.pack_id = $4)
+          AND ($5::timestamptz IS NULL OR (i.created_at, i.id) < ($5, $6::uuid))
+        ORDER BY i.created_at DESC, i.id DESC
+        LIMIT $7
+        """,
+        viewer,
+        owner,
+        public_only,
+        pack_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return rows
+
+
+async def get_with_like(
+    conn: asyncpg.Connection, image_id: UUID, viewer: str
+) -> asyncpg.Record | None:
+    """The image if `viewer` may see it (own or public), with `liked_by_me`."""
+    return await conn.fetchrow(
+        f"""
+        SELECT {_LIST_COLUMNS},
+               EXISTS (SELECT 1 FROM image_likes l
+                       WHERE l.image_id = i.id AND l.user_id = $2) AS liked_by_me
+        FROM generated_images i
+        WHERE i.id = $1 AND i.deleted_at IS NULL AND (i.user_id = $2 OR i.visibility = 'public')
+        """,
+        image_id,
+        viewer,
+    )
+
+
+async def set_visibility(
+    conn: asyncpg.Connection, image_id: UUID, owner: str, visibility: str
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE generated_images SET visibility = $3
+        WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+        """,
+        image_id,
+        owner,
+        visibility,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def delete(conn: asyncpg.Connection, image_id: UUID, owner: str) -> asyncpg.Record | None:
+    """Delete the owner's image row (its likes go with it); returns its storage key."""
+    return await conn.fetchrow(
+        "DELETE FROM generated_images WHERE id = $1 AND user_id = $2 RETURNING id, storage_key",
+        image_id,
+        owner,
+    )
+
+
+async def set_pack(
+    conn: asyncpg.Connection,
+    image_id: UUID,
+    owner: str,
+    pack_id: UUID | None,
+    only_from: UUID | None = None,
+) -> bool:
+    """File the owner's image into `pack_id` (None: out of any pack; `only_from`: only if it
+    is in that pack now). False if there is no such image, or no such pack of the owner's
+    (one deleted meanwhile included: the lock waits for a deletion in flight)."""
+    status = await conn.execute(
+        """
+        UPDATE generated_images SET pack_id = $3
+        WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+          AND ($4::uuid IS NULL OR pack_id = $4)
+          AND ($3::uuid IS NULL OR EXISTS (
+                SELECT 1 FROM icon_packs p WHERE p.id = $3 AND p.user_id = $2 FOR KEY SHARE))
+        """,
+        image_id,
+        owner,
+        pack_id,
+        only_from,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def pack_reference_keys(conn: asyncpg.Connection, pack_id: UUID, limit: int) -> list[str]:
+    """Storage keys of the pack's newest icons, to show a provider the pack's look."""
+    rows = await conn.fetch(
+        """
+        SELECT storage_key FROM generated_images
+        WHERE pack_id = $1 AND deleted_at IS NULL AND storage_key IS NOT NULL
+        ORDER BY created_at DESC, id DESC
+        LIMIT $2
+        """,
+        pack_id,
+        limit,
+    )
+    return [r["storage_key"] for r in rows]

@@ -1,0 +1,271 @@
+"""The `image_generation_jobs` table: creation with its debit, the worker's claim, fenced writes.
+
+Every write the worker makes after claiming is fenced on (id, attempts, status='running'):
+an attempt whose lease ran out and was taken over can no longer change the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+COLUMNS = (
+    "id, user_id, status, progress, kind, prompt, params, cost, attempts, model, "
+    "input_image_key, output_image_url, error_message, image_id, idempotency_key, "
+    "request_hash, created_at, updated_at, completed_at"
+)
+_J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
+
+
+async def create_with_debit(
+    conn: asyncpg.Connection,
+    *,
+    job_id: UUID,
+    user_id: str,
+    kind: str,
+    prompt: str,
+    params: dict[str, Any],
+    cost: int,
+    model: str | None,
+    input_image_key: str | None,
+    idempotency_key: str | None,
+    request_hash: str,
+) -> asyncpg.Record:
+    """Create the job, debit its cost and write the ledger row: one statement, all or nothing.
+
+    The user's row is locked first, so the balance check and the debit see the same value.
+    Returns (job columns…, balance): the job columns are NULL when nothing was created,
+    because the balance was short or the idempotency key was already used.
+    """
+    row = await conn.fetchrow(
+        f"""
+        WITH locked AS (
+            SELECT id, credits FROM users WHERE id = $2 FOR UPDATE
+        ), job AS (
+            INSERT INTO image_generation_jobs (
+                id, user_id, status, progress, kind, prompt, params, cost, model,
+                input_image_key, idempotency_key, request_hash)
+            SELECT $1, locked.id, 'pending', 0, $3, $4, $5, $6, $7, $8, $9, $10
+            FROM locked WHERE locked.credits >= $6
+            ON CONFLICT DO NOTHING
+            RETURNING {COLUMNS}
+        ), debit AS (
+            UPDATE users SET credits = users.credits - $6
+            FROM job WHERE users.id = job.user_id AND $6 > 0
+        ), entry AS (
+            INSERT INTO credit_ledger (user_id, delta, reason, job_id, balance_after)
+            SELECT job.user_id, -$6, $3, job.id, locked.credits - $6
+            FROM job, locked WHERE $6 > 0
+        )
+        SELECT job.*, (SELECT credits FROM locked) AS balance
+        FROM (SELECT 1) AS one LEFT JOIN job ON true
+        """,
+        job_id,
+        user_id,
+        kind,
+        prompt,
+        params,
+        cost,
+        model,
+        input_image_key,
+        idempotency_key,
+        request_hash,
+    )
+    assert row is not None
+    return row
+
+
+async def get_for_user(
+    conn: asyncpg.Connection, job_id: UUID, user_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM image_generation_jobs WHERE id = $1 AND user_id = $2",
+        job_id,
+        user_id,
+    )
+
+
+async def get_by_idempotency_key(
+    conn: asyncpg.Connection, user_id: str, key: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM image_generation_jobs WHERE user_id = $1 AND idempotency_key = $2",
+        user_id,
+        key,
+    )
+
+
+async def claim(
+    conn: asyncpg.Connection, worker_id: str, limit: int, lease_seconds: float
+) -> list[asyncpg.Record]:
+    """Take up to `limit` ready jobs: running, leased to `worker_id`, attempts + 1, progress 10."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        WITH ready AS (
+            SELECT id FROM image_generation_jobs
+            WHERE status = 'pending' AND kind IS NOT NULL AND available_at <= now()
+            ORDER BY available_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE image_generation_jobs j
+        SET status = 'running', attempts = j.attempts + 1, worker_id = $1,
+            lease_until = now() + make_interval(secs => $3), progress = 10,
+            error_message = NULL, updated_at = now()
+        FROM ready WHERE j.id = ready.id
+        RETURNING {_J_COLUMNS}
+        """,
+        worker_id,
+        limit,
+        lease_seconds,
+    )
+    return rows
+
+
+async def extend_lease(
+    conn: asyncpg.Connection, job_id: UUID, attempt: int, lease_seconds: float
+) -> bool:
+    """Heartbeat; False when this attempt no longer holds the job."""
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs SET lease_until = now() + make_interval(secs => $3)
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        lease_seconds,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def set_progress(
+    conn: asyncpg.Connection, job_id: UUID, attempt: int, progress: int, model: str | None = None
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs
+        SET progress = $3, model = COALESCE($4, model), updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        progress,
+        model,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def release(
+    conn: asyncpg.Connection,
+    job_id: UUID,
+    attempt: int,
+    *,
+    delay_seconds: float,
+    error: str | None,
+) -> bool:
+    """Hand the job back to the queue (a retry later, or a graceful shutdown)."""
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs
+        SET status = 'pending', progress = 0, lease_until = NULL, worker_id = NULL,
+            available_at = now() + make_interval(secs => $3), error_message = $4,
+            updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        delay_seconds,
+        error,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def mark_failed(
+    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, error: str
+) -> bool:
+    """running → failed (fenced on `attempt`; None for the reaper, which checks the lease)."""
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs
+        SET status = 'failed', error_message = $3, lease_until = NULL, updated_at = now(),
+            completed_at = now()
+        WHERE id = $1 AND status = 'running'
+          AND ($2::int IS NULL AND lease_until < now() OR attempts = $2)
+        """,
+        job_id,
+        attempt,
+        error,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def mark_completed(
+    conn: asyncpg.Connection,
+    job_id: UUID,
+    attempt: int,
+    *,
+    image_id: UUID,
+    output_url: str,
+    model: str,
+) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs
+        SET status = 'completed', progress = 100, image_id = $3, output_image_url = $4,
+            model = $5, lease_until = NULL, completed_at = now(), updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running'
+        """,
+        job_id,
+        attempt,
+        image_id,
+        output_url,
+        model,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def expired(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Running jobs whose lease ran out (their worker died or stalled), oldest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT id, attempts FROM image_generation_jobs
+        WHERE status = 'running' AND kind IS NOT NULL AND lease_until < now()
+        ORDER BY lease_until
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return rows
+
+
+async def requeue_expired(conn: asyncpg.Connection, job_id: UUID, attempt: int) -> bool:
+    status = await conn.execute(
+        """
+        UPDATE image_generation_jobs
+        SET status = 'pending', progress = 0, lease_until = NULL, worker_id = NULL,
+            available_at = now(), error_message = 'the worker running it stopped responding',
+            updated_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'running' AND lease_until < now()
+        """,
+        job_id,
+        attempt,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def get_view(conn: asyncpg.Connection, job_id: UUID, user_id: str) -> asyncpg.Record | None:
+    """The caller's job with its image's key and size (another user's job: None)."""
+    return await conn.fetchrow(
+        f"""
+        SELECT {_J_COLUMNS}, i.storage_key AS image_key, i.width AS image_width,
+               i.height AS image_height
+        FROM image_generation_jobs j
+        LEFT JOIN generated_images i ON i.id = j.image_id AND i.deleted_at IS NULL
+        WHERE j.id = $1 AND j.user_id = $2
+        """,
+        job_id,
+        user_id,
+    )

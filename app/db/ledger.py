@@ -1,0 +1,181 @@
+"""The `credit_ledger` table, and the statements that move a balance together with it.
+
+Each balance change is ONE statement: the users row and its ledger row change together or
+not at all, and the unique indexes on the ledger make duplicates impossible (not unlikely).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+_COLUMNS = "id, user_id, delta, reason, job_id, source_id, balance_after, note, created_at"
+
+
+async def spend(
+    conn: asyncpg.Connection, user_id: str, cost: int, reason: str, job_id: UUID
+) -> asyncpg.Record:
+    """Debit `cost` when the balance allows it (conditional UPDATE) and record it.
+
+    Returns (balance_after, balance): balance_after is NULL when the balance was short,
+    and balance is the balance the statement saw.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH debit AS (
+            UPDATE users SET credits = credits - $2
+            WHERE id = $1 AND credits >= $2
+            RETURNING credits
+        ), entry AS (
+            INSERT INTO credit_ledger (user_id, delta, reason, job_id, balance_after)
+            SELECT $1, -$2, $3, $4, credits FROM debit
+            RETURNING balance_after
+        )
+        SELECT (SELECT balance_after FROM entry) AS balance_after,
+               (SELECT credits FROM users WHERE id = $1) AS balance
+        """,
+        user_id,
+        cost,
+        reason,
+        job_id,
+    )
+    assert row is not None
+    return row
+
+
+async def refund(conn: asyncpg.Connection, job_id: UUID) -> asyncpg.Record | None:
+    """Give back what the job's debit took, once: a second call finds the refund and does nothing.
+
+    Returns (user_id, delta, balance_after) of the refund made now, or None.
+    """
+    return await conn.fetchrow(
+        """
+        WITH debit AS (
+            SELECT user_id, -delta AS amount FROM credit_ledger
+            WHERE job_id = $1 AND delta < 0
+        ), locked AS (
+            SELECT users.id, users.credits FROM users JOIN debit ON users.id = debit.user_id
+            FOR UPDATE OF users
+        ), entry AS (
+            INSERT INTO credit_ledger (user_id, delta, reason, job_id, balance_after)
+            SELECT locked.id, debit.amount, 'refund', $1, locked.credits + debit.amount
+            FROM locked, debit
+            ON CONFLICT DO NOTHING
+            RETURNING user_id, delta, balance_after
+        ), credit AS (
+            UPDATE users SET credits = users.credits + entry.delta
+            FROM entry WHERE users.id = entry.user_id
+        )
+        SELECT user_id, delta, balance_after FROM entry
+        """,
+        job_id,
+    )
+
+
+async def grant(
+    conn: asyncpg.Connection,
+    user_id: str,
+    delta: int,
+    reason: str,
+    source_id: str,
+    note: str | None = None,
+) -> asyncpg.Record:
+    """Apply `delta` once per `source_id` (a Stripe event, an invoice, an admin request id).
+
+    Returns (balance_after, balance): balance_after is NULL when nothing was applied, either
+    because `source_id` was used before or because the result would be negative; balance
+    (before the change) is NULL when the user does not exist.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH locked AS (
+            SELECT id, credits FROM users WHERE id = $1 FOR UPDATE
+        ), entry AS (
+            INSERT INTO credit_ledger (user_id, delta, reason, source_id, balance_after, note)
+            SELECT id, $2, $3, $4, credits + $2, $5 FROM locked WHERE credits + $2 >= 0
+            ON CONFLICT DO NOTHING
+            RETURNING delta, balance_after
+        ), credit AS (
+            UPDATE users SET credits = users.credits + entry.delta FROM entry WHERE users.id = $1
+        )
+        SELECT (SELECT balance_after FROM entry) AS balance_after,
+               (SELECT credits FROM locked) AS balance
+        """,
+        user_id,
+        delta,
+        reason,
+        source_id,
+        note,
+    )
+    assert row is not None
+    return row
+
+
+async def source_used(conn: asyncpg.Connection, source_id: str) -> bool:
+    """Whether a ledger row was written for `source_id`."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM credit_ledger WHERE source_id = $1)", source_id
+    )
+    return bool(found)
+
+
+async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
+    """Record the balance of a user the service has not seen before as its opening balance."""
+    await conn.execute(
+        """
+        WITH locked AS (SELECT id, credits FROM users WHERE id = $1 FOR UPDATE)
+        INSERT INTO credit_ledger (user_id, delta, reason, balance_after)
+        SELECT id, credits, 'opening_balance', credits FROM locked
+        WHERE credits >= 0
+          AND NOT EXISTS (SELECT 1 FROM credit_ledger WHERE user_id = $1)
+        ON CONFLICT DO NOTHING
+        """,
+        user_id,
+    )
+
+
+async def page(
+    conn: asyncpg.Connection, user_id: str, before_id: int | None, limit: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM credit_ledger
+        WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)
+        ORDER BY id DESC
+        LIMIT $3
+        """,
+        user_id,
+        before_id,
+        limit,
+    )
+    return rows
+
+
+async def mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Users whose balance the ledger does not explain (sum of deltas or last balance_after)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT u.id, u.credits, s.total, s.last_balance
+        FROM users u
+        JOIN (
+            SELECT user_id, sum(delta) AS total,
+                   (array_agg(balance_after ORDER BY id DESC))[1] AS last_balance
+            FROM credit_ledger GROUP BY user_id
+        ) s ON s.user_id = u.id
+        WHERE u.credits <> s.total OR u.credits <> s.last_balance
+        ORDER BY u.id
+        """
+    )
+    return rows
+
+
+async def count_unopened(conn: asyncpg.Connection) -> int:
+    """Users with no ledger entry yet (created outside the service and not seen by it since)."""
+    value = await conn.fetchval(
+        """
+        SELECT count(*) FROM users u
+        WHERE NOT EXISTS (SELECT 1 FROM credit_ledger l WHERE l.user_id = u.id)
+        """
+    )
+    return int(value)

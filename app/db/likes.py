@@ -1,0 +1,61 @@
+"""`image_likes`: one row per (image, user); `generated_images.likes_count` changes in the
+same statement as the row, so the count cannot drift from the rows."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+
+async def like(conn: asyncpg.Connection, image_id: UUID, user_id: str) -> asyncpg.Record | None:
+    """Like an image the user may see; returns (likes_count, changed) or None if not visible."""
+    return await conn.fetchrow(
+        """
+        WITH visible AS (
+            SELECT id, likes_count FROM generated_images
+            WHERE id = $1 AND deleted_at IS NULL AND (user_id = $2 OR visibility = 'public')
+            FOR UPDATE
+        ), added AS (
+            INSERT INTO image_likes (image_id, user_id)
+            SELECT id, $2 FROM visible
+            ON CONFLICT DO NOTHING
+            RETURNING image_id
+        ), counted AS (
+            UPDATE generated_images SET likes_count = likes_count + 1
+            FROM added WHERE generated_images.id = added.image_id
+            RETURNING likes_count
+        )
+        SELECT COALESCE((SELECT likes_count FROM counted), visible.likes_count) AS likes_count,
+               EXISTS (SELECT 1 FROM added) AS changed
+        FROM visible
+        """,
+        image_id,
+        user_id,
+    )
+
+
+async def unlike(conn: asyncpg.Connection, image_id: UUID, user_id: str) -> asyncpg.Record | None:
+    """Take a like back; returns (likes_count, changed) or None if the image is not visible."""
+    return await conn.fetchrow(
+        """
+        WITH visible AS (
+            SELECT id, likes_count FROM generated_images
+            WHERE id = $1 AND deleted_at IS NULL AND (user_id = $2 OR visibility = 'public')
+            FOR UPDATE
+        ), removed AS (
+            DELETE FROM image_likes USING visible
+            WHERE image_likes.image_id = visible.id AND image_likes.user_id = $2
+            RETURNING image_likes.image_id
+        ), counted AS (
+            UPDATE generated_images SET likes_count = likes_count - 1
+            FROM removed WHERE generated_images.id = removed.image_id
+            RETURNING likes_count
+        )
+        SELECT COALESCE((SELECT likes_count FROM counted), visible.likes_count) AS likes_count,
+               EXISTS (SELECT 1 FROM removed) AS changed
+        FROM visible
+        """,
+        image_id,
+        user_id,
+    )

@@ -1,0 +1,109 @@
+"""`icon_packs`: a user's sets of icons that share one look."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+COLUMNS = "id, user_id, name, style_prompt, cover_image_id, created_at, updated_at"
+_P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
+
+
+async def page(
+    conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_P_COLUMNS},
+               (SELECT count(*) FROM generated_images i
+                WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
+        FROM icon_packs p
+        WHERE p.user_id = $1
+          AND ($2::timestamptz IS NULL OR (p.created_at, p.id) < ($2, $3::uuid))
+        ORDER BY p.created_at DESC, p.id DESC
+        LIMIT $4
+        """,
+        user_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return rows
+
+
+async def get(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""
+        SELECT {_P_COLUMNS},
+               (SELECT count(*) FROM generated_images i
+                WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
+        FROM icon_packs p WHERE p.id = $1 AND p.user_id = $2
+        """,
+        pack_id,
+        user_id,
+    )
+
+
+async def create(
+    conn: asyncpg.Connection, user_id: str, name: str, style_prompt: str | None
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO icon_packs (user_id, name, style_prompt) VALUES ($1, $2, $3)
+        RETURNING {COLUMNS}, 0::bigint AS icon_count
+        """,
+        user_id,
+        name,
+        style_prompt,
+    )
+    assert row is not None
+    return row
+
+
+async def update(
+    conn: asyncpg.Connection,
+    pack_id: UUID,
+    user_id: str,
+    *,
+    set_name: bool,
+    name: str | None,
+    set_style: bool,
+    style_prompt: str | None,
+    set_cover: bool,
+    cover_image_id: UUID | None,
+) -> asyncpg.Record | None:
+    """Change the given fields; a cover must be one of the owner's own images."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE icon_packs p SET
+            name = CASE WHEN $3 THEN $4 ELSE p.name END,
+            style_prompt = CASE WHEN $5 THEN $6 ELSE p.style_prompt END,
+            cover_image_id = CASE WHEN $7 THEN $8::uuid ELSE p.cover_image_id END
+        WHERE p.id = $1 AND p.user_id = $2
+          AND (NOT $7 OR $8::uuid IS NULL OR EXISTS (
+                SELECT 1 FROM generated_images i
+                WHERE i.id = $8 AND i.user_id = $2 AND i.deleted_at IS NULL
+                FOR KEY SHARE))  -- an image deleted meanwhile is no cover (not an FK error)
+        RETURNING {_P_COLUMNS},
+            (SELECT count(*) FROM generated_images i
+             WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
+        """,
+        pack_id,
+        user_id,
+        set_name,
+        name,
+        set_style,
+        style_prompt,
+        set_cover,
+        cover_image_id,
+    )
+
+
+async def delete(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> bool:
+    """Delete the pack; its icons stay in the gallery (their pack_id is set to NULL)."""
+    status = await conn.execute(
+        "DELETE FROM icon_packs WHERE id = $1 AND user_id = $2", pack_id, user_id
+    )
+    return bool(status == "DELETE 1")

@@ -1,0 +1,112 @@
+"""Dependencies the routers share: the app's services, a pooled connection, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+import httpx
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.config import Settings
+from app.errors import Forbidden, Unauthorized
+from app.observability import Metrics
+from app.services.auth import Identity, TokenVerifier
+from app.services.providers.base import ImageProvider
+from app.services.realtime import Hub
+from app.services.storage.base import Storage
+from app.services.users import User, Users
+
+
+@dataclass
+class Services:
+    """What the lifespan opened, in one place (app.state.services)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    http: httpx.AsyncClient
+    verifier: TokenVerifier
+    users: Users
+    metrics: Metrics
+    storage: Storage
+    provider: ImageProvider
+    hub: Hub
+    jwks: dict[str, object] | None = None
+
+
+def services_of(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+async def services(request: Request) -> Services:
+    """As a dependency: async, so FastAPI does not send it to the thread pool per request."""
+    return services_of(request)
+
+
+async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    async with services_of(request).pool.acquire() as conn:
+        yield conn
+
+
+_bearer = HTTPBearer(auto_error=False, description="A Clerk session token (or a dev token).")
+
+
+async def identity(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Identity:
+    if credentials is None:
+        raise Unauthorized("Send 'Authorization: Bearer <session token>'.")
+    return await services_of(request).verifier.verify(credentials.credentials)
+
+
+Conn = Annotated[asyncpg.Connection, Depends(connection)]
+# The verified token only (no database work yet), for routes that manage their connections.
+Caller = Annotated[Identity, Depends(identity)]
+Svc = Annotated[Services, Depends(services)]
+
+
+async def current_user(who: Annotated[Identity, Depends(identity)], svc: Svc, conn: Conn) -> User:
+    # The token is verified first (dependencies resolve in order), so a request with a bad
+    # token, or one waiting for the JWKS, holds no pooled connection.
+    return await svc.users.authenticate(conn, who)
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def stream_user(svc: Svc, who: Annotated[Identity, Depends(identity)]) -> User:
+    """The caller, for long-lived responses: the connection goes back to the pool at once."""
+    async with svc.pool.acquire() as conn:
+        return await svc.users.authenticate(conn, who)
+
+
+StreamUser = Annotated[User, Depends(stream_user)]
+
+
+async def optional_user(
+    svc: Svc,
+    conn: Conn,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User | None:
+    """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
+    if credentials is None:
+        return None
+    who = await svc.verifier.verify(credentials.credentials)
+    return await svc.users.authenticate(conn, who)
+
+
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+async def admin_user(svc: Svc, user: CurrentUser) -> User:
+    if user.id not in svc.settings.admin_user_ids:
+        raise Forbidden("This needs an administrator.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]

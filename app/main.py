@@ -1,0 +1,190 @@
+"""The FastAPI application: create_app() and the lifespan that opens and closes what it uses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app import errors
+from app.config import Settings
+from app.db import pool as db_pool
+from app.deps import Services
+from app.observability import Metrics, RequestContextMiddleware
+from app.routers import files, generations, health, images, me, packs, prompts
+from app.services import auth, devauth
+from app.services.providers.base import ImageProvider
+from app.services.providers.factory import build_provider
+from app.services.realtime import Hub
+from app.services.storage.base import Storage
+from app.services.storage.factory import build_storage
+from app.services.storage.local import LocalStorage
+from app.services.users import ClerkDirectory, Users
+from app.services.worker import Worker
+
+log = logging.getLogger("atelier.main")
+
+API_DESCRIPTION = """\
+Atelier's JSON API. Authenticate with `Authorization: Bearer <Clerk session token>`.
+Every error is `application/problem+json` (RFC 9457).
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA bundle costs ~50 ms: do it once per process, not per client."""
+    return ssl.create_default_context()
+
+
+@dataclass
+class Runtime:
+    """What both the API and a worker process need, opened once per process."""
+
+    pool: asyncpg.Pool
+    storage: Storage
+    provider: ImageProvider
+    hub: Hub
+
+
+async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
+    """Open the pool, storage, the provider and the realtime hub; `stack` closes them."""
+    url = await asyncio.to_thread(db_pool.database_url, settings)
+    listen_url = await asyncio.to_thread(db_pool.database_url, settings, direct=True)
+    pool = await db_pool.create_pool(settings, url)
+    stack.push_async_callback(pool.close)
+    storage = await asyncio.to_thread(build_storage, settings)
+    stack.push_async_callback(storage.aclose)
+    provider = build_provider(settings)
+    stack.push_async_callback(provider.aclose)
+    hub = Hub(lambda: db_pool.connect(settings, listen_url))
+    await hub.start()
+    stack.push_async_callback(hub.stop)
+    return Runtime(pool, storage, provider, hub)
+
+
+async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) -> None:
+    worker = Worker(settings, runtime.pool, runtime.provider, runtime.storage, runtime.hub)
+    await worker.run(stop)
+
+
+def _report_worker_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the in-process worker stopped", exc_info=task.exception())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open what the API uses and (unless WORKER_IN_PROCESS=false) a worker; close in reverse."""
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        runtime = await open_runtime(stack, settings)
+        http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds, verify=_tls_context())
+        stack.push_async_callback(http.aclose)
+        dev_public = jwks = None
+        if settings.auth == "dev":
+            key = await asyncio.to_thread(devauth.load_or_create_key, settings.dev_key_path)
+            dev_public, jwks = devauth.public_pem(key), devauth.jwks(key)
+        storage = runtime.storage
+        app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
+        app.state.services = Services(
+            settings=settings,
+            pool=runtime.pool,
+            http=http,
+            verifier=auth.build_verifier(settings, http, dev_public),
+            users=Users(settings, ClerkDirectory(settings, http)),
+            metrics=app.state.metrics,
+            storage=storage,
+            provider=runtime.provider,
+            hub=runtime.hub,
+            jwks=jwks,
+        )
+        if settings.worker_in_process:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_worker(runtime, settings, stop), name="worker")
+            task.add_done_callback(_report_worker_exit)
+
+            async def stop_worker() -> None:
+                stop.set()
+                # a worker that died was logged by _report_worker_exit; shut down regardless
+                await asyncio.gather(task, return_exceptions=True)
+
+            stack.push_async_callback(stop_worker)
+        yield
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Serve an OpenAPI document whose error responses all say application/problem+json."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = errors.document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Atelier API",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+        responses=errors.responses(413, 500),
+    )
+    # The body limit is errors.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
+    # answers a declared oversize body with text/plain from outside every middleware.
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    errors.install(app)
+    for router in (
+        health.router,
+        me.router,
+        generations.router,
+        images.router,
+        prompts.router,
+        packs.router,
+        files.router,
+    ):
+        app.include_router(router)
+    _document_problems(app)
+    # add_middleware wraps what is there: the last one added runs first.
+    app.add_middleware(
+        errors.BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
+        route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            errors.ProblemCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Prefer",
+                "X-Request-ID",
+            ],
+            expose_headers=["Location", "X-Request-ID"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,152 @@
+"""Generations, their jobs, their live progress, and the uploads they start from."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, File, Header, Response, UploadFile
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
+from app.errors import NotFound, responses
+from app.schemas.generations import GenerationCreate, Job, Upload
+from app.services import generations, uploads
+from app.services.realtime import JOBS_CHANNEL, RESYNC
+
+router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(401, 503))
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
+
+
+def _prefer_wait(prefer: str | None, cap: int) -> int:
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), cap) if match else 0
+
+
+@router.post(
+    "/generations",
+    operation_id="create_generation",
+    status_code=202,
+    response_model=Job,
+    responses={
+        200: {"model": Job, "description": "Finished within `Prefer: wait`, or a replay"},
+        **responses(400, 402, 404, 409, 422),
+    },
+)
+async def create_generation(
+    body: GenerationCreate,
+    who: Caller,
+    svc: Svc,
+    response: Response,
+    # Its length and characters are checked by check_idempotency_key: a malformed key is a
+    # 400 (a header, not the body), which Header(max_length=...) would turn into a 422.
+    idempotency_key: Annotated[str | None, Header()] = None,
+    prefer: Annotated[str | None, Header(max_length=200)] = None,
+) -> Job:
+    """Charge the kind's cost and queue the job; 202 with `Location` (the job to follow).
+
+    `Idempotency-Key`: the same key and body return the same job without a second charge.
+    `Prefer: wait=N` (N ≤ 60): answer 200 with the finished job if it ends within N seconds.
+    """
+    key = generations.check_idempotency_key(idempotency_key)
+    wait = _prefer_wait(prefer, svc.settings.max_prefer_wait_seconds)
+    # One pooled connection for the caller, the charge and the answer; never held across
+    # `Prefer: wait`: waiting requests holding connections would starve the worker.
+    async with svc.pool.acquire() as conn:
+        user = await svc.users.authenticate(conn, who)
+        row, created = await generations.create(conn, svc.settings, svc.storage, user, body, key)
+        if created and not wait:  # a new job: its row is the whole answer
+            job = await generations.to_schema(row, svc.storage, svc.settings)
+        elif not created and (not wait or row["status"] in generations.TERMINAL):
+            job = await generations.view(conn, svc.storage, svc.settings, row["id"], user.id)
+        else:
+            job = None
+    if created:
+        svc.metrics.credits_spent.labels(body.kind).inc(row["cost"])
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{row['id']}"
+    if job is None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+        await generations.wait_for_end(svc.hub, svc.pool, row["id"], user.id, wait)
+        async with svc.pool.acquire() as conn:
+            job = await generations.view(conn, svc.storage, svc.settings, row["id"], user.id)
+    if job.status in generations.TERMINAL:
+        response.status_code = 200
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}", operation_id="get_job", response_model=Job, responses=responses(404, 422)
+)
+async def get_job(job_id: UUID, user: CurrentUser, conn: Conn, svc: Svc) -> Job:
+    """One of the caller's jobs (another user's job is a 404)."""
+    return await generations.view(conn, svc.storage, svc.settings, job_id, user.id)
+
+
+async def _own_job(job_id: UUID, user: StreamUser, svc: Svc) -> Job:
+    async with svc.pool.acquire() as conn:
+        return await generations.view(conn, svc.storage, svc.settings, job_id, user.id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    operation_id="stream_job_events",
+    response_class=EventSourceResponse,
+    responses=responses(404, 422),
+)
+async def stream_job_events(
+    job: Annotated[Job, Depends(_own_job)], user: StreamUser, svc: Svc
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events (`event: job`, data: the job) until it completes or fails.
+
+    Works whichever process runs the job: progress travels through PostgreSQL NOTIFY.
+    """
+    async with svc.hub.subscribe(JOBS_CHANNEL, str(job.id)) as sub:
+        async with svc.pool.acquire() as conn:  # subscribed first: nothing slips between
+            job = await generations.view(conn, svc.storage, svc.settings, job.id, user.id)
+        yield ServerSentEvent(event="job", data=job, id=str(job.progress))
+        while job.status not in generations.TERMINAL:
+            event = await sub.get(30)
+            if event is None:
+                continue
+            sent = (job.status, job.progress)
+            state = (event.get("status"), event.get("progress"))
+            if event is not RESYNC and state == sent:
+                continue  # a change the first read already showed
+            stale = event is not RESYNC and (event.get("progress") or 0) < job.progress
+            if event is RESYNC or stale or state[0] in generations.TERMINAL:
+                # Ask the database: after a gap, for the final answer, or when an event
+                # would move progress back (a late notification, or a real retry).
+                async with svc.pool.acquire() as conn:
+                    try:
+                        job = await generations.view(
+                            conn, svc.storage, svc.settings, job.id, user.id
+                        )
+                    except NotFound:
+                        return
+                if (job.status, job.progress) == sent:
+                    continue
+            else:  # progress only: no need to ask the database
+                job = job.model_copy(
+                    update={"status": event["status"], "progress": event["progress"]}
+                )
+            yield ServerSentEvent(event="job", data=job, id=str(job.progress))
+
+
+@router.post(
+    "/uploads",
+    operation_id="create_upload",
+    status_code=201,
+    response_model=Upload,
+    responses=responses(413, 415, 422),
+)
+async def create_upload(
+    file: Annotated[UploadFile, File(description="A PNG, JPEG or WEBP image")],
+    user: StreamUser,  # no pooled connection held while the image is checked and stored
+    svc: Svc,
+) -> Upload:
+    """Store an image to style or edit. Its type is judged by content; metadata is removed."""
+    return await uploads.store(svc.settings, svc.storage, user, file)

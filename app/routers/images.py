@@ -1,0 +1,172 @@
+"""The gallery: the caller's images, one image, likes, downloads, and the public feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import RedirectResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app.deps import Conn, CurrentUser, OptionalUser, StreamUser, Svc
+from app.errors import responses
+from app.schemas.common import Limit
+from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState
+from app.services import gallery
+from app.services.realtime import FEED_CHANNEL, RESYNC
+
+router = APIRouter(prefix="/v1", tags=["gallery"], responses=responses(401, 503))
+Cursor = Annotated[str | None, Query(max_length=300, description="From `next_cursor`.")]
+
+
+@router.get(
+    "/images",
+    operation_id="list_my_images",
+    response_model=ImagePage,
+    responses=responses(400, 422),
+)
+async def list_my_images(
+    user: CurrentUser,
+    conn: Conn,
+    svc: Svc,
+    cursor: Cursor = None,
+    limit: Limit = 20,
+    pack_id: Annotated[UUID | None, Query(description="Only this pack's icons.")] = None,
+) -> ImagePage:
+    """The caller's images, newest first (rows the mobile app saved included)."""
+    return await gallery.listing(
+        conn,
+        svc.storage,
+        svc.settings,
+        viewer=user.id,
+        mine=True,
+        pack_id=pack_id,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get(
+    "/feed", operation_id="list_feed", response_model=ImagePage, responses=responses(400, 422)
+)
+async def list_feed(
+    user: CurrentUser, conn: Conn, svc: Svc, cursor: Cursor = None, limit: Limit = 20
+) -> ImagePage:
+    """Public images from everyone, newest first, with like counts."""
+    return await gallery.listing(
+        conn,
+        svc.storage,
+        svc.settings,
+        viewer=user.id,
+        mine=False,
+        pack_id=None,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/feed/events", operation_id="stream_feed_events", response_class=EventSourceResponse)
+async def stream_feed_events(user: StreamUser, svc: Svc) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: `image` (a new public image, as a feed item), `likes`
+    ({id, likes_count}) and `resync` (events were missed: fetch /v1/feed again)."""
+    async with svc.hub.subscribe(FEED_CHANNEL) as sub:
+        yield ServerSentEvent(event="ready", data={"user_id": user.id})
+        while True:
+            event = await sub.get(30)
+            if event is None:
+                continue
+            if event is RESYNC:
+                yield ServerSentEvent(event="resync", data={})
+            elif event.get("type") == "likes":
+                yield ServerSentEvent(
+                    event="likes", data={"id": event["id"], "likes_count": event["likes_count"]}
+                )
+            elif event.get("type") == "image":
+                item = await gallery.announced_item(
+                    svc.pool, svc.storage, svc.settings, event, user.id
+                )
+                if item is not None:
+                    yield ServerSentEvent(event="image", data=item, id=str(item.id))
+
+
+@router.get(
+    "/images/{image_id}",
+    operation_id="get_image",
+    response_model=ImageItem,
+    responses=responses(404, 422),
+)
+async def get_image(image_id: UUID, user: CurrentUser, conn: Conn, svc: Svc) -> ImageItem:
+    """One image: the caller's own, or a public one."""
+    return await gallery.get(conn, svc.storage, svc.settings, image_id, user.id)
+
+
+@router.patch(
+    "/images/{image_id}",
+    operation_id="update_image",
+    response_model=ImageItem,
+    responses=responses(404, 422),
+)
+async def update_image(
+    image_id: UUID, body: ImageUpdate, user: CurrentUser, conn: Conn, svc: Svc
+) -> ImageItem:
+    """Make one of the caller's images public or private."""
+    return await gallery.set_visibility(
+        conn, svc.storage, svc.settings, image_id, user.id, body.visibility
+    )
+
+
+@router.delete(
+    "/images/{image_id}",
+    operation_id="delete_image",
+    status_code=204,
+    response_class=Response,
+    responses=responses(404, 422),
+)
+async def delete_image(image_id: UUID, user: CurrentUser, conn: Conn, svc: Svc) -> Response:
+    """Delete one of the caller's images: the row, its likes and the stored object."""
+    await gallery.delete(conn, svc.storage, image_id, user.id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/images/{image_id}/download",
+    operation_id="download_image",
+    response_model=DownloadLink,
+    responses={307: {"description": "Redirect to a short-lived URL"}, **responses(404, 422)},
+)
+async def download_image(
+    image_id: UUID,
+    user: OptionalUser,
+    conn: Conn,
+    svc: Svc,
+    redirect: Annotated[bool, Query(description="false: answer the URL as JSON")] = True,
+) -> Response | DownloadLink:
+    """A short-lived URL of the image (own or public; public ones need no token)."""
+    link = await gallery.download(conn, svc.storage, image_id, user.id if user else "")
+    if redirect:
+        return RedirectResponse(link.url, status_code=307, headers={"Cache-Control": "no-store"})
+    return link
+
+
+@router.put(
+    "/images/{image_id}/like",
+    operation_id="like_image",
+    response_model=LikeState,
+    responses=responses(404, 422),
+)
+async def like_image(image_id: UUID, user: CurrentUser, conn: Conn) -> LikeState:
+    """Like an image (own or public); liking twice counts once."""
+    return await gallery.like(conn, image_id, user.id, on=True)
+
+
+@router.delete(
+    "/images/{image_id}/like",
+    operation_id="unlike_image",
+    response_model=LikeState,
+    responses=responses(404, 422),
+)
+async def unlike_image(image_id: UUID, user: CurrentUser, conn: Conn) -> LikeState:
+    """Take a like back; unliking twice changes nothing."""
+    return await gallery.like(conn, image_id, user.id, on=False)

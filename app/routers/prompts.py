@@ -1,0 +1,75 @@
+"""Saved prompts (`custom_prompts`, shared with the mobile app)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+
+from app.deps import Conn, CurrentUser
+from app.errors import responses
+from app.schemas.common import Limit
+from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
+from app.services import prompts
+
+router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=responses(401, 503))
+
+
+@router.get(
+    "", operation_id="list_prompts", response_model=PromptPage, responses=responses(400, 422)
+)
+async def list_prompts(
+    user: CurrentUser,
+    conn: Conn,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    limit: Limit = 20,
+) -> PromptPage:
+    """The caller's saved prompts, newest first."""
+    return await prompts.listing(conn, user.id, cursor, limit)
+
+
+@router.post(
+    "",
+    operation_id="create_prompt",
+    status_code=201,
+    response_model=Prompt,
+    responses=responses(422),
+)
+async def create_prompt(body: PromptCreate, user: CurrentUser, conn: Conn) -> Prompt:
+    """Save a prompt."""
+    return await prompts.create(conn, user.id, body)
+
+
+@router.get(
+    "/{prompt_id}", operation_id="get_prompt", response_model=Prompt, responses=responses(404, 422)
+)
+async def get_prompt(prompt_id: UUID, user: CurrentUser, conn: Conn) -> Prompt:
+    """One of the caller's saved prompts."""
+    return await prompts.get(conn, prompt_id, user.id)
+
+
+@router.patch(
+    "/{prompt_id}",
+    operation_id="update_prompt",
+    response_model=Prompt,
+    responses=responses(404, 422),
+)
+async def update_prompt(
+    prompt_id: UUID, body: PromptUpdate, user: CurrentUser, conn: Conn
+) -> Prompt:
+    """Change the fields sent."""
+    return await prompts.update(conn, prompt_id, user.id, body)
+
+
+@router.delete(
+    "/{prompt_id}",
+    operation_id="delete_prompt",
+    status_code=204,
+    response_class=Response,
+    responses=responses(404, 422),
+)
+async def delete_prompt(prompt_id: UUID, user: CurrentUser, conn: Conn) -> Response:
+    """Delete one of the caller's saved prompts."""
+    await prompts.delete(conn, prompt_id, user.id)
+    return Response(status_code=204)

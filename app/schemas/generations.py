@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import SafeStr, TextStr
+
+JobStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class UploadReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    upload_key: Annotated[SafeStr, Field(min_length=1, max_length=512)] = Field(
+        examples=["uploads/user_2abc/0b7c…e1.png"], description="A key `POST /v1/uploads` returned."
+    )
+
+
+class ImageReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: UUID = Field(description="One of your images, or a public one.")
+
+
+class GenerationCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"prompt": "a watercolor fox, flat icon", "kind": "generate"},
+                {
+                    "prompt": "make it night time",
+                    "kind": "edit",
+                    "reference": {"upload_key": "uploads/user_2abc/0b7c.png"},
+                },
+            ]
+        },
+    )
+
+    prompt: Annotated[TextStr, Field(min_length=1, max_length=2000)]
+    kind: Literal["generate", "style", "edit"] = "generate"
+    reference: UploadReference | ImageReference | None = Field(
+        default=None, description="Required for `style` and `edit`: the source image."
+    )
+    model: Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9._-]+$")] | None = Field(
+        default=None, description="A preferred model, tried first; others follow on failure."
+    )
+    visibility: Literal["private", "public"] = "private"
+    pack_id: UUID | None = Field(
+        default=None,
+        description="File the result into this pack of yours; the pack's style prompt and a "
+        "few of its icons go along as references, so the new icon keeps the pack's look.",
+    )
+
+
+class JobImage(BaseModel):
+    id: UUID
+    url: str = Field(description="A short-lived URL of the PNG.")
+    width: int | None
+    height: int | None
+    model: str | None
+
+
+class Job(BaseModel):
+    id: UUID
+    status: JobStatus | str = Field(description="pending → running → completed | failed")
+    progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
+    kind: str | None
+    prompt: str | None
+    model: str | None = Field(description="The model that answered (once one has).")
+    error: str | None = Field(description="Why the job failed (its credits were refunded).")
+    image: JobImage | None = Field(description="The result, once completed.")
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class Upload(BaseModel):
+    upload_key: str = Field(description="Pass as `reference.upload_key` to a generation.")
+    content_type: str = Field(examples=["image/png"])
+    width: int
+    height: int
+    size: int = Field(description="Bytes stored, after metadata was stripped.")

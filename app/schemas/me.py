@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from app.schemas.common import Page
+
+
+class Subscription(BaseModel):
+    status: str = Field(examples=["Pro"])
+    price_id: str | None
+    current_period_end: datetime | None
+
+
+class Me(BaseModel):
+    id: str = Field(examples=["user_2abcDEF"])
+    email: str = Field(examples=["ada@example.com"])
+    credits: int = Field(examples=[5])
+    created_at: datetime
+    subscription: Subscription | None = Field(
+        description="The subscriptions row, or null for a user who never subscribed."
+    )
+
+
+class LedgerEntry(BaseModel):
+    id: int
+    delta: int = Field(description="Credits added (positive) or taken (negative).")
+    reason: str = Field(examples=["generate"])
+    job_id: UUID | None
+    source_id: str | None
+    balance_after: int
+    note: str | None
+    created_at: datetime
+
+
+class LedgerPage(Page):
+    items: list[LedgerEntry]

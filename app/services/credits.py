@@ -1,0 +1,96 @@
+"""Every balance change goes through here, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from app.db import ledger
+from app.errors import Conflict, InsufficientCredits, NotFound, Unprocessable
+from app.services import pagination
+
+SPEND_REASONS = frozenset({"generate", "style", "edit"})
+GRANT_REASONS = frozenset({"purchase", "subscription_grant", "admin"})
+
+
+async def spend(
+    conn: asyncpg.Connection, user_id: str, cost: int, reason: str, job_id: UUID
+) -> int:
+    """Debit `cost` for `job_id`; returns the new balance or raises 402 with balance and cost."""
+    if reason not in SPEND_REASONS:
+        raise ValueError(f"not a spend reason: {reason}")
+    if cost <= 0:
+        balance = await conn.fetchval("SELECT credits FROM users WHERE id = $1", user_id)
+        if balance is None:
+            raise NotFound("No such user.")
+        return int(balance)
+    row = await ledger.spend(conn, user_id, cost, reason, job_id)
+    # Refused although the statement's snapshot covers the cost: a concurrent spend took the
+    # credits while this one waited for the row lock, so that balance is stale. Ask again
+    # (READ COMMITTED takes a fresh snapshot per statement; stricter isolation raises a
+    # serialization failure instead of getting here), so a 402 always reports a real shortfall.
+    while row["balance_after"] is None and row["balance"] is not None and row["balance"] >= cost:
+        row = await ledger.spend(conn, user_id, cost, reason, job_id)
+    if row["balance_after"] is None:
+        if row["balance"] is None:
+            raise NotFound("No such user.")
+        raise InsufficientCredits(balance=row["balance"], cost=cost)
+    return int(row["balance_after"])
+
+
+async def refund(conn: asyncpg.Connection, job_id: UUID) -> int | None:
+    """Give back the job's debit, at most once ever; returns the amount refunded now, or None."""
+    row = await ledger.refund(conn, job_id)
+    return None if row is None else int(row["delta"])
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    applied: bool
+    balance: int
+
+
+async def grant(
+    conn: asyncpg.Connection,
+    user_id: str,
+    amount: int,
+    reason: str,
+    source_id: str,
+    note: str | None = None,
+) -> GrantResult:
+    """Apply `amount` once per `source_id`; a repeated source id changes nothing (applied=False)."""
+    if reason not in GRANT_REASONS:
+        raise ValueError(f"not a grant reason: {reason}")
+    if amount == 0:
+        raise Unprocessable("A credit adjustment of 0 changes nothing.")
+    row = await ledger.grant(conn, user_id, amount, reason, source_id, note)
+    if row["balance_after"] is not None:
+        return GrantResult(applied=True, balance=int(row["balance_after"]))
+    if row["balance"] is None:
+        raise NotFound("No such user.")
+    # A source id applied before (perhaps by a concurrent retry this statement waited for)
+    # is a replay even when applying it again would not fit: asked in a new statement, which
+    # sees what committed meanwhile.
+    if row["balance"] + amount < 0 and not await ledger.source_used(conn, source_id):
+        raise Conflict(
+            f"Taking {-amount} credits would leave a negative balance ({row['balance']}).",
+            balance=row["balance"],
+        )
+    return GrantResult(applied=False, balance=int(row["balance"]))
+
+
+async def history(
+    conn: asyncpg.Connection, user_id: str, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """One page of the user's ledger, newest first, and the cursor of the next page."""
+    before = pagination.decode_id(cursor) if cursor else None
+    rows = await ledger.page(conn, user_id, before, limit + 1)
+    next_cursor = pagination.encode_id(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def check(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
+    """(users whose balance the ledger does not explain, users with no entry yet)."""
+    return await ledger.mismatches(conn), await ledger.count_unopened(conn)

@@ -1,0 +1,161 @@
+"""The gallery: one's own images, the public feed, one image, likes, downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.config import Settings
+from app.db import images, likes
+from app.errors import NotFound
+from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, LikeState
+from app.services import pagination
+from app.services.storage.base import Storage, StorageError
+
+log = logging.getLogger("atelier.gallery")
+
+DOWNLOAD_TTL_SECONDS = 300
+
+
+async def image_url(storage: Storage, settings: Settings, record: Any) -> str:
+    """A URL for the image: signed (or public) from its storage key; rows the mobile app
+    wrote have no key, and their own image_url is used as it is."""
+    key = record["storage_key"]
+    if key:
+        return await storage.url(key, expires_in=settings.signed_url_ttl_seconds)
+    url: str = record["image_url"]
+    return url
+
+
+async def to_item(storage: Storage, settings: Settings, record: Any, viewer: str) -> ImageItem:
+    return ImageItem(
+        id=record["id"],
+        image_url=await image_url(storage, settings, record),
+        prompt=record["prompt"],
+        created_at=record["created_at"],
+        likes_count=record["likes_count"],
+        liked_by_me=bool(record.get("liked_by_me", False)),
+        visibility=record["visibility"],
+        width=record["width"],
+        height=record["height"],
+        model=record["model"],
+        pack_id=record["pack_id"],
+        mine=record["user_id"] == viewer,
+    )
+
+
+# Reads of announced rows in flight, so the many subscribers of one process that handle the
+# same event at once share one query.
+_announced_reads: dict[UUID, asyncio.Task[asyncpg.Record | None]] = {}
+
+
+async def _read_public(pool: asyncpg.Pool, image_id: UUID) -> asyncpg.Record | None:
+    async with pool.acquire() as conn:
+        row = await images.get(conn, image_id)
+    return row if row is not None and row["visibility"] == "public" else None
+
+
+async def announced_item(
+    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: dict[str, Any], viewer: str
+) -> ImageItem | None:
+    """The feed item of an `image` notification. One too large for a NOTIFY payload arrives
+    `partial` (its id only): the row is read then, once for every subscriber of the process.
+    None when that image is no longer public."""
+    if not event.get("partial"):
+        return await to_item(storage, settings, event, viewer)
+    image_id = UUID(str(event["id"]))
+    read = _announced_reads.get(image_id)
+    if read is None:
+        read = asyncio.ensure_future(_read_public(pool, image_id))
+        _announced_reads[image_id] = read
+        read.add_done_callback(lambda _: _announced_reads.pop(image_id, None))
+    row = await asyncio.shield(read)
+    return await to_item(storage, settings, row, viewer) if row is not None else None
+
+
+async def listing(
+    conn: asyncpg.Connection,
+    storage: Storage,
+    settings: Settings,
+    *,
+    viewer: str,
+    mine: bool,
+    pack_id: UUID | None,
+    cursor: str | None,
+    limit: int,
+) -> ImagePage:
+    """The caller's images (mine=True) or the public feed, newest first, keyset-paged."""
+    before = pagination.decode_time_id(cursor) if cursor else None
+    rows = await images.page(
+        conn,
+        viewer=viewer,
+        owner=viewer if mine else None,
+        public_only=not mine,
+        pack_id=pack_id,
+        before=before,
+        limit=limit + 1,
+    )
+    page, next_cursor = pagination.split_time_id(rows, limit)
+    items = [await to_item(storage, settings, r, viewer) for r in page]
+    return ImagePage(items=items, next_cursor=next_cursor)
+
+
+async def get(
+    conn: asyncpg.Connection, storage: Storage, settings: Settings, image_id: UUID, viewer: str
+) -> ImageItem:
+    row = await images.get_with_like(conn, image_id, viewer)
+    if row is None:
+        raise NotFound("No such image.")
+    return await to_item(storage, settings, row, viewer)
+
+
+async def set_visibility(
+    conn: asyncpg.Connection,
+    storage: Storage,
+    settings: Settings,
+    image_id: UUID,
+    owner: str,
+    visibility: str,
+) -> ImageItem:
+    if not await images.set_visibility(conn, image_id, owner, visibility):
+        raise NotFound("No such image.")
+    return await get(conn, storage, settings, image_id, owner)
+
+
+async def delete(conn: asyncpg.Connection, storage: Storage, image_id: UUID, owner: str) -> None:
+    """Delete the row (its likes cascade), then the object: no row ever points at a missing
+    object. If the store fails after the row is gone, the object is an orphan, logged."""
+    row = await images.delete(conn, image_id, owner)
+    if row is None:
+        raise NotFound("No such image.")
+    if row["storage_key"]:
+        try:
+            await storage.delete(row["storage_key"])
+        except StorageError as exc:
+            log.warning(
+                "image %s deleted; its object %s remains: %s", image_id, row["storage_key"], exc
+            )
+
+
+async def download(
+    conn: asyncpg.Connection, storage: Storage, image_id: UUID, viewer: str
+) -> DownloadLink:
+    row = await images.get_readable(conn, image_id, viewer)
+    if row is None:
+        raise NotFound("No such image.")
+    if not row["storage_key"]:
+        return DownloadLink(url=row["image_url"], expires_in=0)
+    url = await storage.url(row["storage_key"], expires_in=DOWNLOAD_TTL_SECONDS)
+    return DownloadLink(url=url, expires_in=DOWNLOAD_TTL_SECONDS)
+
+
+async def like(conn: asyncpg.Connection, image_id: UUID, user_id: str, on: bool) -> LikeState:
+    """Idempotent per user: liking twice counts once; the count moves with the row."""
+    row = await (likes.like if on else likes.unlike)(conn, image_id, user_id)
+    if row is None:
+        raise NotFound("No such image.")
+    return LikeState(liked=on, likes_count=row["likes_count"])

@@ -1,0 +1,181 @@
+"""Asking for an image: validate, charge and create the job in one statement; read it back."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+import uuid
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.config import Settings
+from app.db import images
+from app.db import jobs as jobs_db
+from app.errors import BadRequest, InsufficientCredits, NotFound, Unprocessable
+from app.schemas.generations import GenerationCreate, ImageReference, Job, JobImage
+from app.services import packs
+from app.services.realtime import JOBS_CHANNEL, Hub
+from app.services.storage.base import Storage, upload_prefix
+from app.services.users import User
+
+TERMINAL = frozenset({"completed", "failed"})
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def request_hash(body: GenerationCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+    return key
+
+
+async def _reference_key(
+    conn: asyncpg.Connection, storage: Storage, user: User, body: GenerationCreate
+) -> str | None:
+    ref = body.reference
+    if ref is None:
+        if body.kind in ("style", "edit"):
+            raise Unprocessable(f"A {body.kind} needs a source image in `reference`.")
+        return None
+    if isinstance(ref, ImageReference):
+        row = await images.get_readable(conn, ref.image_id, user.id)
+        if row is None or not row["storage_key"]:
+            raise NotFound("No such image (or not one you may use).")
+        key: str = row["storage_key"]
+        return key
+    if not ref.upload_key.startswith(upload_prefix(user.id)):
+        raise NotFound("No such upload.")
+    try:
+        found = await storage.exists(ref.upload_key)
+    except ValueError:
+        found = False
+    if not found:
+        raise NotFound("No such upload.")
+    return ref.upload_key
+
+
+def _replay(existing: asyncpg.Record, digest: str) -> asyncpg.Record:
+    if existing["request_hash"] != digest:
+        raise Unprocessable(
+            "This Idempotency-Key was used with a different request body.",
+            idempotency_key=existing["idempotency_key"],
+        )
+    return existing
+
+
+async def create(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    storage: Storage,
+    user: User,
+    body: GenerationCreate,
+    idempotency_key: str | None,
+) -> tuple[asyncpg.Record, bool]:
+    """Charge and queue the job (one statement); returns (job, created_now)."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = await jobs_db.get_by_idempotency_key(conn, user.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    reference = await _reference_key(conn, storage, user, body)
+    params: dict[str, Any] = {"visibility": body.visibility}
+    keys = [reference] if reference is not None else []
+    if body.pack_id is not None:
+        style_prompt, icon_keys = await packs.generation_context(
+            conn, body.pack_id, user.id, settings.pack_reference_icons
+        )
+        params["pack_id"] = str(body.pack_id)
+        if style_prompt:
+            params["style_prompt"] = style_prompt
+        keys += [k for k in icon_keys if k not in keys]
+    if keys:
+        params["reference_keys"] = keys
+    cost = settings.costs[body.kind]
+    row = await jobs_db.create_with_debit(
+        conn,
+        job_id=uuid.uuid4(),
+        user_id=user.id,
+        kind=body.kind,
+        prompt=body.prompt,
+        params=params,
+        cost=cost,
+        model=body.model,
+        input_image_key=reference,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    if row["id"] is not None:
+        return row, True
+    if idempotency_key is not None:  # a concurrent request with this key won the race
+        existing = await jobs_db.get_by_idempotency_key(conn, user.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    if row["balance"] is None:
+        raise NotFound("No such user.")
+    raise InsufficientCredits(balance=row["balance"], cost=cost)
+
+
+async def view(
+    conn: asyncpg.Connection, storage: Storage, settings: Settings, job_id: UUID, user_id: str
+) -> Job:
+    row = await jobs_db.get_view(conn, job_id, user_id)
+    if row is None:
+        raise NotFound("No such job.")
+    return await to_schema(row, storage, settings)
+
+
+async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -> Job:
+    image = None
+    # NULL once the image was deleted (then the job shows no image); absent from a row that
+    # create() just returned, which has no image yet.
+    key = row.get("image_key")
+    if row["status"] == "completed" and row["image_id"] is not None and key:
+        image = JobImage(
+            id=row["image_id"],
+            url=await storage.url(key, expires_in=settings.signed_url_ttl_seconds),
+            width=row.get("image_width"),
+            height=row.get("image_height"),
+            model=row["model"],
+        )
+    return Job(
+        id=row["id"],
+        status=row["status"],
+        progress=row["progress"],
+        kind=row["kind"],
+        prompt=row["prompt"],
+        model=row["model"],
+        error=row["error_message"],
+        image=image,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+async def wait_for_end(
+    hub: Hub, pool: asyncpg.Pool, job_id: UUID, user_id: str, wait_seconds: float
+) -> asyncpg.Record | None:
+    """The job once it is completed or failed, or None if `wait_seconds` pass first."""
+    deadline = time.monotonic() + wait_seconds
+    async with hub.subscribe(JOBS_CHANNEL, str(job_id)) as sub:
+        while True:
+            async with pool.acquire() as conn:  # subscribed first, so no change slips by
+                row = await jobs_db.get_view(conn, job_id, user_id)
+            if row is None or row["status"] in TERMINAL:
+                return row
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            event = await sub.get(left)
+            if event is None:
+                return None
+            await asyncio.sleep(0)

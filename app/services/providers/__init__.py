@@ -1,0 +1,1 @@
+"""Image providers behind one small interface; `build_provider` picks one from settings."""

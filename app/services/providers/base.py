@@ -1,0 +1,65 @@
+"""What every image provider takes and gives, and the errors the worker tells apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Kind = Literal["generate", "style", "edit"]
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    kind: Kind = "generate"
+    references: list[ReferenceImage] = field(default_factory=list)
+    model: str | None = None  # a preferred model, tried first when the provider knows it
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    data: bytes
+    mime_type: str
+    model: str  # the model that answered
+
+
+class ProviderError(Exception):
+    """The provider did not produce an image. `retryable` says whether another attempt may."""
+
+    retryable: bool = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ContentRefused(ProviderError):
+    """A safety block or an answer without an image: final, refunded, never retried."""
+
+    retryable = False
+
+
+class InvalidRequest(ProviderError):
+    """The provider rejected the request itself (400): final, refunded."""
+
+    retryable = False
+
+
+class ProviderUnavailable(ProviderError):
+    """Every model was unavailable, rate-limited or failing: another attempt later may work."""
+
+    retryable = True
+
+
+class ImageProvider(Protocol):
+    name: str
+
+    async def generate(self, request: ImageRequest) -> ImageResult: ...
+
+    async def aclose(self) -> None: ...

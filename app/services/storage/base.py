@@ -1,0 +1,76 @@
+"""What every object store does, and its one error."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Protocol
+
+MAX_KEY_LENGTH = 512
+MAX_SEGMENT_LENGTH = 255  # a file name's limit on common file systems (local storage)
+_KEY = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+
+
+class StorageError(Exception):
+    """The store could not be reached or refused the operation; worth retrying."""
+
+
+class ObjectNotFound(StorageError):
+    """No object under that key."""
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative object key, else raise ValueError.
+
+    Slash-separated segments of `[A-Za-z0-9._-]`, none empty, none `.` or `..`, none over
+    255 characters, at most 512 characters in all: no absolute path, backslash, NUL or
+    traversal can get through.
+    """
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise ValueError(f"an object key is 1 to {MAX_KEY_LENGTH} characters")
+    if not _KEY.fullmatch(key) or any(
+        part in (".", "..") or len(part) > MAX_SEGMENT_LENGTH for part in key.split("/")
+    ):
+        raise ValueError(f"not a valid object key: {key!r}")
+    return key
+
+
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def user_segment(user_id: str) -> str:
+    """The user's part of an object key: the id itself when it is key-safe (Clerk's
+    `user_…` ids are), else a stable hash of it, so that any `sub` maps to a valid key."""
+    if _SAFE_SEGMENT.fullmatch(user_id):
+        return user_id
+    return "u-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+def generation_key(user_id: str, job_id: object) -> str:
+    """Where a job's result goes. Deterministic, so a retried attempt overwrites its
+    predecessor's object rather than leaving an orphan."""
+    return f"generations/{user_segment(user_id)}/{job_id}.png"
+
+
+def upload_prefix(user_id: str) -> str:
+    return f"uploads/{user_segment(user_id)}/"
+
+
+class Storage(Protocol):
+    name: str
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+    async def url(self, key: str, *, expires_in: int) -> str:
+        """A URL a browser can GET: public when the store has a public domain, else signed."""
+        ...
+
+    async def aclose(self) -> None: ...

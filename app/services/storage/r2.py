@@ -1,0 +1,139 @@
+"""Cloudflare R2 (or any S3 API) through boto3, whose blocking calls run in threads.
+
+R2 refuses the CRC checksums and aws-chunked uploads recent botocore sends by default, so
+checksums are computed and validated only when an operation requires them. Every failure to
+reach the store or to complete a call becomes StorageError (a missing key, ObjectNotFound),
+and timeouts and a small retry budget keep a dead endpoint from holding a caller for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import urllib3.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.services.storage.base import ObjectNotFound, StorageError, validate_key
+
+T = TypeVar("T")
+
+# SigV4 presigned URLs live at most seven days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class R2Storage:
+    name: str = "r2"
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        bucket: str,
+        access_key_id: str,
+        secret_access_key: str,
+        region: str = "auto",
+        public_base_url: str | None = None,
+        timeout_seconds: float = 30.0,
+        max_attempts: int = 2,
+    ) -> None:
+        self.bucket = bucket
+        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        config = botocore.config.Config(
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=timeout_seconds,
+            read_timeout=timeout_seconds,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        )
+        # One client for the life of the service: botocore clients are safe across threads.
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=config,
+        )
+
+    async def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchKey":
+                raise ObjectNotFound(key) from exc
+            raise StorageError(f"R2 {what} {key!r} failed: {_error_code(exc)}") from exc
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"R2 {what} {key!r} failed: {exc}") from exc
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        validate_key(key)
+
+        def put() -> None:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+        await self._call("put", key, put)
+
+    async def get(self, key: str) -> bytes:
+        validate_key(key)
+
+        def get() -> bytes:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            return data
+
+        return await self._call("get", key, get)
+
+    async def exists(self, key: str) -> bool:
+        validate_key(key)
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _error_code(exc) in _MISSING_CODES:
+                    return False
+                raise
+            return True
+
+        return await self._call("head", key, head)
+
+    async def delete(self, key: str) -> None:
+        validate_key(key)
+
+        def delete() -> None:
+            # S3 answers 204 for a key that is not there, so a missing object is no error.
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+        await self._call("delete", key, delete)
+
+    async def url(self, key: str, *, expires_in: int) -> str:
+        validate_key(key)
+        if self._public_base_url:
+            return f"{self._public_base_url}/{key}"
+
+        def presign() -> str:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=max(1, min(expires_in, MAX_PRESIGN_SECONDS)),
+            )
+            return url
+
+        return await self._call("presign", key, presign)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.client.close)

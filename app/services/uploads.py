@@ -1,0 +1,57 @@
+"""Uploads: images a user sends to style or edit, checked by content and stored clean."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from fastapi import UploadFile
+
+from app.config import Settings
+from app.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable
+from app.schemas.generations import Upload
+from app.services import imaging
+from app.services.storage.base import Storage, StorageError, upload_prefix
+from app.services.users import User
+
+_CHUNK = 256 * 1024
+
+
+async def _read_limited(file: UploadFile, limit: int) -> bytes:
+    """Read at most `limit` bytes; more is a 413 before anything else is read."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await file.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def store(settings: Settings, storage: Storage, user: User, file: UploadFile) -> Upload:
+    data = await _read_limited(file, settings.max_upload_bytes)
+    if not data:
+        raise Unprocessable("The file is empty.")
+    if imaging.sniff(data) is None:
+        raise Unprocessable("Only PNG, JPEG and WEBP images are accepted (judged by content).")
+    try:
+        clean = await asyncio.to_thread(imaging.clean_upload, data, settings.max_upload_pixels)
+    except imaging.TooManyPixels as exc:
+        raise Unprocessable(
+            f"The image has too many pixels ({exc}).", max_pixels=settings.max_upload_pixels
+        ) from exc
+    except imaging.NotAnImage as exc:
+        raise Unprocessable(f"The file is not a usable image: {exc}.") from exc
+    key = f"{upload_prefix(user.id)}{uuid.uuid4().hex}.{clean.extension}"
+    try:
+        await storage.put(key, clean.data, clean.mime_type)
+    except StorageError as exc:
+        raise ServiceUnavailable("Storage is unavailable; try again shortly.") from exc
+    return Upload(
+        upload_key=key,
+        content_type=clean.mime_type,
+        width=clean.width,
+        height=clean.height,
+        size=len(clean.data),
+    )

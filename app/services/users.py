@@ -1,0 +1,158 @@
+"""Users: created on their first authenticated request, adopted when they predate the service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import httpx
+
+from app.config import Settings
+from app.db import ledger
+from app.db import users as users_db
+from app.errors import Conflict, ServiceUnavailable, Unauthorized
+from app.services.auth import Identity
+
+log = logging.getLogger("atelier.users")
+
+_SEEN_CAPACITY = 100_000
+# How long a user read from the database serves later requests without a new read.
+USER_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class User:
+    """Who the caller is. Balances are never read from here: they change under the caller's
+    feet, so every route that needs one reads it in its own statement."""
+
+    id: str
+    email: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> User:
+        return cls(row["id"], row["email"], row["created_at"])
+
+
+class ClerkDirectory:
+    """Clerk's Backend API, asked for an email when the session token carries none."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self._url = settings.clerk_api_url.rstrip("/")
+        self._secret = settings.clerk_secret_key
+        self._client = client
+        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+
+    async def email(self, user_id: str) -> str | None:
+        if self._secret is None:
+            return None
+        future = self._inflight.get(user_id)
+        if future is not None:  # a burst of first requests asks Clerk once
+            return await asyncio.shield(future)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[user_id] = future
+        try:
+            result = await self._fetch(user_id)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a lone caller leaves no warning behind
+            raise
+        finally:
+            del self._inflight[user_id]
+
+    async def _fetch(self, user_id: str) -> str | None:
+        assert self._secret is not None
+        try:
+            response = await self._client.get(
+                f"{self._url}/users/{user_id}",
+                headers={"Authorization": f"Bearer {self._secret.get_secret_value()}"},
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable("Clerk could not be reached to look up the account.") from exc
+        if response.status_code == 404:
+            raise Unauthorized("Clerk does not know this user.")
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"Clerk answered {response.status_code} for the account.")
+        data = response.json()
+        addresses = {a.get("id"): a.get("email_address") for a in data.get("email_addresses", [])}
+        email = addresses.get(data.get("primary_email_address_id"))
+        if not email and addresses:
+            email = next(iter(addresses.values()))
+        return email if isinstance(email, str) and email else None
+
+
+class Users:
+    """Turns a verified identity into a user row, writing as little as possible per request."""
+
+    def __init__(self, settings: Settings, directory: ClerkDirectory) -> None:
+        self._settings = settings
+        self._directory = directory
+        # user id → monotonic time of the last login write by this process
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        # user id → (monotonic time it was read, the user), for a burst of requests
+        self._known: OrderedDict[str, tuple[float, User]] = OrderedDict()
+
+    async def authenticate(self, conn: asyncpg.Connection, identity: Identity) -> User:
+        now = time.monotonic()
+        known = self._known.get(identity.sub)
+        ttl = min(USER_CACHE_SECONDS, self._settings.last_login_interval_seconds)
+        if known is not None and now - known[0] < ttl:
+            # Seen moments ago: skip the read. Whatever needs the row itself (a balance, a
+            # foreign key) reads or locks it in its own statement, so nothing relies on this.
+            return known[1]
+        row = await users_db.get(conn, identity.sub)
+        if row is None:
+            row = await self._create(conn, identity)
+            self._remember(identity.sub, now)
+            return self._cache(User.from_row(row), now)
+        last = self._seen.get(identity.sub)
+        if last is None:
+            # First sight in this process: a user the mobile app created gets its opening
+            # balance (a no-op for anyone with ledger entries).
+            await ledger.open_balance(conn, identity.sub)
+        if last is None or now - last >= self._settings.last_login_interval_seconds:
+            await users_db.touch_login(
+                conn, identity.sub, self._settings.last_login_interval_seconds
+            )
+            self._remember(identity.sub, now)
+        return self._cache(User.from_row(row), now)
+
+    def _cache(self, user: User, at: float) -> User:
+        self._known[user.id] = (at, user)
+        self._known.move_to_end(user.id)
+        if len(self._known) > _SEEN_CAPACITY:
+            self._known.popitem(last=False)
+        return user
+
+    async def _create(self, conn: asyncpg.Connection, identity: Identity) -> asyncpg.Record:
+        email = identity.email or await self._directory.email(identity.sub)
+        if email is None:
+            # users.email is NOT NULL UNIQUE in the shared schema; a placeholder on the
+            # reserved .invalid domain keeps the account usable until Clerk tells us more.
+            email = f"{identity.sub}@users.invalid"
+            log.warning("no email known for %s; stored a placeholder", identity.sub)
+        row = await users_db.create_with_signup(
+            conn, identity.sub, email, self._settings.new_user_credits
+        )
+        if row is None:
+            row = await users_db.get(conn, identity.sub)
+            if row is not None:
+                # Another writer inserted it first. If that was the mobile app, the row has no
+                # ledger entry yet, and authenticate() will not open it in this process.
+                await ledger.open_balance(conn, identity.sub)
+        if row is None:
+            raise Conflict("This email address already belongs to another account.")
+        return row
+
+    def _remember(self, user_id: str, at: float) -> None:
+        self._seen[user_id] = at
+        self._seen.move_to_end(user_id)
+        if len(self._seen) > _SEEN_CAPACITY:
+            self._seen.popitem(last=False)

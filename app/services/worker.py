@@ -1,0 +1,341 @@
+"""The job worker: claims with FOR UPDATE SKIP LOCKED, leases, heartbeats, fences, retries.
+
+A job always ends completed (image stored, row written, charged once) or failed and
+refunded, whatever the provider, the storage or this process does in between:
+- every write after the claim is fenced on the attempt number, so an attempt whose lease
+  ran out and was taken over cannot touch the job again;
+- a worker that dies leaves a lease that runs out; any worker's reaper then puts the job
+  back in the queue, or fails and refunds it once MAX_ATTEMPTS attempts were made;
+- on shutdown the worker stops claiming, lets running jobs finish for a grace period and
+  hands back what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.config import Settings
+from app.db import images, jobs
+from app.services import credits, imaging
+from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
+from app.services.realtime import JOBS_CHANNEL, Hub
+from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
+
+log = logging.getLogger("atelier.worker")
+
+
+MAX_RETRY_DELAY = 600.0  # seconds: backoff doubles per attempt, up to this
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Attempt:
+    job: asyncpg.Record
+    number: int
+
+    @property
+    def id(self) -> UUID:
+        job_id: UUID = self.job["id"]
+        return job_id
+
+
+class _LostLease(Exception):
+    pass
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        provider: ImageProvider,
+        storage: Storage,
+        hub: Hub | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.provider = provider
+        self.storage = storage
+        self.hub = hub
+        self.worker_id = worker_id or new_worker_id()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set; then drain and hand back."""
+        listener = asyncio.create_task(self._listen(stop)) if self.hub else None
+        next_reap = 0.0
+        log.info("worker %s started", self.worker_id)
+        reap_every = max(1.0, self.settings.job_lease_seconds / 4)
+        try:
+            while not stop.is_set():
+                # Cleared before looking for work, not after: a NOTIFY (or a finished job)
+                # that arrives while the claim runs keeps the next wait from sleeping.
+                self._wake.clear()
+                if time.monotonic() >= next_reap:
+                    await self._guard(self.reap())
+                    next_reap = time.monotonic() + reap_every
+                if stop.is_set():
+                    break  # the signal came while reaping: claim nothing more
+                claimed = await self._guard(self._claim_batch()) or 0
+                free = self.settings.worker_concurrency - len(self._tasks)
+                if claimed and free > 0:
+                    continue  # there may be more ready right now
+                waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+                # Wake for the reaper too: a dead worker's jobs send no NOTIFY, so a long
+                # poll interval must not delay their requeue.
+                await asyncio.wait(
+                    waiters,
+                    timeout=max(
+                        0.0, min(self.settings.worker_poll_seconds, next_reap - time.monotonic())
+                    ),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            if listener is not None:
+                listener.cancel()
+            await self._drain()
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _guard(self, work: Any) -> Any:
+        """Trouble with the database must not kill the loop: log it, try again next round."""
+        try:
+            return await work
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("worker %s: %r; retrying", self.worker_id, exc)
+        except Exception:  # e.g. asyncpg's InternalClientError on a connection torn down
+            log.exception("worker %s: unexpected error; retrying", self.worker_id)
+        await asyncio.sleep(self.settings.worker_poll_seconds)
+        return None
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        assert self.hub is not None
+        async with self.hub.subscribe(JOBS_CHANNEL) as sub:
+            while not stop.is_set():
+                event = await sub.get()
+                if event is not None and event.get("status") in ("pending", None):
+                    self._wake.set()  # a new or handed-back job, or a resync
+
+    async def _claim_batch(self) -> int:
+        free = self.settings.worker_concurrency - len(self._tasks)
+        if free <= 0 or self._stopping:
+            return 0
+        async with self.pool.acquire() as conn:
+            rows = await jobs.claim(conn, self.worker_id, free, self.settings.job_lease_seconds)
+        for row in rows:
+            attempt = _Attempt(row, row["attempts"])
+            task = asyncio.create_task(self._run_attempt(attempt), name=f"job-{attempt.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        self._stopping = True
+        running = list(self._tasks)
+        if running:
+            log.info("worker %s: waiting for %d running job(s)", self.worker_id, len(running))
+            _, pending = await asyncio.wait(running, timeout=self.settings.shutdown_grace_seconds)
+            for task in pending:
+                task.cancel()  # _run_attempt hands the job back
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(attempt, asyncio.current_task()))
+        try:
+            await self._process(attempt)
+        except _LostLease:
+            log.warning("job %s attempt %d lost its lease", attempt.id, attempt.number)
+        except asyncio.CancelledError:
+            if self._stopping:
+                await asyncio.shield(self._hand_back(attempt))
+            raise
+        except Exception:
+            log.exception("job %s attempt %d crashed", attempt.id, attempt.number)
+            await self._guard(self._retry_or_fail(attempt, "internal error while generating"))
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, attempt: _Attempt, owner: asyncio.Task[Any] | None) -> None:
+        interval = self.settings.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.pool.acquire() as conn:
+                    held = await jobs.extend_lease(
+                        conn, attempt.id, attempt.number, self.settings.job_lease_seconds
+                    )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # the next beat tries again; a dead heartbeat task would let the lease lapse
+                log.warning("heartbeat for job %s failed: %r", attempt.id, exc)
+                continue
+            if not held and owner is not None:
+                owner.cancel()  # someone else has the job now; stop spending on it
+                return
+
+    async def _process(self, attempt: _Attempt) -> None:
+        job = attempt.job
+        params: dict[str, Any] = job["params"] or {}
+        try:
+            references = [
+                await imaging.load_reference(self.storage, key)
+                for key in params.get("reference_keys", [])
+            ]
+        except ObjectNotFound:
+            # deleted since the request was accepted: no later attempt can find it either
+            await self._fail(attempt, "the reference image no longer exists")
+            return
+        except StorageError as exc:
+            await self._retry_or_fail(attempt, f"could not read the reference image: {exc}")
+            return
+        request = ImageRequest(
+            prompt=imaging.full_prompt(job["prompt"], params.get("style_prompt")),
+            kind=job["kind"],
+            references=references,
+            model=job["model"],
+        )
+        started = time.perf_counter()
+        try:
+            result = await self.provider.generate(request)
+        except ProviderError as exc:
+            log.info("job %s: provider said %s", attempt.id, exc.reason)
+            if exc.retryable:
+                await self._retry_or_fail(attempt, exc.reason)
+            else:
+                await self._fail(attempt, exc.reason)
+            return
+        log.info(
+            "job %s: %s answered in %.2fs", attempt.id, result.model, time.perf_counter() - started
+        )
+        await self._progress(attempt, 60, model=result.model)
+        try:
+            png = await asyncio.to_thread(imaging.to_png, result.data)
+        except (imaging.NotAnImage, imaging.TooManyPixels) as exc:
+            await self._fail(attempt, f"the provider's answer is not a usable image: {exc}")
+            return
+        key = generation_key(job["user_id"], attempt.id)
+        try:
+            await self._put_with_retries(key, png.data)
+        except StorageError as exc:
+            await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
+            return
+        await self._progress(attempt, 90)
+        await self._complete(attempt, key, png, result.model, params)
+
+    async def _put_with_retries(self, key: str, data: bytes) -> None:
+        for retry in range(self.settings.storage_retries + 1):
+            try:
+                await self.storage.put(key, data, "image/png")
+                return
+            except StorageError:
+                if retry == self.settings.storage_retries:
+                    raise
+                await asyncio.sleep(min(0.2 * 2**retry, 5.0))
+
+    async def _progress(self, attempt: _Attempt, progress: int, model: str | None = None) -> None:
+        async with self.pool.acquire() as conn:
+            if not await jobs.set_progress(conn, attempt.id, attempt.number, progress, model):
+                raise _LostLease
+
+    async def _complete(
+        self,
+        attempt: _Attempt,
+        key: str,
+        png: imaging.Png,
+        model: str,
+        params: dict[str, Any],
+    ) -> None:
+        image_id = uuid.uuid4()
+        url = imaging.canonical_url(self.settings, key, image_id)
+        pack_id = params.get("pack_id")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await images.insert_for_job(
+                conn,
+                image_id=image_id,
+                job_id=attempt.id,
+                attempt=attempt.number,
+                image_url=url,
+                storage_key=key,
+                model=model,
+                visibility=params.get("visibility", "private"),
+                width=png.width,
+                height=png.height,
+                pack_id=UUID(pack_id) if pack_id else None,
+            )
+            if row is None or not await jobs.mark_completed(
+                conn, attempt.id, attempt.number, image_id=image_id, output_url=url, model=model
+            ):
+                raise _LostLease  # rolls the insert back with it
+
+    async def _fail(self, attempt: _Attempt, reason: str) -> None:
+        """Failed for good: mark it and refund, in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await jobs.mark_failed(conn, attempt.id, attempt.number, reason[:1000]):
+                await credits.refund(conn, attempt.id)
+
+    async def _retry_or_fail(self, attempt: _Attempt, reason: str) -> None:
+        if attempt.number >= self.settings.max_attempts:
+            await self._fail(attempt, f"gave up after {attempt.number} attempts: {reason}")
+            return
+        delay = min(self.settings.retry_base_seconds * 2 ** (attempt.number - 1), MAX_RETRY_DELAY)
+        async with self.pool.acquire() as conn:
+            await jobs.release(conn, attempt.id, attempt.number, delay_seconds=delay, error=reason)
+
+    async def _hand_back(self, attempt: _Attempt) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await jobs.release(conn, attempt.id, attempt.number, delay_seconds=0, error=None)
+            log.info("job %s handed back on shutdown", attempt.id)
+        except Exception as exc:  # the lease runs out and the reaper takes it instead
+            log.warning("could not hand back job %s: %r", attempt.id, exc)
+
+    # -- the reaper -----------------------------------------------------------------------
+
+    async def reap(self) -> int:
+        """Requeue jobs whose worker vanished; fail and refund those out of attempts.
+
+        One short transaction per job: the statements re-check the expired lease, so two
+        reapers never act on one job twice, and no batch holds many users' rows at once.
+        """
+        count = 0
+        async with self.pool.acquire() as conn:
+            for row in await jobs.expired(conn, 100):
+                async with conn.transaction():
+                    if row["attempts"] >= self.settings.max_attempts:
+                        reason = (
+                            f"gave up after {row['attempts']} attempts: "
+                            "the worker stopped responding"
+                        )
+                        if await jobs.mark_failed(conn, row["id"], None, reason):
+                            await credits.refund(conn, row["id"])
+                            count += 1
+                    elif await jobs.requeue_expired(conn, row["id"], row["attempts"]):
+                        count += 1
+        if count:
+            log.info("reaped %d job(s) with expired leases", count)
+        return count
