@@ -1,0 +1,611 @@
+"""Clerk session tokens (JWKS and PEM), their failures, and dev auth.
+
+Tokens are signed with test RSA keys served by a real JWKS endpoint on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.errors import PROBLEM_JSON
+from app.services import devauth
+from tests.fakes.jwks import (
+    AUTHORIZED_PARTY,
+    ISSUER,
+    JwksServer,
+    LoopbackServer,
+    SigningKey,
+    hs256_with_public_key,
+    session_claims,
+    session_token,
+    sign,
+    signing_key,
+    tamper,
+    unsigned_token,
+)
+from tests.fakes.running import running_settings as running
+
+ATELIER = Path(sys.executable).with_name("atelier")
+
+ClerkSettings = Callable[..., Settings]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_unauthorized(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    body = response.json()
+    assert body["status"] == 401
+    assert body["type"].startswith("https://") and body["type"].endswith("/unauthorized")
+    assert body["title"]
+    assert body["detail"]
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body = response.json()
+    assert body["status"] == 503
+    assert body["type"].endswith("/service-unavailable")
+    assert body["title"] and body["detail"]
+
+
+@pytest.fixture(scope="module")
+def module_db_url(template_db: str, new_database: Callable[..., str]) -> str:
+    """One migrated database for this module: its tests assert on answers, each with
+    subjects of its own, so they need not pay for a fresh database apiece."""
+    return new_database(template_db)
+
+
+@pytest.fixture
+def make_app_settings(module_db_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**changes: object) -> Settings:
+        fields: dict[str, object] = {
+            "env": "test",
+            "database_url": module_db_url,
+            "data_dir": tmp_path / "data",
+            "auth": "dev",
+            "log_json": False,
+            "db_pool_min_size": 1,
+            "db_pool_max_size": 20,
+        }
+        fields.update(changes)
+        return Settings(_env_file=None, **fields)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return signing_key("primary")
+
+
+@pytest.fixture
+def jwks(key: SigningKey) -> Iterator[JwksServer]:
+    with JwksServer(key) as server:
+        yield server
+
+
+@pytest.fixture
+def clerk_settings(make_app_settings: Callable[..., Settings], jwks: JwksServer) -> ClerkSettings:
+    """Settings for AUTH=clerk against the loopback JWKS, with some fields changed."""
+
+    def make(**changes: object) -> Settings:
+        fields: dict[str, object] = {
+            "auth": "clerk",
+            "clerk_issuer": ISSUER,
+            "clerk_jwks_url": jwks.url,
+            "clerk_authorized_parties": [AUTHORIZED_PARTY],
+        }
+        fields.update(changes)
+        return make_app_settings(**fields)
+
+    return make
+
+
+async def count_users(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM users"))
+    finally:
+        await conn.close()
+
+
+# -- accepted -------------------------------------------------------------------------------
+
+
+async def test_valid_clerk_session_token_is_accepted(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    token = session_token(key, "user_2valid", email="valid@example.test")
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == "user_2valid"
+    assert response.json()["email"] == "valid@example.test"
+
+
+async def test_token_without_kid_is_verified_with_the_only_published_key(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    token = sign(session_claims("user_2nokid", email="nokid@example.test"), key, kid=None)
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
+async def test_issuer_with_trailing_slash_in_settings_still_matches_clerk_iss(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    token = session_token(key, "user_2slash", email="slash@example.test")
+    async with running(clerk_settings(clerk_issuer=ISSUER + "/")) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
+# -- refused: every failure is a 401 problem ------------------------------------------------
+
+
+def _expired(key: SigningKey) -> str:
+    return session_token(key, iat=_now() - 600, nbf=_now() - 600, exp=_now() - 60)
+
+
+def _not_yet_valid(key: SigningKey) -> str:
+    return session_token(key, nbf=_now() + 120)
+
+
+def _issued_in_the_future(key: SigningKey) -> str:
+    return session_token(key, iat=_now() + 120, nbf=_now() - 10)
+
+
+def _wrong_issuer(key: SigningKey) -> str:
+    return session_token(key, issuer="https://clerk.someone-else.test")
+
+
+def _issuer_prefix_only(key: SigningKey) -> str:
+    return session_token(key, issuer=ISSUER + ".evil.test")
+
+
+def _foreign_azp(key: SigningKey) -> str:
+    return session_token(key, azp="https://evil.example.test")
+
+
+def _alg_none(key: SigningKey) -> str:
+    return unsigned_token(session_claims(), kid=key.kid)
+
+
+def _hs256_with_public_key(key: SigningKey) -> str:
+    return hs256_with_public_key(session_claims(), key)
+
+
+def _unknown_kid(key: SigningKey) -> str:
+    return session_token(signing_key("stranger"))
+
+
+def _other_key_claiming_our_kid(key: SigningKey) -> str:
+    return sign(session_claims(), signing_key("stranger"), kid=key.kid)
+
+
+def _tampered_payload(key: SigningKey) -> str:
+    return tamper(session_token(key, "user_2honest"), sub="user_2admin")
+
+
+def _missing_sub(key: SigningKey) -> str:
+    return session_token(key, sub=None)
+
+
+def _empty_sub(key: SigningKey) -> str:
+    return session_token(key, sub="")
+
+
+def _missing_exp(key: SigningKey) -> str:
+    return session_token(key, exp=None)
+
+
+def _malformed(key: SigningKey) -> str:
+    return "this-is.not-a.jwt"
+
+
+def _not_even_three_parts(key: SigningKey) -> str:
+    return "garbage"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+BAD_TOKENS: dict[str, Callable[[SigningKey], str]] = {
+    "expired": _expired,
+    "nbf_in_the_future": _not_yet_valid,
+    "iat_in_the_future": _issued_in_the_future,
+    "wrong_iss": _wrong_issuer,
+    "iss_with_extra_suffix": _issuer_prefix_only,
+    "foreign_azp": _foreign_azp,
+    "alg_none": _alg_none,
+    "hs256_signed_with_public_key": _hs256_with_public_key,
+    "unknown_kid": _unknown_kid,
+    "other_key_claiming_our_kid": _other_key_claiming_our_kid,
+    "tampered_payload": _tampered_payload,
+    "missing_sub": _missing_sub,
+    "empty_sub": _empty_sub,
+    "missing_exp": _missing_exp,
+    "malformed": _malformed,
+    "not_even_three_parts": _not_even_three_parts,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+async def test_bad_token_is_a_401_problem_and_creates_no_user(
+    case: str, clerk_settings: ClerkSettings, key: SigningKey, module_db_url: str
+) -> None:
+    token = BAD_TOKENS[case](key)
+    users_before = await count_users(module_db_url)
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert_unauthorized(response)
+    assert await count_users(module_db_url) == users_before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"}],
+    ids=["missing_header", "basic_scheme", "bearer_without_token"],
+)
+async def test_request_without_a_bearer_token_is_a_401_problem(
+    headers: dict[str, str], clerk_settings: ClerkSettings
+) -> None:
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=headers)
+    assert_unauthorized(response)
+
+
+async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    exp = _now() + 2  # accepted now; with no leeway, refused once exp has passed
+    token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
+    async with running(clerk_settings(jwt_leeway_seconds=0)) as client:
+        first = await client.get("/v1/me", headers=bearer(token))
+        assert first.status_code == 200, first.text
+        await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
+        second = await client.get("/v1/me", headers=bearer(token))
+    assert_unauthorized(second)
+
+
+# -- azp ------------------------------------------------------------------------------------
+
+
+async def test_token_without_azp_is_accepted_by_default(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    token = session_token(key, "user_2native", azp=None, email="native@example.test")
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
+async def test_require_azp_refuses_token_without_azp_and_accepts_listed_party(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    without = session_token(key, "user_2web", azp=None, email="web@example.test")
+    with_azp = session_token(key, "user_2web", email="web@example.test")
+    async with running(clerk_settings(clerk_require_azp=True)) as client:
+        refused = await client.get("/v1/me", headers=bearer(without))
+        accepted = await client.get("/v1/me", headers=bearer(with_azp))
+    assert_unauthorized(refused)
+    assert accepted.status_code == 200, accepted.text
+
+
+async def test_any_of_several_authorized_parties_is_accepted(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    parties = "https://app.atelier.test, https://admin.atelier.test"  # as in the environment
+    token = session_token(
+        key, "user_2party", azp="https://admin.atelier.test", email="party@example.test"
+    )
+    async with running(clerk_settings(clerk_authorized_parties=parties)) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
+# -- the JWKS cache -------------------------------------------------------------------------
+
+
+async def test_jwks_is_fetched_once_for_many_requests_with_a_known_kid(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    # Distinct tokens (each its own sid), so the verified-token cache cannot hide fetches.
+    tokens = [session_token(key, "user_2many", email="many@example.test") for _ in range(20)]
+    assert len(set(tokens)) == len(tokens)
+    async with running(clerk_settings()) as client:
+        burst = await asyncio.gather(*(client.get("/v1/me", headers=bearer(t)) for t in tokens))
+        one_by_one = [await client.get("/v1/me", headers=bearer(t)) for t in tokens]
+    assert [r.status_code for r in burst + one_by_one] == [200] * 40
+    assert jwks.fetches == 1
+
+
+async def test_rotated_key_is_picked_up_when_the_refresh_interval_allows(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    rotated = signing_key("rotated")
+    async with running(clerk_settings(jwks_min_refresh_seconds=0)) as client:
+        before = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2rot", email="rot@example.test"))
+        )
+        jwks.publish(rotated)
+        after = await client.get(
+            "/v1/me", headers=bearer(session_token(rotated, "user_2rot", email="rot@example.test"))
+        )
+        # The old key is gone from the set: a token it signs now is unknown.
+        old = await client.get("/v1/me", headers=bearer(session_token(key, "user_2rot")))
+    assert before.status_code == 200, before.text
+    assert after.status_code == 200, after.text
+    assert_unauthorized(old)
+    assert jwks.fetches == 3
+
+
+async def test_unknown_kid_burst_inside_the_refresh_interval_does_not_hammer_the_jwks(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    stranger = signing_key("stranger")
+    async with running(clerk_settings()) as client:  # JWKS_MIN_REFRESH_SECONDS=60
+        first = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2k", email="k@example.test"))
+        )
+        assert first.status_code == 200, first.text
+        assert jwks.fetches == 1
+        unknown = [session_token(stranger, f"user_2x{i}") for i in range(15)]
+        burst = await asyncio.gather(*(client.get("/v1/me", headers=bearer(t)) for t in unknown))
+        one_by_one = [await client.get("/v1/me", headers=bearer(t)) for t in unknown]
+    for response in burst + one_by_one:
+        assert_unauthorized(response)
+    assert jwks.fetches <= 2  # at most one refetch within the interval
+
+
+async def test_unknown_kid_burst_when_refreshes_are_allowed_still_fetches_once_per_burst(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    stranger = signing_key("stranger")
+    async with running(clerk_settings(jwks_min_refresh_seconds=0)) as client:
+        await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2k0", email="k0@example.test"))
+        )
+        jwks.hold(0.3)  # the refetch is still in flight while the whole burst arrives
+        unknown = [session_token(stranger, f"user_2y{i}") for i in range(15)]
+        burst = await asyncio.gather(*(client.get("/v1/me", headers=bearer(t)) for t in unknown))
+    for response in burst:
+        assert_unauthorized(response)
+    assert jwks.fetches == 2
+
+
+# -- an unreachable JWKS is a 503 -----------------------------------------------------------
+
+
+async def test_unreachable_jwks_is_a_503_problem_not_a_500(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    settings = clerk_settings()
+    jwks.stop()
+    async with running(settings) as client:
+        response = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2down", email="d@example.test"))
+        )
+    assert_unavailable(response)
+
+
+@pytest.mark.parametrize(
+    "status", [500, 502, 404], ids=["server_error", "bad_gateway", "not_found"]
+)
+async def test_jwks_answering_an_error_is_a_503_problem(
+    status: int, clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    jwks.fail_with(status)
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(session_token(key)))
+    assert_unavailable(response)
+
+
+async def test_burst_during_a_jwks_outage_makes_one_fetch_and_all_get_503(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    jwks.fail_with(500)
+    jwks.hold(0.3)  # the failing fetch is still in flight while the whole burst arrives
+    tokens = [session_token(key, f"user_2o{i}") for i in range(15)]
+    async with running(clerk_settings()) as client:
+        burst = await asyncio.gather(*(client.get("/v1/me", headers=bearer(t)) for t in tokens))
+        jwks.hold(0)
+        jwks.fail_with(None)
+        # Once the JWKS is back, the next request fetches it again and gets in.
+        recovered = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2o", email="o@example.test"))
+        )
+    for response in burst:
+        assert_unavailable(response)
+    assert jwks.fetches == 2
+    assert recovered.status_code == 200, recovered.text
+
+
+async def test_cached_keys_keep_working_while_the_jwks_is_down(
+    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
+) -> None:
+    async with running(clerk_settings(jwks_min_refresh_seconds=0)) as client:
+        first = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2c", email="c@example.test"))
+        )
+        jwks.fail_with(500)
+        known = await client.get("/v1/me", headers=bearer(session_token(key, "user_2c")))
+        unknown = await client.get(
+            "/v1/me", headers=bearer(session_token(signing_key("stranger"), "user_2c"))
+        )
+    assert first.status_code == 200, first.text
+    assert known.status_code == 200, known.text
+    assert_unavailable(unknown)  # it might be a new key: "retry", not "sign out"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"keys": 5}, {"nokeys": []}, ["not", "an", "object"]],
+    ids=["keys_not_a_list", "no_keys_member", "not_an_object"],
+)
+async def test_malformed_jwks_document_is_a_503_problem(
+    document: object, clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    server = LoopbackServer(lambda _request: (200, document))
+    try:
+        async with running(clerk_settings(clerk_jwks_url=server.origin + "/jwks")) as client:
+            response = await client.get("/v1/me", headers=bearer(session_token(key)))
+    finally:
+        server.stop()
+    assert_unavailable(response)
+
+
+# -- PEM mode: no network at all ------------------------------------------------------------
+
+
+async def test_pem_key_verifies_tokens_without_any_jwks_server(
+    make_app_settings: Callable[..., Settings], key: SigningKey
+) -> None:
+    # No JWKS server exists; the issuer's own JWKS URL does not resolve. A fetch would 503.
+    settings = make_app_settings(
+        auth="clerk",
+        clerk_issuer=ISSUER,
+        clerk_jwt_key=key.public_pem,
+        clerk_authorized_parties=[AUTHORIZED_PARTY],
+    )
+    async with running(settings) as client:
+        good = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2pem", email="pem@example.test"))
+        )
+        forged = await client.get(
+            "/v1/me", headers=bearer(session_token(signing_key("stranger"), "user_2pem"))
+        )
+        confused = await client.get(
+            "/v1/me", headers=bearer(hs256_with_public_key(session_claims("user_2pem"), key))
+        )
+        unsigned = await client.get(
+            "/v1/me", headers=bearer(unsigned_token(session_claims("user_2pem")))
+        )
+    assert good.status_code == 200, good.text
+    assert good.json()["email"] == "pem@example.test"
+    assert_unauthorized(forged)
+    assert_unauthorized(confused)
+    assert_unauthorized(unsigned)
+
+
+async def test_pem_key_with_escaped_newlines_from_the_environment_works(
+    make_app_settings: Callable[..., Settings], key: SigningKey
+) -> None:
+    settings = make_app_settings(
+        auth="clerk",
+        clerk_issuer=ISSUER,
+        clerk_jwt_key=key.public_pem.strip().replace("\n", "\\n"),
+        clerk_authorized_parties=[AUTHORIZED_PARTY],
+    )
+    async with running(settings) as client:
+        response = await client.get(
+            "/v1/me", headers=bearer(session_token(key, "user_2esc", email="esc@example.test"))
+        )
+    assert response.status_code == 200, response.text
+
+
+# -- dev auth -------------------------------------------------------------------------------
+
+
+def _cli_env(**values: str) -> dict[str, str]:
+    """A clean environment for the `atelier` command: no settings but the ones given."""
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
+    env.update(values)
+    return env
+
+
+async def test_dev_token_command_prints_a_token_the_dev_service_accepts(
+    make_app_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_app_settings(auth="dev")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(ATELIER), "dev-token", "user_x", "--email", "x@example.test"],
+        env=_cli_env(DATA_DIR=str(settings.data_dir), AUTH="dev", LOG_JSON="false"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.count(".") == 2
+    async with running(settings) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == "user_x"
+    assert response.json()["email"] == "x@example.test"
+
+
+async def test_dev_service_refuses_tokens_not_signed_with_its_own_key(
+    make_app_settings: Callable[..., Settings],
+) -> None:
+    settings = make_app_settings(auth="dev")
+    stranger = signing_key("stranger")
+    forged = session_token(stranger, "user_x", issuer=settings.dev_auth_issuer, azp=None)
+    clerk_like = session_token(stranger, "user_x")
+    async with running(settings) as client:
+        refused = await client.get("/v1/me", headers=bearer(forged))
+        foreign = await client.get("/v1/me", headers=bearer(clerk_like))
+    assert_unauthorized(refused)
+    assert_unauthorized(foreign)
+
+
+async def test_clerk_service_refuses_dev_tokens(clerk_settings: ClerkSettings) -> None:
+    settings = clerk_settings()
+    dev_key = devauth.load_or_create_key(settings.dev_key_path)
+    token = devauth.mint(settings, dev_key, "user_2dev", email="dev@example.test")
+    async with running(settings) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert_unauthorized(response)
+
+
+def test_settings_refuse_dev_auth_in_production() -> None:
+    with pytest.raises(ValidationError, match="AUTH=dev"):
+        Settings(
+            _env_file=None,
+            env="production",
+            auth="dev",
+            database_url="postgresql://nobody@127.0.0.1:1/none",
+        )
+
+
+async def test_serve_with_dev_auth_in_production_exits_before_binding(tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(ATELIER), "serve", "--port", "0"],
+        env=_cli_env(
+            ENV="production",
+            AUTH="dev",
+            DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+            DATA_DIR=str(tmp_path / "data"),
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "AUTH=dev" in result.stderr
+    assert "ENV=production" in result.stderr
+    assert not (tmp_path / "data").exists()  # not even the dev key was created

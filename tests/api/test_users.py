@@ -1,0 +1,362 @@
+"""Users: created by their first authenticated request, adopted when they predate the service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import asyncpg
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.fakes.clerk_api import SECRET_KEY, ClerkApiServer
+from tests.fakes.jwks import (
+    AUTHORIZED_PARTY,
+    ISSUER,
+    JwksServer,
+    SigningKey,
+    session_token,
+    signing_key,
+)
+from tests.fakes.running import running_settings as running
+
+ClerkSettings = Callable[..., Settings]
+Headers = Callable[..., dict[str, str]]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return signing_key("primary")
+
+
+@pytest.fixture
+def jwks(key: SigningKey) -> Iterator[JwksServer]:
+    with JwksServer(key) as server:
+        yield server
+
+
+@pytest.fixture
+def clerk_api() -> Iterator[ClerkApiServer]:
+    with ClerkApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def clerk_settings(
+    make_settings: Callable[..., Settings], jwks: JwksServer, clerk_api: ClerkApiServer
+) -> ClerkSettings:
+    """AUTH=clerk against the loopback JWKS and the loopback Clerk Backend API."""
+
+    def make(**changes: object) -> Settings:
+        fields: dict[str, object] = {
+            "auth": "clerk",
+            "clerk_issuer": ISSUER,
+            "clerk_jwks_url": jwks.url,
+            "clerk_authorized_parties": [AUTHORIZED_PARTY],
+            "clerk_secret_key": SECRET_KEY,
+            "clerk_api_url": clerk_api.url,
+        }
+        fields.update(changes)
+        return make_settings(**fields)
+
+    return make
+
+
+async def ledger_of(db: asyncpg.Connection, user_id: str) -> list[tuple[str, int, int]]:
+    rows = await db.fetch(
+        "SELECT reason, delta, balance_after FROM credit_ledger WHERE user_id = $1 ORDER BY id",
+        user_id,
+    )
+    return [(r["reason"], r["delta"], r["balance_after"]) for r in rows]
+
+
+async def last_login(db: asyncpg.Connection, user_id: str) -> datetime | None:
+    value: datetime | None = await db.fetchval(
+        "SELECT last_login_at FROM users WHERE id = $1", user_id
+    )
+    return value
+
+
+async def insert_existing_user(
+    db: asyncpg.Connection, user_id: str, email: str, credits: int
+) -> None:
+    """A user the mobile app made before this service: a users row and no ledger at all."""
+    await db.execute(
+        "INSERT INTO users (id, email, credits) VALUES ($1, $2, $3)", user_id, email, credits
+    )
+
+
+# -- creation -------------------------------------------------------------------------------
+
+
+async def test_first_request_of_a_new_sub_creates_the_user_with_five_credits_and_a_signup(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    response = await client.get("/v1/me", headers=auth_headers("user_new", "new@example.test"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["id"], body["email"], body["credits"]) == ("user_new", "new@example.test", 5)
+    row = await db.fetchrow("SELECT email, credits FROM users WHERE id = 'user_new'")
+    assert row is not None
+    assert (row["email"], row["credits"]) == ("new@example.test", 5)
+    assert await ledger_of(db, "user_new") == [("signup", 5, 5)]
+
+
+@pytest.mark.parametrize("credits", [7, 0])
+async def test_new_user_credits_setting_decides_the_signup_grant(
+    credits: int,
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+) -> None:
+    async with running(make_settings(new_user_credits=credits)) as client:
+        response = await client.get("/v1/me", headers=auth_headers("user_grant"))
+    assert response.status_code == 200, response.text
+    assert response.json()["credits"] == credits
+    assert await ledger_of(db, "user_grant") == [("signup", credits, credits)]
+
+
+async def test_later_requests_do_not_grant_again(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    for _ in range(5):
+        response = await client.get("/v1/me", headers=auth_headers("user_again"))
+        assert response.status_code == 200, response.text
+        assert response.json()["credits"] == 5
+    assert await ledger_of(db, "user_again") == [("signup", 5, 5)]
+
+
+# -- where the email comes from -------------------------------------------------------------
+
+
+async def test_email_comes_from_the_token_claim_without_asking_clerk(
+    clerk_settings: ClerkSettings,
+    key: SigningKey,
+    clerk_api: ClerkApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    clerk_api.add_user("user_2claim", "directory@example.test")
+    token = session_token(key, "user_2claim", email="claim@example.test")
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json()["email"] == "claim@example.test"
+    assert clerk_api.requests == []
+    assert await db.fetchval("SELECT email FROM users WHERE id = 'user_2claim'") == (
+        "claim@example.test"
+    )
+
+
+async def test_email_comes_from_clerk_backend_api_when_the_token_has_none(
+    clerk_settings: ClerkSettings,
+    key: SigningKey,
+    clerk_api: ClerkApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    clerk_api.add_user("user_2noemail", "primary@example.test", "secondary@example.test")
+    token = session_token(key, "user_2noemail")  # Clerk's default session token: no email
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert response.json()["email"] == "primary@example.test"
+    assert await db.fetchval("SELECT email FROM users WHERE id = 'user_2noemail'") == (
+        "primary@example.test"
+    )
+    assert await ledger_of(db, "user_2noemail") == [("signup", 5, 5)]
+    assert clerk_api.requests == [("/v1/users/user_2noemail", f"Bearer {SECRET_KEY}")]
+
+
+async def test_clerk_backend_api_down_is_a_503_and_creates_nothing(
+    clerk_settings: ClerkSettings,
+    key: SigningKey,
+    clerk_api: ClerkApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    clerk_api.add_user("user_2later", "later@example.test")
+    clerk_api.fail_with(502)
+    token = session_token(key, "user_2later")
+    async with running(clerk_settings()) as client:
+        failed = await client.get("/v1/me", headers=bearer(token))
+        assert failed.status_code == 503, failed.text
+        assert failed.headers["content-type"] == "application/problem+json"
+        assert await db.fetchval("SELECT count(*) FROM users") == 0
+        clerk_api.fail_with(None)
+        retried = await client.get("/v1/me", headers=bearer(token))
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["email"] == "later@example.test"
+
+
+async def test_clerk_backend_api_unreachable_is_a_503(
+    clerk_settings: ClerkSettings, key: SigningKey, clerk_api: ClerkApiServer
+) -> None:
+    settings = clerk_settings()
+    clerk_api.stop()
+    async with running(settings) as client:
+        response = await client.get("/v1/me", headers=bearer(session_token(key, "user_2gone")))
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_user_clerk_does_not_know_is_refused(
+    clerk_settings: ClerkSettings, key: SigningKey, db: asyncpg.Connection
+) -> None:
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer(session_token(key, "user_2ghost")))
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_email_taken_by_another_account_is_a_409_problem(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    first = await client.get("/v1/me", headers=auth_headers("user_one", "shared@example.test"))
+    assert first.status_code == 200, first.text
+    second = await client.get("/v1/me", headers=auth_headers("user_two", "shared@example.test"))
+    assert second.status_code == 409, second.text
+    assert second.headers["content-type"] == "application/problem+json"
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_first_requests_create_one_user_and_one_signup_entry(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    headers = auth_headers("user_rush", "rush@example.test")
+    responses = await asyncio.gather(*(client.get("/v1/me", headers=headers) for _ in range(50)))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert {r.json()["credits"] for r in responses} == {5}
+    assert await db.fetchval("SELECT count(*) FROM users WHERE id = 'user_rush'") == 1
+    assert await ledger_of(db, "user_rush") == [("signup", 5, 5)]
+
+
+async def test_fifty_concurrent_first_requests_without_email_claim_create_one_user(
+    clerk_settings: ClerkSettings,
+    key: SigningKey,
+    clerk_api: ClerkApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    clerk_api.add_user("user_2rush", "rush@example.test")
+    tokens = [session_token(key, "user_2rush") for _ in range(50)]  # distinct session ids
+    async with running(clerk_settings()) as client:
+        responses = await asyncio.gather(*(client.get("/v1/me", headers=bearer(t)) for t in tokens))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert {r.json()["email"] for r in responses} == {"rush@example.test"}
+    assert await db.fetchval("SELECT count(*) FROM users") == 1
+    assert await ledger_of(db, "user_2rush") == [("signup", 5, 5)]
+
+
+# -- users who predate the service ----------------------------------------------------------
+
+
+async def test_existing_user_gets_exactly_one_opening_balance(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    await insert_existing_user(db, "user_old", "old@example.test", 9)
+    headers = auth_headers("user_old", "old@example.test")
+    async with running(make_settings()) as client:
+        first = await client.get("/v1/me", headers=headers)
+        burst = await asyncio.gather(*(client.get("/v1/me", headers=headers) for _ in range(10)))
+        after = [await client.get("/v1/me", headers=headers) for _ in range(3)]
+    # A second process (a restart, or another replica) has never seen the user either.
+    async with running(make_settings()) as client:
+        restarted = await client.get("/v1/me", headers=headers)
+    for response in [first, *burst, *after, restarted]:
+        assert response.status_code == 200, response.text
+        assert response.json()["credits"] == 9
+    assert await ledger_of(db, "user_old") == [("opening_balance", 9, 9)]
+    assert await db.fetchval("SELECT credits FROM users WHERE id = 'user_old'") == 9
+
+
+async def test_concurrent_first_requests_of_an_existing_user_open_one_balance(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    await insert_existing_user(db, "user_oldrush", "oldrush@example.test", 9)
+    headers = auth_headers("user_oldrush", "oldrush@example.test")
+    responses = await asyncio.gather(*(client.get("/v1/me", headers=headers) for _ in range(30)))
+    assert [r.status_code for r in responses] == [200] * 30
+    assert await ledger_of(db, "user_oldrush") == [("opening_balance", 9, 9)]
+
+
+async def test_existing_user_with_zero_credits_is_opened_with_a_zero_entry(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    await insert_existing_user(db, "user_broke", "broke@example.test", 0)
+    response = await client.get("/v1/me", headers=auth_headers("user_broke"))
+    assert response.status_code == 200, response.text
+    assert await ledger_of(db, "user_broke") == [("opening_balance", 0, 0)]
+
+
+async def test_existing_user_keeps_their_email_and_balance(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    await insert_existing_user(db, "user_keep", "keep@example.test", 9)
+    response = await client.get("/v1/me", headers=auth_headers("user_keep", "new@example.test"))
+    assert response.status_code == 200, response.text
+    assert (response.json()["email"], response.json()["credits"]) == ("keep@example.test", 9)
+
+
+# -- last_login_at --------------------------------------------------------------------------
+
+
+async def test_last_login_is_set_on_the_first_request_and_not_rewritten_right_after(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    headers = auth_headers("user_login")
+    first = await client.get("/v1/me", headers=headers)
+    assert first.status_code == 200, first.text
+    stamped = await last_login(db, "user_login")
+    assert stamped is not None
+    for _ in range(3):
+        again = await client.get("/v1/me", headers=headers)
+        assert again.status_code == 200, again.text
+    assert await last_login(db, "user_login") == stamped
+
+
+async def test_last_login_of_an_existing_user_is_set_on_first_sight_only(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    await insert_existing_user(db, "user_oldlogin", "oldlogin@example.test", 3)
+    assert await last_login(db, "user_oldlogin") is None
+    headers = auth_headers("user_oldlogin")
+    first = await client.get("/v1/me", headers=headers)
+    assert first.status_code == 200, first.text
+    stamped = await last_login(db, "user_oldlogin")
+    assert stamped is not None
+    second = await client.get("/v1/me", headers=headers)
+    assert second.status_code == 200, second.text
+    assert await last_login(db, "user_oldlogin") == stamped
+
+
+async def test_last_login_is_not_rewritten_by_a_restarted_process_within_the_interval(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    headers = auth_headers("user_replica")
+    async with running(make_settings()) as client:
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+    stamped = await last_login(db, "user_replica")
+    assert stamped is not None
+    async with running(make_settings()) as client:
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+    assert await last_login(db, "user_replica") == stamped
+
+
+async def test_last_login_is_rewritten_on_every_request_when_the_interval_is_zero(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    headers = auth_headers("user_eager")
+    async with running(make_settings(last_login_interval_seconds=0)) as client:
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+        first = await last_login(db, "user_eager")
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+        second = await last_login(db, "user_eager")
+    assert first is not None and second is not None
+    assert second > first

@@ -1,0 +1,58 @@
+"""The app under a real uvicorn server on loopback, for requests that must arrive on the wire
+exactly as written (httpx normalises `..` segments and its ASGI transport decodes twice)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+from fastapi import FastAPI
+
+
+class ServedApp:
+    """Serve `app` (without its lifespan) on 127.0.0.1, a free port, in a daemon thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ServedApp:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.servers[0].sockets[0].getsockname()[1]
+        return port
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def raw_get(self, target: str) -> tuple[int, str, bytes]:
+        """GET with the request target sent byte for byte (no client-side normalisation)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            request = f"GET {target} HTTP/1.1\r\nHost: atelier.test\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode("latin-1"))
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+        return int(lines[0].split()[1]), headers.get("content-type", ""), body

@@ -1,0 +1,174 @@
+"""PUT/DELETE /v1/images/{id}/like: idempotent per user, answering `liked` and `likes_count`;
+the count moves with the like row, so it equals the rows however many users race."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+
+from app.services import gallery
+from tests.gallery.conftest import (
+    Headers,
+    assert_problem,
+    ensure_user,
+    insert_image,
+    insert_mobile_image,
+    like_rows,
+    likes_count,
+    services_of,
+)
+
+ALICE, BOB, CAROL = "user_like_alice", "user_like_bob", "user_like_carol"
+
+
+async def test_liking_twice_counts_once_and_unliking_twice_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE, visibility="public")
+    bob, carol = auth_headers(BOB), auth_headers(CAROL)
+    path = f"/v1/images/{image}/like"
+
+    first = await client.put(path, headers=bob)
+    second = await client.put(path, headers=bob)
+    by_carol = await client.put(path, headers=carol)
+
+    assert first.status_code == 200, first.text
+    assert first.json() == {"liked": True, "likes_count": 1}
+    assert second.json() == {"liked": True, "likes_count": 1}
+    assert by_carol.json() == {"liked": True, "likes_count": 2}
+    assert await like_rows(db, image) == [BOB, CAROL]
+    assert await likes_count(db, image) == 2
+
+    undone = await client.delete(path, headers=bob)
+    undone_again = await client.delete(path, headers=bob)
+
+    assert undone.status_code == 200, undone.text
+    assert undone.json() == {"liked": False, "likes_count": 1}
+    assert undone_again.json() == {"liked": False, "likes_count": 1}
+    assert await like_rows(db, image) == [CAROL]
+    assert await likes_count(db, image) == 1
+
+
+async def test_unliking_an_image_never_liked_leaves_the_count_alone(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE, visibility="public")
+    liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(CAROL))
+    assert liked.status_code == 200
+
+    response = await client.delete(f"/v1/images/{image}/like", headers=auth_headers(BOB))
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"liked": False, "likes_count": 1}
+    assert await likes_count(db, image) == 1
+
+
+async def test_an_owner_may_like_their_own_private_image(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE)
+
+    response = await client.put(f"/v1/images/{image}/like", headers=auth_headers(ALICE))
+
+    assert response.json() == {"liked": True, "likes_count": 1}
+
+
+async def test_liking_another_users_private_or_a_missing_image_is_a_404(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE)
+    bob = auth_headers(BOB)
+
+    assert_problem(await client.put(f"/v1/images/{image}/like", headers=bob), 404)
+    assert_problem(await client.delete(f"/v1/images/{image}/like", headers=bob), 404)
+    assert_problem(await client.put(f"/v1/images/{uuid.uuid4()}/like", headers=bob), 404)
+    assert_problem(await client.put(f"/v1/images/{image}/like"), 401)
+    assert await like_rows(db, image) == []
+    assert await likes_count(db, image) == 0
+
+
+async def test_a_mobile_app_image_made_public_can_be_liked(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_mobile_image(db, ALICE, "https://cdn.example.test/alice/like.png")
+    await db.execute("UPDATE generated_images SET visibility = 'public' WHERE id = $1", image)
+
+    response = await client.put(f"/v1/images/{image}/like", headers=auth_headers(BOB))
+
+    assert response.json() == {"liked": True, "likes_count": 1}
+
+
+async def test_liked_by_me_is_per_viewer_in_listings_and_reads(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    liked = await insert_image(db, ALICE, visibility="public")
+    other = await insert_image(db, ALICE, visibility="public")
+    put = await client.put(f"/v1/images/{liked}/like", headers=auth_headers(BOB))
+    assert put.status_code == 200
+
+    def flags(page: httpx.Response) -> dict[str, tuple[bool, int]]:
+        return {i["id"]: (i["liked_by_me"], i["likes_count"]) for i in page.json()["items"]}
+
+    as_bob = await client.get("/v1/feed", headers=auth_headers(BOB))
+    as_carol = await client.get("/v1/feed", headers=auth_headers(CAROL))
+    as_alice = await client.get("/v1/images", headers=auth_headers(ALICE))
+    one_as_bob = await client.get(f"/v1/images/{liked}", headers=auth_headers(BOB))
+    one_as_carol = await client.get(f"/v1/images/{liked}", headers=auth_headers(CAROL))
+
+    assert flags(as_bob) == {str(liked): (True, 1), str(other): (False, 0)}
+    assert flags(as_carol) == {str(liked): (False, 1), str(other): (False, 0)}
+    assert flags(as_alice) == {str(liked): (False, 1), str(other): (False, 0)}
+    assert one_as_bob.json()["liked_by_me"] is True
+    assert one_as_carol.json()["liked_by_me"] is False
+
+
+async def test_a_hundred_users_liking_and_unliking_at_once_keep_the_count_equal_to_the_rows(
+    app: FastAPI, client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE, visibility="public")
+    users = [f"user_like_crowd_{n:03d}" for n in range(100)]
+    headers = {user: auth_headers(user) for user in users}
+    path = f"/v1/images/{image}/like"
+    rng = random.Random(20261123)
+
+    async def act(user: str, like: bool, times: int) -> None:
+        # Each user sends its request `times` times at once: duplicates must count once.
+        send = client.put if like else client.delete
+        answers = await asyncio.gather(*(send(path, headers=headers[user]) for _ in range(times)))
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["liked"] is like
+            assert 0 <= answer.json()["likes_count"] <= len(users)
+
+    final: dict[str, bool] = {}
+    for _ in range(4):
+        plan = {user: rng.random() < 0.6 for user in users}
+        await asyncio.gather(
+            *(act(user, like, rng.choice((1, 1, 2))) for user, like in plan.items())
+        )
+        final = plan
+        assert await likes_count(db, image) == len(await like_rows(db, image))
+
+    expected = sorted(user for user, liked in final.items() if liked)
+    assert await like_rows(db, image) == expected
+    assert await likes_count(db, image) == len(expected)
+    feed = await client.get("/v1/feed", headers=headers[users[0]])
+    assert feed.json()["items"][0]["likes_count"] == len(expected)
+
+    # The same race straight on the service, on the app's pool, many rounds over few users.
+    pool = services_of(app).pool
+
+    async def toggle(user: str, like: bool) -> None:
+        async with pool.acquire() as conn:
+            await gallery.like(conn, image, user, on=like)
+
+    for user in users[:10]:
+        await ensure_user(db, user)
+    for _ in range(20):
+        await asyncio.gather(*(toggle(u, rng.random() < 0.5) for u in users[:10] for _ in (0, 1)))
+        assert await likes_count(db, image) == len(await like_rows(db, image))

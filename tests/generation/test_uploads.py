@@ -1,0 +1,363 @@
+"""POST /v1/uploads (types judged by content, metadata stripped, bombs and oversize bodies
+refused) and the source images a style or an edit may use."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from app.config import Settings
+from app.main import create_app
+from tests.fakes.gemini import API_KEY, FakeGemini, InlineImage
+from tests.fakes.running import running
+from tests.generation.conftest import (
+    MakeApp,
+    assert_problem,
+    balance,
+    decode,
+    image_bytes,
+    job_count,
+    png_bomb,
+    storage_of,
+    upload,
+)
+
+Headers = Callable[..., dict[str, str]]
+ALICE, BOB = "user_alice", "user_bob"
+KIB, MIB = 1024, 1024 * 1024
+BOUNDARY = "atelier-test-boundary"
+
+png_bomb_20k = functools.cache(png_bomb)
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG of random pixels: it does not compress, so its size is about width*height*3."""
+    image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def with_metadata(fmt: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "SpyCamMaker"  # Make
+    exif[0x013B] = "Jane Roe"  # Artist
+    image = Image.new("RGB", (40, 30), (10, 120, 200))
+    out = io.BytesIO()
+    extra: dict[str, Any] = {"exif": exif}
+    if fmt == "PNG":
+        info = PngInfo()
+        info.add_text("Comment", "SpyCamMaker was here")
+        extra["pnginfo"] = info
+    image.save(out, fmt, **extra)
+    return out.getvalue()
+
+
+async def pulled_while_posting(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    total: int,
+    declare_length: bool,
+) -> tuple[httpx.Response, int]:
+    """POST a multipart upload of `total` bytes, streamed in 64 KiB pieces; returns the
+    answer and how many bytes the app pulled from the stream before answering."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.png"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    payload = b"\x89PNG\r\n\x1a\n" + b"\x00" * (total - 8)
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        pieces = [head] + [payload[i : i + 64 * KIB] for i in range(0, total, 64 * KIB)] + [tail]
+        for piece in pieces:
+            pulled += len(piece)
+            yield piece
+
+    request_headers = {**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    if declare_length:
+        request_headers["Content-Length"] = str(len(head) + total + len(tail))
+    response = await client.post("/v1/uploads", content=body(), headers=request_headers)
+    return response, pulled
+
+
+# -- types, by content ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime_type", "extension"),
+    [("PNG", "image/png", "png"), ("JPEG", "image/jpeg", "jpg"), ("WEBP", "image/webp", "webp")],
+)
+async def test_an_upload_is_judged_by_its_content_not_its_name_or_content_type(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    fmt: str,
+    mime_type: str,
+    extension: str,
+) -> None:
+    response = await upload(
+        client, auth_headers(ALICE), image_bytes(fmt, (48, 32)), "x.gif", "text/plain"
+    )
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["content_type"] == mime_type
+    assert (body["width"], body["height"]) == (48, 32)
+    key = body["upload_key"]
+    assert key.startswith(f"uploads/{ALICE}/") and key.endswith(f".{extension}")
+    stored = await storage_of(app).get(key)
+    assert len(stored) == body["size"]
+    assert decode(stored).format == fmt
+
+
+async def test_a_jpeg_named_png_is_stored_as_a_jpeg(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    response = await upload(client, auth_headers(ALICE), image_bytes("JPEG"), "x.png", "image/png")
+
+    assert response.status_code == 201, response.text
+    assert response.json()["content_type"] == "image/jpeg"
+    assert response.json()["upload_key"].endswith(".jpg")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        image_bytes("GIF"),
+        image_bytes("BMP"),
+        b"hello, I am a text file\n",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # the signature, then garbage
+        image_bytes("PNG")[:60],  # truncated
+        b"",
+    ],
+    ids=["gif", "bmp", "text", "svg", "png-signature-only", "truncated-png", "empty"],
+)
+async def test_anything_but_a_png_jpeg_or_webp_is_422_whatever_it_claims(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, data: bytes
+) -> None:
+    response = await upload(client, auth_headers(ALICE), data, "x.png", "image/png")
+
+    assert_problem(response, 422)
+    objects = app.state.settings.objects_dir / "uploads"
+    assert not objects.exists() or not any(objects.rglob("*.*"))
+
+
+async def test_an_upload_needs_a_file_and_a_user(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    assert_problem(await client.post("/v1/uploads", headers=auth_headers(ALICE)), 422)
+    assert_problem(
+        await client.post("/v1/uploads", files={"file": ("a.png", image_bytes("PNG"))}), 401
+    )
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_metadata_is_stripped_from_the_stored_copy(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, fmt: str
+) -> None:
+    original = with_metadata(fmt)
+    assert dict(decode(original).getexif())[0x010F] == "SpyCamMaker"  # the test's premise
+
+    response = await upload(
+        client, auth_headers(ALICE), original, "photo.bin", "application/octet-stream"
+    )
+
+    assert response.status_code == 201, response.text
+    stored = await storage_of(app).get(response.json()["upload_key"])
+    image = decode(stored)
+    assert image.format == fmt and image.size == (40, 30)
+    assert dict(image.getexif()) == {}
+    assert "exif" not in image.info and "Comment" not in image.info
+    assert b"SpyCamMaker" not in stored and b"Jane Roe" not in stored
+
+
+# -- bombs and sizes ------------------------------------------------------------------------
+
+
+async def test_a_decompression_bomb_is_422(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    bomb = png_bomb_20k(20_000, 20_000)
+    assert len(bomb) < 1 * MIB  # small on the wire: 400 million pixels once decoded
+
+    response = await upload(client, auth_headers(ALICE), bomb)
+
+    body = assert_problem(response, 422)
+    assert "pixels" in body["detail"]
+    objects = app.state.settings.objects_dir / "uploads"
+    assert not objects.exists() or not any(objects.rglob("*.*"))
+
+
+async def test_an_image_over_max_upload_pixels_is_422(
+    make_app: MakeApp, auth_headers: Headers
+) -> None:
+    async with running(make_app(max_upload_pixels=1_000_000)) as client:
+        over = await upload(client, auth_headers(ALICE), png_bomb(2000, 501))
+        under = await upload(client, auth_headers(ALICE), png_bomb(2000, 500))
+
+    body = assert_problem(over, 422)
+    assert body["max_pixels"] == 1_000_000
+    assert under.status_code == 201, under.text
+
+
+async def test_an_upload_over_max_upload_bytes_is_413_before_it_is_all_read(
+    make_app: MakeApp, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    async with running(make_app(max_upload_bytes=64 * KIB)) as client:
+        declared, pulled_declared = await pulled_while_posting(client, headers, MIB, True)
+        chunked, pulled_chunked = await pulled_while_posting(client, headers, 4 * MIB, False)
+
+    # At most the limit plus the multipart allowance and a piece is read, of 1 and 4 MiB.
+    assert_problem(declared, 413)
+    assert pulled_declared < 256 * KIB
+    assert_problem(chunked, 413)
+    assert pulled_chunked < 256 * KIB
+
+
+async def test_an_upload_over_max_upload_bytes_within_the_framing_allowance_is_413(
+    make_app: MakeApp, auth_headers: Headers
+) -> None:
+    data = noise_png(160, 160)
+    assert 64 * KIB < len(data) < 100 * KIB
+    async with running(make_app(max_upload_bytes=64 * KIB)) as client:
+        response = await upload(client, auth_headers(ALICE), data)
+
+    body = assert_problem(response, 413)
+    assert body["type"].endswith("/payload-too-large")
+    assert body["limit"] == 64 * KIB  # the upload's own limit, not the body limit
+
+
+async def test_an_upload_larger_than_the_app_body_limit_is_accepted_up_to_its_own_limit(
+    make_app: MakeApp, auth_headers: Headers
+) -> None:
+    data = noise_png(1024, 1024)
+    assert 3 * MIB <= len(data) < 4 * MIB
+    application = make_app(max_upload_bytes=10 * MIB, max_body_bytes=MIB)
+    async with running(application) as client:
+        accepted = await upload(client, auth_headers(ALICE), data)
+        too_big_json = await client.post(
+            "/v1/generations",
+            json={"prompt": "x", "model": "m" * (2 * MIB)},
+            headers=auth_headers(ALICE),
+        )
+
+    assert accepted.status_code == 201, accepted.text
+    assert (accepted.json()["width"], accepted.json()["height"]) == (1024, 1024)
+    assert_problem(too_big_json, 413)
+
+
+# -- source images for style and edit -------------------------------------------------------
+
+
+async def finished_image(
+    client: httpx.AsyncClient, headers: dict[str, str], visibility: str
+) -> str:
+    response = await client.post(
+        "/v1/generations",
+        json={"prompt": f"a {visibility} cat", "visibility": visibility},
+        headers={**headers, "Prefer": "wait=10"},
+    )
+    assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+    image_id: str = response.json()["image"]["id"]
+    return image_id
+
+
+async def test_someone_elses_upload_or_private_image_is_404_and_charges_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    bobs_upload = (await upload(client, bob, image_bytes("PNG"))).json()["upload_key"]
+    bobs_private = await finished_image(client, bob, "private")
+    file_name = bobs_upload.rsplit("/", 1)[1]
+    await client.get("/v1/me", headers=alice)
+    jobs_before = await job_count(db)
+
+    references: list[dict[str, str]] = [
+        {"upload_key": bobs_upload},
+        {"upload_key": f"uploads/{ALICE}/../{BOB}/{file_name}"},
+        {"upload_key": f"uploads/{ALICE}/{file_name}"},  # no such upload of Alice's
+        {"image_id": bobs_private},
+        {"image_id": str(uuid.uuid4())},
+    ]
+    for kind in ("style", "edit"):
+        for reference in references:
+            response = await client.post(
+                "/v1/generations",
+                json={"prompt": "borrowed", "kind": kind, "reference": reference},
+                headers=alice,
+            )
+            assert response.status_code == 404, (kind, reference, response.text)
+            assert_problem(response, 404)
+
+    assert await job_count(db) == jobs_before
+    assert await balance(db, ALICE) == 5
+
+
+async def test_a_public_image_of_another_user_can_be_a_style_reference(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    public_id = await finished_image(client, auth_headers(BOB), "public")
+
+    response = await client.post(
+        "/v1/generations",
+        json={"prompt": "in this style", "kind": "style", "reference": {"image_id": public_id}},
+        headers={**auth_headers(ALICE), "Prefer": "wait=10"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "completed"
+    source_key = await db.fetchval(
+        "SELECT storage_key FROM generated_images WHERE id = $1", uuid.UUID(public_id)
+    )
+    used = await db.fetchval(
+        "SELECT input_image_key FROM image_generation_jobs WHERE id = $1",
+        uuid.UUID(response.json()["id"]),
+    )
+    assert used == source_key
+    assert await balance(db, ALICE) == 4
+
+
+async def test_an_edit_of_ones_own_upload_sends_the_image_to_the_provider(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    with FakeGemini() as gemini:
+        settings = make_settings(
+            provider="gemini", gemini_base_url=gemini.url, gemini_api_key=API_KEY
+        )
+        application = create_app(settings)
+        async with running(application) as client:
+            uploaded = await upload(client, headers, image_bytes("WEBP", (30, 20)), "a", "b/c")
+            assert uploaded.status_code == 201, uploaded.text
+            key = uploaded.json()["upload_key"]
+            stored = await storage_of(application).get(key)
+            response = await client.post(
+                "/v1/generations",
+                json={"prompt": "make it night", "kind": "edit", "reference": {"upload_key": key}},
+                headers={**headers, "Prefer": "wait=10"},
+            )
+        calls = gemini.calls
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "completed"
+    [call] = calls
+    assert "make it night" in call.prompt
+    assert call.images == [InlineImage(stored, "image/webp")]
+    row = await db.fetchrow("SELECT kind, input_image_key, cost FROM image_generation_jobs")
+    assert row is not None and dict(row) == {"kind": "edit", "input_image_key": key, "cost": 1}

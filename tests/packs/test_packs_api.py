@@ -1,0 +1,721 @@
+"""/v1/packs: create, list, read with icons, update, delete; filing icons in and out; and
+another user's pack, which is a 404 everywhere (a generation into it included)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import httpx
+
+from app.errors import PROBLEM_JSON
+
+Headers = Callable[..., dict[str, str]]
+ALICE, BOB = "user_alice", "user_bob"
+DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body
+
+
+async def ensure_user(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await client.get("/v1/me", headers=headers)
+    assert response.status_code == 200, response.text
+
+
+async def insert_image(
+    db: asyncpg.Connection,
+    user_id: str,
+    *,
+    seconds_ago: int = 0,
+    visibility: str = "private",
+    pack_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """An image row of the user's, `seconds_ago` old (the user must exist)."""
+    image_id = uuid.uuid4()
+    await db.execute(
+        """
+        INSERT INTO generated_images (id, user_id, image_url, prompt, visibility, pack_id,
+                                      created_at)
+        VALUES ($1, $2, $3, 'an icon', $4, $5, now() - make_interval(secs => $6))
+        """,
+        image_id,
+        user_id,
+        f"https://cdn.example.test/{image_id}.png",
+        visibility,
+        pack_id,
+        seconds_ago,
+    )
+    return image_id
+
+
+async def pack_of(db: asyncpg.Connection, image_id: uuid.UUID) -> uuid.UUID | None:
+    row = await db.fetchrow("SELECT pack_id FROM generated_images WHERE id = $1", image_id)
+    assert row is not None, f"image {image_id} is gone"
+    pack_id: uuid.UUID | None = row["pack_id"]
+    return pack_id
+
+
+async def pack_row(db: asyncpg.Connection, pack_id: str) -> dict[str, Any] | None:
+    row = await db.fetchrow(
+        "SELECT user_id, name, style_prompt, cover_image_id FROM icon_packs WHERE id = $1",
+        uuid.UUID(pack_id),
+    )
+    return dict(row) if row is not None else None
+
+
+async def create_pack(
+    client: httpx.AsyncClient, headers: dict[str, str], **fields: Any
+) -> dict[str, Any]:
+    body = {"name": "Space", **fields}
+    response = await client.post("/v1/packs", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    pack: dict[str, Any] = response.json()
+    return pack
+
+
+async def get_pack(
+    client: httpx.AsyncClient, headers: dict[str, str], pack_id: str, **params: Any
+) -> dict[str, Any]:
+    response = await client.get(f"/v1/packs/{pack_id}", headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    pack: dict[str, Any] = response.json()
+    return pack
+
+
+async def add_icon(
+    client: httpx.AsyncClient, headers: dict[str, str], pack_id: str, image_id: uuid.UUID
+) -> httpx.Response:
+    return await client.post(
+        f"/v1/packs/{pack_id}/icons", json={"image_id": str(image_id)}, headers=headers
+    )
+
+
+def moment(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return [item["id"] for item in items]
+
+
+# -- create ---------------------------------------------------------------------------------
+
+
+async def test_creating_a_pack_answers_201_with_the_empty_pack(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    response = await client.post(
+        "/v1/packs",
+        json={"name": "Weather", "style_prompt": "flat pastel icons"},
+        headers=auth_headers(ALICE),
+    )
+
+    assert response.status_code == 201, response.text
+    pack = response.json()
+    assert set(pack) == {
+        "id",
+        "name",
+        "style_prompt",
+        "cover_image_id",
+        "icon_count",
+        "created_at",
+        "updated_at",
+    }
+    assert pack["name"] == "Weather"
+    assert pack["style_prompt"] == "flat pastel icons"
+    assert pack["cover_image_id"] is None
+    assert pack["icon_count"] == 0
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Weather",
+        "style_prompt": "flat pastel icons",
+        "cover_image_id": None,
+    }
+
+
+async def test_a_pack_needs_no_style_prompt_and_takes_the_longest_allowed_values(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    plain = await create_pack(client, headers, name="n")
+    longest = await create_pack(client, headers, name="é" * 100, style_prompt="s" * 1000)
+
+    assert plain["style_prompt"] is None
+    assert longest["name"] == "é" * 100
+    assert longest["style_prompt"] == "s" * 1000
+
+
+INVALID_CREATES: list[tuple[str, dict[str, Any]]] = [
+    ("no name", {"style_prompt": "flat"}),
+    ("null name", {"name": None}),
+    ("empty name", {"name": ""}),
+    ("name of 101 characters", {"name": "x" * 101}),
+    ("name with NUL", {"name": "a\x00b"}),
+    ("style prompt of 1001 characters", {"name": "n", "style_prompt": "s" * 1001}),
+    ("style prompt with NUL", {"name": "n", "style_prompt": "flat\x00"}),
+    ("unknown field", {"name": "n", "color": "red"}),
+    ("user_id smuggled in", {"name": "n", "user_id": BOB}),
+]
+
+
+async def test_an_invalid_pack_is_422_and_creates_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    for case, body in INVALID_CREATES:
+        response = await client.post("/v1/packs", json=body, headers=headers)
+        assert response.status_code == 422, (case, response.text)
+        assert_problem(response, 422)
+
+    assert await db.fetchval("SELECT count(*) FROM icon_packs") == 0
+
+
+async def test_packs_need_a_signed_in_user(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/packs"), 401)
+    assert_problem(await client.post("/v1/packs", json={"name": "n"}), 401)
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+async def test_the_list_is_the_callers_packs_newest_first_in_keyset_pages_with_icon_counts(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    made = [await create_pack(client, alice, name=f"pack {i}") for i in range(5)]
+    await create_pack(client, bob, name="bob's")
+    icons = {made[1]["id"]: 2, made[3]["id"]: 1}
+    for pack_id, count in icons.items():
+        for _ in range(count):
+            await insert_image(db, ALICE, pack_id=uuid.UUID(pack_id))
+    deleted = await insert_image(db, ALICE, pack_id=uuid.UUID(made[3]["id"]))
+    await db.execute("UPDATE generated_images SET deleted_at = now() WHERE id = $1", deleted)
+
+    pages: list[list[dict[str, Any]]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        response = await client.get("/v1/packs", params=params, headers=alice)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert len(pages) < 10, "the cursor never ends"
+
+    assert [len(p) for p in pages] == [2, 2, 1]
+    listed = [item for page in pages for item in page]
+    assert ids(listed) == ids(made)[::-1]
+    assert {p["id"]: p["icon_count"] for p in listed} == {
+        p["id"]: icons.get(p["id"], 0) for p in made
+    }
+    everything = await client.get("/v1/packs", params={"limit": 100}, headers=alice)
+    assert ids(everything.json()["items"]) == ids(made)[::-1]
+    assert everything.json()["next_cursor"] is None
+
+
+async def test_a_pack_made_after_a_page_was_read_does_not_shift_the_next_page(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    made = [await create_pack(client, headers, name=f"pack {i}") for i in range(3)]
+    first = (await client.get("/v1/packs", params={"limit": 2}, headers=headers)).json()
+    await create_pack(client, headers, name="newer")
+    second = await client.get(
+        "/v1/packs", params={"limit": 2, "cursor": first["next_cursor"]}, headers=headers
+    )
+
+    assert ids(first["items"]) == [made[2]["id"], made[1]["id"]]
+    assert ids(second.json()["items"]) == [made[0]["id"]]
+
+
+async def test_a_cursor_the_api_did_not_hand_out_is_400(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    # not base64 JSON; an object without a position; JSON null; a position without a zone
+    naive = json.dumps({"t": "2026-01-01T00:00:00", "id": str(uuid.uuid4())}).encode()
+    for cursor in ["not-a-cursor!", "e30", "bnVsbA", base64.urlsafe_b64encode(naive).decode()]:
+        response = await client.get("/v1/packs", params={"cursor": cursor}, headers=headers)
+        assert response.status_code == 400, (cursor, response.text)
+        assert_problem(response, 400)
+
+
+# -- read -----------------------------------------------------------------------------------
+
+
+async def test_a_pack_reads_with_its_icons_newest_first_and_pages_on_in_the_gallery(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    pack = await create_pack(client, headers, style_prompt="thick outlines")
+    pack_id = uuid.UUID(pack["id"])
+    oldest = await insert_image(db, ALICE, seconds_ago=30, pack_id=pack_id)
+    newest = await insert_image(db, ALICE, seconds_ago=10, pack_id=pack_id)
+    middle = await insert_image(db, ALICE, seconds_ago=20, pack_id=pack_id)
+    await insert_image(db, ALICE, seconds_ago=5)  # in the gallery, not in the pack
+    other = await create_pack(client, headers, name="other")
+    await insert_image(db, ALICE, seconds_ago=1, pack_id=uuid.UUID(other["id"]))
+
+    whole = await get_pack(client, headers, pack["id"])
+    limited = await get_pack(client, headers, pack["id"], icons_limit=2)
+    rest = await client.get(
+        "/v1/images",
+        params={"pack_id": pack["id"], "cursor": limited["icons_next_cursor"]},
+        headers=headers,
+    )
+
+    assert whole["icon_count"] == 3
+    assert whole["style_prompt"] == "thick outlines"
+    assert ids(whole["icons"]) == [str(newest), str(middle), str(oldest)]
+    assert all(icon["pack_id"] == pack["id"] and icon["mine"] for icon in whole["icons"])
+    assert whole["icons_next_cursor"] is None
+    assert ids(limited["icons"]) == [str(newest), str(middle)]
+    assert limited["icon_count"] == 3
+    assert rest.status_code == 200, rest.text
+    assert ids(rest.json()["items"]) == [str(oldest)]
+    assert rest.json()["next_cursor"] is None
+
+
+async def test_an_icons_limit_out_of_range_is_422(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    pack = await create_pack(client, headers)
+
+    for icons_limit in (0, 101, "x"):
+        response = await client.get(
+            f"/v1/packs/{pack['id']}", params={"icons_limit": icons_limit}, headers=headers
+        )
+        assert response.status_code == 422, (icons_limit, response.text)
+        assert_problem(response, 422)
+
+
+async def test_a_pack_that_does_not_exist_is_404_and_a_malformed_id_is_422(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+
+    assert_problem(await client.get(f"/v1/packs/{uuid.uuid4()}", headers=headers), 404)
+    assert_problem(await client.get("/v1/packs/not-a-uuid", headers=headers), 422)
+
+
+# -- update ---------------------------------------------------------------------------------
+
+
+async def test_an_update_changes_only_the_fields_sent(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers, name="Space", style_prompt="flat")
+    url = f"/v1/packs/{pack['id']}"
+    cover = await insert_image(db, ALICE)
+
+    renamed = await client.patch(url, json={"name": "Outer space"}, headers=headers)
+    restyled = await client.patch(url, json={"style_prompt": "thick outlines"}, headers=headers)
+    covered = await client.patch(url, json={"cover_image_id": str(cover)}, headers=headers)
+    untouched = await client.patch(url, json={}, headers=headers)
+
+    for response in (renamed, restyled, covered, untouched):
+        assert response.status_code == 200, response.text
+    assert (renamed.json()["name"], renamed.json()["style_prompt"]) == ("Outer space", "flat")
+    assert (restyled.json()["name"], restyled.json()["style_prompt"]) == (
+        "Outer space",
+        "thick outlines",
+    )
+    assert covered.json()["cover_image_id"] == str(cover)
+    assert covered.json()["style_prompt"] == "thick outlines"
+    assert {k: v for k, v in untouched.json().items() if k != "updated_at"} == {
+        k: v for k, v in covered.json().items() if k != "updated_at"
+    }
+    assert moment(renamed.json()["updated_at"]) > moment(pack["updated_at"])
+    assert renamed.json()["created_at"] == pack["created_at"]
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Outer space",
+        "style_prompt": "thick outlines",
+        "cover_image_id": cover,
+    }
+    assert (await get_pack(client, headers, pack["id"]))["cover_image_id"] == str(cover)
+
+
+async def test_null_clears_the_style_prompt_and_the_cover(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers, name="Space", style_prompt="flat")
+    url = f"/v1/packs/{pack['id']}"
+    cover = await insert_image(db, ALICE)
+    await client.patch(url, json={"cover_image_id": str(cover)}, headers=headers)
+
+    response = await client.patch(
+        url, json={"style_prompt": None, "cover_image_id": None}, headers=headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["style_prompt"] is None
+    assert response.json()["cover_image_id"] is None
+    assert response.json()["name"] == "Space"
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Space",
+        "style_prompt": None,
+        "cover_image_id": None,
+    }
+
+
+INVALID_UPDATES: list[tuple[str, dict[str, Any]]] = [
+    ("null name", {"name": None}),
+    ("empty name", {"name": ""}),
+    ("name of 101 characters", {"name": "x" * 101}),
+    ("name with NUL", {"name": "a\x00"}),
+    ("style prompt of 1001 characters", {"style_prompt": "s" * 1001}),
+    ("style prompt with NUL", {"style_prompt": "\x00"}),
+    ("malformed cover", {"cover_image_id": "nope"}),
+    ("unknown field", {"icon_count": 9}),
+    ("null name beside a valid change", {"name": None, "style_prompt": "new"}),
+]
+
+
+async def test_an_invalid_update_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    pack = await create_pack(client, headers, name="Space", style_prompt="flat")
+
+    for case, body in INVALID_UPDATES:
+        response = await client.patch(f"/v1/packs/{pack['id']}", json=body, headers=headers)
+        assert response.status_code == 422, (case, response.text)
+        assert_problem(response, 422)
+
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Space",
+        "style_prompt": "flat",
+        "cover_image_id": None,
+    }
+
+
+async def test_a_cover_must_be_one_of_the_callers_own_images(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice, name="Space")
+    url = f"/v1/packs/{pack['id']}"
+    own = await insert_image(db, ALICE)
+    await client.patch(url, json={"cover_image_id": str(own)}, headers=alice)
+    bobs_public = await insert_image(db, BOB, visibility="public")
+    own_deleted = await insert_image(db, ALICE)
+    await db.execute("UPDATE generated_images SET deleted_at = now() WHERE id = $1", own_deleted)
+
+    for cover in (bobs_public, own_deleted, uuid.uuid4()):
+        response = await client.patch(
+            url, json={"cover_image_id": str(cover), "name": "renamed"}, headers=alice
+        )
+        assert_problem(response, 404)
+
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Space",
+        "style_prompt": None,
+        "cover_image_id": own,
+    }
+
+
+# -- delete ---------------------------------------------------------------------------------
+
+
+async def test_deleting_a_pack_keeps_its_icons_in_the_gallery_outside_any_pack(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    kept = await create_pack(client, headers, name="kept")
+    icons = [await insert_image(db, ALICE, pack_id=uuid.UUID(pack["id"])) for _ in range(2)]
+    elsewhere = await insert_image(db, ALICE, pack_id=uuid.UUID(kept["id"]))
+
+    response = await client.delete(f"/v1/packs/{pack['id']}", headers=headers)
+
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert await pack_row(db, pack["id"]) is None
+    assert [await pack_of(db, icon) for icon in icons] == [None, None]
+    assert await pack_of(db, elsewhere) == uuid.UUID(kept["id"])
+    gallery = (await client.get("/v1/images", headers=headers)).json()["items"]
+    by_id = {item["id"]: item for item in gallery}
+    assert {str(i) for i in icons} <= set(by_id)
+    assert all(by_id[str(i)]["pack_id"] is None for i in icons)
+    assert_problem(await client.get(f"/v1/packs/{pack['id']}", headers=headers), 404)
+    assert ids((await client.get("/v1/packs", headers=headers)).json()["items"]) == [kept["id"]]
+    assert_problem(await client.delete(f"/v1/packs/{pack['id']}", headers=headers), 404)
+
+
+# -- icons ----------------------------------------------------------------------------------
+
+
+async def test_adding_an_icon_files_the_callers_image_into_the_pack(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    image = await insert_image(db, ALICE)
+    other = await insert_image(db, ALICE)
+
+    response = await add_icon(client, headers, pack["id"], image)
+
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert await pack_of(db, image) == uuid.UUID(pack["id"])
+    assert await pack_of(db, other) is None
+    read = await get_pack(client, headers, pack["id"])
+    assert read["icon_count"] == 1
+    assert ids(read["icons"]) == [str(image)]
+    listed = (await client.get("/v1/packs", headers=headers)).json()["items"]
+    assert listed[0]["icon_count"] == 1
+    filtered = await client.get("/v1/images", params={"pack_id": pack["id"]}, headers=headers)
+    assert ids(filtered.json()["items"]) == [str(image)]
+    one = await client.get(f"/v1/images/{image}", headers=headers)
+    assert one.json()["pack_id"] == pack["id"]
+
+
+async def test_adding_an_icon_again_or_from_another_pack_moves_it_and_counts_it_once(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    first = await create_pack(client, headers, name="first")
+    second = await create_pack(client, headers, name="second")
+    image = await insert_image(db, ALICE, pack_id=uuid.UUID(first["id"]))
+
+    again = await add_icon(client, headers, first["id"], image)
+    moved = await add_icon(client, headers, second["id"], image)
+
+    assert again.status_code == 204, again.text
+    assert moved.status_code == 204, moved.text
+    assert await pack_of(db, image) == uuid.UUID(second["id"])
+    assert (await get_pack(client, headers, first["id"]))["icon_count"] == 0
+    assert (await get_pack(client, headers, second["id"]))["icon_count"] == 1
+
+
+async def test_adding_another_users_image_or_a_missing_one_is_404_and_files_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice)
+    bobs_public = await insert_image(db, BOB, visibility="public")
+    bobs_private = await insert_image(db, BOB)
+    own_deleted = await insert_image(db, ALICE)
+    await db.execute("UPDATE generated_images SET deleted_at = now() WHERE id = $1", own_deleted)
+
+    for image in (bobs_public, bobs_private, own_deleted, uuid.uuid4()):
+        assert_problem(await add_icon(client, alice, pack["id"], image), 404)
+
+    assert [await pack_of(db, i) for i in (bobs_public, bobs_private, own_deleted)] == [None] * 3
+    assert (await get_pack(client, alice, pack["id"]))["icon_count"] == 0
+
+
+async def test_an_invalid_icon_body_is_422(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    pack = await create_pack(client, headers)
+
+    for body in ({}, {"image_id": "nope"}, {"image_id": str(uuid.uuid4()), "extra": 1}):
+        response = await client.post(f"/v1/packs/{pack['id']}/icons", json=body, headers=headers)
+        assert response.status_code == 422, (body, response.text)
+        assert_problem(response, 422)
+
+
+async def test_removing_an_icon_takes_it_out_of_the_pack_and_keeps_it_in_the_gallery(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    other = await create_pack(client, headers, name="other")
+    icon = await insert_image(db, ALICE, pack_id=uuid.UUID(pack["id"]))
+    stays = await insert_image(db, ALICE, pack_id=uuid.UUID(pack["id"]))
+    in_other = await insert_image(db, ALICE, pack_id=uuid.UUID(other["id"]))
+    loose = await insert_image(db, ALICE)
+    url = f"/v1/packs/{pack['id']}/icons"
+
+    response = await client.delete(f"{url}/{icon}", headers=headers)
+
+    assert response.status_code == 204, response.text
+    assert await pack_of(db, icon) is None
+    read = await get_pack(client, headers, pack["id"])
+    assert (read["icon_count"], ids(read["icons"])) == (1, [str(stays)])
+    one = await client.get(f"/v1/images/{icon}", headers=headers)
+    assert one.status_code == 200 and one.json()["pack_id"] is None
+    # not (or no longer) in this pack: 404, and nothing moves
+    for image in (icon, in_other, loose, uuid.uuid4()):
+        assert_problem(await client.delete(f"{url}/{image}", headers=headers), 404)
+    assert await pack_of(db, in_other) == uuid.UUID(other["id"])
+    assert await pack_of(db, stays) == uuid.UUID(pack["id"])
+
+
+# -- another user's pack --------------------------------------------------------------------
+
+
+async def test_another_users_pack_is_404_on_every_route_and_stays_as_it_was(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice, name="Alice's", style_prompt="flat")
+    url = f"/v1/packs/{pack['id']}"
+    alices_icon = await insert_image(db, ALICE, pack_id=uuid.UUID(pack["id"]))
+    bobs_image = await insert_image(db, BOB)
+
+    answers = [
+        await client.get(url, headers=bob),
+        await client.patch(url, json={"name": "Bob's now"}, headers=bob),
+        await client.patch(url, json={"style_prompt": None}, headers=bob),
+        await client.patch(url, json={"cover_image_id": str(bobs_image)}, headers=bob),
+        await add_icon(client, bob, pack["id"], bobs_image),
+        await client.delete(f"{url}/icons/{alices_icon}", headers=bob),
+        await client.delete(url, headers=bob),
+    ]
+    bobs_list = await client.get("/v1/packs", headers=bob)
+    bobs_filter = await client.get("/v1/images", params={"pack_id": pack["id"]}, headers=bob)
+
+    for response in answers:
+        body = assert_problem(response, 404)
+        assert "Alice" not in body.get("detail", "")
+    assert bobs_list.json()["items"] == []
+    assert bobs_filter.json()["items"] == []
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Alice's",
+        "style_prompt": "flat",
+        "cover_image_id": None,
+    }
+    assert await pack_of(db, alices_icon) == uuid.UUID(pack["id"])
+    assert await pack_of(db, bobs_image) is None
+    assert (await get_pack(client, alice, pack["id"]))["icon_count"] == 1
+
+
+async def test_a_generation_into_another_users_pack_is_404_and_charges_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice, style_prompt="flat")
+    before = await db.fetchval("SELECT credits FROM users WHERE id = $1", BOB)
+
+    into_alices = await client.post(
+        "/v1/generations", json={"prompt": "a rocket", "pack_id": pack["id"]}, headers=bob
+    )
+    into_none = await client.post(
+        "/v1/generations", json={"prompt": "a rocket", "pack_id": str(uuid.uuid4())}, headers=bob
+    )
+
+    assert_problem(into_alices, 404)
+    assert_problem(into_none, 404)
+    assert await db.fetchval("SELECT credits FROM users WHERE id = $1", BOB) == before
+    assert await db.fetchval("SELECT count(*) FROM image_generation_jobs") == 0
+    assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE job_id IS NOT NULL") == 0
+
+
+# -- races with a deletion ------------------------------------------------------------------
+
+
+async def wait_for_a_lock_wait(db: asyncpg.Connection, request: asyncio.Task[Any]) -> None:
+    """Until some other session of this database waits on a row lock (the request's)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        waiting = await db.fetchval(
+            """
+            SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()
+              AND wait_event_type = 'Lock'
+            """
+        )
+        if waiting:
+            return
+        assert not request.done(), f"the request did not wait: {request.result()}"
+        assert time.monotonic() < deadline, "the request never waited on the deletion"
+        await asyncio.sleep(0.02)
+
+
+async def test_filing_an_icon_into_a_pack_being_deleted_is_404_not_an_error(
+    client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    image = await insert_image(db, ALICE)
+    deleter = await asyncpg.connect(db_url)
+    try:
+        deleting = deleter.transaction()
+        await deleting.start()
+        await deleter.execute("DELETE FROM icon_packs WHERE id = $1", uuid.UUID(pack["id"]))
+        request = asyncio.create_task(add_icon(client, headers, pack["id"], image))
+        await wait_for_a_lock_wait(db, request)
+        await deleting.commit()
+        response = await asyncio.wait_for(request, DEADLINE_SECONDS)
+    finally:
+        await deleter.close()
+
+    assert_problem(response, 404)
+    assert await pack_of(db, image) is None
+
+
+async def test_a_cover_deleted_while_it_is_being_set_is_404_not_an_error(
+    client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers, name="Space")
+    cover = await insert_image(db, ALICE)
+    deleter = await asyncpg.connect(db_url)
+    try:
+        deleting = deleter.transaction()
+        await deleting.start()
+        await deleter.execute("DELETE FROM generated_images WHERE id = $1", cover)
+        request = asyncio.create_task(
+            client.patch(
+                f"/v1/packs/{pack['id']}",
+                json={"cover_image_id": str(cover), "name": "renamed"},
+                headers=headers,
+            )
+        )
+        await wait_for_a_lock_wait(db, request)
+        await deleting.commit()
+        response = await asyncio.wait_for(request, DEADLINE_SECONDS)
+    finally:
+        await deleter.close()
+
+    assert_problem(response, 404)
+    assert await pack_row(db, pack["id"]) == {
+        "user_id": ALICE,
+        "name": "Space",
+        "style_prompt": None,
+        "cover_image_id": None,
+    }

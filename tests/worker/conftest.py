@@ -1,0 +1,214 @@
+"""Helpers for the worker tests: a pool and a store on this test's database, jobs created the
+way the API creates them (debit and ledger included), a worker run as a task, and the
+invariants every test ends by checking: the books balance, every image row's object exists,
+and every job is charged once and refunded only if it failed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+from app.config import Settings
+from app.db import pool as db_pool
+from app.db import users as users_db
+from app.schemas.generations import GenerationCreate
+from app.services import credits, generations
+from app.services.realtime import Hub
+from app.services.storage.base import Storage
+from app.services.storage.factory import build_storage
+from app.services.users import User
+from app.services.worker import Worker
+
+DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
+TERMINAL = ("completed", "failed")
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool set up as the service's (JSON codecs included)."""
+    created = await db_pool.create_pool(settings)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    """The real local store under this test's DATA_DIR (the one `atelier worker` would use)."""
+    return build_storage(settings)
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[Hub]:
+    started = Hub(lambda: db_pool.connect(settings))
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+async def add_user(pool: asyncpg.Pool, user_id: str, credits: int = 10) -> User:
+    async with pool.acquire() as conn:
+        row = await users_db.create_with_signup(conn, user_id, f"{user_id}@example.test", credits)
+    assert row is not None
+    return User.from_row(row)
+
+
+async def submit(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    storage: Storage,
+    user: User,
+    prompt: str,
+    *,
+    model: str | None = None,
+) -> UUID:
+    """Ask for an image as POST /v1/generations does: one statement charges and queues it."""
+    body = GenerationCreate(prompt=prompt, model=model)
+    async with pool.acquire() as conn:
+        row, created = await generations.create(conn, settings, storage, user, body, None)
+    assert created
+    job_id: UUID = row["id"]
+    return job_id
+
+
+async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """
+            SELECT id, user_id, status, progress, attempts, worker_id, lease_until, model,
+                   error_message, image_id, output_image_url, available_at
+            FROM image_generation_jobs WHERE id = $1
+            """,
+            job_id,
+        )
+    assert row is not None
+    return row
+
+
+async def jobs_by_id(pool: asyncpg.Pool, job_ids: Iterable[UUID]) -> dict[UUID, asyncpg.Record]:
+    return {job_id: await job_row(pool, job_id) for job_id in job_ids}
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool] | bool], what: str, seconds: float = DEADLINE_SECONDS
+) -> None:
+    """Poll `check` (a plain or an async callable) until it is true."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_end(
+    pool: asyncpg.Pool, job_ids: Iterable[UUID], seconds: float = DEADLINE_SECONDS
+) -> dict[UUID, asyncpg.Record]:
+    """The jobs once every one of them is completed or failed."""
+    ids = list(job_ids)
+
+    async def ended() -> bool:
+        async with pool.acquire() as conn:
+            left: int = await conn.fetchval(
+                """
+                SELECT count(*) FROM image_generation_jobs
+                WHERE id = ANY($1::uuid[]) AND status NOT IN ('completed', 'failed')
+                """,
+                ids,
+            )
+        return left == 0
+
+    await wait_until(ended, f"{len(ids)} job(s) to end", seconds)
+    return await jobs_by_id(pool, ids)
+
+
+async def ledger_of(pool: asyncpg.Pool, job_id: UUID) -> list[tuple[str, int]]:
+    """The job's ledger rows as (reason, delta), oldest first."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT reason, delta FROM credit_ledger WHERE job_id = $1 ORDER BY id", job_id
+        )
+    return [(r["reason"], r["delta"]) for r in rows]
+
+
+async def images_of(pool: asyncpg.Pool, job_id: UUID) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "SELECT id, storage_key, model, width, height FROM generated_images WHERE job_id = $1",
+            job_id,
+        )
+    return rows
+
+
+async def balance(pool: asyncpg.Pool, user_id: str) -> int:
+    async with pool.acquire() as conn:
+        value: int = await conn.fetchval("SELECT credits FROM users WHERE id = $1", user_id)
+    return value
+
+
+@asynccontextmanager
+async def worker_running(worker: Worker) -> AsyncIterator[Worker]:
+    """`worker.run` as a task; on the way out it is stopped (drain and hand back included)
+    and its provider closed."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name=f"worker {worker.worker_id}")
+    try:
+        yield worker
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, DEADLINE_SECONDS)
+        finally:
+            await worker.provider.aclose()
+
+
+async def assert_invariants(pool: asyncpg.Pool, storage: Storage) -> None:
+    """What must hold whatever happened: the ledger explains every balance; every job was
+    charged once; a completed job has exactly its one image, a failed one none and exactly
+    one refund, an unfinished one no refund; every image row's object is in the store."""
+    async with pool.acquire() as conn:
+        mismatched, _ = await credits.check(conn)
+        jobs = await conn.fetch(
+            """
+            SELECT j.id, j.status, j.image_id,
+                   (SELECT count(*) FROM credit_ledger l
+                    WHERE l.job_id = j.id AND l.delta < 0) AS debits,
+                   (SELECT count(*) FROM credit_ledger l
+                    WHERE l.job_id = j.id AND l.reason = 'refund') AS refunds,
+                   (SELECT array_agg(i.id) FROM generated_images i
+                    WHERE i.job_id = j.id) AS images
+            FROM image_generation_jobs j WHERE j.kind IS NOT NULL
+            """
+        )
+        keys = await conn.fetch(
+            "SELECT id, storage_key FROM generated_images WHERE job_id IS NOT NULL"
+        )
+    assert [dict(r) for r in mismatched] == []
+    for job in jobs:
+        images = job["images"] or []
+        assert job["debits"] == 1, dict(job)
+        if job["status"] == "completed":
+            assert images == [job["image_id"]], dict(job)
+            assert job["refunds"] == 0, dict(job)
+        elif job["status"] == "failed":
+            assert images == [], dict(job)
+            assert job["refunds"] == 1, dict(job)
+        else:
+            assert images == [], dict(job)
+            assert job["refunds"] == 0, dict(job)
+    for row in keys:
+        assert row["storage_key"], dict(row)
+        assert await storage.exists(row["storage_key"]), f"image {row['id']} has no object"
