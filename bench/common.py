@@ -39,12 +39,14 @@ from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from app.config import Settings
 from app.db import jobs as jobs_db
 from app.db import migrate
 from app.db import pool as db_pool
 from app.db import users as users_db
+from app.services import devauth
 from app.services.providers.base import ImageRequest, ImageResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +158,19 @@ async def create_users(conn: asyncpg.Connection, user_ids: Sequence[str], credit
     for user_id in user_ids:
         row = await users_db.create_with_signup(conn, user_id, f"{user_id}@bench.test", credits)
         assert row is not None, user_id
+
+
+async def users_with_tokens(db: BenchDatabase, user_ids: Sequence[str]) -> list[str]:
+    """Create the users (with plenty of credits) and mint a dev token for each, signed with
+    the key `atelier serve` loads from the bench's DATA_DIR."""
+    conn = await connect(db.url)
+    try:
+        await create_users(conn, user_ids, 1_000_000_000)
+    finally:
+        await conn.close()
+    settings = db.settings()
+    key = devauth.load_or_create_key(settings.dev_key_path)
+    return [devauth.mint(settings, key, u, email=f"{u}@bench.test") for u in user_ids]
 
 
 REQUEST_HASH = hashlib.sha256(b"bench").hexdigest()
@@ -274,6 +289,22 @@ class Child:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+
+
+STARTUP_DEADLINE = 60.0  # a guard against hanging, not a measurement
+
+
+def wait_ready(server: Child, base_url: str) -> None:
+    """Until `atelier serve` answers /readyz with 200 (or raise with its stderr)."""
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while time.monotonic() < deadline and server.process.poll() is None:
+        try:
+            if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("atelier serve did not become ready:\n" + server.stderr_text()[-4000:])
 
 
 def start_worker(

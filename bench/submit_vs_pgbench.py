@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 
 from app.db import jobs as jobs_db  # noqa: E402
 from app.schemas.generations import GenerationCreate  # noqa: E402
-from app.services import devauth, generations  # noqa: E402
+from app.services import generations  # noqa: E402
 from bench.common import (  # noqa: E402
     ATELIER,
     BenchDatabase,
@@ -51,9 +51,7 @@ from bench.common import (  # noqa: E402
     bench_database,
     child_env,
     children_cpu_seconds,
-    connect,
     cpu_seconds,
-    create_users,
     free_port,
     machine_line,
     percentile,
@@ -61,11 +59,12 @@ from bench.common import (  # noqa: E402
     print_table,
     server_facts,
     tree_cpu_seconds,
+    users_with_tokens,
+    wait_ready,
 )
 
 BODY = {"prompt": "bench", "kind": "generate"}
 FIRST_USER = 1001  # user ids are "1001", "1002", …: pgbench computes them from :client_id
-STARTUP_DEADLINE = 60.0
 
 
 # -- the statement, for pgbench ---------------------------------------------------------------
@@ -334,20 +333,6 @@ async def _drive(
     return Result(tps=len(latencies) / seconds, latency_ms=latency, cpu=cpu), errors
 
 
-def _wait_ready(server: Child, base_url: str) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            break
-        try:
-            if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("atelier serve did not become ready:\n" + server.stderr_text()[-4000:])
-
-
 def run_api(
     db: BenchDatabase,
     tokens: list[str],
@@ -373,7 +358,7 @@ def run_api(
     server = Child(command, env, db.workdir, "serve")
     results: dict[str, Result] = {}
     try:
-        _wait_ready(server, base_url)
+        wait_ready(server, base_url)
         meter = CpuMeter(
             {
                 "server": lambda: cpu_seconds(server.pid),
@@ -404,18 +389,6 @@ def _run_loop(work: Any) -> Any:
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-async def _setup(db: BenchDatabase, clients: int) -> list[str]:
-    user_ids = [str(FIRST_USER + i) for i in range(clients)]
-    conn = await connect(db.url)
-    try:
-        await create_users(conn, user_ids, 1_000_000_000)
-    finally:
-        await conn.close()
-    settings = db.settings()
-    key = devauth.load_or_create_key(settings.dev_key_path)  # the server loads this one
-    return [devauth.mint(settings, key, u, email=f"{u}@bench.test") for u in user_ids]
 
 
 def _per_op(result: Result, source: str) -> str:
@@ -460,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.clients} clients, {args.seconds:.0f} s measured after {args.warmup:.0f} s "
             "of warm-up"
         )
-        tokens = asyncio.run(_setup(db, args.clients))
+        user_ids = [str(FIRST_USER + i) for i in range(args.clients)]
+        tokens = asyncio.run(users_with_tokens(db, user_ids))
         clients = [c.strip() for c in args.load_clients.split(",")]
         api = run_api(db, tokens, clients, args.seconds, args.warmup, args.profile)
         bench = run_pgbench(db, args.clients, args.seconds, args.warmup)
