@@ -315,14 +315,16 @@ async def test_a_thousand_clients_connecting_and_leaving_keep_memory_and_connect
     auth_headers: Headers,
 ) -> None:
     """Flat memory is shown by what the service keeps per client: after each wave of 1,000
-    nothing is left (no subscription object, no task, no socket), so nothing can
-    accumulate. The resident size itself is measured by `bench/feed_clients.py`, not here: an
-    RSS threshold depends on the allocator and the machine's load, not only on our code."""
+    nothing is left (no subscription object, no task, no socket, and no more live objects
+    than after the first wave), so nothing can accumulate. The resident size itself is
+    measured by `bench/feed_clients.py`, not here: an RSS threshold depends on the
+    allocator and the machine's load, not only on our code."""
     clients_per_wave, batch, waves = 1000, 100, 3
     application: FastAPI = make_app(worker_in_process=False)
     tokens = [dev_token(f"user_feed_crowd_{n:02d}") for n in range(50)]
     image = await insert_image(db, ALICE, visibility="public")
     process = psutil.Process()
+    objects_after: list[int] = []
     async with (
         live_server(application) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
@@ -378,3 +380,8 @@ async def test_a_thousand_clients_connecting_and_leaving_keep_memory_and_connect
             )
             assert live_subscriptions() == 0
             assert await db_connections(db) <= max_connections
+            objects_after.append(len(gc.get_objects()))  # right after a full collection
+
+    # Nothing is kept per client: a leak of even one object per stream would add 1,000 a wave.
+    growth = objects_after[-1] - objects_after[0]
+    assert growth < clients_per_wave // 2, f"objects after each wave: {objects_after}"
