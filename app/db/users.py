@@ -39,10 +39,14 @@ async def create_with_signup(
 
 
 async def touch_login(conn: asyncpg.Connection, user_id: str, min_interval_seconds: int) -> None:
+    """Stamp last_login_at, at most once per interval. A row the mobile app left below zero
+    (kept by the NOT VALID check from before the service) is not touched: any update of it
+    would violate the check."""
     await conn.execute(
         """
         UPDATE users SET last_login_at = now()
         WHERE id = $1
+          AND credits >= 0
           AND (last_login_at IS NULL OR last_login_at < now() - make_interval(secs => $2))
         """,
         user_id,

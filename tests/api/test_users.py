@@ -304,6 +304,36 @@ async def test_existing_user_keeps_their_email_and_balance(
     assert (response.json()["email"], response.json()["credits"]) == ("keep@example.test", 9)
 
 
+async def test_a_live_negative_balance_still_signs_in_and_cannot_spend(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """A live database may hold a user the mobile app took below zero. The migration leaves
+    the check NOT VALID for that row (tests/db/test_schema_additions.py); the user can still
+    use the API, sees the debt, opens no ledger (balance_after cannot be negative) and cannot
+    spend. Writing last_login_at to that row would violate the check, so it is skipped."""
+    await db.execute("ALTER TABLE users DROP CONSTRAINT users_credits_nonnegative")
+    await insert_existing_user(db, "user_debtor", "debtor@example.test", -2)
+    await db.execute(
+        "ALTER TABLE users ADD CONSTRAINT users_credits_nonnegative CHECK (credits >= 0) NOT VALID"
+    )
+    headers = auth_headers("user_debtor")
+
+    me = await client.get("/v1/me", headers=headers)
+    spent = await client.post("/v1/generations", json={"prompt": "a fox"}, headers=headers)
+
+    assert me.status_code == 200, me.text
+    assert me.json()["credits"] == -2
+    assert spent.status_code == 402, spent.text
+    assert (spent.json()["balance"], spent.json()["cost"]) == (-2, 1)
+    row = await db.fetchrow("SELECT credits, last_login_at FROM users WHERE id = 'user_debtor'")
+    assert row is not None and (row["credits"], row["last_login_at"]) == (-2, None)
+    assert await ledger_of(db, "user_debtor") == []
+    jobs = await db.fetchval(
+        "SELECT count(*) FROM image_generation_jobs WHERE user_id = $1", "user_debtor"
+    )
+    assert jobs == 0
+
+
 # -- last_login_at --------------------------------------------------------------------------
 
 
