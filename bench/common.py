@@ -86,7 +86,7 @@ class BenchDatabase:
 async def _create(server_url: str, name: str) -> list[str]:
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
     finally:
         await admin.close()
     conn = await asyncpg.connect(with_database(server_url, name))

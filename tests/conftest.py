@@ -83,7 +83,7 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     name = f"atelier_t_{RUN_ID}_template"
 
     async def build() -> None:
-        await _admin(pg_server_url, f'CREATE DATABASE "{name}"')
+        await _admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
         conn = await asyncpg.connect(with_database(pg_server_url, name))
         try:
             await migrate.migrate(conn)
@@ -105,28 +105,62 @@ def template_db(pg_server_url: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    # An embedded server is deleted whole with its directory; a shared one keeps nothing of ours.
+    # An embedded server is deleted whole with its directory; a shared one keeps nothing of ours
+    # (each test drops its own databases; this sweeps the template and anything left over).
     if os.environ.get("TEST_DATABASE_URL"):
         asyncio.run(drop_all())
 
 
 @pytest.fixture(scope="session")
 def new_database(pg_server_url: str) -> Callable[..., str]:
-    """Create an empty database (or a clone of `template`) and return its URL."""
+    """Create an empty database (or a clone of `template`) and return its URL.
+
+    Empty means a copy of template0, never template1: a shared server's template1 may hold
+    what others put there, and CREATE DATABASE from it fails while anyone is connected to
+    it. Whoever creates a database drops it with `drop_database` when done with it."""
 
     def create(template: str | None = None) -> str:
         name = f"atelier_t_{RUN_ID}_{next(_counter)}"
-        clause = f' TEMPLATE "{template}"' if template else ""
-        asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}"{clause}'))
+        source = template or "template0"
+        asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
         return with_database(pg_server_url, name)
 
     return create
 
 
+@pytest.fixture(scope="session")
+def drop_database(pg_server_url: str) -> Callable[[str], None]:
+    """Drop a database `new_database` made, closing whatever is still connected to it.
+
+    Each test drops its own as it ends, so a run never holds hundreds of databases at once
+    (disk, and one long teardown on a busy shared server); the session's end sweeps up what
+    an interrupted test left."""
+
+    def drop(url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return drop
+
+
 @pytest.fixture
-def db_url(template_db: str, new_database: Callable[..., str]) -> str:
+def db_url(
+    template_db: str, new_database: Callable[..., str], drop_database: Callable[[str], None]
+) -> Iterator[str]:
     """A fresh, fully migrated database of this test's own."""
-    return new_database(template_db)
+    url = new_database(template_db)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def empty_url(
+    new_database: Callable[..., str], drop_database: Callable[[str], None]
+) -> Iterator[str]:
+    """A database of this test's own with nothing in it (not the migrated template)."""
+    url = new_database()
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture

@@ -67,10 +67,14 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 @pytest.fixture(scope="module")
-def module_db_url(template_db: str, new_database: Callable[..., str]) -> str:
+def module_db_url(
+    template_db: str, new_database: Callable[..., str], drop_database: Callable[[str], None]
+) -> Iterator[str]:
     """One migrated database for this module: its tests assert on answers, each with
     subjects of its own, so they need not pay for a fresh database apiece."""
-    return new_database(template_db)
+    url = new_database(template_db)
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture
@@ -278,9 +282,11 @@ async def test_request_without_a_bearer_token_is_a_401_problem(
 async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(
     clerk_settings: ClerkSettings, key: SigningKey
 ) -> None:
-    exp = _now() + 2  # accepted now; with no leeway, refused once exp has passed
-    token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
     async with running(clerk_settings(jwt_leeway_seconds=0)) as client:
+        # Minted once the app is up: the first request has 2–3 s to be accepted; with no
+        # leeway the token is refused once exp has passed.
+        exp = _now() + 3
+        token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
         first = await client.get("/v1/me", headers=bearer(token))
         assert first.status_code == 200, first.text
         await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,21 +48,19 @@ async def test_readyz_is_ready_on_a_migrated_database(client: httpx.AsyncClient)
 
 
 @pytest.fixture
-def empty_db_url(new_database: Callable[..., str]) -> str:
-    """A database of this test's own with nothing applied."""
-    return new_database()
-
-
-@pytest.fixture
-def own_db_url(new_database: Callable[..., str], template_db: str) -> str:
+def own_db_url(
+    new_database: Callable[..., str], drop_database: Callable[[str], None], template_db: str
+) -> Iterator[str]:
     """A migrated database of this test's own, free to drop."""
-    return new_database(template_db)
+    url = new_database(template_db)
+    yield url
+    drop_database(url)
 
 
 async def test_readyz_is_503_until_every_migration_on_disk_is_applied(
-    empty_db_url: str, make_settings: Callable[..., Settings]
+    empty_url: str, make_settings: Callable[..., Settings]
 ) -> None:
-    url = empty_db_url
+    url = empty_url
     on_disk = migrate.discover()
     assert len(on_disk) >= 2
     async with running(create_app(make_settings(database_url=url))) as client:

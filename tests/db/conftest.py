@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from tests.db import connected
 from tests.fakes.mobile_app import apply_baseline, seed_live_rows
-
-
-@pytest.fixture
-def empty_url(new_database: Callable[..., str]) -> str:
-    """A database with nothing in it (not the migrated template)."""
-    return new_database()
 
 
 @pytest.fixture

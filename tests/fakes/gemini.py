@@ -71,6 +71,7 @@ class Reply:
     status: int = 200
     body: dict[str, Any] | None = None
     delay_seconds: float = 0.0
+    gate: threading.Event | None = None  # answered only once the test sets it
 
 
 # -- reply builders -------------------------------------------------------------------------
@@ -228,6 +229,11 @@ def slow(seconds: float, then: Reply | None = None) -> Reply:
     return replace(then or Reply(), delay_seconds=seconds)
 
 
+def held(gate: threading.Event, then: Reply | None = None) -> Reply:
+    """`then` (default: the prompt's PNG), answered only once `gate` is set."""
+    return replace(then or Reply(), gate=gate)
+
+
 # -- the server -----------------------------------------------------------------------------
 
 
@@ -282,6 +288,10 @@ class FakeGemini:
             def do_POST(self) -> None:  # noqa: N802 (the http.server API)
                 length = int(self.headers.get("Content-Length") or 0)
                 reply = fake._handle(self, self.rfile.read(length))
+                if reply.gate is not None:
+                    while not reply.gate.wait(0.05):
+                        if fake._state.stopping.is_set():
+                            return  # stopping: drop the connection unanswered
                 if reply.delay_seconds and fake._state.stopping.wait(reply.delay_seconds):
                     return  # stopping: drop the connection unanswered
                 data = json.dumps(reply.body).encode()

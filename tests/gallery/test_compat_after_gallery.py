@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import asyncpg
 import httpx
-import pytest
 
 from app.config import Settings
 from app.db.migrate import migrate
@@ -27,12 +26,6 @@ from tests.fakes.mobile_app import (
 )
 from tests.fakes.running import running
 from tests.gallery.conftest import DEADLINE_SECONDS, Headers, ensure_user, insert_image
-
-
-@pytest.fixture
-def empty_url(new_database: Callable[..., str]) -> str:
-    """A database with nothing in it (not the migrated template)."""
-    return new_database()
 
 
 async def test_the_apps_statements_run_on_an_empty_database_after_the_gallery_migration(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from uuid import UUID
@@ -39,6 +40,7 @@ from tests.fakes.gemini import (
     API_KEY,
     FakeGemini,
     finished_without_image,
+    held,
     image_reply,
     png_for_prompt,
     rate_limited,
@@ -189,12 +191,14 @@ async def test_a_late_answer_to_a_taken_over_attempt_changes_nothing(
 ) -> None:
     settings = gemini_settings(make_settings, gemini, worker_concurrency=1)
     user = await add_user(pool, ALICE)
-    # Worker A's call answers (a 16 px image) after 1.5 s, while worker B's attempt, which
-    # took the job over meanwhile, is still waiting for its own answer (32 px, after 3 s).
+    # Worker A's call (a 16 px image) is held until worker B has taken the job over and made
+    # its own call; B's answer (32 px) comes 1 s later, so A's late answer arrives while B's
+    # attempt is still waiting.
+    a_answers = threading.Event()
     gemini.script(
         "*",
-        slow(1.5, image_reply(png_for_prompt("stale", size=16))),
-        slow(3.0, image_reply(png_for_prompt("fresh", size=32))),
+        held(a_answers, image_reply(png_for_prompt("stale", size=16))),
+        slow(1.0, image_reply(png_for_prompt("fresh", size=32))),
     )
     job_id = await submit(pool, settings, storage, user, "a slow heron")
     a = Worker(settings, pool, build_provider(settings), storage, worker_id="worker-a")
@@ -207,6 +211,7 @@ async def test_a_late_answer_to_a_taken_over_attempt_changes_nothing(
             assert await a.reap() == 1
             async with worker_running(b):  # A's only slot is busy: B takes the job
                 await wait_until(lambda: len(gemini.calls) == 2, "worker B to call Gemini")
+                a_answers.set()
                 done = await wait_for_end(pool, [job_id])
             finished = await _updated_at(pool, job_id)
         # A has stopped too: its late answer arrived long ago and met the fence.
@@ -237,13 +242,13 @@ async def _updated_at(pool: asyncpg.Pool, job_id: UUID) -> object:
 async def test_heartbeats_keep_a_job_longer_than_its_lease_on_its_first_attempt(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    # The lease is 1 s, the image takes 2.5 s, and two workers reap every second: only the
-    # heartbeat keeps the job from being requeued and run a second time.
-    settings = make_settings(job_lease_seconds=1, worker_poll_seconds=0.1)
+    # The lease is 3 s, the image takes 7 s, and two workers reap every second: only the
+    # heartbeat (every second) keeps the job from being requeued and run a second time.
+    settings = make_settings(job_lease_seconds=3, worker_poll_seconds=0.1)
     user = await add_user(pool, ALICE)
     job_id = await submit(pool, settings, storage, user, "a patient tortoise")
-    a = Worker(settings, pool, LocalProvider(delay_ms=2500), storage)
-    b = Worker(settings, pool, LocalProvider(delay_ms=2500), storage)
+    a = Worker(settings, pool, LocalProvider(delay_ms=7000), storage)
+    b = Worker(settings, pool, LocalProvider(delay_ms=7000), storage)
     async with worker_running(a), worker_running(b):
         done = await wait_for_end(pool, [job_id])
 
