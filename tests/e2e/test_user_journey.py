@@ -132,7 +132,7 @@ def test_a_user_uploads_edits_follows_progress_and_downloads_the_image_from_atel
     env = clean_env(
         # no PUBLIC_BASE_URL: the signed links must point at the port serve was given
         LOG_JSON="false",
-        LOCAL_PROVIDER_DELAY_MS="1000",  # slow enough that progress shows between the steps
+        LOCAL_PROVIDER_DELAY_MS="3000",  # slow enough that progress shows between the steps
     )
     stderr_path = tmp_path / "serve.stderr"
     with stderr_path.open("wb") as stderr:

@@ -183,7 +183,7 @@ async def test_a_worker_killed_mid_job_leaves_no_job_stuck(
 ) -> None:
     user = await add_user(pool, "user_alice", credits=20)
     job_ids = [await submit(pool, settings, storage, user, f"kite {i}") for i in range(20)]
-    common = {"PROVIDER": "local", "JOB_LEASE_SECONDS": "2", "WORKER_POLL_SECONDS": "0.2"}
+    common = {"PROVIDER": "local", "JOB_LEASE_SECONDS": "4", "WORKER_POLL_SECONDS": "0.2"}
     with workers(tmp_path) as procs:
         # A: each image would take a minute, so it is surely mid-job when it is killed.
         a = WorkerProcess(
