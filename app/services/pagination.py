@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +60,10 @@ def decode_time_id(cursor: str) -> tuple[datetime, UUID]:
         raise BadRequest(_BAD) from exc
     if created_at.tzinfo is None:
         raise BadRequest(_BAD)
+    try:  # in UTC it must still be a datetime; the database compares it in UTC
+        created_at = created_at.astimezone(UTC)
+    except OverflowError as exc:
+        raise BadRequest(_BAD) from exc
     return created_at, item_id
 
 

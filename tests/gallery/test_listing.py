@@ -218,10 +218,13 @@ BAD_CURSORS = [
     _cursor({"t": "2026-01-01T00:00:00", "id": str(uuid.uuid4())}),  # no time zone
     _cursor({"t": "2026-01-01T00:00:00+00:00", "id": "not-a-uuid"}),
     _cursor({"t": 5, "id": 7}),
+    # valid where they are written, out of range once in UTC (the database compares in UTC)
+    _cursor({"t": "9999-12-31T23:59:59-10:00", "id": str(uuid.uuid4())}),
+    _cursor({"t": "0001-01-01T00:00:00+10:00", "id": str(uuid.uuid4())}),
 ]
 
 
-@pytest.mark.parametrize("path", ["/v1/images", "/v1/feed"])
+@pytest.mark.parametrize("path", ["/v1/images", "/v1/feed", "/v1/prompts", "/v1/packs"])
 async def test_a_cursor_the_api_did_not_hand_out_is_a_400_problem(
     client: httpx.AsyncClient, auth_headers: Headers, path: str
 ) -> None:
