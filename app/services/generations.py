@@ -88,7 +88,8 @@ async def create(
             return _replay(existing, digest), False
     reference = await _reference_key(conn, storage, user, body)
     params: dict[str, Any] = {"visibility": body.visibility}
-    keys = [reference] if reference is not None else []
+    if reference is not None:
+        params["reference_keys"] = [reference]  # the source: the job cannot run without it
     if body.pack_id is not None:
         style_prompt, icon_keys = await packs.generation_context(
             conn, body.pack_id, user.id, settings.pack_reference_icons
@@ -96,9 +97,10 @@ async def create(
         params["pack_id"] = str(body.pack_id)
         if style_prompt:
             params["style_prompt"] = style_prompt
-        keys += [k for k in icon_keys if k not in keys]
-    if keys:
-        params["reference_keys"] = keys
+        # The pack's look: sent when still there, skipped if deleted while the job waits.
+        icons = [k for k in icon_keys if k != reference]
+        if icons:
+            params["pack_reference_keys"] = icons
     cost = settings.costs[body.kind]
     row = await jobs_db.create_with_debit(
         conn,

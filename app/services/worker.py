@@ -27,7 +27,12 @@ import asyncpg
 from app.config import Settings
 from app.db import images, jobs
 from app.services import credits, imaging
-from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
+from app.services.providers.base import (
+    ImageProvider,
+    ImageRequest,
+    ProviderError,
+    ReferenceImage,
+)
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
@@ -206,6 +211,7 @@ class Worker:
                 await imaging.load_reference(self.storage, key)
                 for key in params.get("reference_keys", [])
             ]
+            references += await self._pack_references(attempt, params)
         except ObjectNotFound:
             # deleted since the request was accepted: no later attempt can find it either
             await self._fail(attempt, "the reference image no longer exists")
@@ -246,6 +252,19 @@ class Worker:
             return
         await self._progress(attempt, 90)
         await self._complete(attempt, key, png, result.model, params)
+
+    async def _pack_references(
+        self, attempt: _Attempt, params: dict[str, Any]
+    ) -> list[ReferenceImage]:
+        """The pack icons chosen when the job was accepted, less any deleted since: they only
+        carry the pack's look, so a missing one is no reason to fail the job."""
+        found: list[ReferenceImage] = []
+        for key in params.get("pack_reference_keys", []):
+            try:
+                found.append(await imaging.load_reference(self.storage, key))
+            except ObjectNotFound:
+                log.info("job %s: pack icon %s was deleted; sent without it", attempt.id, key)
+        return found
 
     async def _put_with_retries(self, key: str, data: bytes) -> None:
         for retry in range(self.settings.storage_retries + 1):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ from app.db import users as users_db
 from app.main import create_app
 from app.services.storage.base import Storage
 from app.services.worker import Worker
-from tests.fakes.gemini import API_KEY, FakeGemini, GeminiCall, InlineImage
+from tests.fakes.gemini import API_KEY, FakeGemini, GeminiCall, InlineImage, held
 from tests.fakes.running import running
 
 Headers = Callable[..., dict[str, str]]
@@ -126,6 +127,19 @@ async def pack_of(db: asyncpg.Connection, image_id: str) -> uuid.UUID | None:
     assert row is not None, f"no image {image_id}"
     pack_id: uuid.UUID | None = row["pack_id"]
     return pack_id
+
+
+async def until_ended(
+    client: httpx.AsyncClient, headers: dict[str, str], job_id: str
+) -> dict[str, Any]:
+    """Poll the job until it is completed or failed; returns it."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}", headers=headers)).json()
+        if job["status"] in ("completed", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"the job never ended: {job}"
+        await asyncio.sleep(0.05)
 
 
 def last_call(gemini: FakeGemini) -> GeminiCall:
@@ -313,6 +327,52 @@ async def test_pack_reference_icons_0_sends_the_style_prompt_but_no_pack_images(
     assert pack["icons"][0]["id"] == job["image"]["id"]
 
 
+async def test_a_pack_icon_deleted_while_its_generation_waits_is_left_out_not_fatal(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """The icons only carry the pack's look: one deleted after the job was accepted is not
+    sent, and the job still completes, charged once and not refunded."""
+    headers = auth_headers(ALICE)
+    async with gemini_app(make_settings, pack_reference_icons=2, worker_concurrency=1) as (
+        gemini,
+        app,
+        client,
+    ):
+        pack_id = await create_pack(client, headers)
+        _, middle, newest = await three_icons_in_a_pack(client, headers, pack_id)
+        kept = await stored_object(db, app, middle)
+        # The worker's one slot is taken by a job whose answer is held, so the pack's job
+        # waits in the queue with its references (newest, middle) already chosen.
+        gate = threading.Event()
+        gemini.script("*", held(gate))
+        calls_before = len(gemini.calls)
+        blocker = await client.post(
+            "/v1/generations", json={"prompt": "a blocker"}, headers=headers
+        )
+        assert blocker.status_code == 202, blocker.text
+        queued = await client.post(
+            "/v1/generations", json={"prompt": "a rocket", "pack_id": pack_id}, headers=headers
+        )
+        assert queued.status_code == 202, queued.text
+        deleted = await client.delete(f"/v1/images/{newest}", headers=headers)
+        assert deleted.status_code == 204, deleted.text
+        gate.set()
+        blocked = await until_ended(client, headers, blocker.json()["id"])
+        job = await until_ended(client, headers, queued.json()["id"])
+        calls = gemini.calls[calls_before:]
+
+    assert blocked["status"] == "completed", blocked
+    assert job["status"] == "completed", job
+    assert [c.prompt for c in calls][0] == "a blocker"
+    [call] = [c for c in calls if "a rocket" in c.prompt]
+    assert call.images == [InlineImage(kept, "image/png")]  # the deleted icon is left out
+    assert await pack_of(db, job["image"]["id"]) == uuid.UUID(pack_id)
+    ledger = await db.fetch(
+        "SELECT reason, delta FROM credit_ledger WHERE job_id = $1", uuid.UUID(job["id"])
+    )
+    assert [(r["reason"], r["delta"]) for r in ledger] == [("generate", -1)]
+
+
 async def test_a_pack_deleted_while_its_generation_waits_leaves_the_image_outside_any_pack(
     make_settings: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
@@ -334,13 +394,7 @@ async def test_a_pack_deleted_while_its_generation_waits_leaves_the_image_outsid
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         try:
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while True:
-                job = (await client.get(f"/v1/jobs/{job_id}", headers=headers)).json()
-                if job["status"] in ("completed", "failed"):
-                    break
-                assert time.monotonic() < deadline, f"the job never ended: {job}"
-                await asyncio.sleep(0.05)
+            job = await until_ended(client, headers, job_id)
         finally:
             stop.set()
             await asyncio.wait_for(task, DEADLINE_SECONDS)
