@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
@@ -68,11 +68,20 @@ async def list_feed(
 
 
 @router.get("/feed/events", operation_id="stream_feed_events", response_class=EventSourceResponse)
-async def stream_feed_events(user: StreamUser, svc: Svc) -> AsyncIterator[ServerSentEvent]:
-    """Server-sent events: `image` (a new public image, as a feed item), `likes`
-    ({id, likes_count}) and `resync` (events were missed: fetch /v1/feed again)."""
+async def stream_feed_events(
+    user: StreamUser,
+    svc: Svc,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events: `ready` (subscribed), `image` (a new public image, as a feed
+    item), `likes` ({id, likes_count}), `removed` ({id}: a public image was deleted or made
+    private) and `resync` (events were missed: fetch /v1/feed again). A reconnect that sends
+    `Last-Event-ID` gets `resync` right after `ready`: what happened while it was away is
+    not replayed."""
     async with svc.hub.subscribe(FEED_CHANNEL) as sub:
         yield ServerSentEvent(event="ready", data={"user_id": user.id})
+        if last_event_id is not None:
+            yield ServerSentEvent(event="resync", data={})
         while True:
             event = await sub.get(30)
             if event is None:
@@ -83,6 +92,8 @@ async def stream_feed_events(user: StreamUser, svc: Svc) -> AsyncIterator[Server
                 yield ServerSentEvent(
                     event="likes", data={"id": event["id"], "likes_count": event["likes_count"]}
                 )
+            elif event.get("type") == "removed":
+                yield ServerSentEvent(event="removed", data={"id": event["id"]})
             elif event.get("type") == "image":
                 item = await gallery.announced_item(
                     svc.pool, svc.storage, svc.settings, event, user.id

@@ -226,6 +226,64 @@ async def test_images_made_public_and_like_changes_are_announced_and_private_one
     assert mobile_item["prompt"] is None
 
 
+async def test_a_public_image_leaving_the_feed_is_announced_as_removed(
+    make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    application = make_app(worker_in_process=False)
+    made_private = await insert_image(db, ALICE, visibility="public")
+    deleted = await insert_image(db, ALICE, visibility="public")
+    private = await insert_image(db, ALICE)
+    mobile = await insert_mobile_image(db, CAROL, "https://cdn.example.test/carol/gone.png")
+    alice = auth_headers(ALICE)
+    async with (
+        live_server(application) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
+        feed_stream(client, auth_headers(BOB)) as stream,
+    ):
+        # Not announced: a private image was never in the feed.
+        assert (await client.delete(f"/v1/images/{private}", headers=alice)).status_code == 204
+
+        hidden = await client.patch(
+            f"/v1/images/{made_private}", json={"visibility": "private"}, headers=alice
+        )
+        assert hidden.status_code == 200, hidden.text
+        first, _ = await stream.next_named("image", "likes", "removed")
+        assert (await client.delete(f"/v1/images/{deleted}", headers=alice)).status_code == 204
+        second, _ = await stream.next_named("image", "likes", "removed")
+        # The mobile app's row, made public and then deleted by plain SQL.
+        await db.execute("UPDATE generated_images SET visibility = 'public' WHERE id = $1", mobile)
+        appeared, _ = await stream.next_named("image", "likes", "removed")
+        await db.execute("DELETE FROM generated_images WHERE id = $1", mobile)
+        gone, _ = await stream.next_named("image", "likes", "removed")
+
+    assert (first.event, first.json()) == ("removed", {"id": str(made_private)})
+    assert (second.event, second.json()) == ("removed", {"id": str(deleted)})
+    assert (appeared.event, appeared.json()["id"]) == ("image", str(mobile))
+    assert (gone.event, gone.json()) == ("removed", {"id": str(mobile)})
+
+
+async def test_a_reconnect_with_last_event_id_is_told_to_resync_first(
+    make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """Events are not replayed: a client that was away learns it must refetch /v1/feed."""
+    application = make_app(worker_in_process=False)
+    image = await insert_image(db, ALICE, visibility="public")
+    async with (
+        live_server(application) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
+    ):
+        returning = {**auth_headers(BOB), "Last-Event-ID": str(uuid.uuid4())}
+        async with feed_stream(client, returning) as stream:
+            told, _ = await stream.next()
+        async with feed_stream(client, auth_headers(CAROL)) as fresh:
+            liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(BOB))
+            assert liked.status_code == 200, liked.text
+            first_for_fresh, _ = await fresh.next()
+
+    assert (told.event, told.json()) == ("resync", {})
+    assert first_for_fresh.event == "likes"  # no resync without Last-Event-ID
+
+
 async def test_a_public_image_with_the_longest_prompt_is_stored_and_announced_whole(
     make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
