@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 from fastapi import FastAPI
 
+from app.schemas.gallery import LikeState
 from app.services import gallery
 from tests.gallery.conftest import (
     Headers,
@@ -125,6 +126,73 @@ async def test_liked_by_me_is_per_viewer_in_listings_and_reads(
     assert flags(as_alice) == {str(liked): (False, 1), str(other): (False, 0)}
     assert one_as_bob.json()["liked_by_me"] is True
     assert one_as_carol.json()["liked_by_me"] is False
+
+
+async def test_deleting_a_user_takes_their_likes_off_the_counts(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    first = await insert_image(db, ALICE, visibility="public")
+    second = await insert_image(db, ALICE, visibility="public")
+    for user, image in ((BOB, first), (BOB, second), (CAROL, first)):
+        liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(user))
+        assert liked.status_code == 200, liked.text
+
+    # As the mobile app, an admin tool or an erasure would: the likes go by cascade.
+    await db.execute("DELETE FROM users WHERE id = $1", BOB)
+
+    assert await like_rows(db, first) == [CAROL]
+    assert await likes_count(db, first) == 1
+    assert await like_rows(db, second) == []
+    assert await likes_count(db, second) == 0
+    feed = await client.get("/v1/feed", headers=auth_headers(CAROL))
+    counts = {item["id"]: item["likes_count"] for item in feed.json()["items"]}
+    assert counts == {str(first): 1, str(second): 0}
+
+
+async def test_an_unlike_waiting_on_a_like_by_the_same_user_takes_that_like_back(
+    app: FastAPI, db: asyncpg.Connection, db_url: str
+) -> None:
+    """The unlike starts while the like holds the image; when it gets the image, the like
+    has committed, and the unlike must see and remove it (not answer "not liked" while the
+    row stays)."""
+    image = await insert_image(db, ALICE, visibility="public")
+    await ensure_user(db, BOB)
+    liker = await asyncpg.connect(db_url)
+    try:
+        like = liker.transaction()
+        await like.start()
+        await liker.execute(
+            "SELECT 1 FROM generated_images WHERE id = $1 FOR UPDATE", image
+        )  # as the like statement does, first
+        await liker.execute(
+            "INSERT INTO image_likes (image_id, user_id) VALUES ($1, $2)", image, BOB
+        )
+        await liker.execute(
+            "UPDATE generated_images SET likes_count = likes_count + 1 WHERE id = $1", image
+        )
+
+        async def unlike() -> object:
+            async with services_of(app).pool.acquire() as conn:
+                return await gallery.like(conn, image, BOB, on=False)
+
+        unliking = asyncio.create_task(unlike())
+        for _ in range(3000):  # until the unlike waits for the image (a 30 s guard)
+            if await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the unlike never waited for the image")
+        await like.commit()
+        state = await asyncio.wait_for(unliking, 30)
+    finally:
+        await liker.close()
+
+    assert state == LikeState(liked=False, likes_count=0)
+    assert await like_rows(db, image) == []
+    assert await likes_count(db, image) == 0
 
 
 async def test_a_hundred_users_liking_and_unliking_at_once_keep_the_count_equal_to_the_rows(
