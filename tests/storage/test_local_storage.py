@@ -164,6 +164,24 @@ def test_racing_processes_agree_on_one_secret(tmp_path: Path) -> None:
     assert os.listdir(path.parent) == [LOCAL_SECRET_FILE]
 
 
+async def test_a_url_is_valid_long_enough_and_stays_the_same_for_a_while(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image caches key on the URL: within a step of half the lifetime it must not change,
+    and it must never be valid for less than asked."""
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr("app.services.storage.local.time.time", lambda: clock[0])
+    urls = []
+    for now in range(1_800_000_000, 1_800_000_000 + 7200, 37):
+        clock[0] = float(now)
+        url = await storage.url(KEY, expires_in=3600)
+        exp = int(parse_qs(urlsplit(url).query)["exp"][0])
+        assert now + 3600 <= exp < now + 3600 + 1800, (now, exp)
+        urls.append(url)
+    # 7,200 s of requests, 3,600 s links: a handful of distinct URLs, not one per second.
+    assert 4 <= len(set(urls)) <= 5, len(set(urls))
+
+
 async def test_configured_secret_signs_the_urls(tmp_path: Path) -> None:
     settings = Settings(
         _env_file=None,

@@ -65,8 +65,12 @@ class LocalStorage:
         return hmac.compare_digest(expected, sig.encode("utf-8", "surrogateescape"))
 
     async def url(self, key: str, *, expires_in: int) -> str:
+        """A link valid for at least `expires_in` seconds. Its expiry is rounded up to a
+        step of half that, so the same object gets the same URL for a while and caches
+        keyed by URL (the apps' image caches, browsers) keep hitting."""
         validate_key(key)
-        exp = int(time.time()) + expires_in
+        step = max(1, expires_in // 2)
+        exp = -(-(int(time.time()) + expires_in) // step) * step  # ceiling to the step
         return f"{self._base_url}/files/{key}?exp={exp}&sig={self.sign(key, exp)}"
 
     # -- files ---------------------------------------------------------------------------
