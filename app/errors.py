@@ -343,3 +343,11 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI `headers` of a response: {name: description}, each a string."""
+    return {
+        name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
+        for name, text in headers.items()
+    }

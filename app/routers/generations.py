@@ -11,13 +11,20 @@ from fastapi import APIRouter, Depends, File, Header, Response, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
-from app.errors import NotFound, responses
+from app.errors import NotFound, header_docs, responses
 from app.schemas.generations import GenerationCreate, Job, Upload
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
 
 router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(401, 503))
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
+
+
+_JOB_HEADERS = header_docs(
+    Location="The job: `/v1/jobs/{id}`",
+    Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made the job",
+    Preference_Applied="`wait=N` when the request waited for the job (`Prefer: wait=N`)",
+)
 
 
 def _prefer_wait(prefer: str | None, cap: int) -> int:
@@ -31,7 +38,13 @@ def _prefer_wait(prefer: str | None, cap: int) -> int:
     status_code=202,
     response_model=Job,
     responses={
-        200: {"model": Job, "description": "Finished within `Prefer: wait`, or a replay"},
+        200: {
+            "model": Job,
+            "description": "The job has ended: within `Prefer: wait`, or it is a replay "
+            "(`Idempotency-Key`) of one that had (a replay of an unfinished job is a 202)",
+            "headers": _JOB_HEADERS,
+        },
+        202: {"headers": _JOB_HEADERS},
         **responses(400, 402, 404, 409, 422),
     },
 )
@@ -141,7 +154,7 @@ async def stream_job_events(
     operation_id="create_upload",
     status_code=201,
     response_model=Upload,
-    responses=responses(413, 415, 422),
+    responses=responses(413, 422),
 )
 async def create_upload(
     file: Annotated[UploadFile, File(description="A PNG, JPEG or WEBP image")],

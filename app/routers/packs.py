@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 
 from app.deps import Conn, CurrentUser, Svc
-from app.errors import responses
+from app.errors import header_docs, responses
 from app.schemas.common import Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.services import packs
@@ -29,11 +29,17 @@ async def list_packs(
 
 
 @router.post(
-    "", operation_id="create_pack", status_code=201, response_model=Pack, responses=responses(422)
+    "",
+    operation_id="create_pack",
+    status_code=201,
+    response_model=Pack,
+    responses={201: {"headers": header_docs(Location="The pack")}, **responses(422)},
 )
-async def create_pack(body: PackCreate, user: CurrentUser, conn: Conn) -> Pack:
+async def create_pack(body: PackCreate, user: CurrentUser, conn: Conn, response: Response) -> Pack:
     """Start a pack; its style prompt goes with every generation into it."""
-    return await packs.create(conn, user.id, body)
+    pack = await packs.create(conn, user.id, body)
+    response.headers["Location"] = f"/v1/packs/{pack.id}"
+    return pack
 
 
 @router.get(

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 
 from app.deps import Conn, CurrentUser
-from app.errors import responses
+from app.errors import header_docs, responses
 from app.schemas.common import Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts
@@ -34,11 +34,15 @@ async def list_prompts(
     operation_id="create_prompt",
     status_code=201,
     response_model=Prompt,
-    responses=responses(422),
+    responses={201: {"headers": header_docs(Location="The prompt")}, **responses(422)},
 )
-async def create_prompt(body: PromptCreate, user: CurrentUser, conn: Conn) -> Prompt:
+async def create_prompt(
+    body: PromptCreate, user: CurrentUser, conn: Conn, response: Response
+) -> Prompt:
     """Save a prompt."""
-    return await prompts.create(conn, user.id, body)
+    prompt = await prompts.create(conn, user.id, body)
+    response.headers["Location"] = f"/v1/prompts/{prompt.id}"
+    return prompt
 
 
 @router.get(

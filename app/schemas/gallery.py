@@ -87,7 +87,7 @@ class PromptPage(Page):
 
 class PackCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[SafeStr, Field(min_length=1, max_length=100)]
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)]
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = Field(
         default=None, description="Sent with every generation into the pack, to keep its look."
     )
@@ -97,7 +97,7 @@ class PackUpdate(BaseModel):
     """Only the fields sent change; send null to clear style_prompt or cover_image_id."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[SafeStr, Field(min_length=1, max_length=100)] | None = None
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | None = None
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = None
     cover_image_id: UUID | None = None
 

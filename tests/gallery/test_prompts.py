@@ -60,7 +60,8 @@ async def test_a_prompt_is_created_read_updated_and_deleted(
     assert {k: row[k] for k in FULL} == FULL
     assert same_instant(body, row)
 
-    read = await client.get(f"/v1/prompts/{body['id']}", headers=headers)
+    assert created.headers["location"] == f"/v1/prompts/{body['id']}"
+    read = await client.get(created.headers["location"], headers=headers)
     assert read.status_code == 200 and read.json() == body
 
     changed = await client.patch(

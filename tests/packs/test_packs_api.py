@@ -128,6 +128,7 @@ async def test_creating_a_pack_answers_201_with_the_empty_pack(
 
     assert response.status_code == 201, response.text
     pack = response.json()
+    assert response.headers["location"] == f"/v1/packs/{pack['id']}"
     assert set(pack) == {
         "id",
         "name",
@@ -165,6 +166,7 @@ INVALID_CREATES: list[tuple[str, dict[str, Any]]] = [
     ("no name", {"style_prompt": "flat"}),
     ("null name", {"name": None}),
     ("empty name", {"name": ""}),
+    ("blank name", {"name": "   "}),
     ("name of 101 characters", {"name": "x" * 101}),
     ("name with NUL", {"name": "a\x00b"}),
     ("style prompt of 1001 characters", {"name": "n", "style_prompt": "s" * 1001}),
@@ -386,6 +388,7 @@ async def test_null_clears_the_style_prompt_and_the_cover(
 INVALID_UPDATES: list[tuple[str, dict[str, Any]]] = [
     ("null name", {"name": None}),
     ("empty name", {"name": ""}),
+    ("blank name", {"name": " \t "}),
     ("name of 101 characters", {"name": "x" * 101}),
     ("name with NUL", {"name": "a\x00"}),
     ("style prompt of 1001 characters", {"style_prompt": "s" * 1001}),
