@@ -60,7 +60,7 @@ async def identity(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Identity:
     if credentials is None:
-        raise Unauthorized("Send 'Authorization: Bearer <session token>'.")
+        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
     return await services_of(request).verifier.verify(credentials.credentials)
 
 

@@ -87,10 +87,10 @@ class BadRequest(AppError):
 class Unauthorized(AppError):
     status, slug, title = 401, "unauthorized", "Not authenticated"
 
-    def __init__(self, detail: str | None = None, **extra: Any) -> None:
-        super().__init__(
-            detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}, **extra
-        )
+    def __init__(self, detail: str | None = None, *, sent: bool = True, **extra: Any) -> None:
+        # RFC 6750 §3.1: no error code when the request carried no token at all.
+        challenge = 'Bearer error="invalid_token"' if sent else "Bearer"
+        super().__init__(detail, headers={"WWW-Authenticate": challenge}, **extra)
 
 
 class Forbidden(AppError):

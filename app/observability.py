@@ -76,7 +76,9 @@ class Metrics:
 
 
 class RequestContextMiddleware:
-    """Request id in and out (`X-Request-ID`), one access log line, latency metrics."""
+    """Request id in and out (`X-Request-ID`), one access log line, latency metrics; and
+    API answers (under /v1/) are per caller: `Cache-Control: no-store` unless a route set
+    its own, and `Vary: Authorization`, so no shared cache keeps or mixes them."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -100,12 +102,18 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        per_caller = scope["path"].startswith("/v1/")
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if per_caller:
+                    if not any(name.lower() == b"cache-control" for name, _ in headers):
+                        headers.append((b"cache-control", b"no-store"))
+                    headers.append((b"vary", b"Authorization"))
                 message = {**message, "headers": headers}
             await send(message)
 

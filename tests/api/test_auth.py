@@ -277,6 +277,17 @@ async def test_request_without_a_bearer_token_is_a_401_problem(
     async with running(clerk_settings()) as client:
         response = await client.get("/v1/me", headers=headers)
     assert_unauthorized(response)
+    # RFC 6750 §3.1: with no token sent, the challenge carries no error code.
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_bad_token_is_challenged_as_invalid_token(
+    clerk_settings: ClerkSettings,
+) -> None:
+    async with running(clerk_settings()) as client:
+        response = await client.get("/v1/me", headers=bearer("not.a.jwt"))
+    assert_unauthorized(response)
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(

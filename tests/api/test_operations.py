@@ -158,6 +158,24 @@ async def test_request_id_is_generated_when_absent(client: httpx.AsyncClient) ->
     assert first != second
 
 
+async def test_api_answers_are_not_stored_by_shared_caches(
+    client: httpx.AsyncClient, auth_headers: Callable[..., dict[str, str]]
+) -> None:
+    """Answers under /v1/ belong to one caller: never stored, and varying by token."""
+    headers = auth_headers("user_cache")
+    answers = [
+        await client.get("/v1/me", headers=headers),
+        await client.get("/v1/feed", headers=headers),
+        await client.get("/v1/images/not-a-uuid", headers=headers),  # errors too
+        await client.get("/v1/me"),  # and the 401
+    ]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+        assert "Authorization" in answer.headers.get_list("vary"), answer.request.url
+    health = await client.get("/healthz")
+    assert "authorization" not in health.headers.get("vary", "").lower()
+
+
 async def test_sane_request_id_is_echoed(client: httpx.AsyncClient) -> None:
     for sent in ("req-123", "0b4f7c2e-9a1d-4c55-8e0f-2f6a1b3c4d5e", "edge.lb:trace_9", "r" * 128):
         for path in ("/healthz", "/nope"):
