@@ -175,9 +175,15 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [_jsonable_error(e) for e in exc.errors()]
     first = errors[0] if errors else None
-    detail = (
-        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else "Invalid request"
-    )
+    if first is None:
+        detail = "Invalid request"
+    elif first.get("type") == "json_invalid":
+        # loc is ("body", <character offset>): say what a client can act on
+        detail = f"The body is not valid JSON (near character {first['loc'][-1]})."
+    elif first.get("type") == "model_attributes_type" and tuple(first["loc"]) == ("body",):
+        detail = "The body must be a JSON object, sent as Content-Type: application/json."
+    else:
+        detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
     body = {
         "type": PROBLEM_BASE + "validation",
         "title": "Invalid request",

@@ -131,6 +131,12 @@ async def test_malformed_or_wrong_json_body_is_a_422_problem(
         await limited_client.post("/_test/notes", content=b"{nope", headers=headers), 422
     )
     assert body["errors"][0]["type"] == "json_invalid"
+    assert body["detail"] == "The body is not valid JSON (near character 1)."
+    as_text = await limited_client.post(
+        "/_test/notes", content=b"hello", headers={"Content-Type": "text/plain"}
+    )
+    body = assert_problem(as_text, 422)
+    assert "JSON object" in body["detail"] and "application/json" in body["detail"]
     body = assert_problem(await limited_client.post("/_test/notes", json={"text": 5}), 422)
     assert body["errors"][0]["loc"] == ["body", "text"]
     body = assert_problem(await limited_client.post("/_test/notes", json={}), 422)
