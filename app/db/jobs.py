@@ -6,6 +6,7 @@ an attempt whose lease ran out and was taken over can no longer change the job.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -269,3 +270,33 @@ async def get_view(conn: asyncpg.Connection, job_id: UUID, user_id: str) -> asyn
         job_id,
         user_id,
     )
+
+
+async def page_for_user(
+    conn: asyncpg.Connection,
+    user_id: str,
+    *,
+    statuses: list[str] | None,
+    before: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The caller's jobs that the service made, newest first, after the keyset `before`."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_J_COLUMNS}, i.storage_key AS image_key, i.width AS image_width,
+               i.height AS image_height
+        FROM image_generation_jobs j
+        LEFT JOIN generated_images i ON i.id = j.image_id AND i.deleted_at IS NULL
+        WHERE j.user_id = $1 AND j.kind IS NOT NULL
+          AND ($2::text[] IS NULL OR j.status = ANY($2::text[]))
+          AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
+        ORDER BY j.created_at DESC, j.id DESC
+        LIMIT $5
+        """,
+        user_id,
+        statuses,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return rows

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, File, Header, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
 from app.errors import NotFound, header_docs, responses
-from app.schemas.generations import GenerationCreate, Job, Upload
+from app.schemas.common import Cursor, Limit
+from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
 
@@ -89,6 +90,32 @@ async def create_generation(
     if job.status in generations.TERMINAL:
         response.status_code = 200
     return job
+
+
+@router.get(
+    "/jobs", operation_id="list_jobs", response_model=JobPage, responses=responses(400, 422)
+)
+async def list_jobs(
+    user: CurrentUser,
+    conn: Conn,
+    svc: Svc,
+    status: Annotated[
+        list[JobStatus] | None,
+        Query(description="Only jobs in these states: `status=pending&status=running`."),
+    ] = None,
+    cursor: Cursor = None,
+    limit: Limit = 20,
+) -> JobPage:
+    """The caller's jobs, newest first: say, the ones still running after the app restarts."""
+    return await generations.listing(
+        conn,
+        svc.storage,
+        svc.settings,
+        user.id,
+        statuses=list(dict.fromkeys(status)) if status else None,
+        cursor=cursor,
+        limit=limit,
+    )
 
 
 @router.get(

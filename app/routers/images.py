@@ -12,13 +12,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Conn, CurrentUser, OptionalUser, StreamUser, Svc
 from app.errors import responses
-from app.schemas.common import Limit
+from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState
 from app.services import gallery
 from app.services.realtime import FEED_CHANNEL, RESYNC
 
 router = APIRouter(prefix="/v1", tags=["gallery"], responses=responses(401, 503))
-Cursor = Annotated[str | None, Query(max_length=300, description="From `next_cursor`.")]
 
 
 @router.get(

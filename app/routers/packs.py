@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.deps import Conn, CurrentUser, Svc
 from app.errors import header_docs, responses
-from app.schemas.common import Limit
+from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.services import packs
 
@@ -21,7 +21,7 @@ IconsLimit = Annotated[int, Query(ge=1, le=100, description="How many icons to i
 async def list_packs(
     user: CurrentUser,
     conn: Conn,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Cursor = None,
     limit: Limit = 20,
 ) -> PackPage:
     """The caller's packs, newest first."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser
 from app.errors import header_docs, responses
-from app.schemas.common import Limit
+from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts
 
@@ -22,7 +21,7 @@ router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=responses(4
 async def list_prompts(
     user: CurrentUser,
     conn: Conn,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Cursor = None,
     limit: Limit = 20,
 ) -> PromptPage:
     """The caller's saved prompts, newest first."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, Field
 
 
@@ -27,6 +28,7 @@ SafeStr = Annotated[str, AfterValidator(_no_nul)]
 TextStr = Annotated[SafeStr, AfterValidator(_not_blank)]
 
 Limit = Annotated[int, Field(ge=1, le=100, description="How many items a page holds.")]
+Cursor = Annotated[str | None, Query(max_length=300, description="From `next_cursor`.")]
 
 
 class Page(BaseModel):

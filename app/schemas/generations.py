@@ -6,7 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import SafeStr, TextStr
+from app.schemas.common import Page, SafeStr, TextStr
 
 JobStatus = Literal["pending", "running", "completed", "failed"]
 
@@ -74,6 +74,10 @@ class Job(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+
+
+class JobPage(Page):
+    items: list[Job]
 
 
 class Upload(BaseModel):

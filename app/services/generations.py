@@ -17,8 +17,8 @@ from app.config import Settings
 from app.db import images
 from app.db import jobs as jobs_db
 from app.errors import BadRequest, InsufficientCredits, NotFound, Unprocessable
-from app.schemas.generations import GenerationCreate, ImageReference, Job, JobImage
-from app.services import packs
+from app.schemas.generations import GenerationCreate, ImageReference, Job, JobImage, JobPage
+from app.services import packs, pagination
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import Storage, upload_prefix
 from app.services.users import User
@@ -133,6 +133,27 @@ async def view(
     if row is None:
         raise NotFound("No such job.")
     return await to_schema(row, storage, settings)
+
+
+async def listing(
+    conn: asyncpg.Connection,
+    storage: Storage,
+    settings: Settings,
+    user_id: str,
+    *,
+    statuses: list[str] | None,
+    cursor: str | None,
+    limit: int,
+) -> JobPage:
+    """The caller's jobs, newest first, keyset-paged; `statuses` narrows them."""
+    before = pagination.decode_time_id(cursor) if cursor else None
+    rows = await jobs_db.page_for_user(
+        conn, user_id, statuses=statuses, before=before, limit=limit + 1
+    )
+    page, next_cursor = pagination.split_time_id(rows, limit)
+    return JobPage(
+        items=[await to_schema(row, storage, settings) for row in page], next_cursor=next_cursor
+    )
 
 
 async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -> Job:

@@ -467,3 +467,49 @@ async def test_requests_waiting_with_prefer_wait_do_not_hold_the_pool_the_worker
 
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert {a.json()["status"] for a in answers} == {"completed"}
+
+
+# -- GET /v1/jobs ---------------------------------------------------------------------------
+
+
+async def test_the_job_list_is_the_callers_own_newest_first_paged_and_filtered(
+    queued: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    made = []
+    for n in range(5):
+        response = await generate(queued, alice, prompt=f"fox {n}")
+        assert response.status_code == 202, response.text
+        made.append(response.json()["id"])
+    assert (await generate(queued, bob, prompt="bob's")).status_code == 202
+    # The mobile app's own job row (no kind) is not the service's to list.
+    await db.execute("INSERT INTO image_generation_jobs (user_id) VALUES ($1)", ALICE)
+    # One of Alice's jobs has failed.
+    await db.execute(
+        "UPDATE image_generation_jobs SET status = 'failed', error_message = 'x' WHERE id = $1",
+        uuid.UUID(made[1]),
+    )
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await queued.get("/v1/jobs", params=params, headers=alice)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        seen += [job["id"] for job in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    pending = await queued.get("/v1/jobs", params={"status": ["pending", "running"]}, headers=alice)
+    failed = await queued.get("/v1/jobs", params={"status": "failed"}, headers=alice)
+    bad = await queued.get("/v1/jobs", params={"status": "lost"}, headers=alice)
+
+    assert seen == made[::-1]  # newest first, each once, none of Bob's or the app's
+    assert pages == 3
+    assert [j["id"] for j in pending.json()["items"]] == [made[4], made[3], made[2], made[0]]
+    assert [(j["id"], j["status"]) for j in failed.json()["items"]] == [(made[1], "failed")]
+    assert bad.status_code == 422
+    assert bad.headers["content-type"] == "application/problem+json"
