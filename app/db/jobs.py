@@ -18,6 +18,12 @@ COLUMNS = (
     "request_hash, created_at, updated_at, completed_at"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
+# A job as the API shows it: with its image's key and size (NULL once the image is gone).
+_VIEW = f"""
+    SELECT {_J_COLUMNS}, i.storage_key AS image_key, i.width AS image_width,
+           i.height AS image_height
+    FROM image_generation_jobs j
+    LEFT JOIN generated_images i ON i.id = j.image_id AND i.deleted_at IS NULL"""
 
 
 async def create_with_debit(
@@ -261,10 +267,7 @@ async def get_view(conn: asyncpg.Connection, job_id: UUID, user_id: str) -> asyn
     """The caller's job with its image's key and size (another user's job: None)."""
     return await conn.fetchrow(
         f"""
-        SELECT {_J_COLUMNS}, i.storage_key AS image_key, i.width AS image_width,
-               i.height AS image_height
-        FROM image_generation_jobs j
-        LEFT JOIN generated_images i ON i.id = j.image_id AND i.deleted_at IS NULL
+        {_VIEW}
         WHERE j.id = $1 AND j.user_id = $2
         """,
         job_id,
@@ -283,10 +286,7 @@ async def page_for_user(
     """The caller's jobs that the service made, newest first, after the keyset `before`."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
-        SELECT {_J_COLUMNS}, i.storage_key AS image_key, i.width AS image_width,
-               i.height AS image_height
-        FROM image_generation_jobs j
-        LEFT JOIN generated_images i ON i.id = j.image_id AND i.deleted_at IS NULL
+        {_VIEW}
         WHERE j.user_id = $1 AND j.kind IS NOT NULL
           AND ($2::text[] IS NULL OR j.status = ANY($2::text[]))
           AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
