@@ -49,11 +49,18 @@ CREATE OR REPLACE TRIGGER generated_images_notify_feed
 
 -- Deleting a user (the mobile app, an admin, an erasure) removes their likes by cascade,
 -- which would leave every image they liked counting a like that no longer exists. Before
--- the row goes, take those likes off the counts; the counts' own rows are locked by the
--- update, so a like or unlike running at the same time still counts exactly once.
+-- the row goes, take those likes off the counts. First lock the images they liked (in id
+-- order, so two deletions cannot deadlock): an unlike of theirs still in flight finishes
+-- first. Then count from a fresh snapshot, which no longer holds the like that unlike
+-- removed, so no like is taken off twice. A new like of theirs cannot start meanwhile:
+-- its foreign key waits for the user row, which this deletion holds.
 CREATE OR REPLACE FUNCTION atelier_unlike_for_deleted_user() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM 1 FROM generated_images
+    WHERE id IN (SELECT image_id FROM image_likes WHERE user_id = OLD.id)
+    ORDER BY id
+    FOR NO KEY UPDATE;
     UPDATE generated_images g
     SET likes_count = g.likes_count - 1
     FROM image_likes l

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
@@ -78,7 +78,9 @@ async def stream_feed_events(
     `Last-Event-ID` gets `resync` right after `ready`: what happened while it was away is
     not replayed."""
     async with svc.hub.subscribe(FEED_CHANNEL) as sub:
-        yield ServerSentEvent(event="ready", data={"user_id": user.id})
+        # An id on `ready` too: a client that reconnects after seeing only `likes` or
+        # `removed` (which carry none) still sends Last-Event-ID, and so learns to resync.
+        yield ServerSentEvent(event="ready", data={"user_id": user.id}, id=f"ready-{uuid4()}")
         if last_event_id is not None:
             yield ServerSentEvent(event="resync", data={})
         while True:

@@ -51,6 +51,7 @@ class FeedStream:
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
         self._parser = SseParser()
+        self.ready: SseEvent | None = None  # the stream's first event, once read
 
     async def next(self) -> tuple[SseEvent, float]:
         async with asyncio.timeout(DEADLINE_SECONDS):
@@ -78,6 +79,7 @@ async def feed_stream(
         stream = FeedStream(response)
         ready, _ = await stream.next()
         assert ready.event == "ready", ready  # subscribed: every later change reaches us
+        stream.ready = ready
         yield stream
 
 
@@ -272,16 +274,22 @@ async def test_a_reconnect_with_last_event_id_is_told_to_resync_first(
         live_server(application) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
     ):
-        returning = {**auth_headers(BOB), "Last-Event-ID": str(uuid.uuid4())}
-        async with feed_stream(client, returning) as stream:
-            told, _ = await stream.next()
         async with feed_stream(client, auth_headers(CAROL)) as fresh:
             liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(BOB))
             assert liked.status_code == 200, liked.text
             first_for_fresh, _ = await fresh.next()
+            # What an EventSource sends back: the last id it saw, here the `ready` one
+            # (`likes` events carry none).
+            assert fresh.ready is not None
+            last_id = fresh.ready.id
+        returning = {**auth_headers(CAROL), "Last-Event-ID": str(last_id)}
+        async with feed_stream(client, returning) as stream:
+            told, _ = await stream.next()
 
-    assert (told.event, told.json()) == ("resync", {})
     assert first_for_fresh.event == "likes"  # no resync without Last-Event-ID
+    assert first_for_fresh.id is None
+    assert last_id is not None and last_id.startswith("ready-")
+    assert (told.event, told.json()) == ("resync", {})
 
 
 async def test_a_public_image_with_the_longest_prompt_is_stored_and_announced_whole(

@@ -176,15 +176,7 @@ async def test_an_unlike_waiting_on_a_like_by_the_same_user_takes_that_like_back
                 return await gallery.like(conn, image, BOB, on=False)
 
         unliking = asyncio.create_task(unlike())
-        for _ in range(3000):  # until the unlike waits for the image (a 30 s guard)
-            if await db.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            ):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the unlike never waited for the image")
+        await until_waiting_on_a_lock(db)  # the unlike waits for the image
         await like.commit()
         state = await asyncio.wait_for(unliking, 30)
     finally:
@@ -193,6 +185,50 @@ async def test_an_unlike_waiting_on_a_like_by_the_same_user_takes_that_like_back
     assert state == LikeState(liked=False, likes_count=0)
     assert await like_rows(db, image) == []
     assert await likes_count(db, image) == 0
+
+
+async def test_deleting_a_user_whose_unlike_is_in_flight_counts_that_like_once(
+    client: httpx.AsyncClient, db: asyncpg.Connection, db_url: str, auth_headers: Headers
+) -> None:
+    """Bob's unlike has removed his like and lowered the count but not committed when Bob is
+    deleted: the deletion waits for it and must not take the same like off again."""
+    image = await insert_image(db, ALICE, visibility="public")
+    for user in (BOB, CAROL):
+        liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(user))
+        assert liked.status_code == 200, liked.text
+    unliker, deleter = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        unlike = unliker.transaction()
+        await unlike.start()
+        await unliker.execute("SELECT 1 FROM generated_images WHERE id = $1 FOR UPDATE", image)
+        await unliker.execute(
+            "DELETE FROM image_likes WHERE image_id = $1 AND user_id = $2", image, BOB
+        )
+        await unliker.execute(
+            "UPDATE generated_images SET likes_count = likes_count - 1 WHERE id = $1", image
+        )
+        deleting = asyncio.create_task(deleter.execute("DELETE FROM users WHERE id = $1", BOB))
+        await until_waiting_on_a_lock(db)
+        await unlike.commit()
+        await asyncio.wait_for(deleting, 30)
+    finally:
+        await unliker.close()
+        await deleter.close()
+
+    assert await like_rows(db, image) == [CAROL]
+    assert await likes_count(db, image) == 1
+
+
+async def until_waiting_on_a_lock(db: asyncpg.Connection) -> None:
+    """Until some session of this database waits for a lock (a 30 s guard)."""
+    for _ in range(3000):
+        if await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing ever waited for a lock")
 
 
 async def test_a_hundred_users_liking_and_unliking_at_once_keep_the_count_equal_to_the_rows(
