@@ -156,11 +156,6 @@ async def download(
 async def like(conn: asyncpg.Connection, image_id: UUID, user_id: str, on: bool) -> LikeState:
     """Idempotent per user: liking twice counts once; the count moves with the row."""
     row = await (likes.like if on else likes.unlike)(conn, image_id, user_id)
-    if row is not None and not on and not row["changed"]:
-        # The unlike may have waited for the image while a like by the same user held it:
-        # that like committed after this statement's snapshot, so it was not seen. Once
-        # more, with a new snapshot: it finds that like (or, truly, none).
-        row = await likes.unlike(conn, image_id, user_id)
     if row is None:
         raise NotFound("No such image.")
     return LikeState(liked=on, likes_count=row["likes_count"])
