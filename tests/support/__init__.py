@@ -1,0 +1,1 @@
+"""Helpers every test shares: problem+json checks, deadline polling, required services."""
