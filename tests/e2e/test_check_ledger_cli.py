@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 
+from app.config import Settings
+from app.db import pool as db_pool
 from app.db import users as users_db
-from app.services import credits
+from app.schemas.generations import GenerationCreate
+from app.services import credits, generations
+from app.services.storage.factory import build_storage
+from app.services.users import User
 
 ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
 
@@ -36,12 +41,23 @@ async def check_ledger(db_url: str, cwd: Path) -> tuple[int, str, str]:
 
 
 async def test_check_ledger_names_the_user_whose_balance_changed_behind_its_back(
-    db: asyncpg.Connection, db_url: str, tmp_path: Path
+    db: asyncpg.Connection, db_url: str, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    for user_id in ("user_honest", "user_tampered"):
-        assert await users_db.create_with_signup(db, user_id, f"{user_id}@example.test", 5)
-    async with db.transaction():
-        await credits.spend(db, "user_honest", 2, "generate", uuid.uuid4())
+    honest = await users_db.create_with_signup(db, "user_honest", "h@example.test", 5)
+    assert honest is not None
+    assert await users_db.create_with_signup(db, "user_tampered", "t@example.test", 5)
+    # A debit made as POST /v1/generations makes it, on a connection set up as the service's.
+    await db_pool.init_connection(db)
+    settings = make_settings(cost_generate=2)
+    _, created = await generations.create(
+        db,
+        settings,
+        build_storage(settings),
+        User.from_row(honest),
+        GenerationCreate(prompt="a red fox"),
+        None,
+    )
+    assert created
     await credits.grant(db, "user_tampered", 4, "purchase", "evt_1")
     # a user the mobile app created has no ledger yet: noted, not a mismatch
     await db.execute("INSERT INTO users (id, email, credits) VALUES ('user_app', 'a@x.test', 3)")

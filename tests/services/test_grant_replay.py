@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from app.db import users as users_db
 from app.services import credits
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
-    assert created is not None
-    try:
-        yield created
-    finally:
-        await created.close()
 
 
 async def _user(conn: asyncpg.Connection, user_id: str, balance: int) -> None:
