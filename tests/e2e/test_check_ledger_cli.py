@@ -11,12 +11,9 @@ from pathlib import Path
 import asyncpg
 
 from app.config import Settings
-from app.db import pool as db_pool
-from app.db import users as users_db
-from app.schemas.generations import GenerationCreate
-from app.services import credits, generations
-from app.services.storage.factory import build_storage
-from app.services.users import User
+from app.services import credits
+from app.services.storage.base import Storage
+from tests.support.generations import add_user, create_job
 
 ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
 
@@ -41,22 +38,16 @@ async def check_ledger(db_url: str, cwd: Path) -> tuple[int, str, str]:
 
 
 async def test_check_ledger_names_the_user_whose_balance_changed_behind_its_back(
-    db: asyncpg.Connection, db_url: str, make_settings: Callable[..., Settings], tmp_path: Path
+    db: asyncpg.Connection,
+    db_url: str,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    storage: Storage,
+    tmp_path: Path,
 ) -> None:
-    honest = await users_db.create_with_signup(db, "user_honest", "h@example.test", 5)
-    assert honest is not None
-    assert await users_db.create_with_signup(db, "user_tampered", "t@example.test", 5)
-    # A debit made as POST /v1/generations makes it, on a connection set up as the service's.
-    await db_pool.init_connection(db)
-    settings = make_settings(cost_generate=2)
-    _, created = await generations.create(
-        db,
-        settings,
-        build_storage(settings),
-        User.from_row(honest),
-        GenerationCreate(prompt="a red fox"),
-        None,
-    )
+    honest = await add_user(pool, "user_honest", 5)
+    await add_user(pool, "user_tampered", 5)
+    _, created = await create_job(pool, make_settings(cost_generate=2), storage, honest)
     assert created
     await credits.grant(db, "user_tampered", 4, "purchase", "evt_1")
     # a user the mobile app created has no ledger yet: noted, not a mismatch

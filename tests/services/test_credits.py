@@ -23,37 +23,15 @@ import pytest
 
 from app.config import Settings
 from app.db import jobs
-from app.db import users as users_db
 from app.errors import Conflict, InsufficientCredits, NotFound
-from app.schemas.generations import GenerationCreate
-from app.services import credits, generations
+from app.services import credits
 from app.services.providers.local import LocalProvider
 from app.services.storage.base import Storage
 from app.services.users import User
 from app.services.worker import Worker
+from tests.support.generations import add_user, create_job
 
 MakeSettings = Callable[..., Settings]
-
-
-async def make_user(conn: asyncpg.Connection, user_id: str, balance: int) -> User:
-    row = await users_db.create_with_signup(conn, user_id, f"{user_id}@example.test", balance)
-    assert row is not None
-    return User.from_row(row)
-
-
-async def submit(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    storage: Storage,
-    user: User,
-    prompt: str = "a red fox",
-    idempotency_key: str | None = None,
-) -> tuple[asyncpg.Record, bool]:
-    """Ask for an image as POST /v1/generations does: one pooled connection, no transaction
-    around the call; the kind's cost comes from `settings`. Returns (job, created_now)."""
-    body = GenerationCreate(prompt=prompt)
-    async with pool.acquire() as conn:
-        return await generations.create(conn, settings, storage, user, body, idempotency_key)
 
 
 async def balance_of(conn: asyncpg.Connection, user_id: str) -> int:
@@ -95,10 +73,9 @@ async def assert_ledger_explains(conn: asyncpg.Connection, user_id: str) -> int:
 async def test_a_submission_debits_the_balance_and_records_one_ledger_row(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
+    user = await add_user(pool, "user_a", 5)
 
-    job, created = await submit(pool, make_settings(cost_generate=2), storage, user)
+    job, created = await create_job(pool, make_settings(cost_generate=2), storage, user)
 
     assert created
     assert (job["status"], job["cost"], job["balance"]) == ("pending", 2, 5)
@@ -114,11 +91,10 @@ async def test_a_submission_debits_the_balance_and_records_one_ledger_row(
 async def test_a_submission_beyond_the_balance_is_insufficient_credits_and_changes_nothing(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
+    user = await add_user(pool, "user_a", 5)
 
     with pytest.raises(InsufficientCredits) as caught:
-        await submit(pool, make_settings(cost_generate=6), storage, user)
+        await create_job(pool, make_settings(cost_generate=6), storage, user)
 
     problem = caught.value.to_problem()
     assert caught.value.status == 402
@@ -135,9 +111,9 @@ async def test_a_submission_for_an_unknown_user_is_not_found(
 ) -> None:
     nobody = User("user_nobody", "nobody@example.test", datetime.now(UTC))
     with pytest.raises(NotFound):
-        await submit(pool, make_settings(cost_generate=1), storage, nobody)
+        await create_job(pool, make_settings(cost_generate=1), storage, nobody)
     with pytest.raises(NotFound):  # a free kind (COST_*=0) still needs a real user
-        await submit(pool, make_settings(cost_generate=0), storage, nobody)
+        await create_job(pool, make_settings(cost_generate=0), storage, nobody)
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM credit_ledger") == 0
         assert await conn.fetchval("SELECT count(*) FROM image_generation_jobs") == 0
@@ -146,10 +122,9 @@ async def test_a_submission_for_an_unknown_user_is_not_found(
 async def test_a_free_submission_queues_the_job_and_writes_no_ledger_row(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
+    user = await add_user(pool, "user_a", 5)
 
-    job, created = await submit(pool, make_settings(cost_generate=0), storage, user)
+    job, created = await create_job(pool, make_settings(cost_generate=0), storage, user)
 
     assert created and job["cost"] == 0
     async with pool.acquire() as conn:
@@ -162,12 +137,11 @@ async def test_submissions_never_overdraw_under_concurrency(
     pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
     assert settings.cost_generate == 1
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
+    user = await add_user(pool, "user_a", 5)
 
     async def one_submission(n: int) -> asyncpg.Record | InsufficientCredits:
         try:
-            job, created = await submit(pool, settings, storage, user, f"fox {n}")
+            job, created = await create_job(pool, settings, storage, user, f"fox {n}")
         except InsufficientCredits as exc:
             return exc
         assert created
@@ -198,9 +172,8 @@ async def test_submissions_never_overdraw_under_concurrency(
 async def test_the_ledger_refuses_a_second_debit_for_a_job(
     pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
-    job, _ = await submit(pool, settings, storage, user)
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, settings, storage, user)
     async with pool.acquire() as conn:
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(
@@ -217,9 +190,8 @@ async def test_the_ledger_refuses_a_second_debit_for_a_job(
 async def test_refund_gives_the_debit_back_once_when_called_twice(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
-    job, _ = await submit(pool, make_settings(cost_generate=3), storage, user)
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, make_settings(cost_generate=3), storage, user)
     async with pool.acquire() as conn:
         async with conn.transaction():
             assert await credits.refund(conn, job["id"]) == 3
@@ -236,9 +208,8 @@ async def test_refund_gives_the_debit_back_once_when_called_twice(
 async def test_refund_happens_once_under_concurrency(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
-    job, _ = await submit(pool, make_settings(cost_generate=2), storage, user)
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, make_settings(cost_generate=2), storage, user)
 
     async def one_refund() -> int | None:
         async with pool.acquire() as conn, conn.transaction():
@@ -258,10 +229,9 @@ async def test_refund_happens_once_under_concurrency(
 async def test_refund_of_a_job_that_was_never_debited_gives_nothing(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
+    user = await add_user(pool, "user_a", 5)
     # a job of a free kind (COST_*=0) was queued without a debit
-    free_job, created = await submit(pool, make_settings(cost_generate=0), storage, user)
+    free_job, created = await create_job(pool, make_settings(cost_generate=0), storage, user)
     assert created
     async with pool.acquire() as conn:
         assert await credits.refund(conn, uuid.uuid4()) is None
@@ -273,9 +243,8 @@ async def test_refund_of_a_job_that_was_never_debited_gives_nothing(
 async def test_refund_is_undone_with_the_callers_transaction_and_can_happen_later(
     pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 5)
-    job, _ = await submit(pool, settings, storage, user)
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, settings, storage, user)
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
@@ -289,8 +258,8 @@ async def test_refund_is_undone_with_the_callers_transaction_and_can_happen_late
 # --- grant ---------------------------------------------------------------------------------
 
 
-async def test_grant_applies_once_per_source_id(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
+async def test_grant_applies_once_per_source_id(db: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    await add_user(pool, "user_a", 5)
     first = await credits.grant(db, "user_a", 10, "purchase", "evt_1")
     assert first == credits.GrantResult(applied=True, balance=15)
     again = await credits.grant(db, "user_a", 10, "purchase", "evt_1")
@@ -306,8 +275,7 @@ async def test_grant_applies_once_per_source_id(db: asyncpg.Connection) -> None:
 
 
 async def test_grant_applies_once_per_source_id_under_concurrency(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        await make_user(conn, "user_a", 5)
+    await add_user(pool, "user_a", 5)
 
     async def one_grant() -> credits.GrantResult:
         async with pool.acquire() as conn, conn.transaction():
@@ -325,9 +293,9 @@ async def test_grant_applies_once_per_source_id_under_concurrency(pool: asyncpg.
 
 
 async def test_negative_admin_grant_that_would_overdraw_is_a_conflict(
-    db: asyncpg.Connection,
+    db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    await make_user(db, "user_a", 5)
+    await add_user(pool, "user_a", 5)
     with pytest.raises(Conflict) as caught:
         await credits.grant(db, "user_a", -6, "admin", "adm_1", note="too much")
     assert caught.value.status == 409
@@ -353,9 +321,8 @@ async def test_grant_to_an_unknown_user_is_not_found(db: asyncpg.Connection) -> 
 async def test_database_refuses_a_negative_balance(
     pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        user = await make_user(conn, "user_a", 1)
-    await submit(pool, settings, storage, user)  # the last credit, spent the live way
+    user = await add_user(pool, "user_a", 1)
+    await create_job(pool, settings, storage, user)  # the last credit, spent the live way
     async with pool.acquire() as conn:
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE users SET credits = credits - 1 WHERE id = 'user_a'")
@@ -367,10 +334,9 @@ async def test_database_refuses_a_negative_balance(
 async def test_check_names_a_balance_changed_behind_the_ledgers_back(
     pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    async with pool.acquire() as conn:
-        honest = await make_user(conn, "user_honest", 5)
-        await make_user(conn, "user_tampered", 5)
-    await submit(pool, settings, storage, honest)
+    honest = await add_user(pool, "user_honest", 5)
+    await add_user(pool, "user_tampered", 5)
+    await create_job(pool, settings, storage, honest)
     async with pool.acquire() as conn:
         assert await credits.check(conn) == ([], 0)
         await conn.execute("UPDATE users SET credits = credits + 3 WHERE id = 'user_tampered'")
@@ -398,8 +364,7 @@ async def test_random_concurrent_submissions_failures_and_grants_keep_every_bala
     # The kind's cost comes from settings, as in production; one job attempt, so the reaper
     # fails and refunds every job whose worker died.
     by_cost = {cost: make_settings(cost_generate=cost, max_attempts=1) for cost in (1, 2, 3)}
-    async with pool.acquire() as conn:
-        users = {user_id: await make_user(conn, user_id, opening) for user_id in user_ids}
+    users = {user_id: await add_user(pool, user_id, opening) for user_id in user_ids}
     reapers = [Worker(by_cost[1], pool, LocalProvider(), storage) for _ in range(2)]
 
     # A plan made up front from the seed; the order the operations land in is up to the race.
@@ -443,8 +408,13 @@ async def test_random_concurrent_submissions_failures_and_grants_keep_every_bala
             if op[0] == "submit":
                 _, user_id, cost, prompt, key = op
                 try:
-                    job, created = await submit(
-                        pool, by_cost[int(cost)], storage, users[user_id], prompt, key or None
+                    job, created = await create_job(
+                        pool,
+                        by_cost[int(cost)],
+                        storage,
+                        users[user_id],
+                        prompt,
+                        idempotency_key=key or None,
                     )
                 except InsufficientCredits as exc:
                     problem = exc.to_problem()
