@@ -24,8 +24,11 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.db import migrate
+from app.db import pool as db_pool
 from app.main import create_app
 from app.services import devauth
+from app.services.storage.base import Storage
+from app.services.storage.factory import build_storage
 
 RUN_ID = uuid.uuid4().hex[:8]
 _counter = itertools.count()
@@ -170,6 +173,22 @@ async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's database set up as the service's (JSON codecs included)."""
+    created = await db_pool.create_pool(settings)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    """The real local store under this test's DATA_DIR (the one `atelier worker` would use)."""
+    return build_storage(settings)
 
 
 @pytest.fixture(scope="session")

@@ -84,16 +84,6 @@ async def create_with_debit(
     return row
 
 
-async def get_for_user(
-    conn: asyncpg.Connection, job_id: UUID, user_id: str
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM image_generation_jobs WHERE id = $1 AND user_id = $2",
-        job_id,
-        user_id,
-    )
-
-
 async def get_by_idempotency_key(
     conn: asyncpg.Connection, user_id: str, key: str
 ) -> asyncpg.Record | None:

@@ -2,6 +2,7 @@
 
 Each balance change is ONE statement: the users row and its ledger row change together or
 not at all, and the unique indexes on the ledger make duplicates impossible (not unlikely).
+A debit is written with its job, by `app.db.jobs.create_with_debit`.
 """
 
 from __future__ import annotations
@@ -11,37 +12,6 @@ from uuid import UUID
 import asyncpg
 
 _COLUMNS = "id, user_id, delta, reason, job_id, source_id, balance_after, note, created_at"
-
-
-async def spend(
-    conn: asyncpg.Connection, user_id: str, cost: int, reason: str, job_id: UUID
-) -> asyncpg.Record:
-    """Debit `cost` when the balance allows it (conditional UPDATE) and record it.
-
-    Returns (balance_after, balance): balance_after is NULL when the balance was short,
-    and balance is the balance the statement saw.
-    """
-    row = await conn.fetchrow(
-        """
-        WITH debit AS (
-            UPDATE users SET credits = credits - $2
-            WHERE id = $1 AND credits >= $2
-            RETURNING credits
-        ), entry AS (
-            INSERT INTO credit_ledger (user_id, delta, reason, job_id, balance_after)
-            SELECT $1, -$2, $3, $4, credits FROM debit
-            RETURNING balance_after
-        )
-        SELECT (SELECT balance_after FROM entry) AS balance_after,
-               (SELECT credits FROM users WHERE id = $1) AS balance
-        """,
-        user_id,
-        cost,
-        reason,
-        job_id,
-    )
-    assert row is not None
-    return row
 
 
 async def refund(conn: asyncpg.Connection, job_id: UUID) -> asyncpg.Record | None:

@@ -1,4 +1,8 @@
-"""Every balance change goes through here, inside the caller's transaction."""
+"""Refunds and grants, inside the caller's transaction; the ledger's history and its check.
+
+The debit is not here: it is made with its job, in one statement, by
+`app.db.jobs.create_with_debit` (through `app.services.generations.create`).
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,10 @@ from uuid import UUID
 import asyncpg
 
 from app.db import ledger
-from app.errors import Conflict, InsufficientCredits, NotFound, Unprocessable
+from app.errors import Conflict, NotFound, Unprocessable
 from app.services import pagination
 
-SPEND_REASONS = frozenset({"generate", "style", "edit"})
 GRANT_REASONS = frozenset({"purchase", "subscription_grant", "admin"})
-
-
-async def spend(
-    conn: asyncpg.Connection, user_id: str, cost: int, reason: str, job_id: UUID
-) -> int:
-    """Debit `cost` for `job_id`; returns the new balance or raises 402 with balance and cost."""
-    if reason not in SPEND_REASONS:
-        raise ValueError(f"not a spend reason: {reason}")
-    if cost <= 0:
-        balance = await conn.fetchval("SELECT credits FROM users WHERE id = $1", user_id)
-        if balance is None:
-            raise NotFound("No such user.")
-        return int(balance)
-    row = await ledger.spend(conn, user_id, cost, reason, job_id)
-    # Refused although the statement's snapshot covers the cost: a concurrent spend took the
-    # credits while this one waited for the row lock, so that balance is stale. Ask again
-    # (READ COMMITTED takes a fresh snapshot per statement; stricter isolation raises a
-    # serialization failure instead of getting here), so a 402 always reports a real shortfall.
-    while row["balance_after"] is None and row["balance"] is not None and row["balance"] >= cost:
-        row = await ledger.spend(conn, user_id, cost, reason, job_id)
-    if row["balance_after"] is None:
-        if row["balance"] is None:
-            raise NotFound("No such user.")
-        raise InsufficientCredits(balance=row["balance"], cost=cost)
-    return int(row["balance_after"])
 
 
 async def refund(conn: asyncpg.Connection, job_id: UUID) -> int | None:

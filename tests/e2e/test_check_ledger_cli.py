@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 
-from app.db import users as users_db
+from app.config import Settings
 from app.services import credits
+from app.services.storage.base import Storage
+from tests.support.generations import add_user, create_job
 
 ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
 
@@ -36,12 +38,17 @@ async def check_ledger(db_url: str, cwd: Path) -> tuple[int, str, str]:
 
 
 async def test_check_ledger_names_the_user_whose_balance_changed_behind_its_back(
-    db: asyncpg.Connection, db_url: str, tmp_path: Path
+    db: asyncpg.Connection,
+    db_url: str,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    storage: Storage,
+    tmp_path: Path,
 ) -> None:
-    for user_id in ("user_honest", "user_tampered"):
-        assert await users_db.create_with_signup(db, user_id, f"{user_id}@example.test", 5)
-    async with db.transaction():
-        await credits.spend(db, "user_honest", 2, "generate", uuid.uuid4())
+    honest = await add_user(pool, "user_honest", 5)
+    await add_user(pool, "user_tampered", 5)
+    _, created = await create_job(pool, make_settings(cost_generate=2), storage, honest)
+    assert created
     await credits.grant(db, "user_tampered", 4, "purchase", "evt_1")
     # a user the mobile app created has no ledger yet: noted, not a mismatch
     await db.execute("INSERT INTO users (id, email, credits) VALUES ('user_app', 'a@x.test', 3)")

@@ -1,39 +1,37 @@
-"""The credit service: every balance change is one statement, in the caller's transaction,
-and the ledger explains every balance, also under concurrency."""
+"""The credits: every balance change is one statement, and the ledger explains every
+balance, also under concurrency.
+
+Debits are made the one way production makes them: `app.services.generations.create`, the
+service call POST /v1/generations makes (job, debit and ledger row in one statement).
+Refunds go through `credits.refund`, which the worker calls in the transaction that marks a
+job failed; in the randomized run a real reaper fails and refunds jobs a dead worker held.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
-import httpx
 import pytest
 
 from app.config import Settings
-from app.db import users as users_db
+from app.db import jobs
 from app.errors import Conflict, InsufficientCredits, NotFound
-from app.main import create_app
 from app.services import credits
+from app.services.providers.local import LocalProvider
+from app.services.storage.base import Storage
+from app.services.users import User
+from app.services.worker import Worker
+from tests.support.generations import add_user, create_job
 
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(db_url, min_size=1, max_size=20)
-    assert created is not None
-    try:
-        yield created
-    finally:
-        await created.close()
-
-
-async def make_user(conn: asyncpg.Connection, user_id: str, balance: int) -> None:
-    row = await users_db.create_with_signup(conn, user_id, f"{user_id}@example.test", balance)
-    assert row is not None
+MakeSettings = Callable[..., Settings]
 
 
 async def balance_of(conn: asyncpg.Connection, user_id: str) -> int:
@@ -50,6 +48,13 @@ async def ledger_of(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Reco
     return rows
 
 
+async def jobs_of(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, status, cost FROM image_generation_jobs WHERE user_id = $1", user_id
+    )
+    return rows
+
+
 async def assert_ledger_explains(conn: asyncpg.Connection, user_id: str) -> int:
     """credits == sum(delta) == the last balance_after, and never negative; returns credits."""
     rows = await ledger_of(conn, user_id)
@@ -62,221 +67,199 @@ async def assert_ledger_explains(conn: asyncpg.Connection, user_id: str) -> int:
     return credits_now
 
 
-# --- spend ---------------------------------------------------------------------------------
+# --- debit (a submission) ------------------------------------------------------------------
 
 
-async def test_spend_debits_the_balance_and_records_one_ledger_row(
-    db: asyncpg.Connection,
+async def test_a_submission_debits_the_balance_and_records_one_ledger_row(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    await make_user(db, "user_a", 5)
-    job = uuid.uuid4()
-    async with db.transaction():
-        assert await credits.spend(db, "user_a", 2, "generate", job) == 3
-    assert await balance_of(db, "user_a") == 3
-    rows = await ledger_of(db, "user_a")
-    assert [(r["delta"], r["reason"], r["job_id"], r["balance_after"]) for r in rows] == [
-        (5, "signup", None, 5),
-        (-2, "generate", job, 3),
-    ]
+    user = await add_user(pool, "user_a", 5)
+
+    job, created = await create_job(pool, make_settings(cost_generate=2), storage, user)
+
+    assert created
+    assert (job["status"], job["cost"], job["balance"]) == ("pending", 2, 5)
+    async with pool.acquire() as conn:
+        assert await balance_of(conn, "user_a") == 3
+        rows = await ledger_of(conn, "user_a")
+        assert [(r["delta"], r["reason"], r["job_id"], r["balance_after"]) for r in rows] == [
+            (5, "signup", None, 5),
+            (-2, "generate", job["id"], 3),
+        ]
 
 
-async def test_spend_is_undone_when_the_callers_transaction_rolls_back(
-    db: asyncpg.Connection,
+async def test_a_submission_beyond_the_balance_is_insufficient_credits_and_changes_nothing(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    await make_user(db, "user_a", 5)
-    job = uuid.uuid4()
+    user = await add_user(pool, "user_a", 5)
 
-    class CallerFailed(Exception):
-        pass
-
-    with pytest.raises(CallerFailed):
-        async with db.transaction():
-            assert await credits.spend(db, "user_a", 3, "edit", job) == 2
-            # the spend is visible inside the caller's transaction...
-            assert await balance_of(db, "user_a") == 2
-            raise CallerFailed
-    # ...and gone with it: no balance change, no ledger row
-    assert await balance_of(db, "user_a") == 5
-    assert [r["reason"] for r in await ledger_of(db, "user_a")] == ["signup"]
-    assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE job_id = $1", job) == 0
-
-
-async def test_spend_beyond_the_balance_raises_insufficient_credits_and_changes_nothing(
-    db: asyncpg.Connection,
-) -> None:
-    await make_user(db, "user_a", 5)
     with pytest.raises(InsufficientCredits) as caught:
-        async with db.transaction():
-            await credits.spend(db, "user_a", 6, "generate", uuid.uuid4())
+        await create_job(pool, make_settings(cost_generate=6), storage, user)
+
     problem = caught.value.to_problem()
     assert caught.value.status == 402
     assert problem["balance"] == 5
     assert problem["cost"] == 6
-    assert await balance_of(db, "user_a") == 5
-    assert [r["reason"] for r in await ledger_of(db, "user_a")] == ["signup"]
+    async with pool.acquire() as conn:
+        assert await balance_of(conn, "user_a") == 5
+        assert [r["reason"] for r in await ledger_of(conn, "user_a")] == ["signup"]
+        assert await jobs_of(conn, "user_a") == []
 
 
-async def test_spend_for_an_unknown_user_is_not_found(db: asyncpg.Connection) -> None:
-    with pytest.raises(NotFound):
-        await credits.spend(db, "user_nobody", 1, "generate", uuid.uuid4())
-    with pytest.raises(NotFound):  # a free kind (COST_*=0) still needs a real user
-        await credits.spend(db, "user_nobody", 0, "generate", uuid.uuid4())
-    assert await db.fetchval("SELECT count(*) FROM credit_ledger") == 0
-
-
-async def test_free_spend_returns_the_balance_and_writes_nothing(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
-    assert await credits.spend(db, "user_a", 0, "generate", uuid.uuid4()) == 5
-    assert [r["reason"] for r in await ledger_of(db, "user_a")] == ["signup"]
-
-
-async def test_insufficient_credits_is_rendered_as_402_problem_json(
-    settings: Settings, pool: asyncpg.Pool
+async def test_a_submission_for_an_unknown_user_is_not_found(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    application = create_app(settings)
-
-    @application.post("/test/spend")
-    async def spend_route(user_id: str, cost: int) -> dict[str, int]:
-        # hosts the real service only: one pool connection, the caller's transaction
-        async with pool.acquire() as conn, conn.transaction():
-            balance = await credits.spend(conn, user_id, cost, "generate", uuid.uuid4())
-        return {"balance": balance}
-
+    nobody = User("user_nobody", "nobody@example.test", datetime.now(UTC))
+    with pytest.raises(NotFound):
+        await create_job(pool, make_settings(cost_generate=1), storage, nobody)
+    with pytest.raises(NotFound):  # a free kind (COST_*=0) still needs a real user
+        await create_job(pool, make_settings(cost_generate=0), storage, nobody)
     async with pool.acquire() as conn:
-        await make_user(conn, "user_a", 2)
-    transport = httpx.ASGITransport(app=application)
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(transport=transport, base_url="http://atelier.test") as client,
-    ):
-        short = await client.post("/test/spend", params={"user_id": "user_a", "cost": 3})
-        assert short.status_code == 402, short.text
-        assert short.headers["content-type"].startswith("application/problem+json")
-        body = short.json()
-        assert body["status"] == 402
-        assert body["type"].endswith("/insufficient-credits")
-        assert body["balance"] == 2
-        assert body["cost"] == 3
-        async with pool.acquire() as conn:
-            assert await balance_of(conn, "user_a") == 2
-            assert [r["reason"] for r in await ledger_of(conn, "user_a")] == ["signup"]
-
-        enough = await client.post("/test/spend", params={"user_id": "user_a", "cost": 2})
-        assert enough.status_code == 200, enough.text
-        assert enough.json() == {"balance": 0}
+        assert await conn.fetchval("SELECT count(*) FROM credit_ledger") == 0
+        assert await conn.fetchval("SELECT count(*) FROM image_generation_jobs") == 0
 
 
-async def test_spend_never_overdraws_under_concurrency(pool: asyncpg.Pool) -> None:
+async def test_a_free_submission_queues_the_job_and_writes_no_ledger_row(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    user = await add_user(pool, "user_a", 5)
+
+    job, created = await create_job(pool, make_settings(cost_generate=0), storage, user)
+
+    assert created and job["cost"] == 0
     async with pool.acquire() as conn:
-        await make_user(conn, "user_a", 5)
+        assert await balance_of(conn, "user_a") == 5
+        assert [r["reason"] for r in await ledger_of(conn, "user_a")] == ["signup"]
+        assert [r["id"] for r in await jobs_of(conn, "user_a")] == [job["id"]]
 
-    async def one_spend() -> int | InsufficientCredits:
-        async with pool.acquire() as conn, conn.transaction():
-            try:
-                return await credits.spend(conn, "user_a", 1, "generate", uuid.uuid4())
-            except InsufficientCredits as exc:
-                return exc
 
-    results = await asyncio.gather(*(one_spend() for _ in range(200)))
-    successes = sorted(r for r in results if isinstance(r, int))
+async def test_submissions_never_overdraw_under_concurrency(
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
+) -> None:
+    assert settings.cost_generate == 1
+    user = await add_user(pool, "user_a", 5)
+
+    async def one_submission(n: int) -> asyncpg.Record | InsufficientCredits:
+        try:
+            job, created = await create_job(pool, settings, storage, user, f"fox {n}")
+        except InsufficientCredits as exc:
+            return exc
+        assert created
+        return job
+
+    results = await asyncio.gather(*(one_submission(n) for n in range(200)))
+    made = [r for r in results if not isinstance(r, InsufficientCredits)]
     refusals = [r for r in results if isinstance(r, InsufficientCredits)]
-    assert successes == [0, 1, 2, 3, 4]
+    assert len(made) == 5
     assert len(refusals) == 195
     for refusal in refusals:
         problem = refusal.to_problem()
         # a refusal says why: the balance it reports is short of the cost
-        assert problem["cost"] == 1
-        assert problem["balance"] < problem["cost"], problem
+        assert refusal.status == 402
+        assert (problem["balance"], problem["cost"]) == (0, 1), problem
     async with pool.acquire() as conn:
         assert await assert_ledger_explains(conn, "user_a") == 0
         rows = await ledger_of(conn, "user_a")
         assert [r["reason"] for r in rows] == ["signup"] + ["generate"] * 5
         assert [r["balance_after"] for r in rows] == [5, 4, 3, 2, 1, 0]
+        job_rows = await jobs_of(conn, "user_a")
+        assert {r["id"] for r in job_rows} == {r["id"] for r in made}
+        assert {r["job_id"] for r in rows[1:]} == {r["id"] for r in made}
+        assert [(r["status"], r["cost"]) for r in job_rows] == [("pending", 1)] * 5
+        assert await credits.check(conn) == ([], 0)
 
 
-async def test_a_job_is_debited_at_most_once(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
-    job = uuid.uuid4()
-    await credits.spend(db, "user_a", 1, "generate", job)
-    with pytest.raises(asyncpg.UniqueViolationError):
-        async with db.transaction():
-            await credits.spend(db, "user_a", 1, "generate", job)
-    assert await assert_ledger_explains(db, "user_a") == 4
+async def test_the_ledger_refuses_a_second_debit_for_a_job(
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
+) -> None:
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, settings, storage, user)
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO credit_ledger (user_id, delta, reason, job_id, balance_after)"
+                " VALUES ('user_a', -1, 'generate', $1, 3)",
+                job["id"],
+            )
+        assert await assert_ledger_explains(conn, "user_a") == 4
 
 
-# --- refund --------------------------------------------------------------------------------
+# --- refund (credits.refund, as the worker calls it when a job fails for good) -------------
 
 
-async def test_refund_gives_the_debit_back_once_when_called_twice(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
-    job = uuid.uuid4()
-    await credits.spend(db, "user_a", 3, "style", job)
-    async with db.transaction():
-        assert await credits.refund(db, job) == 3
-    async with db.transaction():
-        assert await credits.refund(db, job) is None
-    assert await assert_ledger_explains(db, "user_a") == 5
-    rows = await ledger_of(db, "user_a")
+async def test_refund_gives_the_debit_back_once_when_called_twice(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, make_settings(cost_generate=3), storage, user)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            assert await credits.refund(conn, job["id"]) == 3
+        async with conn.transaction():
+            assert await credits.refund(conn, job["id"]) is None
+        assert await assert_ledger_explains(conn, "user_a") == 5
+        rows = await ledger_of(conn, "user_a")
     assert [(r["delta"], r["reason"], r["job_id"]) for r in rows[1:]] == [
-        (-3, "style", job),
-        (3, "refund", job),
+        (-3, "generate", job["id"]),
+        (3, "refund", job["id"]),
     ]
 
 
-async def test_refund_happens_once_under_concurrency(pool: asyncpg.Pool) -> None:
-    job = uuid.uuid4()
-    async with pool.acquire() as conn:
-        await make_user(conn, "user_a", 5)
-        await credits.spend(conn, "user_a", 2, "generate", job)
+async def test_refund_happens_once_under_concurrency(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, make_settings(cost_generate=2), storage, user)
 
     async def one_refund() -> int | None:
         async with pool.acquire() as conn, conn.transaction():
-            return await credits.refund(conn, job)
+            return await credits.refund(conn, job["id"])
 
     results = await asyncio.gather(*(one_refund() for _ in range(20)))
     assert sorted(results, key=lambda r: r is not None) == [None] * 19 + [2]
     async with pool.acquire() as conn:
         assert await assert_ledger_explains(conn, "user_a") == 5
         refunds = await conn.fetchval(
-            "SELECT count(*) FROM credit_ledger WHERE job_id = $1 AND reason = 'refund'", job
+            "SELECT count(*) FROM credit_ledger WHERE job_id = $1 AND reason = 'refund'",
+            job["id"],
         )
         assert refunds == 1
 
 
 async def test_refund_of_a_job_that_was_never_debited_gives_nothing(
-    db: asyncpg.Connection,
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
-    await make_user(db, "user_a", 5)
-    assert await credits.refund(db, uuid.uuid4()) is None
-    # a spend refused for lack of credits did not debit its job either
-    short_job = uuid.uuid4()
-    with pytest.raises(InsufficientCredits):
-        await credits.spend(db, "user_a", 9, "generate", short_job)
-    assert await credits.refund(db, short_job) is None
-    assert await assert_ledger_explains(db, "user_a") == 5
-    assert [r["reason"] for r in await ledger_of(db, "user_a")] == ["signup"]
+    user = await add_user(pool, "user_a", 5)
+    # a job of a free kind (COST_*=0) was queued without a debit
+    free_job, created = await create_job(pool, make_settings(cost_generate=0), storage, user)
+    assert created
+    async with pool.acquire() as conn:
+        assert await credits.refund(conn, uuid.uuid4()) is None
+        assert await credits.refund(conn, free_job["id"]) is None
+        assert await assert_ledger_explains(conn, "user_a") == 5
+        assert [r["reason"] for r in await ledger_of(conn, "user_a")] == ["signup"]
 
 
 async def test_refund_is_undone_with_the_callers_transaction_and_can_happen_later(
-    db: asyncpg.Connection,
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    await make_user(db, "user_a", 5)
-    job = uuid.uuid4()
-    await credits.spend(db, "user_a", 1, "generate", job)
-    tx = db.transaction()
-    await tx.start()
-    assert await credits.refund(db, job) == 1
-    await tx.rollback()
-    assert await assert_ledger_explains(db, "user_a") == 4
-    assert await credits.refund(db, job) == 1
-    assert await assert_ledger_explains(db, "user_a") == 5
+    user = await add_user(pool, "user_a", 5)
+    job, _ = await create_job(pool, settings, storage, user)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        assert await credits.refund(conn, job["id"]) == 1
+        await tx.rollback()
+        assert await assert_ledger_explains(conn, "user_a") == 4
+        assert await credits.refund(conn, job["id"]) == 1
+        assert await assert_ledger_explains(conn, "user_a") == 5
 
 
 # --- grant ---------------------------------------------------------------------------------
 
 
-async def test_grant_applies_once_per_source_id(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
+async def test_grant_applies_once_per_source_id(db: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    await add_user(pool, "user_a", 5)
     first = await credits.grant(db, "user_a", 10, "purchase", "evt_1")
     assert first == credits.GrantResult(applied=True, balance=15)
     again = await credits.grant(db, "user_a", 10, "purchase", "evt_1")
@@ -292,8 +275,7 @@ async def test_grant_applies_once_per_source_id(db: asyncpg.Connection) -> None:
 
 
 async def test_grant_applies_once_per_source_id_under_concurrency(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        await make_user(conn, "user_a", 5)
+    await add_user(pool, "user_a", 5)
 
     async def one_grant() -> credits.GrantResult:
         async with pool.acquire() as conn, conn.transaction():
@@ -311,9 +293,9 @@ async def test_grant_applies_once_per_source_id_under_concurrency(pool: asyncpg.
 
 
 async def test_negative_admin_grant_that_would_overdraw_is_a_conflict(
-    db: asyncpg.Connection,
+    db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    await make_user(db, "user_a", 5)
+    await add_user(pool, "user_a", 5)
     with pytest.raises(Conflict) as caught:
         await credits.grant(db, "user_a", -6, "admin", "adm_1", note="too much")
     assert caught.value.status == 409
@@ -336,58 +318,76 @@ async def test_grant_to_an_unknown_user_is_not_found(db: asyncpg.Connection) -> 
 # --- invariants ----------------------------------------------------------------------------
 
 
-async def test_database_refuses_a_negative_balance(db: asyncpg.Connection) -> None:
-    await make_user(db, "user_a", 5)
-    with pytest.raises(asyncpg.CheckViolationError):
-        await db.execute("UPDATE users SET credits = -1 WHERE id = 'user_a'")
-    assert await balance_of(db, "user_a") == 5
+async def test_database_refuses_a_negative_balance(
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
+) -> None:
+    user = await add_user(pool, "user_a", 1)
+    await create_job(pool, settings, storage, user)  # the last credit, spent the live way
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE users SET credits = credits - 1 WHERE id = 'user_a'")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE users SET credits = -1 WHERE id = 'user_a'")
+        assert await assert_ledger_explains(conn, "user_a") == 0
 
 
 async def test_check_names_a_balance_changed_behind_the_ledgers_back(
-    db: asyncpg.Connection,
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
 ) -> None:
-    await make_user(db, "user_honest", 5)
-    await make_user(db, "user_tampered", 5)
-    await credits.spend(db, "user_honest", 1, "generate", uuid.uuid4())
-    assert await credits.check(db) == ([], 0)
-    await db.execute("UPDATE users SET credits = credits + 3 WHERE id = 'user_tampered'")
-    bad, unopened = await credits.check(db)
+    honest = await add_user(pool, "user_honest", 5)
+    await add_user(pool, "user_tampered", 5)
+    await create_job(pool, settings, storage, honest)
+    async with pool.acquire() as conn:
+        assert await credits.check(conn) == ([], 0)
+        await conn.execute("UPDATE users SET credits = credits + 3 WHERE id = 'user_tampered'")
+        bad, unopened = await credits.check(conn)
     assert [(r["id"], r["credits"], r["total"]) for r in bad] == [("user_tampered", 8, 5)]
     assert unopened == 0
 
 
 @dataclass
 class Outcomes:
-    spent: dict[UUID, tuple[str, int]] = field(default_factory=dict)
-    rolled_back: set[UUID] = field(default_factory=set)
-    refunded: dict[UUID, int] = field(default_factory=dict)
+    spent: dict[UUID, tuple[str, int]] = field(default_factory=dict)  # job: (user, cost)
+    replays: list[UUID] = field(default_factory=list)
+    claimed: int = 0
+    reaped: int = 0
     granted: dict[str, tuple[str, int]] = field(default_factory=dict)
-    refused: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
 
 
-async def test_random_concurrent_spends_refunds_and_grants_keep_every_balance_explained(
-    pool: asyncpg.Pool,
+async def test_random_concurrent_submissions_failures_and_grants_keep_every_balance_explained(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
     rng = random.Random(20261123)
-    users = ["user_r0", "user_r1", "user_r2"]
+    user_ids = ["user_r0", "user_r1", "user_r2"]
     opening = 3
-    async with pool.acquire() as conn:
-        for user_id in users:
-            await make_user(conn, user_id, opening)
+    # The kind's cost comes from settings, as in production; one job attempt, so the reaper
+    # fails and refunds every job whose worker died.
+    by_cost = {cost: make_settings(cost_generate=cost, max_attempts=1) for cost in (1, 2, 3)}
+    users = {user_id: await add_user(pool, user_id, opening) for user_id in user_ids}
+    reapers = [Worker(by_cost[1], pool, LocalProvider(), storage) for _ in range(2)]
 
     # A plan made up front from the seed; the order the operations land in is up to the race.
     plan: list[tuple[str, ...]] = []
-    jobs: list[UUID] = []
+    keyed: list[tuple[str, ...]] = []
     sources: list[str] = []
     for n in range(400):
-        kind = rng.choices(["spend", "refund", "grant"], weights=[5, 2, 3])[0]
-        if kind == "refund" and jobs:
-            job = rng.choice(jobs)
-            plan.append(("refund", str(job)))
-            if rng.random() < 0.3:
-                plan.append(("refund", str(job)))  # the same job refunded twice
-        elif kind == "grant" or kind == "refund":
-            user_id = rng.choice(users)
+        kind = rng.choices(["submit", "die", "reap", "grant"], weights=[5, 1, 1, 3])[0]
+        if kind == "submit":
+            if keyed and rng.random() < 0.15:
+                plan.append(rng.choice(keyed))  # a retried request: same key, same body
+                continue
+            key = f"key_{n}" if rng.random() < 0.5 else ""
+            op = ("submit", rng.choice(user_ids), str(rng.randint(1, 3)), f"fox {n}", key)
+            if key:
+                keyed.append(op)
+            plan.append(op)
+        elif kind == "die":
+            plan.append(("die", str(rng.randint(1, 4))))
+        elif kind == "reap":
+            plan.append(("reap", str(rng.randrange(len(reapers)))))
+        else:
+            user_id = rng.choice(user_ids)
             if sources and rng.random() < 0.25:
                 source = rng.choice(sources)  # a duplicate delivery
             else:
@@ -398,68 +398,81 @@ async def test_random_concurrent_spends_refunds_and_grants_keep_every_balance_ex
                 plan.append(("grant", user_id, str(amount), "admin", source))
             else:
                 plan.append(("grant", user_id, str(rng.randint(1, 4)), "purchase", source))
-        else:
-            job = uuid.uuid4()
-            jobs.append(job)
-            rollback = "rollback" if rng.random() < 0.1 else "commit"
-            plan.append(("spend", rng.choice(users), str(rng.randint(1, 3)), str(job), rollback))
     rng.shuffle(plan)
 
     out = Outcomes()
     gate = asyncio.Semaphore(16)
 
-    class CallerFailed(Exception):
-        pass
-
     async def run(op: tuple[str, ...]) -> None:
-        async with gate, pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    if op[0] == "spend":
-                        _, user_id, cost, job_text, ending = op
-                        job = UUID(job_text)
-                        after = await credits.spend(conn, user_id, int(cost), "generate", job)
-                        assert after >= 0
-                        if ending == "rollback":
-                            raise CallerFailed
-                        out.spent[job] = (user_id, int(cost))
-                    elif op[0] == "refund":
-                        job = UUID(op[1])
-                        amount = await credits.refund(conn, job)
-                        if amount is not None:
-                            assert job not in out.refunded
-                            out.refunded[job] = amount
-                    else:
-                        _, user_id, amount_text, reason, source = op
+        async with gate:
+            if op[0] == "submit":
+                _, user_id, cost, prompt, key = op
+                try:
+                    job, created = await create_job(
+                        pool,
+                        by_cost[int(cost)],
+                        storage,
+                        users[user_id],
+                        prompt,
+                        idempotency_key=key or None,
+                    )
+                except InsufficientCredits as exc:
+                    problem = exc.to_problem()
+                    assert problem["balance"] < problem["cost"] == int(cost), problem
+                    out.refused["402"] += 1
+                    return
+                if created:
+                    assert job["id"] not in out.spent
+                    out.spent[job["id"]] = (user_id, int(cost))
+                else:
+                    out.replays.append(job["id"])
+            elif op[0] == "die":
+                # A worker claims ready jobs and dies: its lease has already run out. (Each
+                # count is awaited before `+=`, which would read it before the await.)
+                async with pool.acquire() as conn:
+                    held = await jobs.claim(conn, "dead-worker", int(op[1]), -1.0)
+                out.claimed += len(held)
+            elif op[0] == "reap":
+                reaped = await reapers[int(op[1])].reap()
+                out.reaped += reaped
+            else:
+                _, user_id, amount_text, reason, source = op
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
                         result = await credits.grant(
                             conn, user_id, int(amount_text), reason, source
                         )
-                        assert result.balance >= 0
-                        if result.applied:
-                            assert source not in out.granted
-                            out.granted[source] = (user_id, int(amount_text))
-            except CallerFailed:
-                out.rolled_back.add(UUID(op[3]))
-            except (InsufficientCredits, Conflict):
-                out.refused += 1
+                except Conflict:
+                    out.refused["409"] += 1
+                    return
+                assert result.balance >= 0
+                if result.applied:
+                    assert source not in out.granted
+                    out.granted[source] = (user_id, int(amount_text))
 
     await asyncio.gather(*(run(op) for op in plan))
+    out.reaped += await reapers[0].reap()  # what the dead workers still held (no race now)
 
     # the run exercised every path
-    assert out.spent and out.refunded and out.granted and out.rolled_back and out.refused
+    assert out.spent and out.replays and out.claimed and out.granted
+    assert out.refused["402"]  # a 409 (a deduction that would not fit) depends on the race
     assert any(amount < 0 for _, amount in out.granted.values())
 
     async with pool.acquire() as conn:
-        expected = dict.fromkeys(users, opening)
-        for user_id, cost in out.spent.values():
-            expected[user_id] -= cost
-        for job, amount in out.refunded.items():
-            user_id, cost = out.spent[job]  # only a committed debit is ever refunded
-            assert amount == cost
-            expected[user_id] += amount
+        job_rows = await conn.fetch("SELECT id, status FROM image_generation_jobs")
+        failed = {r["id"] for r in job_rows if r["status"] == "failed"}
+        # every job a dead worker held failed, and was failed once among racing reapers
+        assert len(failed) == out.claimed == out.reaped
+        assert {r["id"] for r in job_rows} == out.spent.keys()
+        assert {r["status"] for r in job_rows} <= {"pending", "failed"}
+        assert set(out.replays) <= out.spent.keys()
+
+        expected = dict.fromkeys(user_ids, opening)
+        for job_id, (user_id, cost) in out.spent.items():
+            expected[user_id] -= 0 if job_id in failed else cost
         for user_id, amount in out.granted.values():
             expected[user_id] += amount
-        for user_id in users:
+        for user_id in user_ids:
             assert await assert_ledger_explains(conn, user_id) == expected[user_id]
 
         debits = await conn.fetch(
@@ -470,10 +483,11 @@ async def test_random_concurrent_spends_refunds_and_grants_keep_every_balance_ex
         refunds = await conn.fetch(
             "SELECT job_id, delta FROM credit_ledger WHERE reason = 'refund'"
         )
-        assert {r["job_id"]: r["delta"] for r in refunds} == out.refunded
+        assert {r["job_id"]: r["delta"] for r in refunds} == {
+            job_id: out.spent[job_id][1] for job_id in failed
+        }
         grants = await conn.fetch(
             "SELECT source_id, user_id, delta FROM credit_ledger WHERE source_id IS NOT NULL"
         )
         assert {r["source_id"]: (r["user_id"], r["delta"]) for r in grants} == out.granted
-        assert not out.rolled_back & {r["job_id"] for r in debits}
         assert await credits.check(conn) == ([], 0)

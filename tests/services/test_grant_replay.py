@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
-from app.db import users as users_db
 from app.services import credits
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
-    assert created is not None
-    try:
-        yield created
-    finally:
-        await created.close()
-
-
-async def _user(conn: asyncpg.Connection, user_id: str, balance: int) -> None:
-    assert await users_db.create_with_signup(conn, user_id, f"{user_id}@example.test", balance)
+from tests.support.generations import add_user
 
 
 async def test_repeating_an_applied_deduction_is_a_replay_not_a_conflict(
-    db: asyncpg.Connection,
+    db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    await _user(db, "user_d", 5)
+    await add_user(pool, "user_d", 5)
     first = await credits.grant(db, "user_d", -5, "admin", "adm_take_all")
     assert first == credits.GrantResult(applied=True, balance=0)
     again = await credits.grant(db, "user_d", -5, "admin", "adm_take_all")
@@ -42,8 +26,7 @@ async def test_repeating_an_applied_deduction_is_a_replay_not_a_conflict(
 async def test_concurrent_repeats_of_a_deduction_apply_once_and_none_is_a_conflict(
     pool: asyncpg.Pool,
 ) -> None:
-    async with pool.acquire() as conn:
-        await _user(conn, "user_d", 5)
+    await add_user(pool, "user_d", 5)
 
     async def one() -> credits.GrantResult:
         async with pool.acquire() as conn, conn.transaction():

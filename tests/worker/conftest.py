@@ -1,5 +1,5 @@
-"""Helpers for the worker tests: a pool and a store on this test's database, jobs created the
-way the API creates them (debit and ledger included), a worker run as a task, and the
+"""Helpers for the worker tests: a NOTIFY hub, jobs created the way the API creates them
+(debit and ledger included; tests/support/generations.py), a worker run as a task, and the
 invariants every test ends by checking: the books balance, every image row's object exists,
 and every job is charged once and refunded only if it failed."""
 
@@ -16,33 +16,15 @@ import pytest
 
 from app.config import Settings
 from app.db import pool as db_pool
-from app.db import users as users_db
-from app.schemas.generations import GenerationCreate
-from app.services import credits, generations
+from app.services import credits
 from app.services.realtime import Hub
 from app.services.storage.base import Storage
-from app.services.storage.factory import build_storage
 from app.services.users import User
 from app.services.worker import Worker
+from tests.support.generations import create_job
 
 DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
 TERMINAL = ("completed", "failed")
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A pool set up as the service's (JSON codecs included)."""
-    created = await db_pool.create_pool(settings)
-    try:
-        yield created
-    finally:
-        await created.close()
-
-
-@pytest.fixture
-def storage(settings: Settings) -> Storage:
-    """The real local store under this test's DATA_DIR (the one `atelier worker` would use)."""
-    return build_storage(settings)
 
 
 @pytest.fixture
@@ -58,13 +40,6 @@ async def hub(settings: Settings) -> AsyncIterator[Hub]:
 # -- jobs -----------------------------------------------------------------------------------
 
 
-async def add_user(pool: asyncpg.Pool, user_id: str, credits: int = 10) -> User:
-    async with pool.acquire() as conn:
-        row = await users_db.create_with_signup(conn, user_id, f"{user_id}@example.test", credits)
-    assert row is not None
-    return User.from_row(row)
-
-
 async def submit(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -74,10 +49,8 @@ async def submit(
     *,
     model: str | None = None,
 ) -> UUID:
-    """Ask for an image as POST /v1/generations does: one statement charges and queues it."""
-    body = GenerationCreate(prompt=prompt, model=model)
-    async with pool.acquire() as conn:
-        row, created = await generations.create(conn, settings, storage, user, body, None)
+    """Ask for an image as POST /v1/generations does; the new job's id."""
+    row, created = await create_job(pool, settings, storage, user, prompt, model=model)
     assert created
     job_id: UUID = row["id"]
     return job_id

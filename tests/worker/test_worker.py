@@ -49,9 +49,9 @@ from tests.fakes.gemini import (
 )
 from tests.fakes.running import running
 from tests.fakes.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, FakeS3
+from tests.support.generations import add_user
 from tests.worker.conftest import (
     DEADLINE_SECONDS,
-    add_user,
     assert_invariants,
     balance,
     images_of,

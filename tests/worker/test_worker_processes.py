@@ -22,9 +22,9 @@ from app.config import Settings
 from app.services.storage.base import Storage
 from tests.fakes.gemini import API_KEY, FakeGemini, slow
 from tests.fakes.running import worker_env
+from tests.support.generations import add_user
 from tests.worker.conftest import (
     DEADLINE_SECONDS,
-    add_user,
     assert_invariants,
     images_of,
     jobs_by_id,
