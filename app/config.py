@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import limits
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # What RATE_LIMIT_STORAGE_URL may name: memory (one budget per process) or Redis (shared).
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limit_generations", "rate_limit_uploads")
     @classmethod
-    def _check_rate_limit(cls, value: str) -> str:
+    def _check_rate_limit(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
         if not value:
             return value
@@ -137,8 +137,8 @@ class Settings(BaseSettings):
             items = []
         if len(items) != 1 or items[0].amount < 1:
             raise ValueError(
-                f"{value!r} is not one rate limit such as '30/minute' or '100 per hour' "
-                "(leave it empty for no limit)"
+                f"{str(info.field_name).upper()}={value!r} is not one rate limit such as "
+                "'30/minute' or '100 per hour' (leave it empty for no limit)"
             )
         return value
 
