@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
+from app.services import rate_limits
 from tests.fakes.running import running
 from tests.generation.conftest import balance, image_bytes, job_count, spend_rows, upload
 from tests.support.polling import wait_until
@@ -309,9 +310,25 @@ async def test_redis_down_fails_open_with_a_warning(
                 assert "RateLimit-Limit" not in answer.headers
             assert (await upload(client, alice, image_bytes("PNG"))).status_code == 201
             assert (await upload(client, alice, image_bytes("PNG"))).status_code == 201
-    warnings = [r for r in caplog.records if "not being limited" in r.getMessage()]
+    warnings = [r for r in caplog.records if "requests are not limited" in r.getMessage()]
     assert len(warnings) == 1, caplog.text  # once a minute, not once a request
     assert await balance(db, ALICE) == 5 - 3
+
+
+async def test_each_failed_count_is_logged_when_not_throttled(
+    limited: Callable[..., Settings],
+    auth_headers: Headers,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rate_limits, "WARN_INTERVAL_SECONDS", 0.0)
+    settings = limited(rate_limit_storage_url=f"redis://127.0.0.1:{closed_port()}/0")
+    with caplog.at_level(logging.WARNING, logger="atelier.rate_limits"):
+        async with running(create_app(settings)) as client:
+            assert (await generate(client, auth_headers(ALICE))).status_code == 202
+    messages = [r.getMessage() for r in caplog.records if r.name == "atelier.rate_limits"]
+    assert len(messages) == 2, messages  # the PING at startup, then the submission's count
+    assert "ConnectionError" in messages[1], messages
 
 
 @pytest.fixture
