@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import limits
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# What RATE_LIMIT_STORAGE_URL may name: memory (one budget per process) or Redis (shared).
+RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss")
 
 
 def _split_csv(value: object) -> object:
@@ -88,6 +92,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(default=40_000_000, ge=1)
 
+    # Per-user rate limits ("30/minute", "100 per hour", "5/10 seconds"); empty: no limit.
+    rate_limit_generations: str = "30/minute"
+    rate_limit_uploads: str = "60/minute"
+    # Unset: in this process's memory; redis://host:port/db: one budget shared by all instances.
+    rate_limit_storage_url: SecretStr | None = None
+    rate_limit_key_prefix: str = Field(default="atelier-ratelimit", min_length=1)
+
     # Storage.
     storage: Literal["local", "r2"] = "local"
     public_base_url: str = "http://127.0.0.1:8000"
@@ -113,6 +124,36 @@ class Settings(BaseSettings):
         "gemini_models",
         mode="before",
     )(_split_csv)
+
+    @field_validator("rate_limit_generations", "rate_limit_uploads")
+    @classmethod
+    def _check_rate_limit(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        try:
+            items = limits.parse_many(value)
+        except ValueError:
+            items = []
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(
+                f"{str(info.field_name).upper()}={value!r} is not one rate limit such as "
+                "'30/minute' or '100 per hour' (leave it empty for no limit)"
+            )
+        return value
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _check_rate_limit_storage(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in RATE_LIMIT_SCHEMES:
+            raise ValueError(
+                f"RATE_LIMIT_STORAGE_URL must start with one of "
+                f"{', '.join(s + '://' for s in RATE_LIMIT_SCHEMES)} (got {scheme!r})"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:

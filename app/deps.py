@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 import asyncpg
 import httpx
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
@@ -16,6 +16,7 @@ from app.errors import Forbidden, Unauthorized
 from app.observability import Metrics
 from app.services.auth import Identity, TokenVerifier
 from app.services.providers.base import ImageProvider
+from app.services.rate_limits import RateLimiter, Scope
 from app.services.realtime import Hub
 from app.services.storage.base import Storage
 from app.services.users import User, Users
@@ -34,6 +35,7 @@ class Services:
     storage: Storage
     provider: ImageProvider
     hub: Hub
+    limiter: RateLimiter
     jwks: dict[str, object] | None = None
 
 
@@ -68,6 +70,18 @@ Conn = Annotated[asyncpg.Connection, Depends(connection)]
 # The verified token only (no database work yet), for routes that manage their connections.
 Caller = Annotated[Identity, Depends(identity)]
 Svc = Annotated[Services, Depends(services)]
+
+
+def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
+    """A dependency counting the request against the caller's `scope` budget (429 when spent),
+    before any database work; the answer carries the caller's RateLimit-* headers."""
+
+    async def check(who: Caller, svc: Svc, response: Response) -> None:
+        quota = await svc.limiter.hit(scope, who.sub)
+        if quota is not None:
+            response.headers.update(quota.headers())
+
+    return check
 
 
 async def current_user(who: Annotated[Identity, Depends(identity)], svc: Svc, conn: Conn) -> User:

@@ -128,6 +128,12 @@ class InsufficientCredits(AppError):
         )
 
 
+class TooManyRequests(AppError):
+    """Over a per-user rate limit: the caller sends `headers` (Retry-After, RateLimit-*)."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
 class ServiceUnavailable(AppError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 

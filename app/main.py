@@ -22,7 +22,7 @@ from app.db import pool as db_pool
 from app.deps import Services
 from app.observability import Metrics, RequestContextMiddleware
 from app.routers import files, generations, health, images, me, packs, prompts
-from app.services import auth, devauth
+from app.services import auth, devauth, rate_limits
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
@@ -98,6 +98,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auth == "dev":
             key = await asyncio.to_thread(devauth.load_or_create_key, settings.dev_key_path)
             dev_public, jwks = devauth.public_pem(key), devauth.jwks(key)
+        limiter = rate_limits.build_limiter(settings)
+        stack.push_async_callback(limiter.aclose)
+        await limiter.check_storage()
         storage = runtime.storage
         app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
         app.state.services = Services(
@@ -110,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             storage=storage,
             provider=runtime.provider,
             hub=runtime.hub,
+            limiter=limiter,
             jwks=jwks,
         )
         if settings.worker_in_process:
@@ -183,7 +187,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Prefer",
                 "X-Request-ID",
             ],
-            expose_headers=["Location", "X-Request-ID"],
+            expose_headers=[
+                "Location",
+                "X-Request-ID",
+                "Retry-After",
+                *rate_limits.HEADER_NAMES,
+            ],
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -348,6 +348,8 @@ def run_api(
         db,
         WORKER_IN_PROCESS="false",
         PROVIDER="local",
+        # Never reached, but counted: the measured path includes the rate-limit check.
+        RATE_LIMIT_GENERATIONS="1000000/minute",
         PUBLIC_BASE_URL=base_url,
         LOG_LEVEL="INFO",
         LOG_JSON="true",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import NotFound, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
@@ -21,11 +21,31 @@ router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(401, 5
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
 
 
-_JOB_HEADERS = header_docs(
-    Location="The job: `/v1/jobs/{id}`",
-    Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made the job",
-    Preference_Applied="`wait=N` when the request waited for the job (`Prefer: wait=N`)",
+_RATE_LIMIT_HEADERS = header_docs(
+    RateLimit_Limit="Requests of this kind allowed per window (per user)",
+    RateLimit_Remaining="Requests left in the current window",
+    RateLimit_Reset="Seconds until the oldest counted request leaves the window",
+    RateLimit_Policy="The limit and its window in seconds: `30;w=60`",
 )
+_JOB_HEADERS = {
+    **header_docs(
+        Location="The job: `/v1/jobs/{id}`",
+        Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made "
+        "the job",
+        Preference_Applied="`wait=N` when the request waited for the job (`Prefer: wait=N`)",
+    ),
+    **_RATE_LIMIT_HEADERS,
+}
+_RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        **responses(429)[429],
+        "description": "Over the caller's rate limit: nothing was charged, queued or stored",
+        "headers": {
+            **header_docs(Retry_After="Seconds to wait before trying again"),
+            **_RATE_LIMIT_HEADERS,
+        },
+    }
+}
 
 
 def _prefer_wait(prefer: str | None, cap: int) -> int:
@@ -47,6 +67,7 @@ def _prefer_wait(prefer: str | None, cap: int) -> int:
         },
         202: {"headers": _JOB_HEADERS},
         **responses(400, 402, 404, 409, 422),
+        **_RATE_LIMITED,
     },
 )
 async def create_generation(
@@ -63,9 +84,14 @@ async def create_generation(
 
     `Idempotency-Key`: the same key and body return the same job without a second charge.
     `Prefer: wait=N` (N ≤ 60): answer 200 with the finished job if it ends within N seconds.
+    Per-user rate limit (`RATE_LIMIT_GENERATIONS`): over it, 429 with `Retry-After`, nothing
+    charged; a replay of an existing job is still answered.
     """
     key = generations.check_idempotency_key(idempotency_key)
     wait = _prefer_wait(prefer, svc.settings.max_prefer_wait_seconds)
+    quota = await generations.admit(svc.limiter, svc.pool, who.sub, body, key)
+    if quota is not None:
+        response.headers.update(quota.headers())
     # One pooled connection for the caller, the charge and the answer; never held across
     # `Prefer: wait`: waiting requests holding connections would starve the worker.
     async with svc.pool.acquire() as conn:
@@ -181,12 +207,16 @@ async def stream_job_events(
     operation_id="create_upload",
     status_code=201,
     response_model=Upload,
-    responses=responses(413, 422),
+    responses={201: {"headers": _RATE_LIMIT_HEADERS}, **responses(413, 422), **_RATE_LIMITED},
+    dependencies=[Depends(rate_limited("uploads"))],
 )
 async def create_upload(
     file: Annotated[UploadFile, File(description="A PNG, JPEG or WEBP image")],
     user: StreamUser,  # no pooled connection held while the image is checked and stored
     svc: Svc,
 ) -> Upload:
-    """Store an image to style or edit. Its type is judged by content; metadata is removed."""
+    """Store an image to style or edit. Its type is judged by content; metadata is removed.
+
+    Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
+    """
     return await uploads.store(svc.settings, svc.storage, user, file)

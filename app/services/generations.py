@@ -19,6 +19,7 @@ from app.db import jobs as jobs_db
 from app.errors import BadRequest, InsufficientCredits, NotFound, Unprocessable
 from app.schemas.generations import GenerationCreate, ImageReference, Job, JobImage, JobPage
 from app.services import packs, pagination
+from app.services.rate_limits import Quota, RateLimited, RateLimiter
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import Storage, upload_prefix
 from app.services.users import User
@@ -61,6 +62,32 @@ async def _reference_key(
     if not found:
         raise NotFound("No such upload.")
     return ref.upload_key
+
+
+async def admit(
+    limiter: RateLimiter,
+    pool: asyncpg.Pool,
+    user_id: str,
+    body: GenerationCreate,
+    idempotency_key: str | None,
+) -> Quota | None:
+    """Count a submission against the caller's budget, before anything is charged.
+
+    Checked before a pooled connection is taken (the limiter may be across the network).
+    Every submission counts, replays included; but over the limit a replay (this
+    Idempotency-Key with this body, the job already made) is let through, since it charges
+    and queues nothing: a client retrying a lost answer gets its job rather than a 429.
+    """
+    try:
+        return await limiter.hit("generations", user_id)
+    except RateLimited as refused:
+        if idempotency_key is None:
+            raise
+        async with pool.acquire() as conn:
+            existing = await jobs_db.get_by_idempotency_key(conn, user_id, idempotency_key)
+        if existing is None or existing["request_hash"] != request_hash(body):
+            raise
+        return refused.quota
 
 
 def _replay(existing: asyncpg.Record, digest: str) -> asyncpg.Record:

@@ -1,0 +1,168 @@
+"""Per-user rate limits on the requests that cost the most (generation submissions, uploads).
+
+Counted with `limits` (async API) in this process's memory by default, or in Redis
+(`RATE_LIMIT_STORAGE_URL=redis://…`) so that every API instance draws on one budget.
+
+Strategy: moving window. It counts exactly the requests of the last window, so there is no
+burst of twice the limit across a window boundary (fixed window), and no estimate (sliding
+window counter); and it knows when the oldest counted request leaves the window, which is
+an exact `Retry-After`. Its price is one stored timestamp per counted request: with limits
+of tens per minute, tens of entries per user.
+
+Redis down: the check fails open (the request goes through, without RateLimit headers) and
+a warning is logged, at most once a minute. The limit only spreads load; the credits,
+debited in PostgreSQL, are what bounds spending, so a Redis outage must not stop the product.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import limits
+import redis.asyncio
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+
+from app.config import Settings
+from app.errors import TooManyRequests
+
+log = logging.getLogger("atelier.rate_limits")
+
+Scope = Literal["generations", "uploads"]
+
+HEADER_NAMES = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy")
+# A Redis that does not answer must not hold requests up: one short try, no retries.
+REDIS_TIMEOUT_SECONDS = 0.5
+WARN_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Where a caller stands after a request was counted."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int  # until the oldest counted request leaves the window
+    window_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """The fields of draft-ietf-httpapi-ratelimit-headers-06 (delta seconds in Reset)."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+            "RateLimit-Policy": f"{self.limit};w={self.window_seconds}",
+        }
+
+
+class RateLimited(TooManyRequests):
+    """The 429 of a spent budget, with the caller's quota (Retry-After is its reset)."""
+
+    def __init__(self, scope: Scope, item: limits.RateLimitItem, quota: Quota) -> None:
+        retry_after = max(1, quota.reset_seconds)
+        super().__init__(
+            f"At most {item.amount} {scope} per {_window_text(item)}; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after), **quota.headers()},
+            limit=item.amount,
+            window_seconds=quota.window_seconds,
+            retry_after=retry_after,
+        )
+        self.quota = quota
+
+
+class RateLimiter:
+    """Counts each caller's requests per scope; over the limit, raises RateLimited."""
+
+    def __init__(
+        self,
+        items: dict[Scope, limits.RateLimitItem],
+        storage: Storage,
+        pool: redis.asyncio.ConnectionPool | None = None,
+    ) -> None:
+        self._items = items
+        self._storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+        self._pool = pool
+        self._warned_at = -math.inf
+
+    async def hit(self, scope: Scope, user_id: str) -> Quota | None:
+        """Count one request of `user_id`; None when `scope` has no limit or storage is down."""
+        item = self._items.get(scope)
+        if item is None:
+            return None
+        try:
+            allowed = await self._strategy.hit(item, scope, user_id)
+            # A second call: `limits` returns no window state with a hit. A refused hit
+            # counts nothing, so the state read now is the one the refusal was made on.
+            stats = await self._strategy.get_window_stats(item, scope, user_id)
+        except StorageError as exc:
+            self._warn(repr(exc.storage_error))
+            return None
+        quota = Quota(
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_seconds=max(0, math.ceil(stats.reset_time - time.time())),
+            window_seconds=item.get_expiry(),
+        )
+        if not allowed:
+            raise RateLimited(scope, item, quota)
+        return quota
+
+    async def check_storage(self) -> None:
+        """Warn (do not fail) when the storage does not answer a PING, e.g. at startup."""
+        if not await self._storage.check():  # never raises: False on any error
+            self._warn("it does not answer PING")
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    def _warn(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < WARN_INTERVAL_SECONDS:
+            return
+        self._warned_at = now
+        log.warning("rate-limit storage unavailable, requests are not limited: %s", reason)
+
+
+def _window_text(item: limits.RateLimitItem) -> str:
+    unit = item.GRANULARITY.name
+    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
+
+
+def _items(settings: Settings) -> dict[Scope, limits.RateLimitItem]:
+    configured: dict[Scope, str] = {
+        "generations": settings.rate_limit_generations,
+        "uploads": settings.rate_limit_uploads,
+    }
+    return {scope: limits.parse(text) for scope, text in configured.items() if text}
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    """The limiter RATE_LIMIT_* describe (no I/O: a Redis connection opens on first use)."""
+    items = _items(settings)
+    url = settings.rate_limit_storage_url
+    redis_url = url.get_secret_value() if url is not None else "memory://"
+    if redis_url.startswith("memory://"):
+        return RateLimiter(items, MemoryStorage())
+    # Our own pool: short timeouts, no retries (redis-py's client would retry with backoff
+    # for seconds), and something to close in the lifespan (limits' storage has no close).
+    pool = redis.asyncio.ConnectionPool.from_url(
+        redis_url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    storage = RedisStorage(
+        "async+" + redis_url,
+        implementation="redispy",
+        key_prefix=settings.rate_limit_key_prefix,
+        wrap_exceptions=True,
+        # passed on to redis.asyncio.Redis(connection_pool=...), whatever the annotation says
+        connection_pool=pool,  # type: ignore[arg-type]
+    )
+    return RateLimiter(items, storage, pool)
