@@ -98,7 +98,9 @@ CASES = [
         denied(),
     ),
     # generated_images
-    Case("read_other_private_image", f"SELECT * FROM generated_images WHERE id = '{B_PRIV}'", HIDDEN),
+    Case(
+        "read_other_private_image", f"SELECT * FROM generated_images WHERE id = '{B_PRIV}'", HIDDEN
+    ),
     Case(
         "read_other_deleted_public_image",
         f"SELECT * FROM generated_images WHERE id = '{B_DEL}'",
@@ -142,7 +144,8 @@ CASES = [
     ),
     Case(
         "insert_own_image_with_likes",
-        f"INSERT INTO generated_images (user_id, image_url, likes_count) VALUES ('{ALICE}', 'x', 9)",
+        "INSERT INTO generated_images (user_id, image_url, likes_count) "
+        f"VALUES ('{ALICE}', 'x', 9)",
         denied(),
     ),
     Case(
@@ -159,7 +162,9 @@ CASES = [
         HIDDEN,
     ),
     Case(
-        "delete_other_prompt", f"DELETE FROM custom_prompts WHERE id = '{IDS['bob_prompt']}'", HIDDEN
+        "delete_other_prompt",
+        f"DELETE FROM custom_prompts WHERE id = '{IDS['bob_prompt']}'",
+        HIDDEN,
     ),
     Case(
         "insert_prompt_for_other_user",
@@ -359,7 +364,9 @@ CASES = [
         role="anon",
         sub=None,
     ),
-    Case("anon_reads_users", "SELECT * FROM users", HIDDEN, denied(NO_GRANT), role="anon", sub=None),
+    Case(
+        "anon_reads_users", "SELECT * FROM users", HIDDEN, denied(NO_GRANT), role="anon", sub=None
+    ),
     Case(
         "anon_reads_ledger",
         "SELECT * FROM credit_ledger",
