@@ -119,7 +119,9 @@ CREATE POLICY users_update_own ON users FOR UPDATE TO authenticated
 -- --- generated_images ---------------------------------------------------------------------
 
 -- What the service keeps for an image (its like count, where its bytes are, the job that
--- made it, the pack it belongs to) is not the client's to change.
+-- made it, the pack it belongs to) is not the client's to change. A trigger rather than
+-- column-level UPDATE grants: a table-level UPDATE (Supabase's default ALL) covers every
+-- column whatever the column grants say, so only a trigger holds under both.
 CREATE OR REPLACE FUNCTION atelier_generated_images_client_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 import pytest
 
+from app.config import Settings
 from app.db import jobs as jobs_db
 from app.db import pool
 from app.services import credits
@@ -321,3 +322,17 @@ async def test_a_client_making_its_image_public_announces_it_on_the_feed(
         await listener.close()
     announced = json.loads(heard[0])
     assert (announced["type"], announced["id"]) == ("image", str(IDS["alice_private"]))
+
+
+async def test_a_client_creates_its_user_with_at_most_the_default_new_user_credits(
+    db: asyncpg.Connection,
+) -> None:
+    """The migration's constant is the service's NEW_USER_CREDITS default: a change to one
+    without the other fails here (the matrix shows one credit more refused)."""
+    limit = await db.fetchval("SELECT atelier_client_new_user_credits()")
+    assert limit == Settings.model_fields["new_user_credits"].default == 5
+    async with request(db, "authenticated", CAROL) as conn:
+        status = await conn.execute(
+            "INSERT INTO users (id, email, credits) VALUES ($1, 'c@x.test', $2)", CAROL, limit
+        )
+    assert status == "INSERT 0 1"
