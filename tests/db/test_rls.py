@@ -4,8 +4,10 @@ owner unaffected. What it may not do is in test_rls_matrix.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +16,7 @@ from app.config import Settings
 from app.db import jobs as jobs_db
 from app.db import pool
 from app.services import credits
+from tests.db import ATELIER, cli_env, finish, start
 from tests.db.rls_world import ALICE, BOB, CAROL, IDS, TABLES, seed
 from tests.fakes.mobile_app import (
     PRISMA_DECREMENT_CREDITS,
@@ -336,3 +339,56 @@ async def test_a_client_creates_its_user_with_at_most_the_default_new_user_credi
             "INSERT INTO users (id, email, credits) VALUES ($1, 'c@x.test', $2)", CAROL, limit
         )
     assert status == "INSERT 0 1"
+
+
+async def test_concurrent_app_spends_and_service_debits_are_each_ledgered_once(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    """The app's deductions and the service's debits on one balance at the same moment:
+    each is recorded exactly once, and the ledger explains the balance afterwards."""
+    await seed(db)
+    await db.execute("UPDATE users SET credits = 20 WHERE id = $1", ALICE)
+    await db.execute(
+        "UPDATE credit_ledger SET delta = 20, balance_after = 20 WHERE user_id = $1", ALICE
+    )
+    conns = [await asyncpg.connect(db_url) for _ in range(12)]
+    try:
+
+        async def app_spend(conn: asyncpg.Connection) -> None:
+            async with request(conn, "authenticated", ALICE) as client:
+                assert await client.execute(SPEND_CREDITS, ALICE, 1) == "UPDATE 1"
+
+        async def service_debit(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await credits.spend(conn, ALICE, 2, "generate", uuid.uuid4())
+
+        await asyncio.gather(
+            *(app_spend(c) for c in conns[:8]), *(service_debit(c) for c in conns[8:])
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert await db.fetchval("SELECT credits FROM users WHERE id = $1", ALICE) == 20 - 8 - 8
+    rows = await ledger_rows(db, ALICE)
+    assert sorted((delta, reason) for delta, reason, _ in rows[1:]) == sorted(
+        [(-2, "generate")] * 4 + [(-1, "app_spend")] * 8
+    )
+    # A chain: each row's balance_after is the previous one's plus its delta.
+    for (_, _, before), (delta, _, after) in zip(rows, rows[1:], strict=False):
+        assert before + delta == after, rows
+    await assert_ledger_explains_every_balance(db)
+
+
+async def test_check_ledger_passes_after_the_apps_own_spends(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    await seed(db)
+    async with request(db, "authenticated", ALICE) as conn:
+        await conn.execute(SPEND_CREDITS, ALICE, 2)
+    await db.fetchrow(PRISMA_DECREMENT_CREDITS, 1, None, BOB)
+
+    code, out, err = await finish(
+        await start([str(ATELIER), "check-ledger"], cli_env(db_url, tmp_path), tmp_path)
+    )
+    assert code == 0, out + err
+    assert "every balance matches its ledger" in out
