@@ -27,6 +27,8 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.support.postgrest import Client
+
 BASELINE_SQL = Path(__file__).resolve().parents[1] / "fixtures" / "prisma_baseline.sql"
 
 # supabase-js / plain SQL, as the app writes it.
@@ -136,16 +138,30 @@ FROM (SELECT "pgrst_source".* FROM "pgrst_source") _postgrest_t
 
 async def run_mobile_app_statements(conn: asyncpg.Connection) -> None:
     """Run every statement above the way the app does, asserting what the app relies on."""
-    await _supabase_style(conn)
-    await _prisma_style(conn)
+    await _supabase_style(conn, _new_user_id())
+    await _prisma_style(conn, _new_user_id())
+
+
+async def run_mobile_app_statements_as_client(conn: asyncpg.Connection) -> None:
+    """The same statements, each as its own PostgREST request by the signed-in user (role
+    `authenticated`, the token's `sub` = their id), under the Row Level Security policies.
+
+    All but one: the subscription upsert with a paid status and Stripe ids was the old
+    backend's Stripe handler, never the phone's, and a client may not send it
+    (tests/db/test_rls.py shows it refused)."""
+    user_id = _new_user_id()
+    await _supabase_style(Client(conn, "authenticated", user_id), user_id, stripe_handler=False)
+    user_id = _new_user_id()
+    await _prisma_style(Client(conn, "authenticated", user_id), user_id)
 
 
 def _new_user_id() -> str:
     return f"user_mobile_{uuid.uuid4().hex}"
 
 
-async def _supabase_style(conn: asyncpg.Connection) -> None:
-    user_id = _new_user_id()
+async def _supabase_style(
+    conn: asyncpg.Connection, user_id: str, *, stripe_handler: bool = True
+) -> None:
     assert await conn.execute(CREATE_USER, user_id, f"{user_id}@example.test") == "INSERT 0 1"
     assert await conn.fetchval(READ_CREDITS, user_id) == 5
     assert await conn.execute(SPEND_CREDITS, user_id, 1) == "UPDATE 1"
@@ -194,6 +210,23 @@ async def _supabase_style(conn: asyncpg.Connection) -> None:
     assert [r["id"] for r in await conn.fetch(LIST_PROMPTS, user_id)] == [prompt["id"]]
 
     assert await conn.fetchrow(READ_SUBSCRIPTION, user_id) is None  # the app shows "Free"
+    if stripe_handler:
+        await _stripe_handler(conn, user_id)
+
+    job = await conn.fetchrow(INSERT_JOB, user_id, f"uploads/{user_id}/in.png")
+    assert job is not None
+    assert (job["status"], job["progress"]) == ("pending", 0)
+    polled = await conn.fetchrow(POLL_JOB, job["id"])
+    assert polled is not None
+    assert dict(polled) == {
+        "status": "pending",
+        "progress": 0,
+        "output_image_url": None,
+        "error_message": None,
+    }
+
+
+async def _stripe_handler(conn: asyncpg.Connection, user_id: str) -> None:
     period_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
     await conn.execute(
         UPSERT_SUBSCRIPTION,
@@ -211,21 +244,8 @@ async def _supabase_style(conn: asyncpg.Connection) -> None:
     assert subscription["price_id"] == "price_pro_monthly"
     assert subscription["current_period_end"] == period_end
 
-    job = await conn.fetchrow(INSERT_JOB, user_id, f"uploads/{user_id}/in.png")
-    assert job is not None
-    assert (job["status"], job["progress"]) == ("pending", 0)
-    polled = await conn.fetchrow(POLL_JOB, job["id"])
-    assert polled is not None
-    assert dict(polled) == {
-        "status": "pending",
-        "progress": 0,
-        "output_image_url": None,
-        "error_message": None,
-    }
 
-
-async def _prisma_style(conn: asyncpg.Connection) -> None:
-    user_id = _new_user_id()
+async def _prisma_style(conn: asyncpg.Connection, user_id: str) -> None:
     now = datetime.now(UTC)
     user = await conn.fetchrow(PRISMA_CREATE_USER, user_id, f"{user_id}@example.test", 5, now, now)
     assert user is not None
