@@ -24,6 +24,7 @@ from tests.fakes.mobile_app import (
     UPSERT_SUBSCRIPTION,
     run_mobile_app_statements_as_client,
 )
+from tests.support.generations import debit
 from tests.support.polling import wait_until
 from tests.support.postgrest import request
 
@@ -233,7 +234,7 @@ async def test_the_services_own_balance_changes_get_no_second_ledger_row(
         )
         assert created["id"] == job_id
     async with db.transaction():
-        assert await credits.spend(db, ALICE, 1, "generate", uuid.uuid4()) == 2
+        assert await debit(db, ALICE, 1) == 2
     async with db.transaction():
         assert await credits.refund(db, job_id) == 2
     async with db.transaction():
@@ -360,7 +361,7 @@ async def test_concurrent_app_spends_and_service_debits_are_each_ledgered_once(
 
         async def service_debit(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                await credits.spend(conn, ALICE, 2, "generate", uuid.uuid4())
+                await debit(conn, ALICE, 2)
 
         await asyncio.gather(
             *(app_spend(c) for c in conns[:8]), *(service_debit(c) for c in conns[8:])

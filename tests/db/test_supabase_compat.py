@@ -23,6 +23,7 @@ from tests.fakes.mobile_app import (
     run_mobile_app_statements,
     run_mobile_app_statements_as_client,
 )
+from tests.support.generations import debit
 from tests.support.postgrest import request
 
 CLIENT_ROLES = ("anon", "authenticated", "service_role")
@@ -172,7 +173,7 @@ async def test_the_service_works_as_an_owner_that_is_not_a_superuser(
             await run_mobile_app_statements(conn)
             await users_db.create_with_signup(conn, "user_owner_a", "a@x.test", 5)
             async with conn.transaction():
-                assert await credits.spend(conn, "user_owner_a", 2, "generate", uuid.uuid4()) == 3
+                assert await debit(conn, "user_owner_a", 2) == 3
             row = await conn.fetchrow(PRISMA_DECREMENT_CREDITS, 1, None, "user_owner_a")
             assert row is not None and row["credits"] == 2
             reasons = await conn.fetch(

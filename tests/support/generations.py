@@ -4,9 +4,13 @@ debit and its ledger row in one statement)."""
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 
 from app.config import Settings
+from app.db import jobs as jobs_db
+from app.db import pool as db_pool
 from app.db import users as users_db
 from app.schemas.generations import GenerationCreate
 from app.services import generations
@@ -37,3 +41,26 @@ async def create_job(
     body = GenerationCreate(prompt=prompt, model=model)
     async with pool.acquire() as conn:
         return await generations.create(conn, settings, storage, user, body, idempotency_key)
+
+
+async def debit(conn: asyncpg.Connection, user_id: str, cost: int, kind: str = "generate") -> int:
+    """Charge `cost` for a fresh job with the live debit statement (jobs.create_with_debit,
+    which the service's submission runs), for tests that hold a bare connection; returns
+    the balance after. Runs in its own transaction unless the caller has one."""
+    await db_pool.init_connection(conn)  # the service's jsonb codec, for the job's params
+    row = await jobs_db.create_with_debit(
+        conn,
+        job_id=uuid.uuid4(),
+        user_id=user_id,
+        kind=kind,
+        prompt="a debit",
+        params={},
+        cost=cost,
+        model=None,
+        input_image_key=None,
+        idempotency_key=None,
+        request_hash="debit",
+    )
+    assert row["id"] is not None, f"{user_id} could not pay {cost} (balance {row['balance']})"
+    balance: int = row["balance"] - cost
+    return balance
