@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,8 @@ from tests.fakes.jwks import (
     unsigned_token,
 )
 from tests.fakes.running import running_settings as running
-from tests.support.auth import assert_unauthorized, assert_unavailable, bearer
+from tests.support.auth import assert_unauthorized, assert_unavailable, bearer, count_users
+from tests.support.problems import assert_problem
 
 ATELIER = Path(sys.executable).with_name("atelier")
 
@@ -88,6 +90,31 @@ async def test_request_without_a_bearer_token_is_a_401_problem(
     assert_unauthorized(response)
     # RFC 6750 §3.1: with no token sent, the challenge carries no error code.
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("order", ["same_token_twice", "valid_then_garbage", "garbage_then_valid"])
+@pytest.mark.parametrize(
+    "path", ["/v1/me", f"/v1/images/{uuid.uuid4()}/download"], ids=["required", "optional"]
+)
+async def test_two_authorization_headers_are_a_400_problem_whichever_comes_first(
+    order: str, path: str, clerk_settings: ClerkSettings, key: SigningKey, module_db_url: str
+) -> None:
+    valid = "Bearer " + session_token(key, "user_2twice", email="twice@example.test")
+    pairs = {
+        "same_token_twice": (valid, valid),
+        "valid_then_garbage": (valid, "Bearer not.a.jwt"),
+        "garbage_then_valid": ("Bearer not.a.jwt", valid),
+    }
+    first, second = pairs[order]
+    users_before = await count_users(module_db_url)
+    async with running(clerk_settings()) as client:
+        response = await client.get(
+            path, headers=[("Authorization", first), ("Authorization", second)]
+        )
+    body = assert_problem(response, 400)
+    assert body["type"].endswith("/repeated-header")
+    assert body["header"] == "Authorization"
+    assert await count_users(module_db_url) == users_before
 
 
 async def test_a_bad_token_is_challenged_as_invalid_token(
