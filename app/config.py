@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     # HTTP.
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)  # request line and headers
     admin_user_ids: Annotated[list[str], NoDecode] = []
 
     _split = field_validator(

@@ -122,6 +122,10 @@ class PayloadTooLarge(AppError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class HeadersTooLarge(AppError):
+    status, slug, title = 431, "headers-too-large", "Request headers too large"
+
+
 class Unprocessable(AppError):
     status, slug, title = 422, "unprocessable", "Unprocessable request"
 
