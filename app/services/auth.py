@@ -14,7 +14,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -60,10 +60,10 @@ class Issuer:
     audience: str | None = None
     # Supabase subjects are UUIDs: requiring one keeps them apart from Clerk's `user_…` ids.
     uuid_subjects: bool = False
-    algorithms: frozenset[str] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "algorithms", frozenset(self.keys))
+    @property
+    def algorithms(self) -> frozenset[str]:
+        return frozenset(self.keys)
 
 
 class TokenVerifier:

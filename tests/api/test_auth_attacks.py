@@ -12,6 +12,7 @@ shows each signing path works, so every refusal below is the row's doing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -191,6 +192,14 @@ def _also_publish_ec_key_for_clerk(world: World, target: Target) -> None:
     world.clerk_jwks.publish(signing_key("primary"), ec_signing_key("clerk"))
 
 
+OCT_SECRET = b"a-symmetric-key-the-jwks-should-never-have-published"
+
+
+def _publish_oct_key(world: World, target: Target) -> None:
+    encoded = base64.urlsafe_b64encode(OCT_SECRET).rstrip(b"=").decode()
+    target.jwks.also_serve({"kty": "oct", "kid": "oct-1", "alg": "HS256", "k": encoded})
+
+
 def _oversized(t: Target) -> str:
     # Validly signed: only its length is wrong.
     token = t.sign(t.claims(padding="x" * MAX_TOKEN_LENGTH))
@@ -223,6 +232,11 @@ ATTACKS: dict[str, Attack] = {
     ),
     "hs256_while_no_secret_is_configured": Attack(
         lambda t: t.sign(t.claims()), ["supabase_hs256"], settings={"supabase_jwt_secret": None}
+    ),
+    "hs256_with_an_oct_key_the_jwks_publishes": Attack(
+        lambda t: hs256(t.claims(), OCT_SECRET, kid="oct-1"),
+        prepare=_publish_oct_key,
+        settings={"supabase_jwt_secret": None},
     ),
     "hs256_under_clerk_iss_with_the_supabase_secret": Attack(
         lambda t: hs256(t.claims(), SUPABASE_SECRET), ["clerk"]

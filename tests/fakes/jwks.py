@@ -144,6 +144,7 @@ class JwksServer:
         self.path = path
         self._lock = threading.Lock()
         self._keys: tuple[SigningKey, ...] = keys
+        self._raw: tuple[dict[str, Any], ...] = ()
         self._fetches = 0
         self._status = 200
         self._hold_seconds = 0.0
@@ -167,6 +168,11 @@ class JwksServer:
         with self._lock:
             self._keys = keys
 
+    def also_serve(self, *entries: dict[str, Any]) -> None:
+        """Serve these JWKS entries as given, after the keys (e.g. a symmetric `oct` key)."""
+        with self._lock:
+            self._raw = entries
+
     def fail_with(self, status: int | None) -> None:
         """Answer every fetch with this error status (None: serve the keys again)."""
         with self._lock:
@@ -185,12 +191,12 @@ class JwksServer:
             return 404, {"error": "not found"}
         with self._lock:
             self._fetches += 1
-            status, keys, hold = self._status, self._keys, self._hold_seconds
+            status, keys, raw, hold = self._status, self._keys, self._raw, self._hold_seconds
         if hold:
             time.sleep(hold)
         if status != 200:
             return status, {"error": "unavailable"}
-        return 200, {"keys": [key.jwk() for key in keys]}
+        return 200, {"keys": [key.jwk() for key in keys] + list(raw)}
 
     def __enter__(self) -> JwksServer:
         return self
