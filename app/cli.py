@@ -48,6 +48,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.serving import http_protocol
 
     if settings.migrate_on_start and cmd_migrate(settings, args) != 0:
         return 1
@@ -65,6 +66,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         proxy_headers=True,
+        # httptools with a cap on each request's head (uvicorn sets none for httptools).
+        http=http_protocol(settings.max_header_bytes),
         # Open streams (SSE) never end by themselves: cut them after a few seconds so the
         # worker's drain (SHUTDOWN_GRACE_SECONDS) still fits a 30 s termination grace.
         timeout_graceful_shutdown=5,

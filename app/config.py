@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     clerk_secret_key: SecretStr | None = None
     clerk_api_url: str = "https://api.clerk.com/v1"
     supabase_url: str | None = None
+    supabase_jwt_secret: SecretStr | None = None  # legacy HS256 signing; only with SUPABASE_URL
     jwt_leeway_seconds: int = Field(default=5, ge=0, le=300)
     jwks_min_refresh_seconds: float = Field(default=60.0, ge=0)
     dev_auth_issuer: str = "atelier-dev"
@@ -115,6 +116,7 @@ class Settings(BaseSettings):
     # HTTP.
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)  # request line and headers
     admin_user_ids: Annotated[list[str], NoDecode] = []
 
     _split = field_validator(
@@ -166,6 +168,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "PROVIDER=local is an offline dev tool, refused when ENV=production"
                 )
+        if self.supabase_jwt_secret is not None and not self.supabase_url:
+            raise ValueError("SUPABASE_JWT_SECRET needs SUPABASE_URL (whose tokens it verifies)")
         if self.auth == "clerk" and not (self.clerk_jwt_key or self.jwks_url):
             raise ValueError("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
         if self.auth == "clerk" and not self.clerk_issuer:

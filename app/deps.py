@@ -12,7 +12,7 @@ from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, RepeatedHeader, Unauthorized
 from app.observability import Metrics
 from app.services.auth import Identity, TokenVerifier
 from app.services.providers.base import ImageProvider
@@ -57,13 +57,24 @@ async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
 _bearer = HTTPBearer(auto_error=False, description="A Clerk session token (or a dev token).")
 
 
-async def identity(
+async def bearer_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Identity:
-    if credentials is None:
+) -> str | None:
+    """The bearer token sent, if any. HTTPBearer reads the first Authorization header only,
+    so a request with several (which one would a proxy or a cache have checked?) is a 400."""
+    if len(request.headers.getlist("authorization")) > 1:
+        raise RepeatedHeader("Authorization")
+    return credentials.credentials if credentials is not None else None
+
+
+BearerToken = Annotated[str | None, Depends(bearer_token)]
+
+
+async def identity(request: Request, token: BearerToken) -> Identity:
+    if token is None:
         raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
-    return await services_of(request).verifier.verify(credentials.credentials)
+    return await services_of(request).verifier.verify(token)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -102,15 +113,11 @@ async def stream_user(svc: Svc, who: Annotated[Identity, Depends(identity)]) -> 
 StreamUser = Annotated[User, Depends(stream_user)]
 
 
-async def optional_user(
-    svc: Svc,
-    conn: Conn,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User | None:
+async def optional_user(svc: Svc, conn: Conn, token: BearerToken) -> User | None:
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
-    if credentials is None:
+    if token is None:
         return None
-    who = await svc.verifier.verify(credentials.credentials)
+    who = await svc.verifier.verify(token)
     return await svc.users.authenticate(conn, who)
 
 

@@ -84,6 +84,15 @@ class BadRequest(AppError):
     status, slug, title = 400, "bad-request", "Bad request"
 
 
+class RepeatedHeader(BadRequest):
+    """A header that must appear once came several times: no copy is picked silently."""
+
+    slug, title = "repeated-header", "Repeated header"
+
+    def __init__(self, header: str) -> None:
+        super().__init__(f"Send one {header} header; this request has several.", header=header)
+
+
 class Unauthorized(AppError):
     status, slug, title = 401, "unauthorized", "Not authenticated"
 
@@ -111,6 +120,10 @@ class MethodNotAllowed(AppError):
 
 class PayloadTooLarge(AppError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class HeadersTooLarge(AppError):
+    status, slug, title = 431, "headers-too-large", "Request headers too large"
 
 
 class Unprocessable(AppError):

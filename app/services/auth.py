@@ -1,31 +1,43 @@
 """Bearer token verification: Clerk session JWTs (JWKS or PEM), Supabase Auth, dev tokens.
 
-RS256 only. The RSA check runs in a thread, and what was verified is cached until the
-token expires (its `exp` is checked again on every use), because the signature check costs
-far more than the rest of a simple request.
+Each issuer accepts a fixed set of algorithms and each key verifies with exactly one (see
+app.services.auth_keys): Clerk and dev tokens RS256; Supabase Auth ES256 or RS256 from the
+project's JWKS, and HS256 only when SUPABASE_JWT_SECRET is set, only for Supabase's issuer.
+Signature checks run in a thread, and what was verified is cached until the token expires
+(its `exp` is checked again on every use), because the check costs far more than the rest
+of a simple request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from app.config import Settings
-from app.errors import ServiceUnavailable, Unauthorized
+from app.errors import Unauthorized
+from app.services.auth_keys import (
+    ES256,
+    HS256,
+    RS256,
+    JwksKeys,
+    KeySource,
+    SharedSecret,
+    StaticKey,
+    VerificationKey,
+)
 
-log = logging.getLogger("atelier.auth")
-
-ALGORITHM = "RS256"
 MAX_SUB_LENGTH = 255
+# Clerk's session tokens are a few hundred bytes and Supabase's a few KiB: anything longer is
+# refused before it is decoded at all (the server's header limit comes first, see app.serving).
+MAX_TOKEN_LENGTH = 16 * 1024
+SUPABASE_AUDIENCE = "authenticated"
 
 
 @dataclass(frozen=True)
@@ -38,109 +50,20 @@ class Identity:
     expires_at: float
 
 
-class KeySource(Protocol):
-    async def key(self, kid: str | None) -> RSAPublicKey | None: ...
-
-
-class StaticKey:
-    """One PEM public key (CLERK_JWT_KEY, or the dev key): no network at all."""
-
-    def __init__(self, pem: str | bytes) -> None:
-        key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
-        if not isinstance(key, RSAPublicKey):
-            raise ValueError("the JWT verification key must be an RSA public key")
-        self._key = key
-
-    async def key(self, kid: str | None) -> RSAPublicKey | None:
-        return self._key
-
-
-class JwksKeys:
-    """Keys from a JWKS URL, cached; refetched on an unknown `kid` at most once per interval."""
-
-    def __init__(
-        self, url: str, client: httpx.AsyncClient, min_refresh_seconds: float = 60.0
-    ) -> None:
-        self.url = url
-        self._client = client
-        self._min_refresh = min_refresh_seconds
-        self._keys: dict[str | None, RSAPublicKey] = {}
-        self._fetched_at: float | None = None
-        self._failed = False  # the last fetch failed
-        self._done = 0  # fetches finished, well or not
-        self._lock = asyncio.Lock()
-        self.fetches = 0
-
-    async def key(self, kid: str | None) -> RSAPublicKey | None:
-        found = self._lookup(kid)
-        if found is not None:
-            return found
-        done = self._done
-        async with self._lock:  # one fetch for a burst of requests with the new kid
-            found = self._lookup(kid)
-            if found is not None:
-                return found
-            if self._done != done or not self._may_refresh():
-                # A fetch was made while this request waited, or too recently: its
-                # outcome stands (a burst must not re-fetch one request at a time).
-                if self._failed:
-                    raise ServiceUnavailable(
-                        "The sign-in key set could not be fetched; try again shortly."
-                    )
-                return None
-            await self._refresh()
-            return self._lookup(kid)
-
-    def _lookup(self, kid: str | None) -> RSAPublicKey | None:
-        if kid is None and len(self._keys) == 1:
-            return next(iter(self._keys.values()))
-        return self._keys.get(kid)
-
-    def _may_refresh(self) -> bool:
-        if not self._keys:
-            return True  # nothing usable yet: every request may try (a failure answers 503)
-        assert self._fetched_at is not None
-        return time.monotonic() - self._fetched_at >= self._min_refresh
-
-    async def _refresh(self) -> None:
-        self.fetches += 1
-        self._fetched_at = time.monotonic()  # failed attempts count too: no hammering
-        self._failed = True
-        try:
-            response = await self._client.get(self.url)
-            response.raise_for_status()
-            document = response.json()
-            entries = document.get("keys") if isinstance(document, dict) else None
-            if not isinstance(entries, list):
-                raise ValueError("the document has no 'keys' list")
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("JWKS fetch from %s failed: %s", self.url, exc)
-            raise ServiceUnavailable(
-                "The sign-in key set could not be fetched; try again shortly."
-            ) from exc
-        finally:
-            self._done += 1
-        keys: dict[str | None, RSAPublicKey] = {}
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("kty") != "RSA":
-                continue
-            if entry.get("use", "sig") != "sig":
-                continue
-            try:
-                key = jwt.PyJWK.from_dict(entry, algorithm=ALGORITHM).key
-            except jwt.PyJWTError:
-                continue
-            if isinstance(key, RSAPublicKey):
-                keys[entry.get("kid")] = key
-        self._keys = keys
-        self._failed = False
-
-
 @dataclass(frozen=True)
 class Issuer:
+    """One accepted `iss`: where its keys come from, for each algorithm it may sign with."""
+
     name: str
-    keys: KeySource
-    check_azp: bool
+    keys: dict[str, KeySource]
+    check_azp: bool = False
+    audience: str | None = None
+    # Supabase subjects are UUIDs: requiring one keeps them apart from Clerk's `user_…` ids.
+    uuid_subjects: bool = False
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        return frozenset(self.keys)
 
 
 class TokenVerifier:
@@ -161,6 +84,8 @@ class TokenVerifier:
         self._cache_size = cache_size
 
     async def verify(self, token: str) -> Identity:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized(f"The bearer token is longer than {MAX_TOKEN_LENGTH} characters.")
         cached = self._cache.get(token)
         if cached is not None:
             if cached.expires_at + self._leeway > time.time():
@@ -181,21 +106,29 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise Unauthorized("The bearer token is not a well-formed JWT.") from exc
-        if header.get("alg") != ALGORITHM:
-            raise Unauthorized(f"Tokens must be signed with {ALGORITHM}.")
-        issuer = self._issuers.get(str(unverified.get("iss")))
+        iss = unverified.get("iss")
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise Unauthorized("The token's issuer is not accepted here.")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
+            accepted = " or ".join(sorted(issuer.algorithms))
+            raise Unauthorized(f"Tokens from this issuer must be signed with {accepted}.")
         kid = header.get("kid")
-        key = await issuer.keys.key(kid if isinstance(kid, str) else None)
+        key = await issuer.keys[alg].key(kid if isinstance(kid, str) else None)
         if key is None:
             raise Unauthorized("The token was signed with an unknown key.")
-        claims = await asyncio.to_thread(self._decode, token, key, issuer.name)
+        if key.algorithm != alg:
+            # e.g. RS256 named over an EC key's kid: each key verifies with its own algorithm.
+            raise Unauthorized("The token's algorithm does not match its key.")
+        claims = await asyncio.to_thread(self._decode, token, key, issuer)
         if issuer.check_azp:
             self._check_azp(claims.get("azp"))
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub:
             raise Unauthorized("The token has no usable subject.")
+        if issuer.uuid_subjects and not _is_uuid(sub):
+            raise Unauthorized("The token's subject is not a user id of this issuer.")
         email = claims.get("email")
         return Identity(
             sub=sub,
@@ -204,15 +137,17 @@ class TokenVerifier:
             expires_at=float(claims["exp"]),
         )
 
-    def _decode(self, token: str, key: RSAPublicKey, issuer: str) -> dict[str, Any]:
+    def _decode(self, token: str, key: VerificationKey, issuer: Issuer) -> dict[str, Any]:
+        required = ["exp", "iat", "iss", "sub"] + (["aud"] if issuer.audience else [])
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key,
-                algorithms=[ALGORITHM],
-                issuer=issuer,
+                key.key,
+                algorithms=[key.algorithm],
+                issuer=issuer.name,
+                audience=issuer.audience,
                 leeway=self._leeway,
-                options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False},
+                options={"require": required, "verify_aud": issuer.audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("The token has expired.") from exc
@@ -220,6 +155,8 @@ class TokenVerifier:
             raise Unauthorized("The token is not valid yet.") from exc
         except jwt.InvalidIssuerError as exc:
             raise Unauthorized("The token's issuer is not accepted here.") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthorized("The token was issued for another audience (aud).") from exc
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthorized(f"The token has no '{exc.claim}' claim.") from exc
         except jwt.InvalidSignatureError as exc:
@@ -233,17 +170,26 @@ class TokenVerifier:
             if self._require_azp:
                 raise Unauthorized("The token names no authorized party (azp).")
             return  # native apps send no Origin, so their tokens carry no azp
-        if azp not in self._parties:
+        # A list or an object is no party at all (and cannot be looked up in a set).
+        if not isinstance(azp, str) or azp not in self._parties:
             raise Unauthorized("The token was issued for a party not accepted here (azp).")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value  # the canonical form only: one id per user
+    except ValueError:
+        return False
 
 
 def build_verifier(
     settings: Settings, client: httpx.AsyncClient, dev_public_pem: bytes | None
 ) -> TokenVerifier:
     issuers: list[Issuer] = []
+    refresh = settings.jwks_min_refresh_seconds
     if settings.auth == "dev":
         assert dev_public_pem is not None
-        issuers.append(Issuer(settings.dev_auth_issuer, StaticKey(dev_public_pem), False))
+        issuers.append(Issuer(settings.dev_auth_issuer, {RS256: StaticKey(dev_public_pem)}))
     else:
         assert settings.clerk_issuer is not None
         keys: KeySource
@@ -251,12 +197,16 @@ def build_verifier(
             keys = StaticKey(settings.clerk_jwt_key.get_secret_value().replace("\\n", "\n"))
         else:
             assert settings.jwks_url is not None
-            keys = JwksKeys(settings.jwks_url, client, settings.jwks_min_refresh_seconds)
-        issuers.append(Issuer(settings.clerk_issuer.rstrip("/"), keys, True))
+            keys = JwksKeys(settings.jwks_url, client, refresh, frozenset({RS256}))
+        issuers.append(Issuer(settings.clerk_issuer.rstrip("/"), {RS256: keys}, check_azp=True))
     if settings.supabase_url:
         base = settings.supabase_url.rstrip("/") + "/auth/v1"
-        jwks = JwksKeys(base + "/.well-known/jwks.json", client, settings.jwks_min_refresh_seconds)
-        issuers.append(Issuer(base, jwks, False))
+        jwks = JwksKeys(base + "/.well-known/jwks.json", client, refresh, frozenset({ES256, RS256}))
+        supabase: dict[str, KeySource] = {ES256: jwks, RS256: jwks}
+        if settings.supabase_jwt_secret is not None:
+            secret = settings.supabase_jwt_secret.get_secret_value().encode()
+            supabase[HS256] = SharedSecret(secret)
+        issuers.append(Issuer(base, supabase, audience=SUPABASE_AUDIENCE, uuid_subjects=True))
     return TokenVerifier(
         issuers,
         authorized_parties=settings.clerk_authorized_parties,

@@ -1,6 +1,7 @@
-"""Clerk session tokens (JWKS and PEM), their failures, and dev auth.
+"""Clerk session tokens (JWKS and PEM), the JWKS cache, and dev auth.
 
-Tokens are signed with test RSA keys served by a real JWKS endpoint on 127.0.0.1.
+Tokens are signed with test RSA keys served by a real JWKS endpoint on 127.0.0.1. Every
+forged or failing token, for every issuer, is a row of tests/api/test_auth_attacks.py.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import PROBLEM_JSON
 from app.services import devauth
 from tests.fakes.jwks import (
     AUTHORIZED_PARTY,
@@ -32,103 +31,15 @@ from tests.fakes.jwks import (
     session_token,
     sign,
     signing_key,
-    tamper,
     unsigned_token,
 )
 from tests.fakes.running import running_settings as running
+from tests.support.auth import assert_unauthorized, assert_unavailable, bearer, count_users
+from tests.support.problems import assert_problem
 
 ATELIER = Path(sys.executable).with_name("atelier")
 
 ClerkSettings = Callable[..., Settings]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_unauthorized(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    assert response.headers["www-authenticate"].startswith("Bearer")
-    body = response.json()
-    assert body["status"] == 401
-    assert body["type"].startswith("https://") and body["type"].endswith("/unauthorized")
-    assert body["title"]
-    assert body["detail"]
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert response.status_code == 503, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body = response.json()
-    assert body["status"] == 503
-    assert body["type"].endswith("/service-unavailable")
-    assert body["title"] and body["detail"]
-
-
-@pytest.fixture(scope="module")
-def module_db_url(
-    template_db: str, new_database: Callable[..., str], drop_database: Callable[[str], None]
-) -> Iterator[str]:
-    """One migrated database for this module: its tests assert on answers, each with
-    subjects of its own, so they need not pay for a fresh database apiece."""
-    url = new_database(template_db)
-    yield url
-    drop_database(url)
-
-
-@pytest.fixture
-def make_app_settings(module_db_url: str, tmp_path: Path) -> Callable[..., Settings]:
-    def make(**changes: object) -> Settings:
-        fields: dict[str, object] = {
-            "env": "test",
-            "database_url": module_db_url,
-            "data_dir": tmp_path / "data",
-            "auth": "dev",
-            "log_json": False,
-            "db_pool_min_size": 1,
-            "db_pool_max_size": 20,
-        }
-        fields.update(changes)
-        return Settings(_env_file=None, **fields)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def key() -> SigningKey:
-    return signing_key("primary")
-
-
-@pytest.fixture
-def jwks(key: SigningKey) -> Iterator[JwksServer]:
-    with JwksServer(key) as server:
-        yield server
-
-
-@pytest.fixture
-def clerk_settings(make_app_settings: Callable[..., Settings], jwks: JwksServer) -> ClerkSettings:
-    """Settings for AUTH=clerk against the loopback JWKS, with some fields changed."""
-
-    def make(**changes: object) -> Settings:
-        fields: dict[str, object] = {
-            "auth": "clerk",
-            "clerk_issuer": ISSUER,
-            "clerk_jwks_url": jwks.url,
-            "clerk_authorized_parties": [AUTHORIZED_PARTY],
-        }
-        fields.update(changes)
-        return make_app_settings(**fields)
-
-    return make
-
-
-async def count_users(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM users"))
-    finally:
-        await conn.close()
 
 
 # -- accepted -------------------------------------------------------------------------------
@@ -163,107 +74,7 @@ async def test_issuer_with_trailing_slash_in_settings_still_matches_clerk_iss(
     assert response.status_code == 200, response.text
 
 
-# -- refused: every failure is a 401 problem ------------------------------------------------
-
-
-def _expired(key: SigningKey) -> str:
-    return session_token(key, iat=_now() - 600, nbf=_now() - 600, exp=_now() - 60)
-
-
-def _not_yet_valid(key: SigningKey) -> str:
-    return session_token(key, nbf=_now() + 120)
-
-
-def _issued_in_the_future(key: SigningKey) -> str:
-    return session_token(key, iat=_now() + 120, nbf=_now() - 10)
-
-
-def _wrong_issuer(key: SigningKey) -> str:
-    return session_token(key, issuer="https://clerk.someone-else.test")
-
-
-def _issuer_prefix_only(key: SigningKey) -> str:
-    return session_token(key, issuer=ISSUER + ".evil.test")
-
-
-def _foreign_azp(key: SigningKey) -> str:
-    return session_token(key, azp="https://evil.example.test")
-
-
-def _alg_none(key: SigningKey) -> str:
-    return unsigned_token(session_claims(), kid=key.kid)
-
-
-def _hs256_with_public_key(key: SigningKey) -> str:
-    return hs256_with_public_key(session_claims(), key)
-
-
-def _unknown_kid(key: SigningKey) -> str:
-    return session_token(signing_key("stranger"))
-
-
-def _other_key_claiming_our_kid(key: SigningKey) -> str:
-    return sign(session_claims(), signing_key("stranger"), kid=key.kid)
-
-
-def _tampered_payload(key: SigningKey) -> str:
-    return tamper(session_token(key, "user_2honest"), sub="user_2admin")
-
-
-def _missing_sub(key: SigningKey) -> str:
-    return session_token(key, sub=None)
-
-
-def _empty_sub(key: SigningKey) -> str:
-    return session_token(key, sub="")
-
-
-def _missing_exp(key: SigningKey) -> str:
-    return session_token(key, exp=None)
-
-
-def _malformed(key: SigningKey) -> str:
-    return "this-is.not-a.jwt"
-
-
-def _not_even_three_parts(key: SigningKey) -> str:
-    return "garbage"
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-BAD_TOKENS: dict[str, Callable[[SigningKey], str]] = {
-    "expired": _expired,
-    "nbf_in_the_future": _not_yet_valid,
-    "iat_in_the_future": _issued_in_the_future,
-    "wrong_iss": _wrong_issuer,
-    "iss_with_extra_suffix": _issuer_prefix_only,
-    "foreign_azp": _foreign_azp,
-    "alg_none": _alg_none,
-    "hs256_signed_with_public_key": _hs256_with_public_key,
-    "unknown_kid": _unknown_kid,
-    "other_key_claiming_our_kid": _other_key_claiming_our_kid,
-    "tampered_payload": _tampered_payload,
-    "missing_sub": _missing_sub,
-    "empty_sub": _empty_sub,
-    "missing_exp": _missing_exp,
-    "malformed": _malformed,
-    "not_even_three_parts": _not_even_three_parts,
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_TOKENS))
-async def test_bad_token_is_a_401_problem_and_creates_no_user(
-    case: str, clerk_settings: ClerkSettings, key: SigningKey, module_db_url: str
-) -> None:
-    token = BAD_TOKENS[case](key)
-    users_before = await count_users(module_db_url)
-    async with running(clerk_settings()) as client:
-        response = await client.get("/v1/me", headers=bearer(token))
-    assert_unauthorized(response)
-    assert await count_users(module_db_url) == users_before
+# -- refused: every forged or failing token is in tests/api/test_auth_attacks.py ----------
 
 
 @pytest.mark.parametrize(
@@ -281,6 +92,31 @@ async def test_request_without_a_bearer_token_is_a_401_problem(
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize("order", ["same_token_twice", "valid_then_garbage", "garbage_then_valid"])
+@pytest.mark.parametrize(
+    "path", ["/v1/me", f"/v1/images/{uuid.uuid4()}/download"], ids=["required", "optional"]
+)
+async def test_two_authorization_headers_are_a_400_problem_whichever_comes_first(
+    order: str, path: str, clerk_settings: ClerkSettings, key: SigningKey, module_db_url: str
+) -> None:
+    valid = "Bearer " + session_token(key, "user_2twice", email="twice@example.test")
+    pairs = {
+        "same_token_twice": (valid, valid),
+        "valid_then_garbage": (valid, "Bearer not.a.jwt"),
+        "garbage_then_valid": ("Bearer not.a.jwt", valid),
+    }
+    first, second = pairs[order]
+    users_before = await count_users(module_db_url)
+    async with running(clerk_settings()) as client:
+        response = await client.get(
+            path, headers=[("Authorization", first), ("Authorization", second)]
+        )
+    body = assert_problem(response, 400)
+    assert body["type"].endswith("/repeated-header")
+    assert body["header"] == "Authorization"
+    assert await count_users(module_db_url) == users_before
+
+
 async def test_a_bad_token_is_challenged_as_invalid_token(
     clerk_settings: ClerkSettings,
 ) -> None:
@@ -296,7 +132,7 @@ async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(
     async with running(clerk_settings(jwt_leeway_seconds=0)) as client:
         # Minted once the app is up: the first request has 5–6 s to be accepted; with no
         # leeway the token is refused once exp has passed.
-        exp = _now() + 6
+        exp = int(time.time()) + 6
         token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
         first = await client.get("/v1/me", headers=bearer(token))
         assert first.status_code == 200, first.text
@@ -412,18 +248,6 @@ async def test_unknown_kid_burst_when_refreshes_are_allowed_still_fetches_once_p
 
 
 # -- an unreachable JWKS is a 503 -----------------------------------------------------------
-
-
-async def test_unreachable_jwks_is_a_503_problem_not_a_500(
-    clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
-) -> None:
-    settings = clerk_settings()
-    jwks.stop()
-    async with running(settings) as client:
-        response = await client.get(
-            "/v1/me", headers=bearer(session_token(key, "user_2down", email="d@example.test"))
-        )
-    assert_unavailable(response)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,15 @@
-"""A loopback JWKS endpoint and Clerk-like session tokens signed with test keys.
+"""A loopback JWKS endpoint and Clerk- or Supabase-like tokens signed with test keys.
 
 `JwksServer` is a real HTTP server on 127.0.0.1 serving `{"keys": [...]}` at
-`/.well-known/jwks.json`, the way a Clerk instance does. It counts fetches, can publish
-other keys (rotation), answer an error status, hold its answers for a moment, and stop.
+`/.well-known/jwks.json` (or another path: Supabase's is under `/auth/v1`), the way a Clerk
+instance or a Supabase project does, with RSA (RS256) and EC P-256 (ES256) keys. It counts
+fetches, can publish other keys (rotation), answer an error status, hold its answers for a
+moment, and stop.
 
 The token helpers build what Clerk signs (iss, sub, sid, iat, nbf, exp, azp, optionally
-email) and the forgeries a verifier has to refuse (`alg: none`, HS256 keyed with the
-public key), which pyjwt itself declines to produce.
+email), Supabase's (`supabase_claims`: aud, role, a UUID sub), HS256 tokens signed with a
+shared secret, and the forgeries a verifier has to refuse (`alg: none`, HS256 keyed with the
+public key as PEM or JWK), which pyjwt itself declines to produce.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hmac
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +30,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ISSUER = "https://clerk.atelier.test"
 AUTHORIZED_PARTY = "https://app.atelier.test"
@@ -89,7 +93,12 @@ class LoopbackServer:
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
-    private_key: rsa.RSAPrivateKey
+    private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    @property
+    def alg(self) -> str:
+        """The algorithm this key signs with: RS256 for RSA, ES256 for EC P-256."""
+        return "RS256" if isinstance(self.private_key, rsa.RSAPrivateKey) else "ES256"
 
     @property
     def public_pem(self) -> str:
@@ -102,10 +111,13 @@ class SigningKey:
         )
 
     def jwk(self) -> dict[str, Any]:
-        jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(
-            self.private_key.public_key(), as_dict=True
-        )
-        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+        public = self.private_key.public_key()
+        jwk: dict[str, Any]
+        if isinstance(public, rsa.RSAPublicKey):
+            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
+        jwk.update({"kid": self.kid, "use": "sig", "alg": self.alg})
         return jwk
 
 
@@ -116,15 +128,23 @@ def signing_key(name: str = "primary") -> SigningKey:
     return SigningKey(kid=f"ins_test_{name}", private_key=key)
 
 
+@functools.cache
+def ec_signing_key(name: str = "primary") -> SigningKey:
+    """A test EC P-256 key (ES256), generated once per test session for each name."""
+    return SigningKey(kid=f"ec_test_{name}", private_key=ec.generate_private_key(ec.SECP256R1()))
+
+
 # -- the JWKS endpoint ----------------------------------------------------------------------
 
 
 class JwksServer:
     """Serves the published keys at JWKS_PATH; every GET of it counts as a fetch."""
 
-    def __init__(self, *keys: SigningKey) -> None:
+    def __init__(self, *keys: SigningKey, path: str = JWKS_PATH) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._keys: tuple[SigningKey, ...] = keys
+        self._raw: tuple[dict[str, Any], ...] = ()
         self._fetches = 0
         self._status = 200
         self._hold_seconds = 0.0
@@ -132,7 +152,11 @@ class JwksServer:
 
     @property
     def url(self) -> str:
-        return self._server.origin + JWKS_PATH
+        return self._server.origin + self.path
+
+    @property
+    def origin(self) -> str:
+        return self._server.origin
 
     @property
     def fetches(self) -> int:
@@ -143,6 +167,11 @@ class JwksServer:
         """Serve these keys from now on (a rotation drops the keys not named)."""
         with self._lock:
             self._keys = keys
+
+    def also_serve(self, *entries: dict[str, Any]) -> None:
+        """Serve these JWKS entries as given, after the keys (e.g. a symmetric `oct` key)."""
+        with self._lock:
+            self._raw = entries
 
     def fail_with(self, status: int | None) -> None:
         """Answer every fetch with this error status (None: serve the keys again)."""
@@ -158,16 +187,16 @@ class JwksServer:
         self._server.stop()
 
     def _respond(self, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
-        if request.path != JWKS_PATH:
+        if request.path != self.path:
             return 404, {"error": "not found"}
         with self._lock:
             self._fetches += 1
-            status, keys, hold = self._status, self._keys, self._hold_seconds
+            status, keys, raw, hold = self._status, self._keys, self._raw, self._hold_seconds
         if hold:
             time.sleep(hold)
         if status != 200:
             return status, {"error": "unavailable"}
-        return 200, {"keys": [key.jwk() for key in keys]}
+        return 200, {"keys": [key.jwk() for key in keys] + list(raw)}
 
     def __enter__(self) -> JwksServer:
         return self
@@ -219,12 +248,64 @@ def session_claims(
     return claims
 
 
-def sign(claims: dict[str, Any], key: SigningKey, *, kid: str | None = "") -> str:
-    """RS256-sign `claims` with `key`; `kid` defaults to the key's own (None: no kid)."""
-    headers: dict[str, Any] = {}
+def supabase_claims(
+    issuer: str,
+    sub: str | None = None,
+    *,
+    email: str | None = None,
+    ttl_seconds: int = 60,
+    **overrides: object,
+) -> dict[str, Any]:
+    """Claims shaped like a Supabase Auth access token (a fresh UUID `sub` unless given);
+    None for an override leaves that claim out."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": sub or str(uuid.uuid4()),
+        "aud": "authenticated",
+        "exp": now + ttl_seconds,
+        "iat": now,
+        "role": "authenticated",
+        "aal": "aal1",
+        "session_id": str(uuid.uuid4()),
+        "is_anonymous": False,
+        "app_metadata": {"provider": "email", "providers": ["email"]},
+        "user_metadata": {},
+    }
+    if email is not None:
+        claims["email"] = email
+    for name, value in overrides.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return claims
+
+
+def sign(
+    claims: dict[str, Any], key: SigningKey, *, kid: str | None = "", alg: str | None = None
+) -> str:
+    """Sign `claims` with `key` (RS256 or ES256, as the key signs unless `alg` says otherwise);
+    `kid` defaults to the key's own (None: no kid)."""
+    headers: dict[str, Any] = {"typ": "JWT"}
     if kid is not None:
         headers["kid"] = kid or key.kid
-    return jwt.encode(claims, key.private_key, algorithm="RS256", headers=headers)
+    return _jws(claims, key.private_key, alg or key.alg, headers)
+
+
+def hs256(claims: dict[str, Any], secret: str | bytes, *, kid: str | None = None) -> str:
+    """HS256-sign `claims` with a shared secret (Supabase's legacy JWT secret)."""
+    headers: dict[str, Any] = {"typ": "JWT"}
+    if kid is not None:
+        headers["kid"] = kid
+    return _jws(claims, secret, "HS256", headers)
+
+
+def _jws(claims: dict[str, Any], key: Any, alg: str, headers: dict[str, Any]) -> str:
+    # Through JWS rather than jwt.encode, which refuses to sign some claims a verifier must
+    # still be shown (such as an `iss` that is not a string).
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    return jwt.api_jws.encode(payload, key, algorithm=alg, headers=headers)
 
 
 def session_token(key: SigningKey, sub: str | None = "user_2test", **claims: Any) -> str:
@@ -240,11 +321,23 @@ def _segment(value: dict[str, Any]) -> str:
     return _b64(json.dumps(value, separators=(",", ":")).encode())
 
 
-def hs256_with_public_key(claims: dict[str, Any], key: SigningKey) -> str:
-    """The algorithm-confusion forgery: HMAC-SHA256 keyed with the PEM of the public key."""
+def hs256_with_public_key(claims: dict[str, Any], key: SigningKey, form: str = "pem") -> str:
+    """The algorithm-confusion forgery: HMAC-SHA256 keyed with the public key, as its PEM
+    (`form="pem"`) or as the JSON of its JWK as the JWKS serves it (`form="jwk"`)."""
+    if form == "pem":
+        secret = key.public_pem.encode()
+    else:
+        secret = json.dumps(key.jwk(), separators=(",", ":")).encode()
     signing_input = f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': key.kid})}.{_segment(claims)}"
-    mac = hmac.new(key.public_pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(mac)}"
+
+
+def garble_signature(token: str) -> str:
+    """The same header and payload with the signature's bytes flipped (same length)."""
+    header, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    return f"{header}.{payload}.{_b64(bytes(b ^ 0x5A for b in raw))}"
 
 
 def unsigned_token(claims: dict[str, Any], kid: str | None = None) -> str:

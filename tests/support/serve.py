@@ -1,0 +1,80 @@
+"""`atelier serve` as a real process on a loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from app.config import Settings
+
+ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
+STARTUP_DEADLINE = 90.0  # a guard against hanging, not a speed check
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**changes: str) -> dict[str, str]:
+    """This environment without any Atelier setting, plus `changes`."""
+    ours = {name.upper() for name in Settings.model_fields} | {"TEST_DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
+    env.update(changes)
+    return env
+
+
+@contextmanager
+def atelier_serve(cwd: Path, **env: str) -> Iterator[tuple[str, int]]:
+    """Run `atelier serve` in `cwd` with these settings; yield (host, port) once /readyz is
+    200; stop it with SIGTERM (then SIGKILL) at the end."""
+    port = free_port()
+    stderr_path = cwd / "serve.stderr"
+    with stderr_path.open("wb") as stderr:
+        server = subprocess.Popen(
+            [str(ATELIER), "serve", "--port", str(port)],
+            cwd=cwd,
+            env=clean_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        _wait_until_ready(server, f"http://127.0.0.1:{port}", stderr_path)
+        yield "127.0.0.1", port
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+
+
+def _wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr: Path) -> None:
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(
+                f"atelier serve exited with {server.returncode} before it was ready:\n"
+                + stderr.read_text(errors="replace")
+            )
+        try:
+            answer = httpx.get(base_url + "/readyz", timeout=5)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise AssertionError(f"atelier serve was not ready in time (last: {last})")
