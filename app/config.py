@@ -86,7 +86,9 @@ class Settings(BaseSettings):
 
     # Uploads.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    max_upload_pixels: int = Field(default=40_000_000, ge=1)
+    max_upload_pixels: int = Field(default=16_777_216, ge=1)
+    max_upload_side: int = Field(default=4096, ge=16)
+    imaging_workers: int = Field(default=2, ge=1, le=64)
 
     # Storage.
     storage: Literal["local", "r2"] = "local"
@@ -106,6 +108,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     admin_user_ids: Annotated[list[str], NoDecode] = []
 
+    # Metrics: a bearer token for /metrics, and/or a port of their own (no token there).
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     _split = field_validator(
         "clerk_authorized_parties",
         "cors_origins",
@@ -115,21 +122,38 @@ class Settings(BaseSettings):
     )(_split_csv)
 
     @model_validator(mode="after")
-    def _check_production(self) -> Settings:
-        if self.env == "production":
-            if self.auth == "dev":
-                raise ValueError("AUTH=dev signs its own tokens and is refused when ENV=production")
-            if self.database_url is None:
-                raise ValueError("ENV=production needs DATABASE_URL (no embedded database)")
-            if self.provider == "local":
-                raise ValueError(
-                    "PROVIDER=local is an offline dev tool, refused when ENV=production"
-                )
+    def _check(self) -> Settings:
+        """Refuse an unsafe or incomplete configuration, naming every problem at once."""
+        problems = self.production_problems() if self.env == "production" else []
         if self.auth == "clerk" and not (self.clerk_jwt_key or self.jwks_url):
-            raise ValueError("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
+            problems.append("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
         if self.auth == "clerk" and not self.clerk_issuer:
-            raise ValueError("AUTH=clerk needs CLERK_ISSUER (the Frontend API URL of the instance)")
+            problems.append("AUTH=clerk needs CLERK_ISSUER (the Frontend API URL of the instance)")
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value():
+            problems.append("METRICS_TOKEN is set but empty")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def production_problems(self) -> list[str]:
+        """What ENV=production refuses: dev tools, local state, metrics open to anyone."""
+        problems = []
+        if self.auth == "dev":
+            problems.append("AUTH=dev signs its own tokens and is refused when ENV=production")
+        if self.database_url is None:
+            problems.append("ENV=production needs DATABASE_URL (no embedded database)")
+        if self.provider == "local":
+            problems.append("PROVIDER=local is an offline dev tool, refused when ENV=production")
+        if self.storage == "local":
+            problems.append(
+                "STORAGE=local keeps objects on this machine's disk, refused when "
+                "ENV=production (use STORAGE=r2)"
+            )
+        if self.metrics_token is None and self.metrics_port is None:
+            problems.append(
+                "ENV=production needs METRICS_TOKEN or METRICS_PORT (/metrics is not public)"
+            )
+        return problems
 
     @property
     def jwks_url(self) -> str | None:

@@ -15,6 +15,7 @@ from app.config import Settings
 from app.errors import Forbidden, Unauthorized
 from app.observability import Metrics
 from app.services.auth import Identity, TokenVerifier
+from app.services.imaging import Decoders
 from app.services.providers.base import ImageProvider
 from app.services.realtime import Hub
 from app.services.storage.base import Storage
@@ -34,6 +35,7 @@ class Services:
     storage: Storage
     provider: ImageProvider
     hub: Hub
+    decoders: Decoders
     jwks: dict[str, object] | None = None
 
 

@@ -189,4 +189,4 @@ async def create_upload(
     svc: Svc,
 ) -> Upload:
     """Store an image to style or edit. Its type is judged by content; metadata is removed."""
-    return await uploads.store(svc.settings, svc.storage, user, file)
+    return await uploads.store(svc.settings, svc.storage, svc.decoders, user, file)
