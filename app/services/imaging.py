@@ -130,8 +130,11 @@ def clean_upload(data: bytes, max_pixels: int, max_side: int) -> CleanImage:
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
+        # Encoders copy some of `info` into the file (JPEG its COM comment, WEBP and JPEG an
+        # ICC profile): keep only what the pixels need (a palette's transparency).
+        image.info = {k: v for k, v in image.info.items() if k == "transparency"}
         out = io.BytesIO()
-        # Saving without exif=/pnginfo=/icc_profile= writes no metadata at all.
+        # Saving without exif=/pnginfo=/icc_profile= and that info writes no metadata at all.
         image.save(out, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
         if image is not decoded:
             image.close()
