@@ -172,9 +172,9 @@ CASES: list[Case] = [
 ]
 
 
-def routes_with_ids() -> set[tuple[str, str]]:
+def routes_with_ids(app: FastAPI | None = None) -> set[tuple[str, str]]:
     """(method, path template) of every operation whose path takes a parameter."""
-    app = create_app(Settings(_env_file=None))
+    app = app or create_app(Settings(_env_file=None))
     return {
         (method.upper(), path)
         for path, item in app.openapi()["paths"].items()
@@ -184,10 +184,22 @@ def routes_with_ids() -> set[tuple[str, str]]:
     }
 
 
+def uncovered(app: FastAPI | None = None) -> set[tuple[str, str]]:
+    return routes_with_ids(app) - {(case.method, case.route) for case in CASES}
+
+
 def test_every_route_with_an_id_has_an_idor_case() -> None:
-    covered = {(case.method, case.route) for case in CASES}
-    missing = routes_with_ids() - covered
+    missing = uncovered()
     assert not missing, f"routes with an id and no IDOR case: {sorted(missing)}"
+
+
+def test_a_new_route_with_an_id_and_no_case_is_noticed() -> None:
+    app = create_app(Settings(_env_file=None))
+
+    @app.put("/v1/things/{thing_id}", operation_id="test_put_thing")
+    async def put_thing(thing_id: str) -> None: ...
+
+    assert uncovered(app) == {("PUT", "/v1/things/{thing_id}")}
 
 
 async def _ok(response: httpx.Response, *statuses: int) -> dict[str, Any]:
