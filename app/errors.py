@@ -142,8 +142,8 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.to_problem(), exc.headers)
 
 
-# Errors Starlette raises itself (no route, wrong method, body too large) get the same type
-# and title as the AppError of that status.
+# Errors Starlette and FastAPI raise themselves (no route, wrong method, body too large, a body
+# that cannot be parsed) get the same type and title as the AppError of that status.
 _HTTP_KINDS: dict[int, type[AppError]] = {
     kind.status: kind for kind in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge)
 }
