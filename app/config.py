@@ -91,7 +91,9 @@ class Settings(BaseSettings):
 
     # Uploads.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    max_upload_pixels: int = Field(default=40_000_000, ge=1)
+    max_upload_pixels: int = Field(default=16_777_216, ge=1)
+    max_upload_side: int = Field(default=4096, ge=16)
+    imaging_workers: int = Field(default=2, ge=1, le=64)
 
     # Per-user rate limits ("30/minute", "100 per hour", "5/10 seconds"); empty: no limit.
     rate_limit_generations: str = "30/minute"
@@ -118,6 +120,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)  # request line and headers
     admin_user_ids: Annotated[list[str], NoDecode] = []
+
+    # Metrics: a bearer token for /metrics, and/or a port of their own (no token there).
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     _split = field_validator(
         "clerk_authorized_parties",
@@ -158,23 +165,40 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_production(self) -> Settings:
-        if self.env == "production":
-            if self.auth == "dev":
-                raise ValueError("AUTH=dev signs its own tokens and is refused when ENV=production")
-            if self.database_url is None:
-                raise ValueError("ENV=production needs DATABASE_URL (no embedded database)")
-            if self.provider == "local":
-                raise ValueError(
-                    "PROVIDER=local is an offline dev tool, refused when ENV=production"
-                )
-        if self.supabase_jwt_secret is not None and not self.supabase_url:
-            raise ValueError("SUPABASE_JWT_SECRET needs SUPABASE_URL (whose tokens it verifies)")
+    def _check(self) -> Settings:
+        """Refuse an unsafe or incomplete configuration, naming every problem at once."""
+        problems = self.production_problems() if self.env == "production" else []
         if self.auth == "clerk" and not (self.clerk_jwt_key or self.jwks_url):
-            raise ValueError("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
+            problems.append("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
         if self.auth == "clerk" and not self.clerk_issuer:
-            raise ValueError("AUTH=clerk needs CLERK_ISSUER (the Frontend API URL of the instance)")
+            problems.append("AUTH=clerk needs CLERK_ISSUER (the Frontend API URL of the instance)")
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value():
+            problems.append("METRICS_TOKEN is set but empty")
+        if self.supabase_jwt_secret is not None and not self.supabase_url:
+            problems.append("SUPABASE_JWT_SECRET needs SUPABASE_URL (whose tokens it verifies)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def production_problems(self) -> list[str]:
+        """What ENV=production refuses: dev tools, local state, metrics open to anyone."""
+        problems = []
+        if self.auth == "dev":
+            problems.append("AUTH=dev signs its own tokens and is refused when ENV=production")
+        if self.database_url is None:
+            problems.append("ENV=production needs DATABASE_URL (no embedded database)")
+        if self.provider == "local":
+            problems.append("PROVIDER=local is an offline dev tool, refused when ENV=production")
+        if self.storage == "local":
+            problems.append(
+                "STORAGE=local keeps objects on this machine's disk, refused when "
+                "ENV=production (use STORAGE=r2)"
+            )
+        if self.metrics_token is None and self.metrics_port is None:
+            problems.append(
+                "ENV=production needs METRICS_TOKEN or METRICS_PORT (/metrics is not public)"
+            )
+        return problems
 
     @property
     def jwks_url(self) -> str | None:

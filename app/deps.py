@@ -15,6 +15,7 @@ from app.config import Settings
 from app.errors import Forbidden, RepeatedHeader, Unauthorized
 from app.observability import Metrics
 from app.services.auth import Identity, TokenVerifier
+from app.services.imaging import Decoders
 from app.services.providers.base import ImageProvider
 from app.services.rate_limits import RateLimiter, Scope
 from app.services.realtime import Hub
@@ -36,6 +37,7 @@ class Services:
     provider: ImageProvider
     hub: Hub
     limiter: RateLimiter
+    decoders: Decoders
     jwks: dict[str, object] | None = None
 
 

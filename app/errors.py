@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.headers import security_headers
 from app.observability import REQUEST_ID_SCOPE_KEY
 
 log = logging.getLogger("atelier.errors")
@@ -160,10 +161,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.to_problem(), exc.headers)
 
 
-# Errors Starlette raises itself (no route, wrong method, body too large) get the same type
-# and title as the AppError of that status.
+# Errors Starlette and FastAPI raise themselves (no route, wrong method, body too large, a body
+# that cannot be parsed) get the same type and title as the AppError of that status.
 _HTTP_KINDS: dict[int, type[AppError]] = {
-    kind.status: kind for kind in (NotFound, MethodNotAllowed, PayloadTooLarge)
+    kind.status: kind for kind in (BadRequest, NotFound, MethodNotAllowed, PayloadTooLarge)
 }
 
 
@@ -179,9 +180,24 @@ def _http_problem(status: int, detail: str) -> dict[str, Any]:
     return {"type": kind_type, "title": title, "status": status, "detail": detail}
 
 
+def _unparsable_body(cause: BaseException | None) -> str | None:
+    """What to say about a body FastAPI could not parse (it answers a bare 400 "There was an
+    error parsing the body" for anything but a JSON syntax error), from what it raised."""
+    if isinstance(cause, RecursionError):
+        return "The JSON body is nested too deeply to parse."
+    if isinstance(cause, UnicodeDecodeError):
+        return "The body is not valid UTF-8 text, so it cannot be JSON."
+    if cause is not None:
+        return "The body could not be parsed."
+    return None
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = _http_problem(exc.status_code, str(exc.detail))
+    detail = str(exc.detail)
+    if exc.status_code == 400:
+        detail = _unparsable_body(exc.__cause__) or detail
+    body = _http_problem(exc.status_code, detail)
     return problem_response(body, dict(exc.headers) if exc.headers else None)
 
 
@@ -229,7 +245,12 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         "status": 500,
         "detail": "Something went wrong on our side; it was logged.",
     }
-    return problem_response(body, {"X-Request-ID": request_id} if request_id else None)
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    # Sent from outside every middleware, so the security headers are added here.
+    production = request.app.state.settings.env == "production"
+    for name, value in security_headers(request.url.path, hsts=production):
+        headers[name.decode()] = value.decode()
+    return problem_response(body, headers)
 
 
 class BodyLimitMiddleware:

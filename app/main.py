@@ -20,9 +20,10 @@ from app import errors
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
-from app.observability import Metrics, RequestContextMiddleware
+from app.headers import SecurityHeadersMiddleware
+from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import files, generations, health, images, me, packs, prompts
-from app.services import auth, devauth, rate_limits
+from app.services import auth, devauth, imaging, rate_limits
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
@@ -58,6 +59,7 @@ class Runtime:
     storage: Storage
     provider: ImageProvider
     hub: Hub
+    decoders: imaging.Decoders
 
 
 async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
@@ -73,11 +75,20 @@ async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
     hub = Hub(lambda: db_pool.connect(settings, listen_url))
     await hub.start()
     stack.push_async_callback(hub.stop)
-    return Runtime(pool, storage, provider, hub)
+    decoders = imaging.Decoders(settings.imaging_workers)
+    stack.callback(decoders.close)
+    return Runtime(pool, storage, provider, hub, decoders)
 
 
 async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) -> None:
-    worker = Worker(settings, runtime.pool, runtime.provider, runtime.storage, runtime.hub)
+    worker = Worker(
+        settings,
+        runtime.pool,
+        runtime.provider,
+        runtime.storage,
+        runtime.hub,
+        decoders=runtime.decoders,
+    )
     await worker.run(stop)
 
 
@@ -92,6 +103,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         runtime = await open_runtime(stack, settings)
+        if settings.metrics_port is not None:
+            stop_metrics = await asyncio.to_thread(
+                serve_metrics,
+                app.state.metrics.registry,
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+            stack.push_async_callback(asyncio.to_thread, stop_metrics)
         http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds, verify=_tls_context())
         stack.push_async_callback(http.aclose)
         dev_public = jwks = None
@@ -114,6 +133,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             provider=runtime.provider,
             hub=runtime.hub,
             limiter=limiter,
+            decoders=runtime.decoders,
             jwks=jwks,
         )
         if settings.worker_in_process:
@@ -196,4 +216,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Outermost, so every answer (CORS preflights, 413s, streams, files) carries them.
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")
     return app

@@ -9,10 +9,11 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -73,6 +74,20 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
+    """Serve `registry` on host:port with prometheus_client's own small HTTP server (a thread
+    of its own, so a scrape is answered even while the event loop is busy); returns the
+    function that stops it. Blocking: call both in a thread from async code."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
 
 
 class RequestContextMiddleware:

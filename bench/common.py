@@ -519,7 +519,14 @@ async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
         provider = runtime.provider
         if provider_name == "instant":
             provider = InstantProvider(settings.local_provider_delay_ms / 1000)
-        worker = Worker(settings, runtime.pool, provider, runtime.storage, runtime.hub)
+        worker = Worker(
+            settings,
+            runtime.pool,
+            provider,
+            runtime.storage,
+            runtime.hub,
+            decoders=runtime.decoders,
+        )
         baseline, _ = rss_mib()
         probe_task = asyncio.create_task(probe.run()) if probe_on else None
         print(json.dumps({"ready": True, "rss_mib": baseline}), flush=True)

@@ -219,4 +219,4 @@ async def create_upload(
 
     Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
     """
-    return await uploads.store(svc.settings, svc.storage, user, file)
+    return await uploads.store(svc.settings, svc.storage, svc.decoders, user, file)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from app.db import migrate
 from app.deps import Svc
-from app.errors import NotFound, ServiceUnavailable, responses
+from app.errors import NotFound, ServiceUnavailable, Unauthorized, responses
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("atelier.health")
@@ -46,14 +49,41 @@ async def readyz(svc: Svc) -> Health:
     return Health(status="ready")
 
 
+_metrics_bearer = HTTPBearer(auto_error=False, description="METRICS_TOKEN, when it is set.")
+
+
+async def metrics_access(
+    svc: Svc,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_metrics_bearer)],
+) -> None:
+    """/metrics on the API's port: absent when METRICS_PORT serves them on a port of their
+    own; behind `Authorization: Bearer <METRICS_TOKEN>` when a token is set."""
+    settings = svc.settings
+    if settings.metrics_port is not None:
+        raise NotFound(f"Metrics are served on port {settings.metrics_port}, not here.")
+    if settings.metrics_token is None:
+        return
+    if credentials is None:
+        raise Unauthorized("Send 'Authorization: Bearer <METRICS_TOKEN>'.", sent=False)
+    expected = settings.metrics_token.get_secret_value().encode()
+    # constant time, so the token cannot be guessed a byte at a time from response times
+    if not hmac.compare_digest(expected, credentials.credentials.encode("utf-8", "replace")):
+        raise Unauthorized("The metrics token is not valid.")
+
+
 @router.get(
     "/metrics",
     operation_id="metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+    dependencies=[Depends(metrics_access)],
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"},
+        **responses(401, 404),
+    },
 )
 async def metrics(svc: Svc) -> Response:
-    """Prometheus metrics (text exposition format)."""
+    """Prometheus metrics (text exposition format). With METRICS_TOKEN set, send it as a
+    bearer token; with METRICS_PORT set, they are served on that port instead (no token)."""
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -155,8 +155,9 @@ async def download_image(
     svc: Svc,
     redirect: Annotated[bool, Query(description="false: answer the URL as JSON")] = True,
 ) -> Response | DownloadLink:
-    """A short-lived URL of the image (own or public; public ones need no token)."""
-    link = await gallery.download(conn, svc.storage, image_id, user.id if user else "")
+    """A short-lived URL of the image (own or public). Public ones need no token; any other
+    without a token is a 401."""
+    link = await gallery.download(conn, svc.storage, image_id, user.id if user else None)
     if redirect:
         return RedirectResponse(link.url, status_code=307, headers={"Cache-Control": "no-store"})
     return link

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from app.deps import Conn, CurrentUser
 from app.errors import responses
-from app.schemas.common import Limit
+from app.schemas.common import Cursor, Limit
 from app.schemas.me import LedgerEntry, LedgerPage, Me
 from app.services import credits, profiles
 
@@ -28,7 +26,7 @@ async def get_me(user: CurrentUser, conn: Conn) -> Me:
 async def list_credit_ledger(
     user: CurrentUser,
     conn: Conn,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
     limit: Limit = 20,
 ) -> LedgerPage:
     """Every change to the caller's balance, newest first, one page at a time."""

@@ -28,7 +28,9 @@ SafeStr = Annotated[str, AfterValidator(_no_nul)]
 TextStr = Annotated[SafeStr, AfterValidator(_not_blank)]
 
 Limit = Annotated[int, Field(ge=1, le=100, description="How many items a page holds.")]
-Cursor = Annotated[str | None, Query(max_length=300, description="From `next_cursor`.")]
+# No max_length here: a cursor too long is one this API never handed out, a 400 from
+# pagination.decode like every other foreign cursor (not a 422 about a string's length).
+Cursor = Annotated[str | None, Query(description="From `next_cursor` (at most 300 characters).")]
 
 
 class Page(BaseModel):

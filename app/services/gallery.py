@@ -11,7 +11,7 @@ import asyncpg
 
 from app.config import Settings
 from app.db import images, likes
-from app.errors import NotFound
+from app.errors import NotFound, Unauthorized
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, LikeState
 from app.services import pagination
 from app.services.storage.base import Storage, StorageError
@@ -142,9 +142,17 @@ async def delete(conn: asyncpg.Connection, storage: Storage, image_id: UUID, own
 
 
 async def download(
-    conn: asyncpg.Connection, storage: Storage, image_id: UUID, viewer: str
+    conn: asyncpg.Connection, storage: Storage, image_id: UUID, viewer: str | None
 ) -> DownloadLink:
-    row = await images.get_readable(conn, image_id, viewer)
+    """A short-lived link: to anyone for a public image; else to its owner, and a caller
+    without a token is told to send one (401, as on every other protected route; whether
+    the id exists is not said)."""
+    row = await images.get_readable(conn, image_id, viewer or "")
+    if row is None and viewer is None:
+        raise Unauthorized(
+            "This image is not public: send 'Authorization: Bearer <session token>'.",
+            sent=False,
+        )
     if row is None:
         raise NotFound("No such image.")
     if not row["storage_key"]:

@@ -17,6 +17,7 @@ from uuid import UUID
 from app.errors import BadRequest
 
 _BAD = "The cursor is not one this API handed out."
+MAX_CURSOR_LENGTH = 300  # the longest this API hands out is under 100 characters
 
 
 def encode(payload: dict[str, Any]) -> str:
@@ -25,6 +26,8 @@ def encode(payload: dict[str, Any]) -> str:
 
 
 def decode(cursor: str) -> dict[str, Any]:
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise BadRequest(_BAD)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from fastapi import UploadFile
@@ -29,17 +28,29 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def store(settings: Settings, storage: Storage, user: User, file: UploadFile) -> Upload:
+async def store(
+    settings: Settings,
+    storage: Storage,
+    decoders: imaging.Decoders,
+    user: User,
+    file: UploadFile,
+) -> Upload:
     data = await _read_limited(file, settings.max_upload_bytes)
     if not data:
         raise Unprocessable("The file is empty.")
     if imaging.sniff(data) is None:
         raise Unprocessable("Only PNG, JPEG and WEBP images are accepted (judged by content).")
     try:
-        clean = await asyncio.to_thread(imaging.clean_upload, data, settings.max_upload_pixels)
+        clean = await decoders.run(
+            imaging.clean_upload, data, settings.max_upload_pixels, settings.max_upload_side
+        )
     except imaging.TooManyPixels as exc:
         raise Unprocessable(
-            f"The image has too many pixels ({exc}).", max_pixels=settings.max_upload_pixels
+            f"The image is too large ({exc}); uploads may have at most "
+            f"{settings.max_upload_side} pixels on a side and {settings.max_upload_pixels} "
+            "pixels in all.",
+            max_pixels=settings.max_upload_pixels,
+            max_side=settings.max_upload_side,
         ) from exc
     except imaging.NotAnImage as exc:
         raise Unprocessable(f"The file is not a usable image: {exc}.") from exc

@@ -70,8 +70,11 @@ class Worker:
         storage: Storage,
         hub: Hub | None = None,
         worker_id: str | None = None,
+        decoders: imaging.Decoders | None = None,
     ) -> None:
         self.settings = settings
+        # The process's imaging pool; a worker built without one gets a small one of its own.
+        self.decoders = decoders or imaging.Decoders(settings.imaging_workers)
         self.pool = pool
         self.provider = provider
         self.storage = storage
@@ -240,11 +243,11 @@ class Worker:
         )
         await self._progress(attempt, 60, model=result.model)
         try:
-            png = await asyncio.to_thread(imaging.to_png, result.data)
+            png = await self.decoders.run(imaging.to_png, result.data)
         except (imaging.NotAnImage, imaging.TooManyPixels) as exc:
             await self._fail(attempt, f"the provider's answer is not a usable image: {exc}")
             return
-        key = generation_key(job["user_id"], attempt.id)
+        key = generation_key(attempt.id)
         try:
             await self._put_with_retries(key, png.data)
         except StorageError as exc:

@@ -77,7 +77,7 @@ async def insert_image(
         user_id,
         f"http://127.0.0.1:8000/v1/images/{image_id}/download",
         prompt,
-        generation_key(user_id, job_id),
+        generation_key(job_id),
         job_id,
         visibility,
         created_at,

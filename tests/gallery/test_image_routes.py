@@ -75,13 +75,14 @@ async def test_another_users_private_image_is_a_404_on_every_route(
         await client.patch(f"/v1/images/{image}", json={"visibility": "public"}, headers=bob),
         await client.delete(f"/v1/images/{image}", headers=bob),
         await client.get(f"/v1/images/{image}/download", headers=bob),
-        await client.get(f"/v1/images/{image}/download", params={"redirect": "false"}),
         await client.put(f"/v1/images/{image}/like", headers=bob),
         await client.delete(f"/v1/images/{image}/like", headers=bob),
     ]
+    anonymous = await client.get(f"/v1/images/{image}/download", params={"redirect": "false"})
 
     for response in responses:
         assert_problem(response, 404)
+    assert_problem(anonymous, 401)  # no token: told to send one, not whether it exists
     # Nothing about it changed: the row, its like, its object.
     assert await image_row(db, image) == before
     assert await like_rows(db, image) == [ALICE]
@@ -277,7 +278,7 @@ async def test_a_public_image_downloads_without_a_token_and_a_private_one_does_n
     assert anonymous.status_code == 307, anonymous.text
     assert (await client.get(local_path(anonymous.headers["location"]))).content == public_bytes
     assert by_bob.status_code == 307
-    assert_problem(private_anonymous, 404)
+    assert_problem(private_anonymous, 401)
     assert_problem(private_bob, 404)
     assert_problem(bad_token, 401)
 
@@ -314,3 +315,38 @@ async def test_a_deleted_images_job_no_longer_links_to_it(
     assert after.status_code == 200
     # still completed (it was, and was charged), but it no longer points at a removed object
     assert (after.json()["status"], after.json()["image"]) == ("completed", None)
+
+
+async def test_a_new_public_images_urls_and_key_carry_no_user_id(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    owner = "user_img_identifiable_owner"
+    job = await generate(client, auth_headers(owner), visibility="public")
+    image = uuid.UUID(job["image"]["id"])
+    viewer = auth_headers(BOB)
+
+    key = await storage_key_of(db, image)
+    stored_url = await db.fetchval("SELECT image_url FROM generated_images WHERE id = $1", image)
+    feed = (await client.get("/v1/feed", headers=viewer)).json()["items"]
+    one = (await client.get(f"/v1/images/{image}", headers=viewer)).json()
+    link = (await client.get(f"/v1/images/{image}/download", params={"redirect": "false"})).json()
+
+    assert key == f"generations/{job['id']}.png"
+    for url in (key, stored_url, job["image"]["url"], feed[0]["image_url"], one["image_url"]):
+        assert owner not in url, url
+    assert owner not in link["url"] and "/files/generations/" in link["url"]
+
+
+async def test_deleting_an_image_stored_under_the_old_per_user_key_removes_its_object(
+    app: FastAPI, client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    image = await insert_image(db, ALICE)
+    old_key = f"generations/{ALICE}/{uuid.uuid4()}.png"  # as keys were before
+    await db.execute("UPDATE generated_images SET storage_key = $1 WHERE id = $2", old_key, image)
+    storage = services_of(app).storage
+    await store_object(storage, old_key)
+
+    response = await client.delete(f"/v1/images/{image}", headers=auth_headers(ALICE))
+
+    assert response.status_code == 204, response.text
+    assert not await storage.exists(old_key)

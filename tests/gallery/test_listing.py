@@ -235,15 +235,14 @@ async def test_a_cursor_the_api_did_not_hand_out_is_a_400_problem(
 
 
 @pytest.mark.parametrize("path", ["/v1/images", "/v1/feed"])
-async def test_a_limit_out_of_bounds_or_an_overlong_cursor_is_a_422_problem(
+async def test_a_limit_out_of_bounds_is_a_422_problem(
     client: httpx.AsyncClient, auth_headers: Headers, path: str
 ) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"limit": "ten"}, "limit"),
-        ({"cursor": "a" * 301}, "cursor"),
-    ]
+    ]  # an overlong cursor is a foreign one: 400 (tests/api/test_cursor_attacks.py)
     for params, field in cases:
         response = await client.get(path, params=params, headers=auth_headers(ALICE))
 

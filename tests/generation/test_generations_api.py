@@ -384,7 +384,7 @@ async def test_a_completed_job_records_its_image_row_and_stored_object(
 
     assert image["user_id"] == ALICE
     assert image["prompt"] == "a public owl"
-    assert image["storage_key"] == f"generations/{ALICE}/{job_id}.png"
+    assert image["storage_key"] == f"generations/{job_id}.png"  # no user id in it
     assert image["model"] == "local-dev"
     assert image["visibility"] == "public"
     assert (image["width"], image["height"]) == (512, 512)

@@ -130,7 +130,7 @@ async def test_a_stale_attempt_cannot_write_once_another_attempt_took_the_job(
         [second] = await jobs.claim(conn, "worker-b", 10, 60)
     assert (second["id"], second["attempts"]) == (job_id, 2)
 
-    key = generation_key(ALICE, job_id)
+    key = generation_key(job_id)
     stale_image = uuid.uuid4()
 
     async def insert(
@@ -515,7 +515,7 @@ async def test_a_storage_outage_is_retried_and_the_job_completes(
     assert (job["status"], job["attempts"]) == ("completed", 2)
     assert (flaky.put_attempts, flaky.puts_failed) == (4, 3)
     [image] = await images_of(pool, job_id)
-    assert image["storage_key"] == generation_key(ALICE, job_id) == flaky.stored[0]
+    assert image["storage_key"] == generation_key(job_id) == flaky.stored[0]
     assert (await storage.get(image["storage_key"])).startswith(b"\x89PNG")
     assert await ledger_of(pool, job_id) == [("generate", -1)]
     await assert_invariants(pool, storage)
@@ -539,7 +539,7 @@ async def test_a_store_that_stays_down_fails_and_refunds_without_an_image_row(
     assert down.put_attempts == 4 and down.stored == []
     assert await images_of(pool, job_id) == []
     assert job["image_id"] is None and job["output_image_url"] is None
-    assert not await storage.exists(generation_key(ALICE, job_id))
+    assert not await storage.exists(generation_key(job_id))
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 1
     await assert_invariants(pool, storage)

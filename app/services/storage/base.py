@@ -46,10 +46,13 @@ def user_segment(user_id: str) -> str:
     return "u-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
 
 
-def generation_key(user_id: str, job_id: object) -> str:
+def generation_key(job_id: object) -> str:
     """Where a job's result goes. Deterministic, so a retried attempt overwrites its
-    predecessor's object rather than leaving an orphan."""
-    return f"generations/{user_segment(user_id)}/{job_id}.png"
+    predecessor's object rather than leaving an orphan. No user id in it: with a public
+    bucket domain the key is the public URL, and it must not say whose image it is. (Rows
+    from before keep their `generations/{user}/{job}.png` keys; whatever removes objects
+    goes by each row's storage_key, never by a prefix.)"""
+    return f"generations/{job_id}.png"
 
 
 def upload_prefix(user_id: str) -> str:

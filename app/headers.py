@@ -1,0 +1,63 @@
+"""Security headers on every answer: JSON, problems, streams, files and the docs pages."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# The API answers JSON, SSE and image bytes: none of them may run, embed or load anything.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# /docs and /redoc are HTML that loads Swagger UI or ReDoc from jsDelivr, with an inline
+# bootstrap script and inline styles; the favicon comes from fastapi.tiangolo.com, ReDoc's
+# fonts from Google and its search index runs in a blob: worker. Nothing else is allowed.
+DOCS_CSP = (
+    "default-src 'none'; "
+    "script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "connect-src 'self'; worker-src blob:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def security_headers(path: str, *, hsts: bool) -> list[tuple[bytes, bytes]]:
+    """The headers an answer on `path` carries (HSTS only when `hsts`: production)."""
+    csp = DOCS_CSP if path in DOCS_PATHS else API_CSP
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", csp.encode()),
+    ]
+    if hsts:
+        headers.append((b"strict-transport-security", HSTS.encode()))
+    return headers
+
+
+class SecurityHeadersMiddleware:
+    """Add `security_headers` to every HTTP answer, keeping any a route set itself.
+
+    Starlette sends a 500 from outside every user middleware, so `app.errors` adds the same
+    headers to that answer itself."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = security_headers(scope["path"], hsts=self.hsts)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(item for item in extra if item[0] not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
