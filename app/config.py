@@ -233,6 +233,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "PROVIDER=local is an offline dev tool, refused when ENV=production"
                 )
+        for name in ("checkout_success_url", "checkout_cancel_url", "portal_return_url"):
+            url = getattr(self, name)
+            if url is not None and origin_of(url) not in self.checkout_return_origins:
+                raise ValueError(
+                    f"{name.upper()} must be on one of CHECKOUT_RETURN_ORIGINS (got {url!r})"
+                )
         if self.auth == "clerk" and not (self.clerk_jwt_key or self.jwks_url):
             raise ValueError("AUTH=clerk needs CLERK_ISSUER, CLERK_JWKS_URL or CLERK_JWT_KEY")
         if self.auth == "clerk" and not self.clerk_issuer:

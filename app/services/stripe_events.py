@@ -181,7 +181,11 @@ class StripeEvents:
             event_at=_timestamp(event.payload.get("created")) or datetime.now(UTC),
         )
         if not written:
-            log.info("subscription event %s is older than the row: not applied", event.id)
+            log.info(
+                "subscription event %s not applied: older than the row's, or no user %s",
+                event.id,
+                user_id,
+            )
 
     async def _invoice(self, conn: asyncpg.Connection, invoice: dict[str, Any]) -> None:
         """A paid invoice of the Pro plan: its credits, once per invoice id."""
