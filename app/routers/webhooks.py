@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
-import stripe
 from fastapi import APIRouter, Depends, Request
 
 from app.deps import Svc
-from app.errors import BadRequest, ServiceUnavailable, responses
+from app.errors import ServiceUnavailable, responses
 from app.schemas.billing import WebhookReceipt
-from app.services import webhooks
+from app.services import stripe_events, webhooks
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 async def stripe_event(request: Request, svc: Svc) -> webhooks.Event:
     """The event, once `Stripe-Signature` proves Stripe sent it recently (400 otherwise)."""
-    settings = svc.settings
-    if svc.stripe is None or settings.stripe_webhook_secret is None:
+    if svc.stripe is None:
         raise ServiceUnavailable("Billing is not configured.")
     payload = await request.body()
-    try:
-        stripe.WebhookSignature.verify_header(
-            payload,
-            request.headers.get("stripe-signature"),
-            settings.stripe_webhook_secret.get_secret_value(),
-            stripe.Webhook.DEFAULT_TOLERANCE,
-        )
-    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
-        raise BadRequest("The Stripe-Signature header does not verify this body.") from exc
-    try:
-        event = json.loads(payload)
-    except ValueError as exc:
-        raise BadRequest("The body is not a JSON Stripe event.") from exc
-    if not (
-        isinstance(event, dict)
-        and isinstance(event.get("id"), str)
-        and isinstance(event.get("type"), str)
-        and isinstance(event.get("data"), dict)
-    ):
-        raise BadRequest("The body is not a Stripe event (id, type and data).")
-    return webhooks.Event("stripe", event["id"], event["type"], event)
+    return stripe_events.verified_event(
+        svc.settings, payload, request.headers.get("stripe-signature")
+    )
 
 
 @router.post(

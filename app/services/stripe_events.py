@@ -13,15 +13,18 @@ Anything else is stored and ignored.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import stripe
 
 from app.config import Settings
 from app.db import subscriptions
+from app.errors import BadRequest, ServiceUnavailable
 from app.services import credits
 from app.services.billing import PRO_STATUSES, StripeApi, product_by_id, product_by_price
 from app.services.webhooks import Event
@@ -39,6 +42,32 @@ PURCHASE_EVENTS = frozenset(
     {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 )
 REVERSAL_EVENTS = frozenset({"charge.refunded", "charge.dispute.closed"})
+
+
+def verified_event(settings: Settings, payload: bytes, signature: str | None) -> Event:
+    """The event in `payload` once `signature` (the Stripe-Signature header) proves that Stripe
+    signed it with STRIPE_WEBHOOK_SECRET within the last five minutes; BadRequest otherwise."""
+    if settings.stripe_webhook_secret is None:
+        raise ServiceUnavailable("Billing is not configured.")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload,
+            signature,
+            settings.stripe_webhook_secret.get_secret_value(),
+            stripe.Webhook.DEFAULT_TOLERANCE,
+        )
+        event = json.loads(payload)
+    except (stripe.SignatureVerificationError, ValueError) as exc:
+        # ValueError: a body that is not UTF-8 or not JSON (Stripe never signs such a thing)
+        raise BadRequest("The Stripe-Signature header does not verify this body.") from exc
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+        and isinstance(event.get("data"), dict)
+    ):
+        raise BadRequest("The body is not a Stripe event (id, type and data).")
+    return Event("stripe", event["id"], event["type"], event)
 
 
 class StripeEventError(Exception):
