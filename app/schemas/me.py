@@ -32,7 +32,8 @@ class Me(BaseModel):
     credits: int = Field(examples=[5])
     created_at: datetime
     subscription: Subscription | None = Field(
-        description="The subscriptions row, or null for a user who never subscribed."
+        description="The subscriptions row (made by the app, or at the first checkout), "
+        "or null for a user who has neither."
     )
 
 

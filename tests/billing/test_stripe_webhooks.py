@@ -78,6 +78,11 @@ async def test_forged_missing_or_stale_signatures_are_400_and_store_nothing(
     for name, headers in attempts.items():
         response = await billing.post("/webhooks/stripe", content=payload, headers=headers)
         assert_problem(response, 400), name
+    # Signed, but not an event: refused too.
+    for body_text in ("[]", '{"id": "evt_x"}', "not json"):
+        headers = {"Stripe-Signature": sign(body_text)}
+        response = await billing.post("/webhooks/stripe", content=body_text, headers=headers)
+        assert_problem(response, 400)
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
     assert await balance(db, "user_forge") == 5
     # Changing the body after signing is refused too.
