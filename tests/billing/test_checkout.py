@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.billing.conftest import ORIGIN, deliver
+from tests.billing.conftest import ORIGIN, billing_changes, deliver
 from tests.fakes.running import running_settings
 from tests.fakes.stripe_api import StripeApiServer
 from tests.support.problems import assert_problem
@@ -93,31 +93,32 @@ async def test_checkout_makes_one_customer_and_a_session_naming_user_and_product
 
 
 async def test_concurrent_first_checkouts_make_one_customer(
-    billing: httpx.AsyncClient,
+    make_settings: Callable[..., Settings],
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
 ) -> None:
+    # Stripe answers 409 to a request whose idempotency key is in use, and the client retries.
+    changes = billing_changes(stripe_api.url) | {"stripe_max_network_retries": 2}
     headers = auth_headers("user_racer")
-    assert (await billing.get("/v1/me", headers=headers)).status_code == 200
-    stripe_api.hold_requests(0.2)  # every checkout asks for a customer before any is stored
-    answers = await asyncio.gather(
-        *(
-            billing.post("/v1/billing/checkout", json={"product_id": "credits_50"}, headers=headers)
-            for _ in range(4)
+    async with running_settings(make_settings(**changes, worker_in_process=False)) as client:
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+        stripe_api.hold_requests(0.3)  # each checkout asks for a customer before one is stored
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/billing/checkout", json={"product_id": "credits_50"}, headers=headers
+                )
+                for _ in range(4)
+            )
         )
-    )
     assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
-    assert len(stripe_api.requests_to("POST", "/v1/customers")) >= 2  # they did race
+    assert len(stripe_api.requests_to("POST", "/v1/customers")) >= 4  # they did race
     assert len(stripe_api.customers) == 1
     [customer_id] = stripe_api.customers
     assert {stripe_api.sessions[a.json()["id"]]["customer"] for a in answers} == {customer_id}
-    assert (
-        await db.fetchval(
-            "SELECT stripe_customer_id FROM subscriptions WHERE user_id = 'user_racer'"
-        )
-        == customer_id
-    )
+    stored = "SELECT stripe_customer_id FROM subscriptions WHERE user_id = 'user_racer'"
+    assert await db.fetchval(stored) == customer_id
 
 
 async def test_an_unknown_product_is_422(
@@ -179,8 +180,6 @@ async def test_a_stripe_outage_is_a_503_problem(
 async def test_an_unreachable_stripe_is_a_503_problem(
     make_settings: Callable[..., Settings], auth_headers: Headers, stripe_api: StripeApiServer
 ) -> None:
-    from tests.billing.conftest import billing_changes
-
     url = stripe_api.url
     stripe_api.stop()  # nothing listens there any more
     settings = make_settings(**billing_changes(url), worker_in_process=False)

@@ -135,7 +135,7 @@ class StripeApiServer:
             self._fail_status = status
 
     def hold_requests(self, seconds: float) -> None:
-        """Answer each request only after `seconds` (to let concurrent requests overlap)."""
+        """Take `seconds` over each request (to let concurrent requests overlap)."""
         self._delay = seconds
 
     def stop(self) -> None:
@@ -166,8 +166,6 @@ class StripeApiServer:
         body = request.rfile.read(length).decode() if length else ""
         params = _nest(parse_qsl(body if method == "POST" else parts.query))
         headers: dict[str, str] = {"Request-Id": f"req_{secrets.token_hex(7)}"}
-        if self._delay:
-            time.sleep(self._delay)
         with self._lock:
             self.requests.append((method, parts.path, params))
             fail = self._fail_status
@@ -182,6 +180,7 @@ class StripeApiServer:
                 if replayed:
                     headers["Idempotent-Replayed"] = "true"
             else:
+                time.sleep(self._delay)
                 status, answer = 200, self._route(method, parts.path, params)
         except StripeError as exc:
             status, answer = exc.status, exc.body
@@ -199,7 +198,17 @@ class StripeApiServer:
     ) -> tuple[int, dict[str, Any], bool]:
         with self._lock:
             key_lock = self._key_locks[key]
-        with key_lock:  # a concurrent request with the same key waits for the first
+        if not key_lock.acquire(blocking=False):
+            # Stripe's answer while the first request with this key is still running.
+            raise StripeError(
+                409,
+                "invalid_request_error",
+                "There is currently another in-progress request using this Idempotent Key "
+                "(that probably means you submitted twice, and the other request is still "
+                "going through). Please try again later.",
+                code="idempotency_key_in_use",
+            )
+        try:
             with self._lock:
                 seen = self._idempotent.get(key)
             if seen is not None:
@@ -212,6 +221,7 @@ class StripeApiServer:
                         "parameters they were first used with.",
                     )
                 return status, answer, True
+            time.sleep(self._delay)
             try:
                 status, answer = 200, self._route(method, path, params)
             except StripeError as exc:
@@ -219,6 +229,8 @@ class StripeApiServer:
             with self._lock:
                 self._idempotent[key] = (f"{method} {path}", params, status, answer)
             return status, answer, False
+        finally:
+            key_lock.release()
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
