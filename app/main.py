@@ -22,15 +22,29 @@ from app.db import pool as db_pool
 from app.deps import Services
 from app.headers import SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
-from app.routers import files, generations, health, images, me, packs, prompts
+from app.routers import (
+    billing,
+    files,
+    generations,
+    health,
+    images,
+    me,
+    packs,
+    prompts,
+    webhooks,
+)
 from app.services import auth, devauth, imaging, rate_limits
+from app.services import billing as billing_service
+from app.services.billing import StripeApi
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
 from app.services.storage.base import Storage
 from app.services.storage.factory import build_storage
 from app.services.storage.local import LocalStorage
+from app.services.stripe_events import StripeEvents
 from app.services.users import ClerkDirectory, Users
+from app.services.webhooks import Handler
 from app.services.worker import Worker
 
 log = logging.getLogger("atelier.main")
@@ -80,6 +94,19 @@ async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
     return Runtime(pool, storage, provider, hub, decoders)
 
 
+async def open_stripe(stack: AsyncExitStack, settings: Settings) -> StripeApi | None:
+    """Stripe's client (None without STRIPE_SECRET_KEY); `stack` closes it."""
+    api = await asyncio.to_thread(billing_service.build_stripe, settings)
+    if api is not None:
+        stack.push_async_callback(api.aclose)
+    return api
+
+
+def webhook_handlers(settings: Settings, stripe_api: StripeApi | None) -> dict[str, Handler]:
+    """Each provider's webhook handler, by the name its events are stored under."""
+    return {"stripe": StripeEvents(settings, stripe_api)}
+
+
 async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) -> None:
     worker = Worker(
         settings,
@@ -120,6 +147,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = rate_limits.build_limiter(settings)
         stack.push_async_callback(limiter.aclose)
         await limiter.check_storage()
+        stripe_api = await open_stripe(stack, settings)
         storage = runtime.storage
         app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
         app.state.services = Services(
@@ -135,6 +163,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=limiter,
             decoders=runtime.decoders,
             jwks=jwks,
+            stripe=stripe_api,
+            webhook_handlers=webhook_handlers(settings, stripe_api),
         )
         if settings.worker_in_process:
             stop = asyncio.Event()
@@ -185,6 +215,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prompts.router,
         packs.router,
         files.router,
+        billing.router,
+        webhooks.router,
     ):
         app.include_router(router)
     _document_problems(app)
