@@ -16,7 +16,7 @@ import secrets
 import time
 from pathlib import Path
 
-from app.services.secret_files import read_or_create
+from app.core.secret_files import read_or_create
 from app.services.storage.base import ObjectNotFound, StorageError, validate_key
 
 SECRET_BYTES = 32
