@@ -27,7 +27,7 @@ from app.services import auth, devauth, imaging, rate_limits
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
-from app.services.storage.base import Storage
+from app.services.storage.base import SignedStorage, Storage
 from app.services.storage.factory import build_storage
 from app.services.storage.local import LocalStorage
 from app.services.users import ClerkDirectory, Users
@@ -121,7 +121,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(limiter.aclose)
         await limiter.check_storage()
         storage = runtime.storage
-        app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
+        # The store whose signed links the files route serves: local storage only.
+        signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
+        app.state.local_storage = signed
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
