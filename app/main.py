@@ -9,14 +9,13 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import errors
+from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
@@ -152,18 +151,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def _document_problems(app: FastAPI) -> None:
-    """Serve an OpenAPI document whose error responses all say application/problem+json."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = errors.document_problems(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
@@ -174,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
         responses=errors.responses(413, 500),
     )
-    # The body limit is errors.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
+    # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -189,17 +176,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files.router,
     ):
         app.include_router(router)
-    _document_problems(app)
+    openapi.install(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(
-        errors.BodyLimitMiddleware,
+        middleware.BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
         route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
     if settings.cors_origins:
         app.add_middleware(
-            errors.ProblemCORSMiddleware,
+            middleware.ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[

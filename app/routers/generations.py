@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFil
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
-from app.errors import NotFound, header_docs, responses
+from app.errors import NotFound, responses
+from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
 from app.services import generations, uploads
