@@ -69,7 +69,7 @@ async def create_generation(
     who: Caller,
     svc: Svc,
     response: Response,
-    # Its length and characters are checked by check_idempotency_key: a malformed key is a
+    # Its length and characters are checked by generations.submit: a malformed key is a
     # 400 (a header, not the body), which Header(max_length=...) would turn into a 422.
     idempotency_key: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
