@@ -1,4 +1,8 @@
-"""Dependencies the routers share: the app's services, a pooled connection, the caller."""
+"""Dependencies the routers share: the app's services, a pooled connection, the caller.
+
+It sits with the routers (the web layer of tests/unit/test_layering.py): it may name services
+and the storage and provider interfaces, never app.db or an implementation.
+"""
 
 from __future__ import annotations
 

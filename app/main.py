@@ -9,14 +9,13 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import errors
+from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
@@ -39,7 +38,7 @@ from app.services.billing import StripeApi
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
-from app.services.storage.base import Storage
+from app.services.storage.base import SignedStorage, Storage
 from app.services.storage.factory import build_storage
 from app.services.storage.local import LocalStorage
 from app.services.stripe_events import StripeEvents
@@ -149,7 +148,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await limiter.check_storage()
         stripe_api = await open_stripe(stack, settings)
         storage = runtime.storage
-        app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
+        # The store whose signed links the files route serves: local storage only.
+        signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
+        app.state.local_storage = signed
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
@@ -180,18 +181,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def _document_problems(app: FastAPI) -> None:
-    """Serve an OpenAPI document whose error responses all say application/problem+json."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = errors.document_problems(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
@@ -202,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
         responses=errors.responses(413, 500),
     )
-    # The body limit is errors.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
+    # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -219,17 +208,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks.router,
     ):
         app.include_router(router)
-    _document_problems(app)
+    openapi.install(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(
-        errors.BodyLimitMiddleware,
+        middleware.BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
         route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
     if settings.cors_origins:
         app.add_middleware(
-            errors.ProblemCORSMiddleware,
+            middleware.ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[

@@ -8,7 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 
 from app.deps import Conn, CurrentUser, Svc
-from app.errors import header_docs, responses
+from app.errors import responses
+from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.services import packs
