@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -38,8 +37,7 @@ from tests.fakes.running import running as running_app
 from tests.fakes.running import running_settings as running
 from tests.support.auth import assert_unauthorized, assert_unavailable, bearer, count_users
 from tests.support.problems import assert_problem
-
-ATELIER = Path(sys.executable).with_name("atelier")
+from tests.support.serve import ATELIER
 
 ClerkSettings = Callable[..., Settings]
 
