@@ -49,7 +49,7 @@ async def create_with_debit(
     row = await conn.fetchrow(
         f"""
         WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $2 FOR UPDATE
+            SELECT id, credits FROM users WHERE id = $2 AND erased_at IS NULL FOR UPDATE
         ), job AS (
             INSERT INTO image_generation_jobs (
                 id, user_id, status, progress, kind, prompt, params, cost, model,
