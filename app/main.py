@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
 from app.observability import Metrics, RequestContextMiddleware
-from app.routers import files, generations, health, images, me, packs, prompts
+from app.routers import admin, files, generations, health, images, me, packs, prompts
 from app.services import auth, devauth, rate_limits
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
@@ -165,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prompts.router,
         packs.router,
         files.router,
+        admin.router,
     ):
         app.include_router(router)
     _document_problems(app)
