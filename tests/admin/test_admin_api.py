@@ -344,7 +344,7 @@ async def test_stats_count_a_seeded_dataset_exactly(
 async def test_stats_window_is_validated(client: httpx.AsyncClient, auth_headers: Headers) -> None:
     admin = auth_headers(ADMIN)
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    for params in (
+    windows: list[dict[str, str | int]] = [
         {"days": 0},
         {"days": 367},
         {"days": "week"},
@@ -353,7 +353,8 @@ async def test_stats_window_is_validated(client: httpx.AsyncClient, auth_headers
         {"since": "2026-11-01T00:00:00"},  # no time zone
         {"since": "2020-01-01T00:00:00Z"},  # beyond the longest window
         {"days": 7, "since": "2026-11-29T00:00:00Z"},
-    ):
+    ]
+    for params in windows:
         response = await client.get("/v1/admin/stats", params=params, headers=admin)
         assert_problem(response, 422)
     empty = await client.get("/v1/admin/stats", headers=admin)

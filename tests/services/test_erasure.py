@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,14 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.db import users as users_db
 from app.main import create_app
 from app.services import accounts, credits
 from app.services.realtime import FEED_CHANNEL
-from app.services.storage.base import Storage
+from app.services.storage.base import Storage, generation_prefix, upload_prefix
+from app.services.storage.r2 import R2Storage
 from tests.e2e.test_check_ledger_cli import check_ledger
+from tests.fakes.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeS3
 from tests.gallery.conftest import insert_image, insert_mobile_image, png_bytes, store_object
 from tests.support.problems import assert_problem
 
@@ -310,9 +313,9 @@ async def wait_for_lock_wait(db: asyncpg.Connection) -> None:
 
 
 def pause_after(monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[asyncio.Event, asyncio.Event]:
-    """Make accounts' users_db.<name> stop, inside the erasure's transaction, until released."""
+    """Make app.db.users.<name> stop, inside the erasure's transaction, until released."""
     reached, release = asyncio.Event(), asyncio.Event()
-    original = getattr(accounts.users_db, name)
+    original = getattr(users_db, name)
 
     async def paused(*args: Any) -> Any:
         result = await original(*args)
@@ -320,7 +323,7 @@ def pause_after(monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[asyncio.Eve
         await release.wait()
         return result
 
-    monkeypatch.setattr(accounts.users_db, name, paused)
+    monkeypatch.setattr(users_db, name, paused)  # the module accounts calls through
     return reached, release
 
 
@@ -394,3 +397,103 @@ async def test_a_generation_committed_before_the_erasure_is_erased_with_it(
     assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", GONE) is not None
     bad, unopened = await credits.check(db)
     assert bad == [] and unopened == 0
+
+
+# -- R2 -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[FakeS3]:
+    with FakeS3() as server:
+        yield server
+
+
+async def test_erasure_deletes_the_users_objects_on_r2(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    s3: FakeS3,
+) -> None:
+    bucket = s3.create_bucket()
+    r2 = R2Storage(
+        endpoint=s3.endpoint,
+        bucket=bucket,
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+        timeout_seconds=5.0,
+    )
+    try:
+        assert (await client.get("/v1/me", headers=auth_headers(GONE))).status_code == 200
+        mine = [
+            await db.fetchval(
+                "SELECT storage_key FROM generated_images WHERE id = $1",
+                await insert_image(db, GONE, visibility=v),
+            )
+            for v in ("public", "private")
+        ]
+        mine += [f"{upload_prefix(GONE)}{i}.png" for i in range(3)]
+        # an image key outside the user's folders (as newer keys may be) goes by its row
+        outside = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO generated_images (id, user_id, image_url, storage_key)"
+            " VALUES ($1, $2, 'x', $3)",
+            outside,
+            GONE,
+            f"generations/{outside}.png",
+        )
+        mine.append(f"generations/{outside}.png")
+        bob_image = await insert_image(db, BOB, visibility="public")
+        theirs = [
+            await db.fetchval("SELECT storage_key FROM generated_images WHERE id = $1", bob_image),
+            f"{upload_prefix(BOB)}0.png",
+        ]
+        for key in mine + theirs:
+            await r2.put(key, png_bytes(), "image/png")
+
+        result = await erase(app, GONE, storage=r2)
+
+        assert result.objects_left == [] and result.objects_removed == len(mine)
+        assert sorted(s3.keys(bucket)) == sorted(theirs)
+    finally:
+        await r2.aclose()
+
+
+async def test_a_storage_outage_leaves_the_database_erased_and_a_retry_finishes(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    s3: FakeS3,
+) -> None:
+    assert (await client.get("/v1/me", headers=auth_headers(GONE))).status_code == 200
+    key = f"{upload_prefix(GONE)}left.png"
+    down = R2Storage(
+        endpoint="http://127.0.0.1:9",
+        bucket="gone",
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+        timeout_seconds=1.0,
+    )
+    bucket = s3.create_bucket()
+    up = R2Storage(
+        endpoint=s3.endpoint,
+        bucket=bucket,
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+        timeout_seconds=5.0,
+    )
+    try:
+        await up.put(key, png_bytes(), "image/png")
+        first = await erase(app, GONE, storage=down)
+        assert first.erased_now
+        assert first.objects_left == [upload_prefix(GONE), generation_prefix(GONE)]
+        assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", GONE) is not None
+        assert_problem(await client.get("/v1/me", headers=auth_headers(GONE)), 401)
+
+        retry = await erase(app, GONE, storage=up)  # what a redelivered webhook does
+        assert not retry.erased_now and retry.objects_left == []
+        assert s3.keys(bucket) == []
+    finally:
+        await down.aclose()
+        await up.aclose()
