@@ -28,6 +28,7 @@ from app.services.storage.r2 import R2Storage
 from tests.e2e.test_check_ledger_cli import check_ledger
 from tests.fakes.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeS3
 from tests.gallery.conftest import insert_image, insert_mobile_image, png_bytes, store_object
+from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -497,3 +498,44 @@ async def test_a_storage_outage_leaves_the_database_erased_and_a_retry_finishes(
     finally:
         await down.aclose()
         await up.aclose()
+
+
+async def test_a_result_stored_after_the_erasure_swept_is_removed_by_the_worker(
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worst moment: the user is erased (job row deleted, folders swept) while the
+    worker is storing the job's result. The worker finds its job gone and removes the
+    object, so nothing is left behind."""
+    application = create_app(make_settings(worker_in_process=True, worker_poll_seconds=0.1))
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://atelier.test"
+        ) as client,
+    ):
+        storage = svc(application).storage
+        real_put = storage.put
+        stored: list[str] = []
+
+        async def put_after_erasure(key: str, data: bytes, content_type: str) -> None:
+            if key.startswith("generations/"):
+                await erase(application, GONE)  # erased just before the object lands
+            await real_put(key, data, content_type)
+            stored.append(key)
+
+        monkeypatch.setattr(storage, "put", put_after_erasure)
+        job = await client.post(
+            "/v1/generations", json={"prompt": "last wish"}, headers=auth_headers(GONE)
+        )
+        assert job.status_code == 202, job.text
+
+        async def cleaned() -> bool:
+            return bool(stored) and not await storage.exists(stored[0])
+
+        await wait_until(cleaned, "the worker to remove the orphaned result")
+    assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
+    bad, unopened = await credits.check(db)
+    assert bad == [] and unopened == 0
