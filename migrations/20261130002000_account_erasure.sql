@@ -28,8 +28,9 @@ CREATE OR REPLACE TRIGGER users_erased_is_final
 -- either committed first, and the erasure (which locks the users row before deleting)
 -- removes it, or waits here for the erasure's lock and is then refused: the locking read
 -- sees the committed tombstone. The foreign keys alone would accept the tombstone.
+-- SECURITY DEFINER: the lock is taken as the owner, whatever a client role may lock itself.
 CREATE OR REPLACE FUNCTION atelier_refuse_erased_owner() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     erased timestamptz;
 BEGIN
