@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,7 +22,10 @@ from app.services.auth import Identity
 log = logging.getLogger("atelier.users")
 
 _SEEN_CAPACITY = 100_000
-# How long a user read from the database serves later requests without a new read.
+# How long a user read from the database serves later requests without a new read. It is
+# also how long another process may still let an erased user's token through (the process
+# that erases forgets the user at once): within that window the database refuses every
+# write for the erased id (migration 20261130002000) and reads find nothing left.
 USER_CACHE_SECONDS = 5.0
 
 
@@ -37,6 +41,24 @@ class User:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
         return cls(row["id"], row["email"], row["created_at"])
+
+
+def primary_email(user: Any) -> str | None:
+    """The primary email address of a Clerk user object (the Backend API's answer, or the
+    `data` of a `user.created` / `user.updated` webhook); the first address if none is
+    marked primary; None if it has none."""
+    if not isinstance(user, dict):
+        return None
+    entries = user.get("email_addresses")
+    addresses = {
+        a.get("id"): a.get("email_address")
+        for a in (entries if isinstance(entries, list) else [])
+        if isinstance(a, dict)
+    }
+    email = addresses.get(user.get("primary_email_address_id"))
+    if not email and addresses:
+        email = next(iter(addresses.values()))
+    return email if isinstance(email, str) and email else None
 
 
 def _refuse_erased(row: asyncpg.Record) -> None:
@@ -85,12 +107,7 @@ class ClerkDirectory:
             raise Unauthorized("Clerk does not know this user.")
         if response.status_code != 200:
             raise ServiceUnavailable(f"Clerk answered {response.status_code} for the account.")
-        data = response.json()
-        addresses = {a.get("id"): a.get("email_address") for a in data.get("email_addresses", [])}
-        email = addresses.get(data.get("primary_email_address_id"))
-        if not email and addresses:
-            email = next(iter(addresses.values()))
-        return email if isinstance(email, str) and email else None
+        return primary_email(response.json())
 
 
 class Users:

@@ -190,12 +190,12 @@ async def test_concurrent_adjustments_and_spends_never_overdraw(
     work = [take_one() for _ in range(12)] + [spend_one() for _ in range(12)]
     work += [give_two() for _ in range(3)]
     outcomes = await asyncio.gather(*work)
-    # 10 to start and 6 given: at most 16 taken, whatever the interleaving.
-    assert sum(outcomes) <= 16
     final = await balance(db)
     assert final >= 0
     assert final == 10 + 6 - sum(outcomes)
-    assert final == 0 or sum(outcomes) < 24  # nobody was refused while credits were left
+    # every credit there was at the start was taken (nothing lost to a race), and at most
+    # what was given on top
+    assert 10 <= sum(outcomes) <= 16
     assert await db.fetchval("SELECT min(balance_after) FROM credit_ledger") >= 0
     await assert_ledger_clean(db)
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app.errors import Conflict, NotFound
 from app.services import accounts, credits
+from app.services.users import primary_email
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -116,3 +117,19 @@ async def test_user_updated_refuses_a_taken_address_an_unknown_and_an_erased_id(
         accounts.erased_email(USER)
     )
     assert_problem(await client.get("/v1/me", headers=auth_headers(USER)), 401)
+
+
+def test_primary_email_reads_a_clerk_user_object() -> None:
+    data = {
+        "id": "user_2x",
+        "primary_email_address_id": "idn_2",
+        "email_addresses": [
+            {"id": "idn_1", "email_address": "old@example.test"},
+            {"id": "idn_2", "email_address": "primary@example.test"},
+        ],
+    }
+    assert primary_email(data) == "primary@example.test"
+    assert primary_email({**data, "primary_email_address_id": None}) == "old@example.test"
+    assert primary_email({"id": "user_2x", "email_addresses": []}) is None
+    assert primary_email({"email_addresses": "nonsense"}) is None
+    assert primary_email(None) is None
