@@ -77,10 +77,13 @@ async def insert_tombstone(conn: asyncpg.Connection, user_id: str, email: str) -
 
 
 async def mark_erased(conn: asyncpg.Connection, user_id: str, email: str) -> None:
-    """Turn the row into a tombstone: no email, no login time, erased now."""
+    """Turn the row into a tombstone: no email, no login time, erased now. A balance the
+    mobile app left below zero (kept by the NOT VALID check, and never opened in the
+    ledger) becomes 0: any update of the row must satisfy the check."""
     await conn.execute(
         """
-        UPDATE users SET email = $2, last_login_at = NULL, erased_at = now()
+        UPDATE users
+        SET email = $2, last_login_at = NULL, erased_at = now(), credits = GREATEST(credits, 0)
         WHERE id = $1 AND erased_at IS NULL
         """,
         user_id,

@@ -176,6 +176,7 @@ async def ensure_user(
 ) -> User | None:
     """Clerk's `user.created`: the users row with its signup grant, unless it exists (the
     user's first request may have come first: the grant is made once either way). None for
-    an erased id, which stays erased."""
+    an erased id, which stays erased; Conflict when another account holds the address.
+    With no email, Clerk's Backend API is asked (as on a first request)."""
     async with pool.acquire() as conn:
         return await users.ensure(conn, user_id, email)

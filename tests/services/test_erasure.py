@@ -539,3 +539,21 @@ async def test_a_result_stored_after_the_erasure_swept_is_removed_by_the_worker(
     assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
     bad, unopened = await credits.check(db)
     assert bad == [] and unopened == 0
+
+
+async def test_a_balance_the_mobile_app_left_below_zero_does_not_block_erasure(
+    app: FastAPI, db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    # As on a live database from before the service: the check exists but is NOT VALID.
+    await db.execute("ALTER TABLE users DROP CONSTRAINT users_credits_nonnegative")
+    await db.execute("INSERT INTO users (id, email, credits) VALUES ($1, 'neg@x.test', -3)", GONE)
+    await db.execute(
+        "ALTER TABLE users ADD CONSTRAINT users_credits_nonnegative CHECK (credits >= 0) NOT VALID"
+    )
+    result = await erase(app, GONE)
+    assert result.erased_now and result.forfeited == 0
+    user = await db.fetchrow("SELECT credits, erased_at, email FROM users WHERE id = $1", GONE)
+    assert user["credits"] == 0 and user["erased_at"] is not None
+    assert user["email"] == accounts.erased_email(GONE)
+    code, out, err = await check_ledger(db_url, tmp_path)
+    assert code == 0, out + err
