@@ -23,7 +23,7 @@ UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]+$"
     "/users/{user_id}/credits",
     operation_id="admin_adjust_credits",
     response_model=CreditAdjustmentResult,
-    responses=responses(404, 409, 422),
+    responses=responses(400, 404, 409, 422),
 )
 async def admin_adjust_credits(
     user_id: UserId,

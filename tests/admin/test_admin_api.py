@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.errors import InsufficientCredits
-from app.services import credits
+from app.services import accounts, credits
 from app.services.storage.base import Storage
 from tests.admin.conftest import ADMIN
 from tests.support.generations import add_user, create_job
@@ -154,8 +154,16 @@ async def test_bad_adjustments_are_problems_and_change_nothing(
         f"/v1/admin/users/{USER}/credits", json={"delta": "5"}, headers=admin
     )
     assert_problem(response, 422)
+    bad_key = await adjust(client, admin, 5, **{"Idempotency-Key": "no spaces allowed"})
+    assert_problem(bad_key, 400)
     assert await balance(db) == 5
     assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE reason = 'admin'") == 0
+
+    services = app.state.services
+    await accounts.erase(services.pool, services.storage, services.users, USER)
+    assert_problem(await adjust(client, admin, 5), 404)  # an erased account gets nothing
+    detail = await client.get(f"/v1/admin/users/{USER}", headers=admin)
+    assert detail.json()["erased_at"] is not None and detail.json()["credits"] == 0
 
 
 async def test_concurrent_adjustments_and_spends_never_overdraw(
