@@ -80,8 +80,10 @@ async def erase(pool: asyncpg.Pool, storage: Storage, users: Users, user_id: str
             result = Erasure(user_id, erased_now=True)
         else:
             row = await users_db.lock(conn, user_id)
-            assert row is not None  # tombstones are never deleted by the service
-            if row["erased_at"] is not None:
+            if row is None:  # deleted outright meanwhile (not by the service): take the id
+                await users_db.insert_tombstone(conn, user_id, placeholder)
+                result = Erasure(user_id, erased_now=True)
+            elif row["erased_at"] is not None:
                 result = Erasure(user_id, erased_now=False)
             else:
                 result = await _erase_rows(conn, user_id, int(row["credits"]), keys)
