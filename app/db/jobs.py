@@ -49,7 +49,7 @@ async def create_with_debit(
     row = await conn.fetchrow(
         f"""
         WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $2 FOR UPDATE
+            SELECT id, credits FROM users WHERE id = $2 AND erased_at IS NULL FOR UPDATE
         ), job AS (
             INSERT INTO image_generation_jobs (
                 id, user_id, status, progress, kind, prompt, params, cost, model,
@@ -196,6 +196,14 @@ async def mark_failed(
         error,
     )
     return bool(status == "UPDATE 1")
+
+
+async def exists(conn: asyncpg.Connection, job_id: UUID) -> bool:
+    """Whether the job's row is still there (its user's erasure deletes it)."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM image_generation_jobs WHERE id = $1)", job_id
+    )
+    return bool(found)
 
 
 async def mark_completed(
