@@ -138,15 +138,27 @@ def cmd_check_ledger(settings: Settings, _: argparse.Namespace) -> int:
 async def _replay(settings: Settings, provider: str | None, event_id: str | None) -> int:
     from contextlib import AsyncExitStack
 
+    import httpx
+
     from app.db import pool as db_pool
     from app.main import open_stripe, webhook_handlers
     from app.services import webhooks
+    from app.services.storage.factory import build_storage
+    from app.services.users import ClerkDirectory, Users
 
     async with AsyncExitStack() as stack:
         url = await asyncio.to_thread(db_pool.database_url, settings)
         pool = await db_pool.create_pool(settings.model_copy(update={"db_pool_min_size": 1}), url)
         stack.push_async_callback(pool.close)
-        handlers = webhook_handlers(settings, await open_stripe(stack, settings))
+        storage = await asyncio.to_thread(build_storage, settings)
+        stack.push_async_callback(storage.aclose)
+        http = httpx.AsyncClient(timeout=settings.outbound_timeout_seconds)
+        stack.push_async_callback(http.aclose)
+        directory = ClerkDirectory(settings, http)
+        stripe_api = await open_stripe(stack, settings)
+        handlers = webhook_handlers(
+            settings, stripe_api, pool, storage, Users(settings, directory), directory
+        )
         results = await webhooks.replay(pool, handlers, provider, event_id)
     failed = 0
     for result in results:

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     clerk_require_azp: bool = False
     clerk_secret_key: SecretStr | None = None
     clerk_api_url: str = "https://api.clerk.com/v1"
+    clerk_webhook_secret: SecretStr | None = None  # whsec_…: Svix signs Clerk's webhooks
     supabase_url: str | None = None
     supabase_jwt_secret: SecretStr | None = None  # legacy HS256 signing; only with SUPABASE_URL
     jwt_leeway_seconds: int = Field(default=5, ge=0, le=300)

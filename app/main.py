@@ -36,6 +36,7 @@ from app.routers import (
 from app.services import auth, devauth, imaging, rate_limits
 from app.services import billing as billing_service
 from app.services.billing import StripeApi
+from app.services.clerk_events import ClerkEvents
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
@@ -102,9 +103,20 @@ async def open_stripe(stack: AsyncExitStack, settings: Settings) -> StripeApi | 
     return api
 
 
-def webhook_handlers(settings: Settings, stripe_api: StripeApi | None) -> dict[str, Handler]:
-    """Each provider's webhook handler, by the name its events are stored under."""
-    return {"stripe": StripeEvents(settings, stripe_api)}
+def webhook_handlers(
+    settings: Settings,
+    stripe_api: StripeApi | None,
+    pool: asyncpg.Pool,
+    storage: Storage,
+    users: Users,
+    directory: ClerkDirectory,
+) -> dict[str, Handler]:
+    """Each provider's webhook handler, by the name its events are stored under. `users` is
+    the process's own (an erasure makes it forget the user at once)."""
+    return {
+        "stripe": StripeEvents(settings, stripe_api),
+        "clerk": ClerkEvents(pool, storage, users, directory),
+    }
 
 
 async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) -> None:
@@ -152,12 +164,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The store whose signed links the files route serves: local storage only.
         signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
         app.state.local_storage = signed
+        directory = ClerkDirectory(settings, http)
+        users = Users(settings, directory)
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
             http=http,
             verifier=auth.build_verifier(settings, http, dev_public),
-            users=Users(settings, ClerkDirectory(settings, http)),
+            users=users,
             metrics=app.state.metrics,
             storage=storage,
             provider=runtime.provider,
@@ -166,7 +180,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             decoders=runtime.decoders,
             jwks=jwks,
             stripe=stripe_api,
-            webhook_handlers=webhook_handlers(settings, stripe_api),
+            webhook_handlers=webhook_handlers(
+                settings, stripe_api, runtime.pool, storage, users, directory
+            ),
         )
         if settings.worker_in_process:
             stop = asyncio.Event()

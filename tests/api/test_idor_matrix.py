@@ -142,6 +142,21 @@ CASES: list[Case] = [
         "/v1/packs/{pack_id}/icons/{image_id}",
         lambda v: f"/v1/packs/{v.alice_pack}/icons/{v.icon}",
     ),
+    # administration: Alice is no administrator, so Bob's account and images are out of reach
+    Case("GET", "/v1/admin/users/{user_id}", lambda v: f"/v1/admin/users/{BOB}", status=403),
+    Case(
+        "POST",
+        "/v1/admin/users/{user_id}/credits",
+        lambda v: f"/v1/admin/users/{BOB}/credits",
+        lambda v: {"delta": -5, "reason": "borrowed"},
+        status=403,
+    ),
+    Case(
+        "DELETE",
+        "/v1/admin/images/{image_id}",
+        lambda v: f"/v1/admin/images/{v.public_image}",
+        status=403,
+    ),
     # stored files: a signed link opens only the key it was signed for
     Case("GET", "/files/{key}", _files_path, status=403),
     # ids in a generation's body

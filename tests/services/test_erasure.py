@@ -28,6 +28,7 @@ from app.services.storage.r2 import R2Storage
 from tests.e2e.test_check_ledger_cli import check_ledger
 from tests.fakes.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeS3
 from tests.gallery.conftest import insert_image, insert_mobile_image, png_bytes, store_object
+from tests.support.locks import until_a_lock_wait
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
@@ -300,19 +301,6 @@ async def test_delete_me_erases_the_callers_own_account(
 # -- races --------------------------------------------------------------------------------
 
 
-async def wait_for_lock_wait(db: asyncpg.Connection) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("nothing waited for the erasure's lock")
-
-
 def pause_after(monkeypatch: pytest.MonkeyPatch, name: str) -> tuple[asyncio.Event, asyncio.Event]:
     """Make app.db.users.<name> stop, inside the erasure's transaction, until released."""
     reached, release = asyncio.Event(), asyncio.Event()
@@ -339,7 +327,9 @@ async def test_a_first_request_racing_the_erasure_does_not_bring_the_account_bac
     erasing = asyncio.create_task(erase(app, GONE))
     await reached.wait()  # the tombstone is written, not yet committed
     first = asyncio.create_task(client.get("/v1/me", headers=auth_headers(GONE)))
-    await wait_for_lock_wait(db)  # the first request's INSERT waits for the tombstone
+    await until_a_lock_wait(
+        db, "a wait for the erasure's lock"
+    )  # the first request's INSERT waits for the tombstone
     release.set()
     await erasing
     assert_problem(await first, 401)
@@ -366,7 +356,7 @@ async def test_a_generation_racing_the_erasure_leaves_no_job_and_no_debit(
     liked = asyncio.create_task(
         client.post("/v1/prompts", json={"prompt_text": "p"}, headers=headers)
     )
-    await wait_for_lock_wait(db)
+    await until_a_lock_wait(db, "a wait for the erasure's lock")
     release.set()
     await erasing
     response, prompt = await submitted, await liked
