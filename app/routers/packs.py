@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
-from app.deps import Caller, Conn, CurrentUser, Svc
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
 from app.errors import header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
-from app.services import pack_sets, packs
+from app.services import pack_export, pack_sets, packs
 
 router = APIRouter(prefix="/v1/packs", tags=["packs"], responses=responses(401, 503))
 IconsLimit = Annotated[int, Query(ge=1, le=100, description="How many icons to include.")]
@@ -198,3 +199,40 @@ async def get_pack_generations(
     """A set of icons asked for together, as its jobs are now (`finished` once all ended)."""
     return await pack_sets.view(conn, svc.storage, svc.settings, user.id, pack_id, set_id)
 
+
+@router.get(
+    "/{pack_id}/export",
+    operation_id="export_pack",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A ZIP: `png/{size}/{name}.png` for sizes 16, 32, 64, 128, 256 and "
+            "512, `ico/{name}.ico` (16, 32, 48 and 64), and `manifest.json` naming each icon "
+            "by its prompt",
+            "content": {pack_export.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "headers": header_docs(Content_Disposition='`attachment; filename="<pack>.zip"`'),
+        },
+        **responses(404, 422, 503),
+    },
+)
+async def export_pack(
+    pack_id: UUID,
+    user: StreamUser,  # no pooled connection held while the archive streams
+    svc: Svc,
+    format: Annotated[Literal["zip"], Query(description="The archive's format.")] = "zip",
+) -> StreamingResponse:
+    """The pack's icons as a ZIP, streamed as it is built, from the stored originals.
+
+    Your own packs, and public ones (every icon in them public) of anyone else.
+    """
+    export = await pack_export.open_export(
+        svc.pool, svc.storage, svc.decoders, svc.settings, pack_id, user.id
+    )
+    return StreamingResponse(
+        export.chunks,
+        media_type=pack_export.MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{export.filename}"',
+            "Cache-Control": "private, no-store",
+        },
+    )

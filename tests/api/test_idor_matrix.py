@@ -161,6 +161,8 @@ CASES: list[Case] = [
         "/v1/packs/{pack_id}/generations/{set_id}",
         lambda v: f"/v1/packs/{v.alice_pack}/generations/{v.pack_set}",
     ),
+    # a pack's export: Bob's pack is private (its icons are)
+    Case("GET", "/v1/packs/{pack_id}/export", lambda v: f"/v1/packs/{v.pack}/export"),
     # stored files: a signed link opens only the key it was signed for
     Case("GET", "/files/{key}", _files_path, status=403),
     # ids in a generation's body
