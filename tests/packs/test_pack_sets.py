@@ -22,7 +22,6 @@ from app.services.providers.local import LocalProvider
 from app.services.worker import Worker
 from tests.fakes.running import running
 from tests.support.packs import ask_for_set, create_pack, finished_set
-from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
