@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     r2_secret_access_key: SecretStr | None = None
     r2_public_base_url: str | None = None
     r2_region: str = "auto"
+    r2_addressing_style: Literal["path", "virtual", "auto"] = "path"
     storage_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # HTTP.
