@@ -304,3 +304,21 @@ async def test_a_set_into_a_public_pack_keeps_it_exportable_only_when_public_too
 
     assert before.status_code == 200
     assert_problem(after, 404)
+
+
+async def test_the_web_app_may_read_the_archives_file_name_across_origins(
+    make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    origin = "https://app.atelier.test"
+    headers = {**auth_headers(ALICE), "Origin": origin}
+    async with running(create_app(make_settings(cors_origins=[origin]))) as client:
+        pack_id = await create_pack(client, headers, name="Shared")
+        response = await client.get(f"/v1/packs/{pack_id}/export", headers=headers)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == origin
+    exposed = {
+        h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+    }
+    assert "content-disposition" in exposed
+    assert response.headers["content-disposition"] == 'attachment; filename="shared.zip"'
