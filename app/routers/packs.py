@@ -141,7 +141,7 @@ async def remove_pack_icon(
             "description": "A replay (`Idempotency-Key`) of a set whose jobs have all ended",
             "headers": _SET_HEADERS,
         },
-        202: {"headers": _SET_HEADERS},
+        202: {"description": "Charged and queued: one job per prompt", "headers": _SET_HEADERS},
         **responses(400, 402, 404, 422),
         **_SET_RATE_LIMITED,
     },

@@ -53,7 +53,7 @@ def storage_of(app: FastAPI) -> Storage:
     return storage
 
 
-async def test_a_six_icon_set_exports_every_size_an_ico_and_a_manifest(
+async def test_a_six_icon_set_is_charged_six_and_exports_every_size_an_ico_and_a_manifest(
     make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
     headers = auth_headers(ALICE)
@@ -71,6 +71,16 @@ async def test_a_six_icon_set_exports_every_size_an_ico_and_a_manifest(
         }
         originals = {str(i): await storage_of(application).get(k) for i, k in keys.items()}
 
+    # charged: one debit per icon, nothing refunded
+    ledger = await db.fetch(
+        "SELECT reason, delta, job_id FROM credit_ledger WHERE user_id = $1 ORDER BY id", ALICE
+    )
+    assert [(r["reason"], r["delta"]) for r in ledger] == [("signup", 10)] + [("generate", -1)] * 6
+    assert [str(r["job_id"]) for r in ledger[1:]] == [job["id"] for job in made["jobs"]]
+    assert await db.fetchval("SELECT credits FROM users WHERE id = $1", ALICE) == 4
+    # the jobs: one per prompt, in order, each filed into the pack
+    assert [job["prompt"] for job in made["jobs"]] == SIX
+    assert {str(i) for i in keys} == {job["image"]["id"] for job in made["jobs"]}
     archive = unzip(response)
     assert response.headers["content-disposition"] == 'attachment; filename="space-icons.zip"'
     expected = {"manifest.json"}
