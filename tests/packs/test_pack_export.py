@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 
@@ -332,3 +333,45 @@ async def test_the_web_app_may_read_the_archives_file_name_across_origins(
     }
     assert "content-disposition" in exposed
     assert response.headers["content-disposition"] == 'attachment; filename="shared.zip"'
+
+
+async def test_a_store_that_fails_mid_export_cuts_the_archive_short(
+    make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """Once the first bytes are sent the status cannot change: the stream ends with the
+    error, so the client sees a broken download, never a complete-looking partial archive."""
+    headers = auth_headers(ALICE)
+    application = create_app(make_settings(new_user_credits=10))
+    async with running(application) as client:
+        pack_id = await create_pack(client, headers)
+        await make_set(client, headers, pack_id, ["one", "two", "three"])
+        services = application.state.services
+        real: Storage = services.storage
+        reads = 0
+
+        class FailsSecond:
+            name = "fails-second"
+
+            async def get(self, key: str) -> bytes:
+                nonlocal reads
+                reads += 1
+                if reads == 2:
+                    raise StorageError("the store went away")
+                return await real.get(key)
+
+        export = await pack_export.open_export(
+            services.pool,
+            FailsSecond(),  # type: ignore[arg-type]  # only get() is used
+            services.decoders,
+            services.settings,
+            uuid.UUID(pack_id),
+            ALICE,
+        )
+        chunks: list[bytes] = []
+        with pytest.raises(StorageError):
+            async for chunk in export.chunks:
+                chunks.append(chunk)
+
+    assert len(chunks) == 1  # the first icon went out; no manifest, no central directory
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
