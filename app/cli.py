@@ -1,4 +1,4 @@
-"""The `atelier` command: serve | worker | migrate | dev-token | check-ledger."""
+"""The `atelier` command: serve | worker | migrate | dev-token | check-ledger | webhooks."""
 
 from __future__ import annotations
 
@@ -134,6 +134,34 @@ def cmd_check_ledger(settings: Settings, _: argparse.Namespace) -> int:
     return asyncio.run(_check_ledger(settings))
 
 
+async def _replay(settings: Settings, provider: str | None, event_id: str | None) -> int:
+    from contextlib import AsyncExitStack
+
+    from app.db import pool as db_pool
+    from app.main import open_stripe, webhook_handlers
+    from app.services import webhooks
+
+    async with AsyncExitStack() as stack:
+        url = await asyncio.to_thread(db_pool.database_url, settings)
+        pool = await db_pool.create_pool(settings.model_copy(update={"db_pool_min_size": 1}), url)
+        stack.push_async_callback(pool.close)
+        handlers = webhook_handlers(settings, await open_stripe(stack, settings))
+        results = await webhooks.replay(pool, handlers, provider, event_id)
+    failed = 0
+    for result in results:
+        if result.error is None:
+            print(f"{result.provider} {result.event_id} ({result.type}): {result.outcome}")
+        else:
+            failed += 1
+            print(f"{result.provider} {result.event_id} ({result.type}): FAILED {result.error}")
+    print(f"webhooks replay: {len(results) - failed} applied, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_webhooks_replay(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_replay(settings, args.provider, args.event_id))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check-ledger", help="verify every balance against its ledger (exit 1 on a mismatch)"
     ).set_defaults(func=cmd_check_ledger)
+    hooks = sub.add_parser("webhooks", help="stored incoming webhook events")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    replay = hooks_sub.add_parser(
+        "replay", help="re-run stored events that did not complete (exit 1 if any still fails)"
+    )
+    replay.add_argument("--provider", choices=("stripe", "clerk"), default=None)
+    replay.add_argument("--event-id", default=None)
+    replay.set_defaults(func=cmd_webhooks_replay)
     return parser
 
 

@@ -4,13 +4,47 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import limits
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # What RATE_LIMIT_STORAGE_URL may name: memory (one budget per process) or Redis (shared).
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss")
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of an absolute http(s) URL, lower-cased; None for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    netloc = parts.hostname if port in (None, default) else f"{parts.hostname}:{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
+class BillingProduct(BaseModel):
+    """One thing a user can buy: a credit pack (`payment`) or the Pro plan (`subscription`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100)
+    price_id: str = Field(min_length=1)
+    credits: int = Field(gt=0)
+    mode: Literal["payment", "subscription"]
 
 
 def _split_csv(value: object) -> object:
@@ -128,11 +162,24 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
 
+    # Billing (Stripe). Without STRIPE_SECRET_KEY the billing routes answer 503.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"  # tests point this at a loopback server
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0)
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
+    billing_products: list[BillingProduct] = []
+    checkout_return_origins: Annotated[list[str], NoDecode] = []
+    checkout_success_url: str | None = None
+    checkout_cancel_url: str | None = None
+    portal_return_url: str | None = None
+
     _split = field_validator(
         "clerk_authorized_parties",
         "cors_origins",
         "admin_user_ids",
         "gemini_models",
+        "checkout_return_origins",
         mode="before",
     )(_split_csv)
 
@@ -166,6 +213,26 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("billing_products")
+    @classmethod
+    def _check_products(cls, value: list[BillingProduct]) -> list[BillingProduct]:
+        for field in ("id", "price_id"):
+            seen = [getattr(p, field) for p in value]
+            if len(seen) != len(set(seen)):
+                raise ValueError(f"BILLING_PRODUCTS: each product needs its own {field}")
+        return value
+
+    @field_validator("checkout_return_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for item in value:
+            origin = origin_of(item)
+            if origin is None:
+                raise ValueError(f"CHECKOUT_RETURN_ORIGINS: {item!r} is not an http(s) origin")
+            origins.append(origin)
+        return origins
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         """Refuse an unsafe or incomplete configuration, naming every problem at once."""
@@ -178,6 +245,12 @@ class Settings(BaseSettings):
             problems.append("METRICS_TOKEN is set but empty")
         if self.supabase_jwt_secret is not None and not self.supabase_url:
             problems.append("SUPABASE_JWT_SECRET needs SUPABASE_URL (whose tokens it verifies)")
+        for name in ("checkout_success_url", "checkout_cancel_url", "portal_return_url"):
+            url = getattr(self, name)
+            if url is not None and origin_of(url) not in self.checkout_return_origins:
+                problems.append(
+                    f"{name.upper()} must be on one of CHECKOUT_RETURN_ORIGINS (got {url!r})"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -201,6 +274,10 @@ class Settings(BaseSettings):
                 "ENV=production needs METRICS_TOKEN or METRICS_PORT (/metrics is not public)"
             )
         return problems
+
+    @property
+    def billing_configured(self) -> bool:
+        return self.stripe_secret_key is not None
 
     @property
     def jwks_url(self) -> str | None:

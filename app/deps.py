@@ -1,9 +1,13 @@
-"""Dependencies the routers share: the app's services, a pooled connection, the caller."""
+"""Dependencies the routers share: the app's services, a pooled connection, the caller.
+
+It sits with the routers (the web layer of tests/unit/test_layering.py): it may name services
+and the storage and provider interfaces, never app.db or an implementation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import asyncpg
@@ -15,12 +19,14 @@ from app.config import Settings
 from app.errors import Forbidden, RepeatedHeader, Unauthorized
 from app.observability import Metrics
 from app.services.auth import Identity, TokenVerifier
+from app.services.billing import StripeApi
 from app.services.imaging import Decoders
 from app.services.providers.base import ImageProvider
 from app.services.rate_limits import RateLimiter, Scope
 from app.services.realtime import Hub
 from app.services.storage.base import Storage
 from app.services.users import User, Users
+from app.services.webhooks import Handler
 
 
 @dataclass
@@ -39,6 +45,8 @@ class Services:
     limiter: RateLimiter
     decoders: Decoders
     jwks: dict[str, object] | None = None
+    stripe: StripeApi | None = None  # None without STRIPE_SECRET_KEY: billing answers 503
+    webhook_handlers: dict[str, Handler] = field(default_factory=dict)
 
 
 def services_of(request: Request) -> Services:

@@ -1,10 +1,12 @@
-"""One error hierarchy, rendered as RFC 9457 problem+json by one set of handlers."""
+"""One error hierarchy, rendered as RFC 9457 problem+json by one set of handlers.
+
+The middlewares that answer in problem+json are in `app.middleware`; the OpenAPI document is
+rewritten to say problem+json in `app.openapi`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -13,11 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.headers import security_headers
 from app.observability import REQUEST_ID_SCOPE_KEY
@@ -253,55 +251,6 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(body, headers)
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over `max_body_bytes` (or a route's own limit) with a 413 problem.
-
-    FastAPI's `max_body_size` answers a too-large declared Content-Length with a text/plain
-    413 sent from outside every user middleware (no problem+json, no request id), so the
-    limit lives here. It is applied when the app first reads the body, after routing, so
-    `route_limits` (route path template → bytes) can raise it for a route such as uploads;
-    a body without a Content-Length (chunked) is counted as it is read.
-    """
-
-    def __init__(
-        self, app: ASGIApp, max_body_bytes: int, route_limits: Mapping[str, int] | None = None
-    ) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.route_limits = dict(route_limits or {})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header = Headers(scope=scope).get("content-length")
-        declared = int(header) if header is not None and header.isdigit() else None
-        limit: int | None = None
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal limit, received
-            if limit is None:
-                template = getattr(scope.get("route"), "path", None)
-                limit = self.route_limits.get(template or "", self.max_body_bytes)
-            if declared is not None and declared > limit:
-                raise _body_too_large(limit)
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _body_too_large(limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def _body_too_large(limit: int) -> StarletteHTTPException:
-    # An HTTPException, so FastAPI's body parsing lets it through to _http_error.
-    detail = f"The request body is larger than the limit of {limit} bytes."
-    return StarletteHTTPException(413, detail)
-
-
 async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
     # Text PostgreSQL refuses (a NUL character, \u0000 in jsonb) that got past validation,
     # e.g. in a token claim: the request's fault, not a server error.
@@ -320,49 +269,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)
-
-
-class ProblemCORSMiddleware(CORSMiddleware):
-    """Starlette's CORSMiddleware, with a refused preflight answered in problem+json too."""
-
-    def preflight_response(self, request_headers: Headers) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code < 400:
-            return response
-        headers = {
-            name: value
-            for name, value in response.headers.items()
-            if name not in ("content-length", "content-type")
-        }
-        detail = bytes(response.body).decode() + "."  # "Disallowed CORS origin, headers"
-        return problem_response(BadRequest(detail).to_problem(), headers)
-
-
-def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
-    """Make every 4xx/5xx response of an OpenAPI document say problem+json, as the handlers do.
-
-    FastAPI lists a `model` response under the route's media type (application/json) too, and
-    adds its own 422 (`HTTPValidationError`, application/json) to operations with parameters
-    that do not document one: neither is what the client receives.
-    """
-    problem_ref = {"$ref": "#/components/schemas/Problem"}
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
-            if not isinstance(operation, dict):
-                continue
-            for status, response in operation.get("responses", {}).items():
-                if str(status)[:1] in ("4", "5"):
-                    response["content"] = {PROBLEM_JSON: {"schema": problem_ref}}
-    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    schemas.setdefault(
-        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    )
-    # FastAPI's validation schemas are left unused now (the first refers to the second).
-    for name in ("HTTPValidationError", "ValidationError"):
-        entry = schemas.pop(name, None)
-        if entry is not None and f'"#/components/schemas/{name}"' in json.dumps(schema):
-            schemas[name] = entry
-    return schema
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -388,12 +294,4 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for status in statuses
-    }
-
-
-def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
-    """OpenAPI `headers` of a response: {name: description}, each a string."""
-    return {
-        name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
-        for name, text in headers.items()
     }

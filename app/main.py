@@ -9,28 +9,41 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app import errors
+from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
 from app.headers import SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
-from app.routers import files, generations, health, images, me, packs, prompts
+from app.routers import (
+    billing,
+    files,
+    generations,
+    health,
+    images,
+    me,
+    packs,
+    prompts,
+    webhooks,
+)
 from app.services import auth, devauth, imaging, rate_limits
+from app.services import billing as billing_service
+from app.services.billing import StripeApi
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
 from app.services.realtime import Hub
-from app.services.storage.base import Storage
+from app.services.storage.base import SignedStorage, Storage
 from app.services.storage.factory import build_storage
 from app.services.storage.local import LocalStorage
+from app.services.stripe_events import StripeEvents
 from app.services.users import ClerkDirectory, Users
+from app.services.webhooks import Handler
 from app.services.worker import Worker
 
 log = logging.getLogger("atelier.main")
@@ -80,6 +93,19 @@ async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
     return Runtime(pool, storage, provider, hub, decoders)
 
 
+async def open_stripe(stack: AsyncExitStack, settings: Settings) -> StripeApi | None:
+    """Stripe's client (None without STRIPE_SECRET_KEY); `stack` closes it."""
+    api = await asyncio.to_thread(billing_service.build_stripe, settings)
+    if api is not None:
+        stack.push_async_callback(api.aclose)
+    return api
+
+
+def webhook_handlers(settings: Settings, stripe_api: StripeApi | None) -> dict[str, Handler]:
+    """Each provider's webhook handler, by the name its events are stored under."""
+    return {"stripe": StripeEvents(settings, stripe_api)}
+
+
 async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) -> None:
     worker = Worker(
         settings,
@@ -120,8 +146,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter = rate_limits.build_limiter(settings)
         stack.push_async_callback(limiter.aclose)
         await limiter.check_storage()
+        stripe_api = await open_stripe(stack, settings)
         storage = runtime.storage
-        app.state.local_storage = storage if isinstance(storage, LocalStorage) else None
+        # The store whose signed links the files route serves: local storage only.
+        signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
+        app.state.local_storage = signed
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
@@ -135,6 +164,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=limiter,
             decoders=runtime.decoders,
             jwks=jwks,
+            stripe=stripe_api,
+            webhook_handlers=webhook_handlers(settings, stripe_api),
         )
         if settings.worker_in_process:
             stop = asyncio.Event()
@@ -150,18 +181,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def _document_problems(app: FastAPI) -> None:
-    """Serve an OpenAPI document whose error responses all say application/problem+json."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = errors.document_problems(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
@@ -172,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
         responses=errors.responses(413, 500),
     )
-    # The body limit is errors.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
+    # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -185,19 +204,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prompts.router,
         packs.router,
         files.router,
+        billing.router,
+        webhooks.router,
     ):
         app.include_router(router)
-    _document_problems(app)
+    openapi.install(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(
-        errors.BodyLimitMiddleware,
+        middleware.BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
         route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
     if settings.cors_origins:
         app.add_middleware(
-            errors.ProblemCORSMiddleware,
+            middleware.ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[

@@ -149,3 +149,42 @@ async def count_unopened(conn: asyncpg.Connection) -> int:
         """
     )
     return int(value)
+
+
+async def reverse_purchase(
+    conn: asyncpg.Connection, purchase_source_id: str, source_id: str, note: str
+) -> asyncpg.Record | None:
+    """Take back what the purchase recorded under `purchase_source_id` added, down to a zero
+    balance at most, once per `source_id` (a taken-back nothing is recorded too).
+
+    Returns (user_id, delta, balance_after, purchased) of the entry made now, or None: no
+    such purchase, or `source_id` was used before.
+    """
+    return await conn.fetchrow(
+        """
+        WITH purchase AS (
+            SELECT user_id, delta FROM credit_ledger
+            WHERE source_id = $1 AND reason = 'purchase'
+        ), locked AS (
+            SELECT users.id, users.credits FROM users JOIN purchase ON users.id = purchase.user_id
+            FOR UPDATE OF users
+        ), entry AS (
+            INSERT INTO credit_ledger (user_id, delta, reason, source_id, balance_after, note)
+            SELECT locked.id, -LEAST(purchase.delta, locked.credits), 'purchase_reversal', $2,
+                   locked.credits - LEAST(purchase.delta, locked.credits),
+                   format('%s: took back %s of the %s credits bought', $3::text,
+                          LEAST(purchase.delta, locked.credits), purchase.delta)
+            FROM locked, purchase
+            ON CONFLICT DO NOTHING
+            RETURNING user_id, delta, balance_after
+        ), debit AS (
+            UPDATE users SET credits = users.credits + entry.delta
+            FROM entry WHERE users.id = entry.user_id AND entry.delta <> 0
+        )
+        SELECT entry.user_id, entry.delta, entry.balance_after, purchase.delta AS purchased
+        FROM entry, purchase
+        """,
+        purchase_source_id,
+        source_id,
+        note,
+    )

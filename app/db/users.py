@@ -59,7 +59,9 @@ async def get_profile(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record 
         """
         SELECT u.id, u.email, u.credits, u.created_at,
                s.status AS subscription_status, s.price_id AS subscription_price_id,
-               s.current_period_end AS subscription_current_period_end
+               s.current_period_end AS subscription_current_period_end,
+               s.stripe_status AS subscription_stripe_status,
+               s.cancel_at_period_end AS subscription_cancel_at_period_end
         FROM users u
         LEFT JOIN subscriptions s ON s.user_id = u.id
         WHERE u.id = $1

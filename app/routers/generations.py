@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,14 +10,14 @@ from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFil
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
-from app.errors import NotFound, header_docs, responses
+from app.errors import NotFound, responses
+from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
 
 router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(401, 503))
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
 
 
 _RATE_LIMIT_HEADERS = header_docs(
@@ -48,11 +47,6 @@ _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _prefer_wait(prefer: str | None, cap: int) -> int:
-    match = _PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), cap) if match else 0
-
-
 @router.post(
     "/generations",
     operation_id="create_generation",
@@ -75,7 +69,7 @@ async def create_generation(
     who: Caller,
     svc: Svc,
     response: Response,
-    # Its length and characters are checked by check_idempotency_key: a malformed key is a
+    # Its length and characters are checked by generations.submit: a malformed key is a
     # 400 (a header, not the body), which Header(max_length=...) would turn into a 422.
     idempotency_key: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
@@ -87,35 +81,12 @@ async def create_generation(
     Per-user rate limit (`RATE_LIMIT_GENERATIONS`): over it, 429 with `Retry-After`, nothing
     charged; a replay of an existing job is still answered.
     """
-    key = generations.check_idempotency_key(idempotency_key)
-    wait = _prefer_wait(prefer, svc.settings.max_prefer_wait_seconds)
-    quota = await generations.admit(svc.limiter, svc.pool, who.sub, body, key)
-    if quota is not None:
-        response.headers.update(quota.headers())
-    # One pooled connection for the caller, the charge and the answer; never held across
-    # `Prefer: wait`: waiting requests holding connections would starve the worker.
-    async with svc.pool.acquire() as conn:
-        user = await svc.users.authenticate(conn, who)
-        row, created = await generations.create(conn, svc.settings, svc.storage, user, body, key)
-        if created and not wait:  # a new job: its row is the whole answer
-            job = await generations.to_schema(row, svc.storage, svc.settings)
-        elif not created and (not wait or row["status"] in generations.TERMINAL):
-            job = await generations.view(conn, svc.storage, svc.settings, row["id"], user.id)
-        else:
-            job = None
-    if created:
-        svc.metrics.credits_spent.labels(body.kind).inc(row["cost"])
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{row['id']}"
-    if job is None:
-        response.headers["Preference-Applied"] = f"wait={wait}"
-        await generations.wait_for_end(svc.hub, svc.pool, row["id"], user.id, wait)
-        async with svc.pool.acquire() as conn:
-            job = await generations.view(conn, svc.storage, svc.settings, row["id"], user.id)
-    if job.status in generations.TERMINAL:
-        response.status_code = 200
-    return job
+    answer = await generations.submit(
+        svc, who, body, idempotency_key=idempotency_key, prefer=prefer
+    )
+    response.status_code = answer.status_code
+    response.headers.update(answer.headers)
+    return answer.job
 
 
 @router.get(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -12,12 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from app.db import migrate
 from app.deps import Svc
-from app.errors import NotFound, ServiceUnavailable, Unauthorized, responses
+from app.errors import NotFound, Unauthorized, responses
+from app.services import operations
 
 router = APIRouter(tags=["operations"])
-log = logging.getLogger("atelier.health")
 
 
 class Health(BaseModel):
@@ -33,19 +30,7 @@ async def healthz() -> Health:
 @router.get("/readyz", operation_id="readyz", response_model=Health, responses=responses(503))
 async def readyz(svc: Svc) -> Health:
     """Ready for traffic: the database answers and every migration on disk is applied."""
-    try:
-        async with asyncio.timeout(3):
-            async with svc.pool.acquire() as conn:
-                todo = await migrate.pending(conn)
-    except (OSError, TimeoutError, migrate.MigrationError) as exc:
-        log.warning("not ready: %s", exc)
-        raise ServiceUnavailable(f"Database not ready: {exc}") from exc
-    except Exception as exc:  # asyncpg raises many kinds; any of them means not ready
-        log.warning("not ready: %r", exc)
-        raise ServiceUnavailable("Database not ready.") from exc
-    if todo:
-        names = ", ".join(f"{m.version}_{m.name}" for m in todo)
-        raise ServiceUnavailable(f"Migrations not applied: {names}. Run `atelier migrate`.")
+    await operations.check_ready(svc.pool)
     return Health(status="ready")
 
 

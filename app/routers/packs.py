@@ -9,7 +9,8 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
-from app.errors import header_docs, responses
+from app.errors import responses
+from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet

@@ -7,7 +7,8 @@ from uuid import UUID
 from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser
-from app.errors import header_docs, responses
+from app.errors import responses
+from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts

@@ -9,9 +9,21 @@ from app.schemas.common import Page
 
 
 class Subscription(BaseModel):
-    status: str = Field(examples=["Pro"])
+    """The shared `subscriptions` row as the mobile app reads it, and Stripe's own words."""
+
+    status: str = Field(
+        examples=["Pro"], description="`Pro` while Stripe says active or trialing, else `Free`."
+    )
     price_id: str | None
     current_period_end: datetime | None
+    stripe_status: str | None = Field(
+        examples=["active"],
+        description="The subscription's status at Stripe (active, trialing, past_due, "
+        "canceled, …); null when Stripe has not told about one.",
+    )
+    cancel_at_period_end: bool = Field(
+        description="Stripe ends the plan at current_period_end (cancelled, still paid up)."
+    )
 
 
 class Me(BaseModel):
@@ -20,7 +32,8 @@ class Me(BaseModel):
     credits: int = Field(examples=[5])
     created_at: datetime
     subscription: Subscription | None = Field(
-        description="The subscriptions row, or null for a user who never subscribed."
+        description="The subscriptions row (made by the app, or at the first checkout), "
+        "or null for a user who has neither."
     )
 
 

@@ -59,6 +59,30 @@ async def grant(
     return GrantResult(applied=False, balance=int(row["balance"]))
 
 
+@dataclass(frozen=True)
+class Reversal:
+    user_id: str
+    taken: int
+    purchased: int
+    balance: int
+
+
+async def reverse_purchase(
+    conn: asyncpg.Connection, purchase_source_id: str, source_id: str, note: str
+) -> Reversal | None:
+    """Take back a purchase's credits (down to zero at most) once per `source_id`; None when
+    there is no such purchase or `source_id` was applied before."""
+    row = await ledger.reverse_purchase(conn, purchase_source_id, source_id, note)
+    if row is None:
+        return None
+    return Reversal(
+        user_id=row["user_id"],
+        taken=-int(row["delta"]),
+        purchased=int(row["purchased"]),
+        balance=int(row["balance_after"]),
+    )
+
+
 async def history(
     conn: asyncpg.Connection, user_id: str, cursor: str | None, limit: int
 ) -> tuple[list[asyncpg.Record], str | None]:

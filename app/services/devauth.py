@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.config import Settings
-from app.services.secret_files import read_or_create
+from app.core.secret_files import read_or_create
 
 
 def load_or_create_key(path: Path) -> rsa.RSAPrivateKey:

@@ -1,4 +1,4 @@
-"""Asking for an image: validate, charge and create the job in one statement; read it back."""
+"""Asking for an image: admit, charge and create the job in one statement, answer; read it back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import re
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -17,20 +18,50 @@ from app.config import Settings
 from app.db import images
 from app.db import jobs as jobs_db
 from app.errors import BadRequest, InsufficientCredits, NotFound, Unprocessable
+from app.observability import Metrics
 from app.schemas.generations import GenerationCreate, ImageReference, Job, JobImage, JobPage
 from app.services import packs, pagination
+from app.services.auth import Identity
 from app.services.rate_limits import Quota, RateLimited, RateLimiter
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import Storage, upload_prefix
-from app.services.users import User
+from app.services.users import User, Users
 
 TERMINAL = frozenset({"completed", "failed"})
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
+
+
+class Context(Protocol):
+    """What a submission uses, as the app opened it (`app.deps.Services` is one)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    users: Users
+    storage: Storage
+    hub: Hub
+    limiter: RateLimiter
+    metrics: Metrics
+
+
+@dataclass
+class Submitted:
+    """The answer to a submission: the job, the status to send it with, and its headers."""
+
+    job: Job
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def request_hash(body: GenerationCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def prefer_wait(prefer: str | None, cap: int) -> int:
+    """The seconds a `Prefer: wait=N` header asks to wait, at most `cap`; 0 without one."""
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), cap) if match else 0
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -229,3 +260,47 @@ async def wait_for_end(
             if event is None:
                 return None
             await asyncio.sleep(0)
+
+
+async def submit(
+    ctx: Context,
+    who: Identity,
+    body: GenerationCreate,
+    *,
+    idempotency_key: str | None,
+    prefer: str | None,
+) -> Submitted:
+    """Charge the kind's cost and queue the job, or replay the one this Idempotency-Key made;
+    with `Prefer: wait=N`, wait up to N seconds for it to end. The answer is a 202 with the
+    job as queued (or still running), or a 200 with the job that has ended; `Location` names
+    it, and the caller's RateLimit-* headers come along.
+
+    The rate limit is counted before a pooled connection is taken. One connection serves the
+    caller, the charge and the answer, and none is held while waiting: waiting requests
+    holding connections would starve the worker.
+    """
+    key = check_idempotency_key(idempotency_key)
+    wait = prefer_wait(prefer, ctx.settings.max_prefer_wait_seconds)
+    quota = await admit(ctx.limiter, ctx.pool, who.sub, body, key)
+    headers = quota.headers() if quota is not None else {}
+    async with ctx.pool.acquire() as conn:
+        user = await ctx.users.authenticate(conn, who)
+        row, created = await create(conn, ctx.settings, ctx.storage, user, body, key)
+        job: Job | None
+        if created and not wait:  # a new job: its row is the whole answer
+            job = await to_schema(row, ctx.storage, ctx.settings)
+        elif not created and (not wait or row["status"] in TERMINAL):
+            job = await view(conn, ctx.storage, ctx.settings, row["id"], user.id)
+        else:
+            job = None
+    if created:
+        ctx.metrics.credits_spent.labels(body.kind).inc(row["cost"])
+    else:
+        headers["Idempotent-Replayed"] = "true"
+    headers["Location"] = f"/v1/jobs/{row['id']}"
+    if job is None:
+        headers["Preference-Applied"] = f"wait={wait}"
+        await wait_for_end(ctx.hub, ctx.pool, row["id"], user.id, wait)
+        async with ctx.pool.acquire() as conn:
+            job = await view(conn, ctx.storage, ctx.settings, row["id"], user.id)
+    return Submitted(job, 200 if job.status in TERMINAL else 202, headers)

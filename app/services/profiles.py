@@ -20,6 +20,8 @@ async def me(conn: asyncpg.Connection, user: User) -> Me:
             status=row["subscription_status"],
             price_id=row["subscription_price_id"],
             current_period_end=row["subscription_current_period_end"],
+            stripe_status=row["subscription_stripe_status"],
+            cancel_at_period_end=row["subscription_cancel_at_period_end"],
         )
     return Me(
         id=row["id"],

@@ -8,6 +8,8 @@ refunded, whatever the provider, the storage or this process does in between:
   back in the queue, or fails and refunds it once MAX_ATTEMPTS attempts were made;
 - on shutdown the worker stops claiming, lets running jobs finish for a grace period and
   hands back what is left.
+This module is the loop and the attempt's steps (provider, imaging, storage); every write to
+the job, and the transactions they need, are in `app.services.jobs`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.db import images, jobs
-from app.services import credits, imaging
+from app.services import imaging, jobs
 from app.services.providers.base import (
     ImageProvider,
     ImageRequest,
@@ -37,9 +38,6 @@ from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
 log = logging.getLogger("atelier.worker")
-
-
-MAX_RETRY_DELAY = 600.0  # seconds: backoff doubles per attempt, up to this
 
 
 def new_worker_id() -> str:
@@ -55,10 +53,6 @@ class _Attempt:
     def id(self) -> UUID:
         job_id: UUID = self.job["id"]
         return job_id
-
-
-class _LostLease(Exception):
-    pass
 
 
 class Worker:
@@ -147,8 +141,7 @@ class Worker:
         free = self.settings.worker_concurrency - len(self._tasks)
         if free <= 0 or self._stopping:
             return 0
-        async with self.pool.acquire() as conn:
-            rows = await jobs.claim(conn, self.worker_id, free, self.settings.job_lease_seconds)
+        rows = await jobs.claim(self.pool, self.worker_id, free, self.settings.job_lease_seconds)
         for row in rows:
             attempt = _Attempt(row, row["attempts"])
             task = asyncio.create_task(self._run_attempt(attempt), name=f"job-{attempt.id}")
@@ -177,7 +170,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(attempt, asyncio.current_task()))
         try:
             await self._process(attempt)
-        except _LostLease:
+        except jobs.LostLease:
             log.warning("job %s attempt %d lost its lease", attempt.id, attempt.number)
         except asyncio.CancelledError:
             if self._stopping:
@@ -194,10 +187,9 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                async with self.pool.acquire() as conn:
-                    held = await jobs.extend_lease(
-                        conn, attempt.id, attempt.number, self.settings.job_lease_seconds
-                    )
+                held = await jobs.extend_lease(
+                    self.pool, attempt.id, attempt.number, self.settings.job_lease_seconds
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 # the next beat tries again; a dead heartbeat task would let the lease lapse
                 log.warning("heartbeat for job %s failed: %r", attempt.id, exc)
@@ -254,7 +246,16 @@ class Worker:
             await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
             return
         await self._progress(attempt, 90)
-        await self._complete(attempt, key, png, result.model, params)
+        await jobs.complete(
+            self.pool,
+            self.settings,
+            attempt.id,
+            attempt.number,
+            key=key,
+            png=png,
+            model=result.model,
+            params=params,
+        )
 
     async def _pack_references(
         self, attempt: _Attempt, params: dict[str, Any]
@@ -280,58 +281,18 @@ class Worker:
                 await asyncio.sleep(min(0.2 * 2**retry, 5.0))
 
     async def _progress(self, attempt: _Attempt, progress: int, model: str | None = None) -> None:
-        async with self.pool.acquire() as conn:
-            if not await jobs.set_progress(conn, attempt.id, attempt.number, progress, model):
-                raise _LostLease
-
-    async def _complete(
-        self,
-        attempt: _Attempt,
-        key: str,
-        png: imaging.Png,
-        model: str,
-        params: dict[str, Any],
-    ) -> None:
-        image_id = uuid.uuid4()
-        url = imaging.canonical_url(self.settings, key, image_id)
-        pack_id = params.get("pack_id")
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await images.insert_for_job(
-                conn,
-                image_id=image_id,
-                job_id=attempt.id,
-                attempt=attempt.number,
-                image_url=url,
-                storage_key=key,
-                model=model,
-                visibility=params.get("visibility", "private"),
-                width=png.width,
-                height=png.height,
-                pack_id=UUID(pack_id) if pack_id else None,
-            )
-            if row is None or not await jobs.mark_completed(
-                conn, attempt.id, attempt.number, image_id=image_id, output_url=url, model=model
-            ):
-                raise _LostLease  # rolls the insert back with it
+        await jobs.set_progress(self.pool, attempt.id, attempt.number, progress, model)
 
     async def _fail(self, attempt: _Attempt, reason: str) -> None:
-        """Failed for good: mark it and refund, in one transaction."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            if await jobs.mark_failed(conn, attempt.id, attempt.number, reason[:1000]):
-                await credits.refund(conn, attempt.id)
+        """Failed for good: marked and refunded, in one transaction."""
+        await jobs.fail(self.pool, attempt.id, attempt.number, reason)
 
     async def _retry_or_fail(self, attempt: _Attempt, reason: str) -> None:
-        if attempt.number >= self.settings.max_attempts:
-            await self._fail(attempt, f"gave up after {attempt.number} attempts: {reason}")
-            return
-        delay = min(self.settings.retry_base_seconds * 2 ** (attempt.number - 1), MAX_RETRY_DELAY)
-        async with self.pool.acquire() as conn:
-            await jobs.release(conn, attempt.id, attempt.number, delay_seconds=delay, error=reason)
+        await jobs.retry_or_fail(self.pool, self.settings, attempt.id, attempt.number, reason)
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         try:
-            async with self.pool.acquire() as conn:
-                await jobs.release(conn, attempt.id, attempt.number, delay_seconds=0, error=None)
+            await jobs.hand_back(self.pool, attempt.id, attempt.number)
             log.info("job %s handed back on shutdown", attempt.id)
         except Exception as exc:  # the lease runs out and the reaper takes it instead
             log.warning("could not hand back job %s: %r", attempt.id, exc)
@@ -339,25 +300,5 @@ class Worker:
     # -- the reaper -----------------------------------------------------------------------
 
     async def reap(self) -> int:
-        """Requeue jobs whose worker vanished; fail and refund those out of attempts.
-
-        One short transaction per job: the statements re-check the expired lease, so two
-        reapers never act on one job twice, and no batch holds many users' rows at once.
-        """
-        count = 0
-        async with self.pool.acquire() as conn:
-            for row in await jobs.expired(conn, 100):
-                async with conn.transaction():
-                    if row["attempts"] >= self.settings.max_attempts:
-                        reason = (
-                            f"gave up after {row['attempts']} attempts: "
-                            "the worker stopped responding"
-                        )
-                        if await jobs.mark_failed(conn, row["id"], None, reason):
-                            await credits.refund(conn, row["id"])
-                            count += 1
-                    elif await jobs.requeue_expired(conn, row["id"], row["attempts"]):
-                        count += 1
-        if count:
-            log.info("reaped %d job(s) with expired leases", count)
-        return count
+        """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
+        return await jobs.reap(self.pool, self.settings.max_attempts)

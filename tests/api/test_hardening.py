@@ -252,8 +252,9 @@ BODIES: dict[str, tuple[bytes, str | None]] = {
 }
 
 
-def json_routes() -> list[tuple[str, str]]:
-    """(method, path) of every operation that takes a JSON body, ids filled in at random."""
+def json_routes() -> list[tuple[str, str, bool]]:
+    """(method, path, body required) of every operation that takes a JSON body, ids filled
+    in at random."""
     app = create_app(Settings(_env_file=None))
     found = []
     for path, item in app.openapi()["paths"].items():
@@ -264,7 +265,8 @@ def json_routes() -> list[tuple[str, str]]:
                 while "{" in filled:
                     start, end = filled.index("{"), filled.index("}")
                     filled = filled[:start] + str(uuid.uuid4()) + filled[end + 1 :]
-                found.append((method.upper(), filled))
+                required = bool(operation["requestBody"].get("required", False))
+                found.append((method.upper(), filled, required))
     return found
 
 
@@ -278,7 +280,9 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
     headers = auth_headers(USER)
     if content_type:
         headers["Content-Type"] = content_type
-    for method, path in routes:
+    for method, path, required in routes:
+        if name in {"empty", "json-null"} and not required:
+            continue  # an empty body, or null, is no body, which this operation accepts
         response = await client.request(method, path, content=content, headers=headers)
 
         assert response.status_code in (400, 422), (name, method, path, response.text)

@@ -77,3 +77,11 @@ class Storage(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class SignedStorage(Storage, Protocol):
+    """A store whose signed links the app serves itself (local files), so it checks them."""
+
+    def signature_matches(self, key: str, exp: int, sig: str) -> bool:
+        """Whether `sig` is this store's signature of (key, exp), compared in constant time."""
+        ...

@@ -2,7 +2,8 @@
 
 A URL is `{public_base_url}/files/{key}?exp=<unix seconds>&sig=<hex>`, where `sig` is the
 HMAC-SHA256 of `key + "\\n" + exp` under a secret: LOCAL_URL_SECRET, or a random one created
-once in DATA_DIR so every process of the service shares it. `app/routers/files.py` serves them.
+once in DATA_DIR so every process of the service shares it. `app.services.files` checks them
+and `app/routers/files.py` serves them.
 """
 
 from __future__ import annotations
@@ -16,22 +17,10 @@ import secrets
 import time
 from pathlib import Path
 
-from app.services.secret_files import read_or_create
+from app.core.secret_files import read_or_create
 from app.services.storage.base import ObjectNotFound, StorageError, validate_key
 
 SECRET_BYTES = 32
-
-CONTENT_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-}
-
-
-def content_type_for(key: str) -> str:
-    """The media type to serve a key with, from its extension."""
-    return CONTENT_TYPES.get(Path(key).suffix.lower(), "application/octet-stream")
 
 
 def load_or_create_secret(path: Path) -> bytes:

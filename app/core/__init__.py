@@ -1,0 +1,1 @@
+"""Helpers every part may use (storage, providers, services, entry points): no app imports."""

@@ -1,0 +1,98 @@
+"""The `webhook_events` table: incoming webhook events, stored once, processed once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+_COLUMNS = "provider, event_id, type, payload, received_at, processed_at, error, attempts"
+
+
+async def insert(
+    conn: asyncpg.Connection, provider: str, event_id: str, type_: str, payload: dict[str, Any]
+) -> asyncpg.Record:
+    """Store the event unless it is there already; returns (inserted, processed_at)."""
+    row = await conn.fetchrow(
+        """
+        WITH new AS (
+            INSERT INTO webhook_events (provider, event_id, type, payload)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT DO NOTHING
+            RETURNING processed_at
+        )
+        SELECT true AS inserted, processed_at FROM new
+        UNION ALL
+        SELECT false, processed_at FROM webhook_events
+        WHERE provider = $1 AND event_id = $2 AND NOT EXISTS (SELECT 1 FROM new)
+        """,
+        provider,
+        event_id,
+        type_,
+        payload,
+    )
+    assert row is not None
+    return row
+
+
+async def lock(conn: asyncpg.Connection, provider: str, event_id: str) -> asyncpg.Record | None:
+    """The event, locked until the end of the caller's transaction."""
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM webhook_events WHERE provider = $1 AND event_id = $2 FOR UPDATE",
+        provider,
+        event_id,
+    )
+
+
+async def get(conn: asyncpg.Connection, provider: str, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM webhook_events WHERE provider = $1 AND event_id = $2",
+        provider,
+        event_id,
+    )
+
+
+async def mark_processed(conn: asyncpg.Connection, provider: str, event_id: str) -> None:
+    await conn.execute(
+        """
+        UPDATE webhook_events
+        SET processed_at = now(), error = NULL, attempts = attempts + 1
+        WHERE provider = $1 AND event_id = $2
+        """,
+        provider,
+        event_id,
+    )
+
+
+async def mark_failed(conn: asyncpg.Connection, provider: str, event_id: str, error: str) -> None:
+    """Keep the failure on an event that is still unprocessed (a concurrent delivery may have
+    applied it meanwhile: then there is nothing to keep)."""
+    await conn.execute(
+        """
+        UPDATE webhook_events SET error = $3, attempts = attempts + 1
+        WHERE provider = $1 AND event_id = $2 AND processed_at IS NULL
+        """,
+        provider,
+        event_id,
+        error,
+    )
+
+
+async def unprocessed(
+    conn: asyncpg.Connection, provider: str | None, event_id: str | None, limit: int
+) -> list[asyncpg.Record]:
+    """Events that did not complete, oldest first, optionally of one provider or one id."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM webhook_events
+        WHERE processed_at IS NULL
+          AND ($1::text IS NULL OR provider = $1)
+          AND ($2::text IS NULL OR event_id = $2)
+        ORDER BY received_at, event_id
+        LIMIT $3
+        """,
+        provider,
+        event_id,
+        limit,
+    )
+    return rows

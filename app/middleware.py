@@ -1,0 +1,81 @@
+"""The app's own ASGI middlewares that answer in problem+json: the body limit and CORS.
+
+Wired by `app.main.create_app` (with `app.headers` and `app.observability`'s middlewares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import BadRequest, problem_response
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_body_bytes` (or a route's own limit) with a 413 problem.
+
+    FastAPI's `max_body_size` answers a too-large declared Content-Length with a text/plain
+    413 sent from outside every user middleware (no problem+json, no request id), so the
+    limit lives here. It is applied when the app first reads the body, after routing, so
+    `route_limits` (route path template → bytes) can raise it for a route such as uploads;
+    a body without a Content-Length (chunked) is counted as it is read.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, route_limits: Mapping[str, int] | None = None
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.route_limits = dict(route_limits or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("content-length")
+        declared = int(header) if header is not None and header.isdigit() else None
+        limit: int | None = None
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal limit, received
+            if limit is None:
+                template = getattr(scope.get("route"), "path", None)
+                limit = self.route_limits.get(template or "", self.max_body_bytes)
+            if declared is not None and declared > limit:
+                raise _body_too_large(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _body_too_large(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _body_too_large(limit: int) -> StarletteHTTPException:
+    # An HTTPException, so FastAPI's body parsing lets it through to _http_error.
+    detail = f"The request body is larger than the limit of {limit} bytes."
+    return StarletteHTTPException(413, detail)
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORSMiddleware, with a refused preflight answered in problem+json too."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        detail = bytes(response.body).decode() + "."  # "Disallowed CORS origin, headers"
+        return problem_response(BadRequest(detail).to_problem(), headers)

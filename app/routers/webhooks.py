@@ -1,0 +1,39 @@
+"""Incoming webhooks: verified by a dependency, then stored and applied once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from app.deps import Svc
+from app.errors import ServiceUnavailable, responses
+from app.schemas.billing import WebhookReceipt
+from app.services import stripe_events, webhooks
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+async def stripe_event(request: Request, svc: Svc) -> webhooks.Event:
+    """The event, once `Stripe-Signature` proves Stripe sent it recently (400 otherwise)."""
+    if svc.stripe is None:
+        raise ServiceUnavailable("Billing is not configured.")
+    payload = await request.body()
+    return stripe_events.verified_event(
+        svc.settings, payload, request.headers.get("stripe-signature")
+    )
+
+
+@router.post(
+    "/stripe",
+    operation_id="receive_stripe_webhook",
+    response_model=WebhookReceipt,
+    responses=responses(400, 500, 503),
+)
+async def receive_stripe_webhook(
+    event: Annotated[webhooks.Event, Depends(stripe_event)], svc: Svc
+) -> WebhookReceipt:
+    """Stripe's webhook endpoint (signed with STRIPE_WEBHOOK_SECRET). Each event is stored
+    once and applied once; a failure answers 500, so Stripe delivers it again."""
+    outcome = await webhooks.receive(svc.pool, svc.webhook_handlers, event)
+    return WebhookReceipt(outcome=outcome)

@@ -1,0 +1,151 @@
+"""A job's life after it was queued: claim, heartbeat, progress, complete, retry or fail, reap.
+
+The worker loop (`app.services.worker`) decides what to do with an attempt; the writes are
+here, each fenced on the attempt number, so an attempt whose lease ran out and was taken over
+cannot touch the job again. A job that fails for good is refunded in the same transaction that
+marks it failed (`_fail_and_refund`, the one path for the worker and the reaper alike).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.config import Settings
+from app.db import images
+from app.db import jobs as jobs_db
+from app.services import credits, imaging
+
+log = logging.getLogger("atelier.worker")
+
+MAX_RETRY_DELAY = 600.0  # seconds: backoff doubles per attempt, up to this
+MAX_ERROR_LENGTH = 1000
+REAP_BATCH = 100
+
+
+class LostLease(Exception):
+    """This attempt no longer holds its job: its lease ran out and the job moved on."""
+
+
+async def claim(
+    pool: asyncpg.Pool, worker_id: str, limit: int, lease_seconds: float
+) -> list[asyncpg.Record]:
+    """Up to `limit` ready jobs, now running and leased to `worker_id` (FOR UPDATE SKIP
+    LOCKED: workers never claim the same job)."""
+    async with pool.acquire() as conn:
+        return await jobs_db.claim(conn, worker_id, limit, lease_seconds)
+
+
+async def extend_lease(
+    pool: asyncpg.Pool, job_id: UUID, attempt: int, lease_seconds: float
+) -> bool:
+    """Heartbeat; False when this attempt no longer holds the job."""
+    async with pool.acquire() as conn:
+        return await jobs_db.extend_lease(conn, job_id, attempt, lease_seconds)
+
+
+async def set_progress(
+    pool: asyncpg.Pool, job_id: UUID, attempt: int, progress: int, model: str | None = None
+) -> None:
+    """Record how far the attempt got (and the model that answered); LostLease if it lost it."""
+    async with pool.acquire() as conn:
+        if not await jobs_db.set_progress(conn, job_id, attempt, progress, model):
+            raise LostLease
+
+
+async def complete(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    job_id: UUID,
+    attempt: int,
+    *,
+    key: str,
+    png: imaging.Png,
+    model: str,
+    params: dict[str, Any],
+) -> None:
+    """Record the stored image and mark the job completed, in one transaction; LostLease
+    (and nothing written) if the attempt no longer holds the job."""
+    image_id = uuid.uuid4()
+    url = imaging.canonical_url(settings, key, image_id)
+    pack_id = params.get("pack_id")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await images.insert_for_job(
+            conn,
+            image_id=image_id,
+            job_id=job_id,
+            attempt=attempt,
+            image_url=url,
+            storage_key=key,
+            model=model,
+            visibility=params.get("visibility", "private"),
+            width=png.width,
+            height=png.height,
+            pack_id=UUID(pack_id) if pack_id else None,
+        )
+        if row is None or not await jobs_db.mark_completed(
+            conn, job_id, attempt, image_id=image_id, output_url=url, model=model
+        ):
+            raise LostLease  # rolls the insert back with it
+
+
+async def _fail_and_refund(
+    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, reason: str
+) -> bool:
+    """Failed for good: mark it and refund its debit, in one transaction. `attempt` fences
+    the write (None for the reaper: then the lease must have run out). False if the job was
+    not this caller's to fail, and then nothing is refunded."""
+    async with conn.transaction():
+        if not await jobs_db.mark_failed(conn, job_id, attempt, reason[:MAX_ERROR_LENGTH]):
+            return False
+        await credits.refund(conn, job_id)
+        return True
+
+
+async def fail(pool: asyncpg.Pool, job_id: UUID, attempt: int, reason: str) -> bool:
+    """The attempt ends the job as failed, refunded (see `_fail_and_refund`)."""
+    async with pool.acquire() as conn:
+        return await _fail_and_refund(conn, job_id, attempt, reason)
+
+
+async def retry_or_fail(
+    pool: asyncpg.Pool, settings: Settings, job_id: UUID, attempt: int, reason: str
+) -> None:
+    """Queue the job again after a backoff that doubles per attempt; after MAX_ATTEMPTS
+    attempts, fail and refund it instead."""
+    if attempt >= settings.max_attempts:
+        await fail(pool, job_id, attempt, f"gave up after {attempt} attempts: {reason}")
+        return
+    delay = min(settings.retry_base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    async with pool.acquire() as conn:
+        await jobs_db.release(conn, job_id, attempt, delay_seconds=delay, error=reason)
+
+
+async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
+    """Put the job back in the queue at once (the worker is shutting down)."""
+    async with pool.acquire() as conn:
+        return await jobs_db.release(conn, job_id, attempt, delay_seconds=0, error=None)
+
+
+async def reap(pool: asyncpg.Pool, max_attempts: int) -> int:
+    """Requeue jobs whose worker vanished; fail and refund those out of attempts.
+
+    One short transaction per job: the statements re-check the expired lease, so two
+    reapers never act on one job twice, and no batch holds many users' rows at once.
+    """
+    count = 0
+    async with pool.acquire() as conn:
+        for row in await jobs_db.expired(conn, REAP_BATCH):
+            if row["attempts"] >= max_attempts:
+                reason = f"gave up after {row['attempts']} attempts: the worker stopped responding"
+                if await _fail_and_refund(conn, row["id"], None, reason):
+                    count += 1
+            elif await jobs_db.requeue_expired(conn, row["id"], row["attempts"]):
+                count += 1
+    if count:
+        log.info("reaped %d job(s) with expired leases", count)
+    return count
