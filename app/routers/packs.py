@@ -165,27 +165,10 @@ async def create_pack_generations(
     `Idempotency-Key`: the same key and body return the same set; another body is a 422.
     The rate limit (`RATE_LIMIT_GENERATIONS`) counts the set as one generation per icon.
     """
-    made = await pack_sets.submit(
-        pool=svc.pool,
-        limiter=svc.limiter,
-        users=svc.users,
-        settings=svc.settings,
-        storage=svc.storage,
-        who=who,
-        pack_id=pack_id,
-        body=body,
-        idempotency_key=idempotency_key,
-    )
-    if made.quota is not None:
-        response.headers.update(made.quota.headers())
-    if made.created:
-        svc.metrics.credits_spent.labels(pack_sets.KIND).inc(made.charged)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
-        if made.set.finished:
-            response.status_code = 200
-    response.headers["Location"] = f"/v1/packs/{pack_id}/generations/{made.set.id}"
-    return made.set
+    answer = await pack_sets.submit(svc, who, pack_id, body, idempotency_key=idempotency_key)
+    response.status_code = answer.status_code
+    response.headers.update(answer.headers)
+    return answer.set
 
 
 @router.get(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -29,17 +29,17 @@ from app.services import generations, packs
 from app.services.auth import Identity
 from app.services.rate_limits import Quota, RateLimited, RateLimiter
 from app.services.storage.base import Storage
-from app.services.users import Users
 
 KIND = "generate"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Submitted:
+    """The answer to a set's submission: the set, the status to send it with, its headers."""
+
     set: PackGenerationSet
-    created: bool  # False: a replay of an earlier request with this Idempotency-Key
-    charged: int  # credits taken by this request (0 for a replay)
-    quota: Quota | None
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def request_hash(pack_id: UUID, body: PackGenerationCreate) -> str:
@@ -49,28 +49,37 @@ def request_hash(pack_id: UUID, body: PackGenerationCreate) -> str:
 
 
 async def submit(
-    *,
-    pool: asyncpg.Pool,
-    limiter: RateLimiter,
-    users: Users,
-    settings: Settings,
-    storage: Storage,
+    ctx: generations.Context,
     who: Identity,
     pack_id: UUID,
     body: PackGenerationCreate,
+    *,
     idempotency_key: str | None,
 ) -> Submitted:
-    """Count the set against the rate limit (as len(prompts) submissions), then charge and
-    queue it on one pooled connection, released before the answer is sent."""
+    """Charge and queue the set, or replay the one this Idempotency-Key made: a 202 with the
+    jobs (a replay of a set whose jobs have all ended: a 200), `Location` naming the set,
+    and the caller's RateLimit-* headers.
+
+    The rate limit counts the set as len(prompts) submissions, before a pooled connection
+    is taken; one connection then serves the caller, the charge and the answer.
+    """
     key = generations.check_idempotency_key(idempotency_key)
     digest = request_hash(pack_id, body)
-    quota = await _admit(limiter, pool, who.sub, len(body.prompts), key, digest)
-    async with pool.acquire() as conn:
-        user = await users.authenticate(conn, who)
-        rows, created = await _create(conn, settings, user.id, pack_id, body, key, digest)
-        made = await _schema(rows, pack_id, storage, settings)
-    charged = sum(int(r["cost"]) for r in rows) if created else 0
-    return Submitted(made, created, charged, quota)
+    quota = await _admit(ctx.limiter, ctx.pool, who.sub, len(body.prompts), key, digest)
+    headers = quota.headers() if quota is not None else {}
+    async with ctx.pool.acquire() as conn:
+        user = await ctx.users.authenticate(conn, who)
+        rows, created = await _create(conn, ctx.settings, user.id, pack_id, body, key, digest)
+        made = await _schema(rows, pack_id, ctx.storage, ctx.settings)
+    status_code = 202
+    if created:
+        ctx.metrics.credits_spent.labels(KIND).inc(sum(int(r["cost"]) for r in rows))
+    else:
+        headers["Idempotent-Replayed"] = "true"
+        if made.finished:
+            status_code = 200
+    headers["Location"] = f"/v1/packs/{pack_id}/generations/{made.id}"
+    return Submitted(made, status_code, headers)
 
 
 async def _admit(
