@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pythonjsonlogger.json
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,23 +26,29 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object a line: ts, level, logger, msg, the request id (when there is one), the
+    record's extras, and exc for an exception."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ["name", "message"],
+            rename_fields={"name": "logger", "message": "msg", "exc_info": "exc"},
+            reserved_attrs=sorted(_STANDARD_ATTRS),
+            json_default=str,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        log_data["level"] = record.levelname.lower()
         request_id = request_id_var.get()
         if request_id:
-            entry["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            log_data["request_id"] = request_id  # before the extras: an explicit one wins
+        super().add_fields(log_data, record, message_dict)
 
 
 def configure_logging(level: str, as_json: bool) -> None:

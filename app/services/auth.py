@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
+from cachetools import TLRUCache
 
 from app.config import Settings
 from app.errors import Unauthorized
@@ -75,29 +76,32 @@ class TokenVerifier:
         require_azp: bool,
         leeway: int,
         cache_size: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._issuers = {i.name: i for i in issuers}
         self._parties = frozenset(authorized_parties)
         self._require_azp = require_azp
         self._leeway = leeway
-        self._cache: OrderedDict[str, Identity] = OrderedDict()
-        self._cache_size = cache_size
+        self._clock = clock
+        # Token → what verifying it found, least recently used out first; an entry lapses with
+        # its token (exp + leeway). Only touched on the event loop, so it needs no lock.
+        self._cache: TLRUCache[str, Identity] | None = (
+            TLRUCache(cache_size, self._usable_until, timer=clock) if cache_size else None
+        )
+
+    def _usable_until(self, _token: str, identity: Identity, _now: float) -> float:
+        return identity.expires_at + self._leeway
 
     async def verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized(f"The bearer token is longer than {MAX_TOKEN_LENGTH} characters.")
-        cached = self._cache.get(token)
-        if cached is not None:
-            if cached.expires_at + self._leeway > time.time():
-                self._cache.move_to_end(token)
-                return cached
-            del self._cache[token]
+        identity = self._cache.get(token) if self._cache is not None else None
+        if identity is None:
+            identity = await self._verify(token)
+            if self._cache is not None:
+                self._cache[token] = identity
+        if identity.expires_at + self._leeway <= self._clock():
             raise Unauthorized("The token has expired.")
-        identity = await self._verify(token)
-        if self._cache_size:
-            self._cache[token] = identity
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
         return identity
 
     async def _verify(self, token: str) -> Identity:
@@ -183,7 +187,11 @@ def _is_uuid(value: str) -> bool:
 
 
 def build_verifier(
-    settings: Settings, client: httpx.AsyncClient, dev_public_pem: bytes | None
+    settings: Settings,
+    client: httpx.AsyncClient,
+    dev_public_pem: bytes | None,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> TokenVerifier:
     issuers: list[Issuer] = []
     refresh = settings.jwks_min_refresh_seconds
@@ -213,4 +221,5 @@ def build_verifier(
         require_azp=settings.clerk_require_azp,
         leeway=settings.jwt_leeway_seconds,
         cache_size=settings.token_cache_size,
+        clock=clock,
     )

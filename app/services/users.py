@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 import httpx
+from async_lru import alru_cache
+from cachetools import LRUCache, TTLCache
 
 from app.config import Settings
 from app.db import ledger
@@ -46,26 +46,15 @@ class ClerkDirectory:
         self._url = settings.clerk_api_url.rstrip("/")
         self._secret = settings.clerk_secret_key
         self._client = client
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        # A burst of first requests asks Clerk once: callers of a lookup in flight wait for
+        # it. ttl=0 keeps nothing after it ends (a failed one is never kept either), so the
+        # next first request asks Clerk again.
+        self._lookup = alru_cache(maxsize=None, ttl=0)(self._fetch)
 
     async def email(self, user_id: str) -> str | None:
         if self._secret is None:
             return None
-        future = self._inflight.get(user_id)
-        if future is not None:  # a burst of first requests asks Clerk once
-            return await asyncio.shield(future)
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[user_id] = future
-        try:
-            result = await self._fetch(user_id)
-            future.set_result(result)
-            return result
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so a lone caller leaves no warning behind
-            raise
-        finally:
-            del self._inflight[user_id]
+        return await self._lookup(user_id)
 
     async def _fetch(self, user_id: str) -> str | None:
         assert self._secret is not None
@@ -94,24 +83,25 @@ class Users:
     def __init__(self, settings: Settings, directory: ClerkDirectory) -> None:
         self._settings = settings
         self._directory = directory
+        # Both caches are only touched on the event loop, so they need no lock.
         # user id → monotonic time of the last login write by this process
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        # user id → (monotonic time it was read, the user), for a burst of requests
-        self._known: OrderedDict[str, tuple[float, User]] = OrderedDict()
+        self._seen: LRUCache[str, float] = LRUCache(_SEEN_CAPACITY)
+        # user id → the user, read from the database moments ago, for a burst of requests
+        ttl = min(USER_CACHE_SECONDS, settings.last_login_interval_seconds)
+        self._known: TTLCache[str, User] = TTLCache(_SEEN_CAPACITY, ttl, timer=time.monotonic)
 
     async def authenticate(self, conn: asyncpg.Connection, identity: Identity) -> User:
         now = time.monotonic()
         known = self._known.get(identity.sub)
-        ttl = min(USER_CACHE_SECONDS, self._settings.last_login_interval_seconds)
-        if known is not None and now - known[0] < ttl:
+        if known is not None:
             # Seen moments ago: skip the read. Whatever needs the row itself (a balance, a
             # foreign key) reads or locks it in its own statement, so nothing relies on this.
-            return known[1]
+            return known
         row = await users_db.get(conn, identity.sub)
         if row is None:
             row = await self._create(conn, identity)
-            self._remember(identity.sub, now)
-            return self._cache(User.from_row(row), now)
+            self._seen[identity.sub] = now
+            return self._cache(User.from_row(row))
         last = self._seen.get(identity.sub)
         if last is None:
             # First sight in this process: a user the mobile app created gets its opening
@@ -121,14 +111,11 @@ class Users:
             await users_db.touch_login(
                 conn, identity.sub, self._settings.last_login_interval_seconds
             )
-            self._remember(identity.sub, now)
-        return self._cache(User.from_row(row), now)
+            self._seen[identity.sub] = now
+        return self._cache(User.from_row(row))
 
-    def _cache(self, user: User, at: float) -> User:
-        self._known[user.id] = (at, user)
-        self._known.move_to_end(user.id)
-        if len(self._known) > _SEEN_CAPACITY:
-            self._known.popitem(last=False)
+    def _cache(self, user: User) -> User:
+        self._known[user.id] = user
         return user
 
     async def _create(self, conn: asyncpg.Connection, identity: Identity) -> asyncpg.Record:
@@ -150,9 +137,3 @@ class Users:
         if row is None:
             raise Conflict("This email address already belongs to another account.")
         return row
-
-    def _remember(self, user_id: str, at: float) -> None:
-        self._seen[user_id] = at
-        self._seen.move_to_end(user_id)
-        if len(self._seen) > _SEEN_CAPACITY:
-            self._seen.popitem(last=False)

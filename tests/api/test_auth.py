@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.services import devauth
+from app.main import create_app
+from app.services import auth, devauth
 from tests.fakes.jwks import (
     AUTHORIZED_PARTY,
     ISSUER,
@@ -33,11 +33,11 @@ from tests.fakes.jwks import (
     signing_key,
     unsigned_token,
 )
+from tests.fakes.running import running as running_app
 from tests.fakes.running import running_settings as running
 from tests.support.auth import assert_unauthorized, assert_unavailable, bearer, count_users
 from tests.support.problems import assert_problem
-
-ATELIER = Path(sys.executable).with_name("atelier")
+from tests.support.serve import ATELIER
 
 ClerkSettings = Callable[..., Settings]
 
@@ -129,16 +129,20 @@ async def test_a_bad_token_is_challenged_as_invalid_token(
 async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(
     clerk_settings: ClerkSettings, key: SigningKey
 ) -> None:
-    async with running(clerk_settings(jwt_leeway_seconds=0)) as client:
-        # Minted once the app is up: the first request has 5–6 s to be accepted; with no
-        # leeway the token is refused once exp has passed.
-        exp = int(time.time()) + 6
-        token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
+    settings = clerk_settings(jwt_leeway_seconds=0)
+    app = create_app(settings)
+    now = [time.time()]
+    exp = int(now[0]) + 60
+    token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
+    async with running_app(app) as client:
+        services = app.state.services
+        services.verifier = auth.build_verifier(settings, services.http, None, clock=lambda: now[0])
         first = await client.get("/v1/me", headers=bearer(token))
         assert first.status_code == 200, first.text
-        await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
+        now[0] = exp  # with no leeway, the token is refused once exp has come
         second = await client.get("/v1/me", headers=bearer(token))
     assert_unauthorized(second)
+    assert second.json()["detail"] == "The token has expired."
 
 
 # -- azp ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import pytest
@@ -18,22 +18,10 @@ from app.config import Settings
 from app.main import create_app
 from app.schemas.common import SafeStr
 from tests.fakes.running import json_lines, json_logging, running
+from tests.support.problems import assert_problem
 
 LIMIT = 2048
 SECRET = "s3cr3t-detail-that-must-stay-in-the-logs"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert "<html" not in response.text.lower()
-    assert "Traceback" not in response.text
-    body = response.json()
-    assert isinstance(body, dict)
-    assert body["status"] == status
-    for member in ("type", "title", "detail"):
-        assert isinstance(body[member], str) and body[member], body
-    return body
 
 
 class Note(BaseModel):

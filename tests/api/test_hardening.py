@@ -4,7 +4,6 @@ bodies that are not JSON answered with the project's own problem types."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +20,7 @@ from app.main import create_app
 from tests.fakes.running import running
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
+from tests.support.serve import free_port
 
 Headers = Callable[..., dict[str, str]]
 USER = "user_hardening"
@@ -116,17 +116,10 @@ async def test_metrics_are_open_without_a_token_outside_production(
     assert response.status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_metrics_port_serves_them_without_a_token_and_the_api_port_does_not(
     make_settings: Callable[..., Settings],
 ) -> None:
-    port = _free_port()
+    port = free_port()
     settings = make_settings(metrics_port=port, metrics_token=TOKEN)
     async with running(create_app(settings)) as client:
         await client.get("/healthz")

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 
 from app.services import credits
+from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
 
@@ -36,15 +37,6 @@ async def get_page(
 async def sign_up(client: httpx.AsyncClient, auth_headers: Headers, user_id: str) -> None:
     response = await client.get("/v1/me", headers=auth_headers(user_id))
     assert response.status_code == 200, response.text
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    return body
 
 
 def forged_cursor(payload: object) -> str:

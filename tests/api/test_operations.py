@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -17,19 +16,10 @@ from app.config import Settings
 from app.db import migrate
 from app.main import create_app
 from tests.fakes.running import json_lines, json_logging, running
+from tests.support.problems import assert_problem
 
 GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 WEB_APP = "https://app.atelier.test"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert isinstance(body, dict)
-    assert body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    return body
 
 
 # Health and readiness.

@@ -5,7 +5,6 @@ as the window moves, are shared through Redis by several instances, and fail ope
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.fakes.running import running
 from tests.generation.conftest import balance, image_bytes, job_count, spend_rows, upload
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
+from tests.support.serve import free_port
 from tests.support.services import require, tcp_open
 
 Headers = Callable[..., dict[str, str]]
@@ -283,13 +283,6 @@ async def test_cors_exposes_the_rate_limit_headers(
 # -- Redis ------------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_redis_down_fails_open_with_a_warning(
     limited: Callable[..., Settings],
     db: asyncpg.Connection,
@@ -300,7 +293,7 @@ async def test_redis_down_fails_open_with_a_warning(
     settings = limited(
         rate_limit_generations="1/minute",
         rate_limit_uploads="1/minute",
-        rate_limit_storage_url=f"redis://127.0.0.1:{closed_port()}/0",
+        rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0",
     )
     with caplog.at_level(logging.WARNING, logger="atelier.rate_limits"):
         async with running(create_app(settings)) as client:
@@ -322,7 +315,7 @@ async def test_each_failed_count_is_logged_when_not_throttled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(rate_limits, "WARN_INTERVAL_SECONDS", 0.0)
-    settings = limited(rate_limit_storage_url=f"redis://127.0.0.1:{closed_port()}/0")
+    settings = limited(rate_limit_storage_url=f"redis://127.0.0.1:{free_port()}/0")
     with caplog.at_level(logging.WARNING, logger="atelier.rate_limits"):
         async with running(create_app(settings)) as client:
             assert (await generate(client, auth_headers(ALICE))).status_code == 202

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import asyncpg
 import httpx
 
 from app.db import ledger
+from tests.support.locks import until_a_lock_wait
 
 Headers = Callable[..., dict[str, str]]
-
-
-async def _wait_for_a_lock_wait(db: asyncpg.Connection) -> None:
-    """Until some session of this test's database waits for a lock (bounded by a deadline)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        waiting = await db.fetchval(
-            """
-            SELECT count(*) FROM pg_stat_activity
-            WHERE datname = current_database() AND wait_event_type = 'Lock'
-            """
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the service's insert never waited for the mobile app's")
 
 
 async def test_a_user_the_mobile_app_inserts_during_the_first_request_gets_an_opening_balance(
@@ -47,7 +31,7 @@ async def test_a_user_the_mobile_app_inserts_during_the_first_request_gets_an_op
             client.get("/v1/me", headers=auth_headers("user_raced", "raced@example.test"))
         )
         try:
-            await _wait_for_a_lock_wait(db)
+            await until_a_lock_wait(db, "the service's insert to wait for the mobile app's", first)
         finally:
             await tx.commit()
         response = await first

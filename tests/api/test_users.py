@@ -21,6 +21,7 @@ from tests.fakes.jwks import (
     signing_key,
 )
 from tests.fakes.running import running_settings as running
+from tests.support.problems import assert_problem
 
 ClerkSettings = Callable[..., Settings]
 Headers = Callable[..., dict[str, str]]
@@ -183,8 +184,7 @@ async def test_clerk_backend_api_down_is_a_503_and_creates_nothing(
     token = session_token(key, "user_2later")
     async with running(clerk_settings()) as client:
         failed = await client.get("/v1/me", headers=bearer(token))
-        assert failed.status_code == 503, failed.text
-        assert failed.headers["content-type"] == "application/problem+json"
+        assert_problem(failed, 503)
         assert await db.fetchval("SELECT count(*) FROM users") == 0
         clerk_api.fail_with(None)
         retried = await client.get("/v1/me", headers=bearer(token))
@@ -199,8 +199,7 @@ async def test_clerk_backend_api_unreachable_is_a_503(
     clerk_api.stop()
     async with running(settings) as client:
         response = await client.get("/v1/me", headers=bearer(session_token(key, "user_2gone")))
-    assert response.status_code == 503, response.text
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 503)
 
 
 async def test_user_clerk_does_not_know_is_refused(
@@ -208,8 +207,7 @@ async def test_user_clerk_does_not_know_is_refused(
 ) -> None:
     async with running(clerk_settings()) as client:
         response = await client.get("/v1/me", headers=bearer(session_token(key, "user_2ghost")))
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 401)
     assert await db.fetchval("SELECT count(*) FROM users") == 0
 
 
@@ -219,8 +217,7 @@ async def test_email_taken_by_another_account_is_a_409_problem(
     first = await client.get("/v1/me", headers=auth_headers("user_one", "shared@example.test"))
     assert first.status_code == 200, first.text
     second = await client.get("/v1/me", headers=auth_headers("user_two", "shared@example.test"))
-    assert second.status_code == 409, second.text
-    assert second.headers["content-type"] == "application/problem+json"
+    assert_problem(second, 409)
     assert await db.fetchval("SELECT count(*) FROM users") == 1
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from app.db.migrate import discover
+from tests.support.serve import ATELIER
 
 REPO = Path(__file__).resolve().parents[2]
-ATELIER = Path(sys.executable).with_name("atelier")
 SHARED_TABLES = (
     "users",
     "generated_images",

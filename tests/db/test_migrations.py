@@ -6,15 +6,12 @@ database and on the app's baseline with its rows, twice in a row, from two proce
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from app.db.migrate import LOCK_KEY, discover, migrate, pending
 from tests.db import (
-    ATELIER,
     EXPECTED_VERSIONS,
     SHARED_TABLES,
     app_rows,
@@ -27,6 +24,8 @@ from tests.db import (
     start,
 )
 from tests.fakes.mobile_app import LIVE_CREDITS, LIVE_SINCE
+from tests.support.polling import wait_until
+from tests.support.serve import ATELIER
 
 # adopt_shared_schema and users_and_credit_ledger
 ADOPTION_VERSIONS = ("20261123000000", "20261123000100")
@@ -151,15 +150,18 @@ async def test_two_migrate_processes_at_once_apply_each_migration_once(
         # contend for it at the same moment rather than one finishing before the other starts.
         await holder.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         procs = [await start([str(ATELIER), "migrate"], env, tmp_path) for _ in range(2)]
+
+        async def both_waiting() -> bool:
+            if await waiting_on_migrate_lock(holder) == 2:
+                return True
+            exited = [p for p in procs if p.returncode is not None]
+            assert not exited, [await finish(p) for p in exited]
+            return False
+
         try:
-            for _ in range(1200):
-                if await waiting_on_migrate_lock(holder) == 2:
-                    break
-                exited = [p for p in procs if p.returncode is not None]
-                assert not exited, [await finish(p) for p in exited]
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the two `atelier migrate` processes never waited on the lock")
+            await wait_until(
+                both_waiting, "the two `atelier migrate` processes to wait on the lock", 60
+            )
         finally:
             await holder.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
             results = [await finish(p) for p in procs]

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db import jobs as jobs_db
 from app.db import pool
 from app.services import credits
-from tests.db import ATELIER, cli_env, finish, start
+from tests.db import cli_env, finish, start
 from tests.db.rls_world import ALICE, BOB, CAROL, IDS, TABLES, seed
 from tests.fakes.mobile_app import (
     PRISMA_DECREMENT_CREDITS,
@@ -27,6 +27,7 @@ from tests.fakes.mobile_app import (
 from tests.support.generations import debit
 from tests.support.polling import wait_until
 from tests.support.postgrest import request
+from tests.support.serve import ATELIER
 
 
 async def ledger_rows(conn: asyncpg.Connection, user_id: str) -> list[tuple[int, str, int]]:

@@ -14,14 +14,9 @@ from typing import Any
 import httpx
 
 from tests.billing.conftest import PRODUCTS, signed
-from tests.e2e.test_user_journey import (
-    ATELIER,
-    clean_env,
-    free_port,
-    stop_leftover_postgres,
-    wait_until_ready,
-)
+from tests.e2e.test_user_journey import stop_leftover_postgres
 from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, StripeApiServer
+from tests.support.serve import ATELIER, clean_env, free_port, wait_until_ready
 
 ORIGIN = "https://app.atelier.test"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from app.config import Settings
 from app.services import credits
 from app.services.storage.base import Storage
 from tests.support.generations import add_user, create_job
-
-ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
+from tests.support.serve import ATELIER
 
 
 async def check_ledger(db_url: str, cwd: Path) -> tuple[int, str, str]:

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,26 +21,14 @@ import httpx
 import psutil
 from PIL import Image
 
-from app.config import Settings
-
-ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
-STARTUP_DEADLINE = 90.0  # a guard against hanging (initdb + migrations), not a speed check
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**changes: str) -> dict[str, str]:
-    """This environment without anything that configures Atelier (no DATABASE_URL, no
-    PROVIDER, …), so the command runs on its defaults, plus `changes`."""
-    ours = {name.upper() for name in Settings.model_fields} | {"TEST_DATABASE_URL"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
-    env.update(changes)
-    return env
+from tests.support.serve import (
+    ATELIER,
+    SERVE_STDERR,
+    clean_env,
+    free_port,
+    start_serve,
+    wait_until_ready,
+)
 
 
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
@@ -99,29 +83,6 @@ def reference_png() -> bytes:
     return buffer.getvalue()
 
 
-def wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(
-                f"atelier serve exited with {server.returncode} before it was ready:\n"
-                + stderr_path.read_text(errors="replace")
-            )
-        try:
-            answer = httpx.get(base_url + "/readyz", timeout=5)
-            if answer.status_code == 200:
-                return
-            last = f"{answer.status_code} {answer.text}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise AssertionError(
-        f"atelier serve was not ready within {STARTUP_DEADLINE:.0f}s (last: {last}):\n"
-        + stderr_path.read_text(errors="replace")
-    )
-
-
 def test_a_user_uploads_edits_follows_progress_and_downloads_the_image_from_atelier_serve(
     tmp_path: Path,
 ) -> None:
@@ -134,15 +95,8 @@ def test_a_user_uploads_edits_follows_progress_and_downloads_the_image_from_atel
         LOG_JSON="false",
         LOCAL_PROVIDER_DELAY_MS="3000",  # slow enough that progress shows between the steps
     )
-    stderr_path = tmp_path / "serve.stderr"
-    with stderr_path.open("wb") as stderr:
-        server = subprocess.Popen(
-            [str(ATELIER), "serve", "--port", str(port)],
-            cwd=tmp_path,  # no .env of the checkout is read; the database goes in ./.data
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    stderr_path = tmp_path / SERVE_STDERR
+    server = start_serve(tmp_path, port, env)  # the database goes in ./.data
     try:
         wait_until_ready(server, base_url, stderr_path)
         assert (pgdata / "PG_VERSION").exists(), "the embedded database is not in ./.data"

@@ -1,33 +1,27 @@
 """Helpers for the gallery tests: images made the way the worker makes them (a row with a
 storage key, and a real object in local storage) or the way the mobile app does (a row with
-only user_id and image_url), problem checks, SSE parsing, and the app under real uvicorn."""
+only user_id and image_url), and generations through the API."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
 from app.config import Settings
-from app.errors import PROBLEM_JSON
 from app.main import create_app
 from app.services.storage.base import Storage, generation_key
 
 Headers = Callable[..., dict[str, str]]
 MakeApp = Callable[..., FastAPI]
-DEADLINE_SECONDS = 30  # a guard against hanging, never a speed requirement
 
 
 @pytest.fixture
@@ -139,15 +133,6 @@ async def likes_count(db: asyncpg.Connection, image_id: uuid.UUID) -> int:
 # -- responses ------------------------------------------------------------------------------
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    return body
-
-
 async def generate(
     client: httpx.AsyncClient,
     headers: dict[str, str],
@@ -164,37 +149,3 @@ async def generate(
     job: dict[str, Any] = response.json()
     assert job["status"] == "completed", job
     return job
-
-
-# -- server-sent events ---------------------------------------------------------------------
-
-
-# -- a real server --------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def live_server(app: FastAPI) -> AsyncIterator[str]:
-    """The app (its lifespan included) under real uvicorn on 127.0.0.1, in this event loop,
-    so responses really stream (httpx's ASGI transport buffers a response until it ends)."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not server.started:
-        assert not task.done(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)

@@ -3,9 +3,7 @@ the feed's NOTIFY trigger), and the service shows the rows the app wrote as they
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable
 
 import asyncpg
@@ -25,7 +23,8 @@ from tests.fakes.mobile_app import (
     seed_live_rows,
 )
 from tests.fakes.running import running
-from tests.gallery.conftest import DEADLINE_SECONDS, Headers, ensure_user, insert_image
+from tests.gallery.conftest import Headers, ensure_user, insert_image
+from tests.support.polling import wait_until
 
 
 async def test_the_apps_statements_run_on_an_empty_database_after_the_gallery_migration(
@@ -60,10 +59,7 @@ async def test_the_apps_statements_run_while_the_feed_is_listened_to(
         )
         assert row is not None
         await db.execute("SELECT pg_notify('atelier_feed', 'end')")
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not heard or heard[-1] != "end":
-            assert time.monotonic() < deadline, heard
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(heard) and heard[-1] == "end", "the end marker")
     finally:
         await listener.close()
     assert len(heard) == 2, heard

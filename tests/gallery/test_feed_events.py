@@ -11,13 +11,11 @@ import asyncio
 import gc
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -30,18 +28,18 @@ from app.services.realtime import Subscription
 from tests.fakes.running import worker_env
 from tests.fakes.sse import RawSseClient, SseEvent, SseParser
 from tests.gallery.conftest import (
-    DEADLINE_SECONDS,
     Headers,
     MakeApp,
-    assert_problem,
     insert_image,
     insert_mobile_image,
-    live_server,
     services_of,
 )
+from tests.support.live import live_server
+from tests.support.polling import DEADLINE_SECONDS, wait_until
+from tests.support.problems import assert_problem
+from tests.support.serve import ATELIER
 
 ALICE, BOB, CAROL = "user_feed_alice", "user_feed_bob", "user_feed_carol"
-ATELIER = Path(sys.executable).parent / "atelier"
 DELIVERY_BOUND_SECONDS = 1.0  # the requirement for a completed image to reach a client
 
 
@@ -342,13 +340,6 @@ async def test_the_feed_stream_needs_a_token(client: httpx.AsyncClient) -> None:
 
 
 # -- a thousand clients -----------------------------------------------------------------------
-
-
-async def wait_until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():
-        assert time.monotonic() < deadline, f"never became true: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def db_connections(db: asyncpg.Connection) -> int:

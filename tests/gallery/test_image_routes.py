@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from app.config import Settings
 from tests.gallery.conftest import (
     Headers,
-    assert_problem,
     ensure_user,
     generate,
     insert_image,
@@ -25,6 +24,7 @@ from tests.gallery.conftest import (
     storage_key_of,
     store_object,
 )
+from tests.support.problems import assert_problem
 
 ALICE, BOB, CAROL = "user_img_alice", "user_img_bob", "user_img_carol"
 

@@ -15,7 +15,6 @@ from app.schemas.gallery import LikeState
 from app.services import gallery
 from tests.gallery.conftest import (
     Headers,
-    assert_problem,
     ensure_user,
     insert_image,
     insert_mobile_image,
@@ -23,6 +22,8 @@ from tests.gallery.conftest import (
     likes_count,
     services_of,
 )
+from tests.support.locks import until_a_lock_wait
+from tests.support.problems import assert_problem
 
 ALICE, BOB, CAROL = "user_like_alice", "user_like_bob", "user_like_carol"
 
@@ -176,7 +177,7 @@ async def test_an_unlike_waiting_on_a_like_by_the_same_user_takes_that_like_back
                 return await gallery.like(conn, image, BOB, on=False)
 
         unliking = asyncio.create_task(unlike())
-        await until_waiting_on_a_lock(db)  # the unlike waits for the image
+        await until_a_lock_wait(db, "the unlike to wait for the image", unliking)
         await like.commit()
         state = await asyncio.wait_for(unliking, 30)
     finally:
@@ -208,7 +209,7 @@ async def test_deleting_a_user_whose_unlike_is_in_flight_counts_that_like_once(
             "UPDATE generated_images SET likes_count = likes_count - 1 WHERE id = $1", image
         )
         deleting = asyncio.create_task(deleter.execute("DELETE FROM users WHERE id = $1", BOB))
-        await until_waiting_on_a_lock(db)
+        await until_a_lock_wait(db, "the deletion to wait for the unlike", deleting)
         await unlike.commit()
         await asyncio.wait_for(deleting, 30)
     finally:
@@ -217,18 +218,6 @@ async def test_deleting_a_user_whose_unlike_is_in_flight_counts_that_like_once(
 
     assert await like_rows(db, image) == [CAROL]
     assert await likes_count(db, image) == 1
-
-
-async def until_waiting_on_a_lock(db: asyncpg.Connection) -> None:
-    """Until some session of this database waits for a lock (a 30 s guard)."""
-    for _ in range(3000):
-        if await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"
-        ):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("nothing ever waited for a lock")
 
 
 async def test_a_hundred_users_liking_and_unliking_at_once_keep_the_count_equal_to_the_rows(

@@ -16,12 +16,12 @@ import pytest
 from tests.fakes.mobile_app import INSERT_IMAGE, PRISMA_CREATE_IMAGE
 from tests.gallery.conftest import (
     Headers,
-    assert_problem,
     ensure_user,
     generate,
     insert_image,
     insert_mobile_image,
 )
+from tests.support.problems import assert_problem
 
 ALICE, BOB, CAROL = "user_list_alice", "user_list_bob", "user_list_carol"
 ITEM_FIELDS = {

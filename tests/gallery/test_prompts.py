@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.fakes.mobile_app import INSERT_PROMPT, LIST_PROMPTS, PRISMA_CREATE_PROMPT
-from tests.gallery.conftest import Headers, assert_problem, ensure_user
+from tests.gallery.conftest import Headers, ensure_user
+from tests.support.problems import assert_problem
 
 ALICE, BOB = "user_prompt_alice", "user_prompt_bob"
 FULL = {

@@ -1,27 +1,21 @@
-"""Helpers for the generation tests: apps built with changed settings, the app under a real
-uvicorn server in the test's own event loop (for true streaming), images made with Pillow,
-SSE parsing and database look-ups."""
+"""Helpers for the generation tests: apps built with changed settings, images made with
+Pillow, SSE parsing and database look-ups."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import struct
-import time
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
 from app.config import Settings
-from app.errors import PROBLEM_JSON
 from app.main import create_app
 from app.services.storage.base import Storage
 from tests.fakes.sse import SseEvent, SseParser
@@ -39,43 +33,12 @@ def make_app(make_settings: Callable[..., Settings]) -> MakeApp:
     return make
 
 
-@asynccontextmanager
-async def live_server(app: FastAPI) -> AsyncIterator[str]:
-    """The app (its lifespan included) under real uvicorn on 127.0.0.1, in this event loop,
-    so responses really stream (httpx's ASGI transport buffers a response until it ends)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert not task.done(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
-
-
 def storage_of(app: FastAPI) -> Storage:
     storage: Storage = app.state.services.storage
     return storage
 
 
 # -- responses ------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    return body
 
 
 def parse_sse(text: str) -> list[SseEvent]:

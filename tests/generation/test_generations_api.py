@@ -19,7 +19,6 @@ from tests.fakes.gemini import API_KEY, FakeGemini, image_reply
 from tests.fakes.running import running
 from tests.generation.conftest import (
     MakeApp,
-    assert_problem,
     balance,
     decode,
     image_bytes,
@@ -28,6 +27,7 @@ from tests.generation.conftest import (
     storage_of,
     upload,
 )
+from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_alice", "user_bob"
@@ -511,5 +511,4 @@ async def test_the_job_list_is_the_callers_own_newest_first_paged_and_filtered(
     assert pages == 3
     assert [j["id"] for j in pending.json()["items"]] == [made[4], made[3], made[2], made[0]]
     assert [(j["id"], j["status"]) for j in failed.json()["items"]] == [(made[1], "failed")]
-    assert bad.status_code == 422
-    assert bad.headers["content-type"] == "application/problem+json"
+    assert_problem(bad, 422)

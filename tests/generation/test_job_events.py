@@ -8,8 +8,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,15 +24,15 @@ from tests.fakes.running import running, worker_env
 from tests.fakes.sse import SseEvent, SseParser
 from tests.generation.conftest import (
     MakeApp,
-    assert_problem,
-    live_server,
     parse_sse,
 )
+from tests.support.live import live_server
+from tests.support.polling import DEADLINE_SECONDS, wait_until
+from tests.support.problems import assert_problem
+from tests.support.serve import ATELIER
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_alice", "user_bob"
-ATELIER = Path(sys.executable).parent / "atelier"
-DEADLINE_SECONDS = 30  # a guard against hanging, not a speed requirement
 
 
 @asynccontextmanager
@@ -120,10 +118,9 @@ async def test_the_stream_reports_every_progress_step_and_ends_after_completion(
             # Notifications arrive in commit order: once this marker is in, so is every
             # change the worker made.
             await db.execute("SELECT pg_notify('atelier_jobs', '{\"id\": \"end\"}')")
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not notified or notified[-1]["id"] != "end":
-                assert time.monotonic() < deadline, f"seen: {notified!r}"
-                await asyncio.sleep(0.02)
+            await wait_until(
+                lambda: bool(notified) and notified[-1]["id"] == "end", "the end marker"
+            )
 
     recorded = [(n["status"], n["progress"]) for n in notified if n["id"] == job_id]
     assert recorded == [

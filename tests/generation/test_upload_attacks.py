@@ -18,8 +18,10 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from app.services.imaging import Decoders
 from tests.generation.conftest import decode, image_bytes, png_bomb, storage_of, upload
 from tests.generation.test_uploads import pulled_while_posting
+from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -199,15 +201,27 @@ def largest_accepted_png() -> bytes:
 
 
 async def test_twelve_concurrent_largest_uploads_leave_other_requests_answering(
-    client: httpx.AsyncClient, auth_headers: Headers
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = largest_accepted_png()
     assert len(data) < 10 * MIB
     headers = auth_headers(USER)
     assert (await client.get("/v1/me", headers=headers)).status_code == 200
+    decoders: Decoders = app.state.services.decoders
+    decoding = decoders.run
+    started: list[object] = []
+
+    async def counted(fn: Callable[..., object], /, *args: object) -> object:
+        started.append(fn)
+        return await decoding(fn, *args)
+
+    monkeypatch.setattr(decoders, "run", counted)
 
     uploads = [asyncio.create_task(upload(client, headers, data)) for _ in range(12)]
-    await asyncio.sleep(0.05)  # let them all reach the decoders
+    await wait_until(lambda: len(started) >= 12, "all twelve uploads to reach the decoders")
     me = await client.get("/v1/me", headers=headers)
     health = await client.get("/healthz")
     still_uploading = sum(not task.done() for task in uploads)

@@ -23,7 +23,6 @@ from tests.fakes.gemini import API_KEY, FakeGemini, InlineImage
 from tests.fakes.running import running
 from tests.generation.conftest import (
     MakeApp,
-    assert_problem,
     balance,
     decode,
     image_bytes,
@@ -32,6 +31,7 @@ from tests.generation.conftest import (
     storage_of,
     upload,
 )
+from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_alice", "user_bob"

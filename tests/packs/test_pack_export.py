@@ -22,7 +22,7 @@ from app.main import create_app
 from app.services import pack_export
 from app.services.storage.base import Storage, StorageError
 from tests.fakes.running import running
-from tests.generation.conftest import live_server
+from tests.support.live import live_server
 from tests.support.packs import ask_for_set, create_pack, finished_set, make_set
 from tests.support.problems import assert_problem
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -28,11 +27,11 @@ from app.services.storage.base import Storage
 from app.services.worker import Worker
 from tests.fakes.gemini import API_KEY, FakeGemini, GeminiCall, InlineImage, held
 from tests.fakes.running import running
+from tests.support.polling import DEADLINE_SECONDS, wait_until
 
 Headers = Callable[..., dict[str, str]]
 ALICE = "user_alice"
 STYLE = "flat pastel icons, thick outlines"
-DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -133,13 +132,14 @@ async def until_ended(
     client: httpx.AsyncClient, headers: dict[str, str], job_id: str
 ) -> dict[str, Any]:
     """Poll the job until it is completed or failed; returns it."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}", headers=headers)).json()
-        if job["status"] in ("completed", "failed"):
-            return job
-        assert time.monotonic() < deadline, f"the job never ended: {job}"
-        await asyncio.sleep(0.05)
+    job: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        job.update((await client.get(f"/v1/jobs/{job_id}", headers=headers)).json())
+        return job["status"] in ("completed", "failed")
+
+    await wait_until(ended, f"job {job_id} to end")
+    return job
 
 
 def last_call(gemini: FakeGemini) -> GeminiCall:
@@ -462,17 +462,18 @@ async def test_a_pack_deleted_just_as_the_image_is_recorded_leaves_it_outside_an
                 pack_id=pack_id,
             )
         )
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while True:  # the record waits on the deleting transaction's row lock
-            waiting = await db.fetchval(
+
+        async def waiting() -> bool:  # on the deleting transaction's row lock
+            event = await db.fetchval(
                 "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
                 recorder.get_server_pid(),
             )
-            if waiting == "Lock":
-                break
+            if event == "Lock":
+                return True
             assert not record.done(), "the record did not wait for the deletion"
-            assert time.monotonic() < deadline, "the record never waited on the deletion"
-            await asyncio.sleep(0.02)
+            return False
+
+        await wait_until(waiting, "the record to wait on the deletion", interval=0.02)
         await deleting.commit()
         row = await asyncio.wait_for(record, DEADLINE_SECONDS)
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -15,22 +14,15 @@ from typing import Any
 import asyncpg
 import httpx
 
-from app.errors import PROBLEM_JSON
+from tests.support.locks import until_a_lock_wait
+from tests.support.polling import DEADLINE_SECONDS
+from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_alice", "user_bob"
-DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 async def ensure_user(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
@@ -649,24 +641,6 @@ async def test_a_generation_into_another_users_pack_is_404_and_charges_nothing(
 # -- races with a deletion ------------------------------------------------------------------
 
 
-async def wait_for_a_lock_wait(db: asyncpg.Connection, request: asyncio.Task[Any]) -> None:
-    """Until some other session of this database waits on a row lock (the request's)."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        waiting = await db.fetchval(
-            """
-            SELECT count(*) FROM pg_stat_activity
-            WHERE datname = current_database() AND pid <> pg_backend_pid()
-              AND wait_event_type = 'Lock'
-            """
-        )
-        if waiting:
-            return
-        assert not request.done(), f"the request did not wait: {request.result()}"
-        assert time.monotonic() < deadline, "the request never waited on the deletion"
-        await asyncio.sleep(0.02)
-
-
 async def test_filing_an_icon_into_a_pack_being_deleted_is_404_not_an_error(
     client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
@@ -680,7 +654,7 @@ async def test_filing_an_icon_into_a_pack_being_deleted_is_404_not_an_error(
         await deleting.start()
         await deleter.execute("DELETE FROM icon_packs WHERE id = $1", uuid.UUID(pack["id"]))
         request = asyncio.create_task(add_icon(client, headers, pack["id"], image))
-        await wait_for_a_lock_wait(db, request)
+        await until_a_lock_wait(db, "the request to wait on the deletion", request)
         await deleting.commit()
         response = await asyncio.wait_for(request, DEADLINE_SECONDS)
     finally:
@@ -709,7 +683,7 @@ async def test_a_cover_deleted_while_it_is_being_set_is_404_not_an_error(
                 headers=headers,
             )
         )
-        await wait_for_a_lock_wait(db, request)
+        await until_a_lock_wait(db, "the request to wait on the deletion", request)
         await deleting.commit()
         response = await asyncio.wait_for(request, DEADLINE_SECONDS)
     finally:

@@ -19,7 +19,8 @@ from app.errors import PROBLEM_JSON
 from app.main import create_app
 from app.routers import files
 from app.services.storage.local import LocalStorage
-from tests.fakes.served import ServedApp
+from tests.support.live import ServedApp
+from tests.support.problems import assert_problem
 
 SECRET = b"k" * 32
 BASE_URL = "http://atelier.test"
@@ -53,14 +54,6 @@ async def files_client(tmp_path: Path, storage: LocalStorage) -> AsyncIterator[h
 
 def signed_query(storage: LocalStorage, key: str, exp: int) -> str:
     return f"exp={exp}&sig={storage.sign(key, exp)}"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    return body
 
 
 # -- signed URLs through the app ------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-DEADLINE_SECONDS = 30.0
+DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
 
 
 async def wait_until(
@@ -23,3 +23,16 @@ async def wait_until(
             return
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         await asyncio.sleep(interval)
+
+
+def wait_until_sync(
+    check: Callable[[], bool],
+    what: str,
+    seconds: float = DEADLINE_SECONDS,
+    interval: float = 0.05,
+) -> None:
+    """`wait_until` outside an event loop (a thread or a process being waited for)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(interval)

@@ -16,7 +16,8 @@ import httpx
 from app.config import Settings
 
 ATELIER = Path(sys.executable).with_name("atelier")  # .venv/bin/atelier
-STARTUP_DEADLINE = 90.0  # a guard against hanging, not a speed check
+STARTUP_DEADLINE = 90.0  # a guard against hanging (initdb + migrations), not a speed check
+SERVE_STDERR = "serve.stderr"  # in the server's working directory
 
 
 def free_port() -> int:
@@ -27,11 +28,25 @@ def free_port() -> int:
 
 
 def clean_env(**changes: str) -> dict[str, str]:
-    """This environment without any Atelier setting, plus `changes`."""
+    """This environment without anything that configures Atelier (no DATABASE_URL, no
+    PROVIDER, …), so the command runs on its defaults, plus `changes`."""
     ours = {name.upper() for name in Settings.model_fields} | {"TEST_DATABASE_URL"}
     env = {k: v for k, v in os.environ.items() if k.upper() not in ours}
     env.update(changes)
     return env
+
+
+def start_serve(cwd: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `atelier serve --port port` in `cwd` with exactly `env` (no .env of the checkout
+    is read); its stderr goes to cwd/serve.stderr. Then `wait_until_ready`."""
+    with (cwd / SERVE_STDERR).open("wb") as stderr:
+        return subprocess.Popen(
+            [str(ATELIER), "serve", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
 
 
 @contextmanager
@@ -39,17 +54,9 @@ def atelier_serve(cwd: Path, **env: str) -> Iterator[tuple[str, int]]:
     """Run `atelier serve` in `cwd` with these settings; yield (host, port) once /readyz is
     200; stop it with SIGTERM (then SIGKILL) at the end."""
     port = free_port()
-    stderr_path = cwd / "serve.stderr"
-    with stderr_path.open("wb") as stderr:
-        server = subprocess.Popen(
-            [str(ATELIER), "serve", "--port", str(port)],
-            cwd=cwd,
-            env=clean_env(**env),
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    server = start_serve(cwd, port, clean_env(**env))
     try:
-        _wait_until_ready(server, f"http://127.0.0.1:{port}", stderr_path)
+        wait_until_ready(server, f"http://127.0.0.1:{port}", cwd / SERVE_STDERR)
         yield "127.0.0.1", port
     finally:
         server.terminate()
@@ -60,7 +67,9 @@ def atelier_serve(cwd: Path, **env: str) -> Iterator[tuple[str, int]]:
             server.wait(timeout=30)
 
 
-def _wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr: Path) -> None:
+def wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr: Path) -> None:
+    """Until the server answers /readyz with 200; fail with its stderr if it exits first or
+    is not ready by the deadline."""
     deadline = time.monotonic() + STARTUP_DEADLINE
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -77,4 +86,7 @@ def _wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr: Pa
         except httpx.HTTPError as exc:
             last = repr(exc)
         time.sleep(0.2)
-    raise AssertionError(f"atelier serve was not ready in time (last: {last})")
+    raise AssertionError(
+        f"atelier serve was not ready within {STARTUP_DEADLINE:.0f}s (last: {last}):\n"
+        + stderr.read_text(errors="replace")
+    )

@@ -6,8 +6,7 @@ and every job is charged once and refunded only if it failed."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -22,8 +21,8 @@ from app.services.storage.base import Storage
 from app.services.users import User
 from app.services.worker import Worker
 from tests.support.generations import create_job
+from tests.support.polling import DEADLINE_SECONDS, wait_until
 
-DEADLINE_SECONDS = 30.0  # a guard against hanging, never a speed requirement
 TERMINAL = ("completed", "failed")
 
 
@@ -74,19 +73,6 @@ async def jobs_by_id(pool: asyncpg.Pool, job_ids: Iterable[UUID]) -> dict[UUID, 
     return {job_id: await job_row(pool, job_id) for job_id in job_ids}
 
 
-async def wait_until(
-    check: Callable[[], Awaitable[bool] | bool], what: str, seconds: float = DEADLINE_SECONDS
-) -> None:
-    """Poll `check` (a plain or an async callable) until it is true."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def wait_for_end(
     pool: asyncpg.Pool, job_ids: Iterable[UUID], seconds: float = DEADLINE_SECONDS
 ) -> dict[UUID, asyncpg.Record]:
@@ -130,6 +116,36 @@ async def balance(pool: asyncpg.Pool, user_id: str) -> int:
     async with pool.acquire() as conn:
         value: int = await conn.fetchval("SELECT credits FROM users WHERE id = $1", user_id)
     return value
+
+
+class Rounds:
+    """A worker's loop seen from outside, so a test waits for rounds of it instead of
+    sleeping: what each claim round found (and whether a job was still running as it
+    began), and how many reaper rounds ran."""
+
+    def __init__(self, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.claims: list[tuple[bool, int]] = []
+        self.reaps = 0
+        claim, reap = worker._claim_batch, worker.reap
+
+        async def counted_claim() -> int:
+            busy = any(t.get_name().startswith("job-") for t in asyncio.all_tasks())
+            found = await claim()
+            self.claims.append((busy, found))
+            return found
+
+        async def counted_reap() -> int:
+            count = await reap()
+            self.reaps += 1
+            return count
+
+        monkeypatch.setattr(worker, "_claim_batch", counted_claim)
+        monkeypatch.setattr(worker, "reap", counted_reap)
+
+    def idle(self) -> bool:
+        """The last claim round began with no job running and found nothing: the worker is
+        in its wait, until a NOTIFY, its next poll or its next reaper round."""
+        return bool(self.claims) and self.claims[-1] == (False, 0)
 
 
 @asynccontextmanager

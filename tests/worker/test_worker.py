@@ -50,8 +50,9 @@ from tests.fakes.gemini import (
 from tests.fakes.running import running
 from tests.fakes.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, FakeS3
 from tests.support.generations import add_user
+from tests.support.polling import DEADLINE_SECONDS, wait_until
 from tests.worker.conftest import (
-    DEADLINE_SECONDS,
+    Rounds,
     assert_invariants,
     balance,
     images_of,
@@ -60,7 +61,6 @@ from tests.worker.conftest import (
     ledger_of,
     submit,
     wait_for_end,
-    wait_until,
     worker_running,
 )
 
@@ -339,7 +339,11 @@ async def test_an_idle_worker_requeues_a_dead_workers_job_without_waiting_for_it
 
 
 async def test_the_worker_never_claims_or_reaps_jobs_the_mobile_app_created(
-    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage, hub: Hub
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    hub: Hub,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(worker_poll_seconds=0.1, job_lease_seconds=1)
     user = await add_user(pool, ALICE)
@@ -364,9 +368,14 @@ async def test_the_worker_never_claims_or_reaps_jobs_the_mobile_app_created(
         }
     job_id = await submit(pool, settings, storage, user, "a service job")
     worker = Worker(settings, pool, LocalProvider(), storage, hub)
+    rounds = Rounds(worker, monkeypatch)
     async with worker_running(worker):
         await wait_for_end(pool, [job_id])
-        await asyncio.sleep(1.2)  # a few more polls and one more reaper round
+        claims, reaps = len(rounds.claims), rounds.reaps
+        await wait_until(
+            lambda: len(rounds.claims) >= claims + 3 and rounds.reaps >= reaps + 1,
+            "a few more polls and one more reaper round",
+        )
         async with pool.acquire() as conn:
             assert await jobs.claim(conn, "probe", 100, 60) == []
         assert await worker.reap() == 0
@@ -386,17 +395,22 @@ async def test_the_worker_never_claims_or_reaps_jobs_the_mobile_app_created(
 
 
 async def test_a_new_job_wakes_an_idle_worker_through_notify(
-    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage, hub: Hub
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    hub: Hub,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # It polls once a minute and reaps every 30 s: a job done within 10 s of being created
     # was found because its NOTIFY woke the worker.
     settings = make_settings(worker_poll_seconds=60, job_lease_seconds=120)
     user = await add_user(pool, ALICE)
     worker = Worker(settings, pool, LocalProvider(), storage, hub)
+    rounds = Rounds(worker, monkeypatch)
     async with worker_running(worker):
         first = await submit(pool, settings, storage, user, "a first bell")
         await wait_for_end(pool, [first], seconds=10)
-        await asyncio.sleep(0.5)  # idle now, in its minute-long wait
+        await wait_until(rounds.idle, "the worker to go idle, in its minute-long wait")
         second = await submit(pool, settings, storage, user, "a second bell")
         done = await wait_for_end(pool, [second], seconds=10)
 
@@ -406,13 +420,17 @@ async def test_a_new_job_wakes_an_idle_worker_through_notify(
 
 
 async def test_without_notifications_the_worker_still_finds_jobs_by_polling(
-    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(worker_poll_seconds=0.2)
     user = await add_user(pool, ALICE)
     worker = Worker(settings, pool, LocalProvider(), storage, hub=None)
+    rounds = Rounds(worker, monkeypatch)
     async with worker_running(worker):
-        await asyncio.sleep(0.3)  # idle, waiting for its next poll
+        await wait_until(rounds.idle, "the worker to go idle, waiting for its next poll")
         job_ids = [await submit(pool, settings, storage, user, f"a quiet owl {i}") for i in (1, 2)]
         done = await wait_for_end(pool, job_ids)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -23,18 +22,16 @@ from app.services.storage.base import Storage
 from tests.fakes.gemini import API_KEY, FakeGemini, slow
 from tests.fakes.running import worker_env
 from tests.support.generations import add_user
+from tests.support.polling import DEADLINE_SECONDS, wait_until
+from tests.support.serve import ATELIER
 from tests.worker.conftest import (
-    DEADLINE_SECONDS,
     assert_invariants,
     images_of,
     jobs_by_id,
     ledger_of,
     submit,
     wait_for_end,
-    wait_until,
 )
-
-ATELIER = Path(sys.executable).parent / "atelier"
 
 
 class WorkerProcess:

@@ -1,15 +1,49 @@
-"""The app under a real uvicorn server on loopback, for requests that must arrive on the wire
-exactly as written (httpx normalises `..` segments and its ASGI transport decodes twice)."""
+"""The app under a real uvicorn server on 127.0.0.1: in the test's own event loop with its
+lifespan (responses really stream; httpx's ASGI transport buffers one until it ends), or in a
+thread without it (requests arrive on the wire exactly as written: httpx normalises `..`
+segments and its ASGI transport decodes twice)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 import uvicorn
 from fastapi import FastAPI
+
+from tests.support.polling import DEADLINE_SECONDS, wait_until, wait_until_sync
+
+
+@asynccontextmanager
+async def live_server(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` (its lifespan included) in this event loop; yield its base URL."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,  # room for a thousand clients connecting at once
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    def started() -> bool:
+        assert not task.done(), "uvicorn stopped while starting"
+        return server.started
+
+    await wait_until(started, "uvicorn to start", interval=0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
 
 
 class ServedApp:
@@ -24,10 +58,12 @@ class ServedApp:
 
     def __enter__(self) -> ServedApp:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert self._thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
+
+        def started() -> bool:
+            assert self._thread.is_alive(), "uvicorn stopped while starting"
+            return self._server.started
+
+        wait_until_sync(started, "uvicorn to start", interval=0.01)
         return self
 
     @property
