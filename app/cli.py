@@ -1,4 +1,5 @@
-"""The `atelier` command: serve | worker | migrate | dev-token | check-ledger | webhooks."""
+"""The `atelier` command: serve | worker | migrate | dev-token | check-ledger | grant |
+webhooks."""
 
 from __future__ import annotations
 
@@ -162,6 +163,43 @@ def cmd_webhooks_replay(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_replay(settings, args.provider, args.event_id))
 
 
+async def _grant(settings: Settings, user_id: str, delta: int, reason: str) -> int:
+    import getpass
+
+    from app.db import pool
+    from app.errors import AppError
+    from app.services import admin
+
+    who = f"cli:{getpass.getuser()}"
+    conn = await pool.connect(settings)
+    try:
+        result = await admin.adjust_credits(conn, who, user_id, delta, reason)
+    except AppError as exc:
+        print(f"atelier grant: {exc.detail or exc.title}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    print(f"{user_id}: {delta:+d} credit(s); balance {result.balance}")
+    return 0
+
+
+def cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    reason = args.reason.strip()
+    if (
+        not 0 < abs(args.credits) <= 1_000_000
+        or not reason
+        or "\x00" in reason
+        or len(reason) > 500
+    ):
+        print(
+            "atelier grant: CREDITS is 1 to 1000000 (negative to take) "
+            "and --reason 1 to 500 characters",
+            file=sys.stderr,
+        )
+        return 2
+    return asyncio.run(_grant(settings, args.user_id, args.credits, reason))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--provider", choices=("stripe", "clerk"), default=None)
     replay.add_argument("--event-id", default=None)
     replay.set_defaults(func=cmd_webhooks_replay)
+    grant = sub.add_parser(
+        "grant",
+        help="add (or, negative, take) credits through the ledger as an administrator would",
+    )
+    grant.add_argument("user_id")
+    grant.add_argument("credits", type=int, help="credits to add; negative to take")
+    grant.add_argument("--reason", required=True, help="why: kept as the ledger row's note")
+    grant.set_defaults(func=cmd_grant)
     return parser
 
 

@@ -259,8 +259,22 @@ async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(BadRequest(detail).to_problem())
 
 
+# Raised by the database (migration 20261130002000) when a write names an erased user: a
+# request that authenticated just before its account was erased.
+ERASED_OWNER_CONSTRAINT = "users_erased_owner"
+
+
+async def _foreign_key(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, asyncpg.ForeignKeyViolationError)
+    if getattr(exc, "constraint_name", None) == ERASED_OWNER_CONSTRAINT:
+        refused = Unauthorized("This account was deleted.")
+        return problem_response(refused.to_problem(), refused.headers)
+    return await _unhandled(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(asyncpg.ForeignKeyViolationError, _foreign_key)
     for unstorable in (
         asyncpg.CharacterNotInRepertoireError,
         asyncpg.UntranslatableCharacterError,

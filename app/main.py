@@ -22,6 +22,7 @@ from app.deps import Services
 from app.headers import SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
+    admin,
     billing,
     files,
     generations,
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prompts.router,
         packs.router,
         files.router,
+        admin.router,
         billing.router,
         webhooks.router,
     ):

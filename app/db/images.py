@@ -153,10 +153,16 @@ async def set_visibility(
     return bool(status == "UPDATE 1")
 
 
-async def delete(conn: asyncpg.Connection, image_id: UUID, owner: str) -> asyncpg.Record | None:
-    """Delete the owner's image row (its likes go with it); returns its storage key."""
+async def delete(
+    conn: asyncpg.Connection, image_id: UUID, owner: str | None
+) -> asyncpg.Record | None:
+    """Delete the owner's image row (owner None: anyone's); its likes go with it. Returns
+    its storage key."""
     return await conn.fetchrow(
-        "DELETE FROM generated_images WHERE id = $1 AND user_id = $2 RETURNING id, storage_key",
+        """
+        DELETE FROM generated_images WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)
+        RETURNING id, storage_key
+        """,
         image_id,
         owner,
     )

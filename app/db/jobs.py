@@ -49,7 +49,7 @@ async def create_with_debit(
     row = await conn.fetchrow(
         f"""
         WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $2 FOR UPDATE
+            SELECT id, credits FROM users WHERE id = $2 AND erased_at IS NULL FOR UPDATE
         ), job AS (
             INSERT INTO image_generation_jobs (
                 id, user_id, status, progress, kind, prompt, params, cost, model,
@@ -198,6 +198,14 @@ async def mark_failed(
     return bool(status == "UPDATE 1")
 
 
+async def exists(conn: asyncpg.Connection, job_id: UUID) -> bool:
+    """Whether the job's row is still there (its user's erasure deletes it)."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM image_generation_jobs WHERE id = $1)", job_id
+    )
+    return bool(found)
+
+
 async def mark_completed(
     conn: asyncpg.Connection,
     job_id: UUID,
@@ -319,7 +327,7 @@ async def create_set_with_debit(
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $1 FOR UPDATE
+            SELECT id, credits FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE
         ), wanted AS (
             SELECT w.id, w.prompt, w.n
             FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS w(id, prompt, n)

@@ -55,12 +55,12 @@ async def grant(
 
     Returns (balance_after, balance): balance_after is NULL when nothing was applied, either
     because `source_id` was used before or because the result would be negative; balance
-    (before the change) is NULL when the user does not exist.
+    (before the change) is NULL when the user does not exist or was erased.
     """
     row = await conn.fetchrow(
         """
         WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $1 FOR UPDATE
+            SELECT id, credits FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE
         ), entry AS (
             INSERT INTO credit_ledger (user_id, delta, reason, source_id, balance_after, note)
             SELECT id, $2, $3, $4, credits + $2, $5 FROM locked WHERE credits + $2 >= 0
@@ -94,7 +94,9 @@ async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
     """Record the balance of a user the service has not seen before as its opening balance."""
     await conn.execute(
         """
-        WITH locked AS (SELECT id, credits FROM users WHERE id = $1 FOR UPDATE)
+        WITH locked AS (
+            SELECT id, credits FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE
+        )
         INSERT INTO credit_ledger (user_id, delta, reason, balance_after)
         SELECT id, credits, 'opening_balance', credits FROM locked
         WHERE credits >= 0
@@ -141,11 +143,13 @@ async def mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 async def count_unopened(conn: asyncpg.Connection) -> int:
-    """Users with no ledger entry yet (created outside the service and not seen by it since)."""
+    """Users with no ledger entry yet (created outside the service and not seen by it since);
+    the tombstone of an id erased before it ever had a balance is not one of them."""
     value = await conn.fetchval(
         """
         SELECT count(*) FROM users u
-        WHERE NOT EXISTS (SELECT 1 FROM credit_ledger l WHERE l.user_id = u.id)
+        WHERE u.erased_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM credit_ledger l WHERE l.user_id = u.id)
         """
     )
     return int(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-_COLUMNS = "id, email, credits, created_at, updated_at, last_login_at"
+_COLUMNS = "id, email, credits, created_at, updated_at, last_login_at, erased_at"
 
 
 async def get(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
@@ -47,10 +47,59 @@ async def touch_login(conn: asyncpg.Connection, user_id: str, min_interval_secon
         UPDATE users SET last_login_at = now()
         WHERE id = $1
           AND credits >= 0
+          AND erased_at IS NULL
           AND (last_login_at IS NULL OR last_login_at < now() - make_interval(secs => $2))
         """,
         user_id,
         float(min_interval_seconds),
+    )
+
+
+async def lock(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+    """Lock the user's row against every write that names the user (FOR UPDATE also waits
+    for, and holds off, the foreign-key checks of rows being added for them)."""
+    return await conn.fetchrow(
+        "SELECT id, credits, erased_at FROM users WHERE id = $1 FOR UPDATE", user_id
+    )
+
+
+async def insert_tombstone(conn: asyncpg.Connection, user_id: str, email: str) -> bool:
+    """Take the id for an erased user who has no row yet; False when a row exists."""
+    status = await conn.execute(
+        """
+        INSERT INTO users (id, email, credits, erased_at) VALUES ($1, $2, 0, now())
+        ON CONFLICT DO NOTHING
+        """,
+        user_id,
+        email,
+    )
+    return bool(status == "INSERT 0 1")
+
+
+async def mark_erased(conn: asyncpg.Connection, user_id: str, email: str) -> None:
+    """Turn the row into a tombstone: no email, no login time, erased now. A balance the
+    mobile app left below zero (kept by the NOT VALID check, and never opened in the
+    ledger) becomes 0: any update of the row must satisfy the check."""
+    await conn.execute(
+        """
+        UPDATE users
+        SET email = $2, last_login_at = NULL, erased_at = now(), credits = GREATEST(credits, 0)
+        WHERE id = $1 AND erased_at IS NULL
+        """,
+        user_id,
+        email,
+    )
+
+
+async def set_email(conn: asyncpg.Connection, user_id: str, email: str) -> asyncpg.Record | None:
+    """Set a live user's email; None when there is no such user (or it was erased)."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE users SET email = $2 WHERE id = $1 AND erased_at IS NULL
+        RETURNING {_COLUMNS}
+        """,
+        user_id,
+        email,
     )
 
 

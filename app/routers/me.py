@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from app.deps import Conn, CurrentUser
+from app.deps import Conn, CurrentUser, StreamUser, Svc
 from app.errors import responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.me import LedgerEntry, LedgerPage, Me
-from app.services import credits, profiles
+from app.services import accounts, credits, profiles
 
 router = APIRouter(prefix="/v1", tags=["account"], responses=responses(401, 503))
 
@@ -34,3 +34,12 @@ async def list_credit_ledger(
     return LedgerPage(
         items=[LedgerEntry.model_validate(dict(r)) for r in rows], next_cursor=next_cursor
     )
+
+
+@router.delete("/me", operation_id="delete_me", status_code=204, response_class=Response)
+async def delete_me(user: StreamUser, svc: Svc) -> Response:
+    """Delete the caller's account for good: images (and their files), uploads, likes,
+    prompts, packs, jobs and subscription. The ledger keeps its rows without personal data;
+    the balance is forfeited. The same sign-in is refused afterwards (401)."""
+    await accounts.erase(svc.pool, svc.storage, svc.users, user.id)
+    return Response(status_code=204)

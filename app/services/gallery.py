@@ -126,9 +126,12 @@ async def set_visibility(
     return await get(conn, storage, settings, image_id, owner)
 
 
-async def delete(conn: asyncpg.Connection, storage: Storage, image_id: UUID, owner: str) -> None:
+async def delete(
+    conn: asyncpg.Connection, storage: Storage, image_id: UUID, owner: str | None
+) -> None:
     """Delete the row (its likes cascade), then the object: no row ever points at a missing
-    object. If the store fails after the row is gone, the object is an orphan, logged."""
+    object. If the store fails after the row is gone, the object is an orphan, logged.
+    `owner` None: whoever's it is (an administrator's takedown)."""
     row = await images.delete(conn, image_id, owner)
     if row is None:
         raise NotFound("No such image.")

@@ -125,6 +125,12 @@ async def retry_or_fail(
         await jobs_db.release(conn, job_id, attempt, delay_seconds=delay, error=reason)
 
 
+async def exists(pool: asyncpg.Pool, job_id: UUID) -> bool:
+    """Whether the job's row is still there (its user's erasure deletes it)."""
+    async with pool.acquire() as conn:
+        return await jobs_db.exists(conn, job_id)
+
+
 async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
     """Put the job back in the queue at once (the worker is shutting down)."""
     async with pool.acquire() as conn:

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,7 +22,10 @@ from app.services.auth import Identity
 log = logging.getLogger("atelier.users")
 
 _SEEN_CAPACITY = 100_000
-# How long a user read from the database serves later requests without a new read.
+# How long a user read from the database serves later requests without a new read. It is
+# also how long another process may still let an erased user's token through (the process
+# that erases forgets the user at once): within that window the database refuses every
+# write for the erased id (migration 20261130002000) and reads find nothing left.
 USER_CACHE_SECONDS = 5.0
 
 
@@ -37,6 +41,29 @@ class User:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> User:
         return cls(row["id"], row["email"], row["created_at"])
+
+
+def primary_email(user: Any) -> str | None:
+    """The primary email address of a Clerk user object (the Backend API's answer, or the
+    `data` of a `user.created` / `user.updated` webhook); the first address if none is
+    marked primary; None if it has none."""
+    if not isinstance(user, dict):
+        return None
+    entries = user.get("email_addresses")
+    addresses = {
+        a.get("id"): a.get("email_address")
+        for a in (entries if isinstance(entries, list) else [])
+        if isinstance(a, dict)
+    }
+    email = addresses.get(user.get("primary_email_address_id"))
+    if not email and addresses:
+        email = next(iter(addresses.values()))
+    return email if isinstance(email, str) and email else None
+
+
+def _refuse_erased(row: asyncpg.Record) -> None:
+    if row["erased_at"] is not None:
+        raise Unauthorized("This account was deleted.")
 
 
 class ClerkDirectory:
@@ -69,12 +96,7 @@ class ClerkDirectory:
             raise Unauthorized("Clerk does not know this user.")
         if response.status_code != 200:
             raise ServiceUnavailable(f"Clerk answered {response.status_code} for the account.")
-        data = response.json()
-        addresses = {a.get("id"): a.get("email_address") for a in data.get("email_addresses", [])}
-        email = addresses.get(data.get("primary_email_address_id"))
-        if not email and addresses:
-            email = next(iter(addresses.values()))
-        return email if isinstance(email, str) and email else None
+        return primary_email(response.json())
 
 
 class Users:
@@ -99,9 +121,11 @@ class Users:
             return known
         row = await users_db.get(conn, identity.sub)
         if row is None:
-            row = await self._create(conn, identity)
+            row = await self._create(conn, identity.sub, identity.email)
+            _refuse_erased(row)
             self._seen[identity.sub] = now
             return self._cache(User.from_row(row))
+        _refuse_erased(row)
         last = self._seen.get(identity.sub)
         if last is None:
             # First sight in this process: a user the mobile app created gets its opening
@@ -118,22 +142,45 @@ class Users:
         self._known[user.id] = user
         return user
 
-    async def _create(self, conn: asyncpg.Connection, identity: Identity) -> asyncpg.Record:
-        email = identity.email or await self._directory.email(identity.sub)
+    async def ensure(
+        self, conn: asyncpg.Connection, user_id: str, email: str | None
+    ) -> User | None:
+        """The user's row, created with its signup grant when there is none yet (Clerk's
+        `user.created`), by the same statement a first request uses, so the grant is made
+        once whichever comes first. None for an erased id: it never comes back."""
+        row = await users_db.get(conn, user_id)
+        if row is None:
+            row = await self._create(conn, user_id, email)
+        elif row["erased_at"] is None:
+            await ledger.open_balance(conn, user_id)
+        return None if row["erased_at"] is not None else User.from_row(row)
+
+    def forget(self, user_id: str) -> None:
+        """Drop what this process remembers of the user (its row changed or was erased): the
+        next request reads the row again."""
+        self._known.pop(user_id, None)
+        self._seen.pop(user_id, None)
+
+    async def _create(
+        self, conn: asyncpg.Connection, user_id: str, email: str | None
+    ) -> asyncpg.Record:
+        email = email or await self._directory.email(user_id)
         if email is None:
             # users.email is NOT NULL UNIQUE in the shared schema; a placeholder on the
             # reserved .invalid domain keeps the account usable until Clerk tells us more.
-            email = f"{identity.sub}@users.invalid"
-            log.warning("no email known for %s; stored a placeholder", identity.sub)
+            email = f"{user_id}@users.invalid"
+            log.warning("no email known for %s; stored a placeholder", user_id)
         row = await users_db.create_with_signup(
-            conn, identity.sub, email, self._settings.new_user_credits
+            conn, user_id, email, self._settings.new_user_credits
         )
         if row is None:
-            row = await users_db.get(conn, identity.sub)
-            if row is not None:
-                # Another writer inserted it first. If that was the mobile app, the row has no
-                # ledger entry yet, and authenticate() will not open it in this process.
-                await ledger.open_balance(conn, identity.sub)
+            # Another writer inserted it first, or the id was erased (its tombstone keeps
+            # the id taken, so it never becomes a fresh account with new free credits).
+            row = await users_db.get(conn, user_id)
+            if row is not None and row["erased_at"] is None:
+                # If the mobile app inserted it, the row has no ledger entry yet, and
+                # authenticate() will not open it in this process.
+                await ledger.open_balance(conn, user_id)
         if row is None:
             raise Conflict("This email address already belongs to another account.")
         return row

@@ -245,17 +245,21 @@ class Worker:
         except StorageError as exc:
             await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
             return
-        await self._progress(attempt, 90)
-        await jobs.complete(
-            self.pool,
-            self.settings,
-            attempt.id,
-            attempt.number,
-            key=key,
-            png=png,
-            model=result.model,
-            params=params,
-        )
+        try:
+            await self._progress(attempt, 90)
+            await jobs.complete(
+                self.pool,
+                self.settings,
+                attempt.id,
+                attempt.number,
+                key=key,
+                png=png,
+                model=result.model,
+                params=params,
+            )
+        except jobs.LostLease:
+            await self._discard_if_orphaned(attempt, key)
+            raise
 
     async def _pack_references(
         self, attempt: _Attempt, params: dict[str, Any]
@@ -279,6 +283,20 @@ class Worker:
                 if retry == self.settings.storage_retries:
                     raise
                 await asyncio.sleep(min(0.2 * 2**retry, 5.0))
+
+    async def _discard_if_orphaned(self, attempt: _Attempt, key: str) -> None:
+        """The job's row is gone (its user was erased while this attempt ran): nothing will
+        ever point at the object just stored, and the erasure may have swept before it
+        landed. A job that still exists keeps it: a newer attempt writes the same key."""
+        if await jobs.exists(self.pool, attempt.id):
+            return
+        try:
+            await self.storage.delete(key)
+            log.info("job %s was deleted while it ran; removed its result %s", attempt.id, key)
+        except StorageError as exc:
+            log.warning(
+                "job %s was deleted while it ran; its result %s remains: %s", attempt.id, key, exc
+            )
 
     async def _progress(self, attempt: _Attempt, progress: int, model: str | None = None) -> None:
         await jobs.set_progress(self.pool, attempt.id, attempt.number, progress, model)

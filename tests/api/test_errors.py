@@ -83,10 +83,10 @@ async def test_unknown_route_asking_for_html_still_gets_problem_json(
 async def test_wrong_method_is_a_405_problem_with_an_allow_header(
     client: httpx.AsyncClient,
 ) -> None:
-    response = await client.delete("/v1/me")
+    response = await client.put("/v1/me")  # /v1/me answers GET and DELETE
     body = assert_problem(response, 405)
     assert body["title"] == "Method not allowed"
-    assert response.headers["allow"] == "GET"
+    assert "GET" in response.headers["allow"]
     assert_problem(await client.post("/healthz"), 405)
 
 

@@ -144,6 +144,21 @@ CASES: list[Case] = [
         "/v1/packs/{pack_id}/icons/{image_id}",
         lambda v: f"/v1/packs/{v.alice_pack}/icons/{v.icon}",
     ),
+    # administration: Alice is no administrator, so Bob's account and images are out of reach
+    Case("GET", "/v1/admin/users/{user_id}", lambda v: f"/v1/admin/users/{BOB}", status=403),
+    Case(
+        "POST",
+        "/v1/admin/users/{user_id}/credits",
+        lambda v: f"/v1/admin/users/{BOB}/credits",
+        lambda v: {"delta": -5, "reason": "borrowed"},
+        status=403,
+    ),
+    Case(
+        "DELETE",
+        "/v1/admin/images/{image_id}",
+        lambda v: f"/v1/admin/images/{v.public_image}",
+        status=403,
+    ),
     # a pack's sets of icons
     Case(
         "POST",

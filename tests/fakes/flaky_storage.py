@@ -43,6 +43,9 @@ class FlakyStorage:
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        return await self.inner.delete_prefix(prefix)
+
     async def url(self, key: str, *, expires_in: int) -> str:
         return await self.inner.url(key, expires_in=expires_in)
 

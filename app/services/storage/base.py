@@ -59,6 +59,20 @@ def upload_prefix(user_id: str) -> str:
     return f"uploads/{user_segment(user_id)}/"
 
 
+def generation_prefix(user_id: str) -> str:
+    return f"generations/{user_segment(user_id)}/"
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it names a folder of keys (`a/b/`), else raise ValueError: never
+    the empty prefix (the whole store), never a partial segment (`uploads/us` would also
+    match `uploads/user_2/`)."""
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise ValueError(f"a prefix ends with '/': {prefix!r}")
+    validate_key(prefix[:-1])
+    return prefix
+
+
 class Storage(Protocol):
     name: str
 
@@ -70,6 +84,11 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with `prefix` (a folder, `a/b/`); returns
+        how many were removed. Nothing there is not an error."""
         ...
 
     async def url(self, key: str, *, expires_in: int) -> str:

@@ -18,7 +18,12 @@ import time
 from pathlib import Path
 
 from app.core.secret_files import read_or_create
-from app.services.storage.base import ObjectNotFound, StorageError, validate_key
+from app.services.storage.base import (
+    ObjectNotFound,
+    StorageError,
+    validate_key,
+    validate_prefix,
+)
 
 SECRET_BYTES = 32
 
@@ -117,6 +122,26 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"could not delete {key!r}: {exc}") from exc
 
+    def _delete_prefix(self, prefix: str) -> int:
+        folder = self.path_for(prefix[:-1])
+        removed = 0
+        try:
+            if not folder.is_dir():
+                return 0
+            # Files only, deepest first, never following a symlink out of the folder.
+            for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if path.is_symlink() or path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed += not path.name.startswith(".tmp-")
+                elif path.is_dir():
+                    path.rmdir()
+            folder.rmdir()
+        except FileNotFoundError:
+            pass  # removed meanwhile by another deletion
+        except OSError as exc:
+            raise StorageError(f"could not delete under {prefix!r}: {exc}") from exc
+        return removed
+
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         validate_key(key)  # the caller's mistake shows before any thread starts
         await asyncio.to_thread(self._write, key, data)
@@ -132,6 +157,10 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         validate_key(key)
         await asyncio.to_thread(self._delete, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix)
+        return await asyncio.to_thread(self._delete_prefix, prefix)
 
     async def aclose(self) -> None:
         return None

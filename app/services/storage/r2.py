@@ -22,11 +22,18 @@ import botocore.config
 import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
-from app.services.storage.base import ObjectNotFound, StorageError, validate_key
+from app.services.storage.base import (
+    ObjectNotFound,
+    StorageError,
+    validate_key,
+    validate_prefix,
+)
 
 T = TypeVar("T")
 
 # SigV4 presigned URLs live at most seven days.
+# DeleteObjects takes at most 1000 keys per request, as ListObjectsV2 returns per page.
+_DELETE_BATCH = 1000
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -125,6 +132,33 @@ class R2Storage:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
         await self._call("delete", key, delete)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix)
+
+        def delete_all() -> int:
+            removed = 0
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": _DELETE_BATCH}
+            )
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                errors = answer.get("Errors", [])
+                if errors:
+                    first = errors[0]
+                    raise StorageError(
+                        f"R2 refused to delete {len(errors)} object(s) under {prefix!r}, "
+                        f"{first.get('Key')!r} first: {first.get('Code')}"
+                    )
+                removed += len(keys)
+            return removed
+
+        return await self._call("delete under", prefix, delete_all)
 
     async def url(self, key: str, *, expires_in: int) -> str:
         validate_key(key)

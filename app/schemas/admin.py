@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.schemas.common import TextStr
+from app.schemas.generations import Job
+from app.schemas.me import LedgerEntry, Subscription
+
+MAX_ADJUSTMENT = 1_000_000
+
+
+def _nonzero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0: an adjustment of nothing changes nothing")
+    return value
+
+
+class CreditAdjustment(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"delta": 10, "reason": "refund for ticket #123"}]},
+    )
+
+    delta: Annotated[int, Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT)] = Field(
+        description="Credits to add (positive) or take (negative); never 0. The balance "
+        "never goes below zero (409 with the balance)."
+    )
+    reason: Annotated[TextStr, Field(min_length=1, max_length=500)] = Field(
+        description="Why: kept as the ledger row's note."
+    )
+
+    _check_delta = field_validator("delta")(_nonzero)
+
+
+class CreditAdjustmentResult(BaseModel):
+    user_id: str
+    delta: int
+    balance: int = Field(description="The balance after the adjustment.")
+    applied: bool = Field(
+        description="False when this Idempotency-Key was applied before: nothing changed now."
+    )
+
+
+class AdminUser(BaseModel):
+    id: str
+    email: str
+    credits: int
+    created_at: datetime
+    last_login_at: datetime | None
+    erased_at: datetime | None = Field(description="Set once the account was erased.")
+    subscription: Subscription | None
+    ledger: list[LedgerEntry] = Field(description="The newest ledger rows, newest first.")
+    jobs: list[Job] = Field(description="The newest jobs the service made, newest first.")
+
+
+class UserStats(BaseModel):
+    total: int = Field(description="Users now (erased accounts not counted).")
+    signups: int = Field(description="Users created in the window.")
+    erased: int = Field(description="Accounts erased in the window.")
+
+
+class JobCount(BaseModel):
+    status: str
+    model: str | None
+    count: int
+
+
+class JobStats(BaseModel):
+    total: int
+    by_status: dict[str, int]
+    by_model: dict[str, int] = Field(description="Keyed by model; `none`: no model answered.")
+    by_status_and_model: list[JobCount]
+
+
+class CreditStats(BaseModel):
+    spent: int = Field(description="Debited for jobs, less what was refunded.")
+    refunded: int
+    sold: int = Field(description="Purchases and subscription grants.")
+    admin_net: int = Field(description="Administrators' adjustments, net.")
+
+
+class Stats(BaseModel):
+    since: datetime
+    until: datetime
+    users: UserStats
+    jobs: JobStats
+    credits: CreditStats
+    failure_rate: float | None = Field(
+        description="Failed jobs over finished (completed + failed) jobs; null when none."
+    )
+    refund_rate: float | None = Field(
+        description="Refunds over debits in the window; null when there were no debits."
+    )
