@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     max_prefer_wait_seconds: int = Field(default=60, ge=0, le=60)
     pack_reference_icons: int = Field(default=3, ge=0, le=10)
+    pack_export_max_icons: int = Field(default=200, ge=1, le=10_000)
 
     # Uploads.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -148,6 +149,7 @@ class Settings(BaseSettings):
     r2_secret_access_key: SecretStr | None = None
     r2_public_base_url: str | None = None
     r2_region: str = "auto"
+    r2_addressing_style: Literal["path", "virtual", "auto"] = "path"
     storage_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # HTTP.

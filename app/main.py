@@ -250,6 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Location",
                 "X-Request-ID",
                 "Retry-After",
+                "Content-Disposition",  # a pack export's file name, for the web app
                 *rate_limits.HEADER_NAMES,
             ],
             max_age=600,

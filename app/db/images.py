@@ -207,3 +207,25 @@ async def pack_reference_keys(conn: asyncpg.Connection, pack_id: UUID, limit: in
         limit,
     )
     return [r["storage_key"] for r in rows]
+
+
+async def pack_icons(
+    conn: asyncpg.Connection, pack_id: UUID, *, only_public: bool, limit: int
+) -> list[asyncpg.Record]:
+    """The pack's icons in the order they were asked for (a set's in its prompts' order,
+    whatever order they finished in), with what an export needs; only the public ones when
+    `only_public`."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT i.id, i.prompt, i.storage_key, i.width, i.height, i.created_at
+        FROM generated_images i
+        LEFT JOIN image_generation_jobs j ON j.id = i.job_id
+        WHERE i.pack_id = $1 AND i.deleted_at IS NULL AND (NOT $2 OR i.visibility = 'public')
+        ORDER BY COALESCE(j.created_at, i.created_at), (j.params->>'set_index')::int, i.id
+        LIMIT $3
+        """,
+        pack_id,
+        only_public,
+        limit,
+    )
+    return rows

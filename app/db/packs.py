@@ -107,3 +107,23 @@ async def delete(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> bool:
         "DELETE FROM icon_packs WHERE id = $1 AND user_id = $2", pack_id, user_id
     )
     return bool(status == "DELETE 1")
+
+
+async def get_exportable(
+    conn: asyncpg.Connection, pack_id: UUID, viewer: str
+) -> asyncpg.Record | None:
+    """The pack if `viewer` may export it: their own, or public, that is, holding at least
+    one icon and only public ones (so an export never shows a private image)."""
+    return await conn.fetchrow(
+        """
+        SELECT p.id, p.user_id, p.name, p.style_prompt FROM icon_packs p
+        WHERE p.id = $1 AND (p.user_id = $2 OR (
+            EXISTS (SELECT 1 FROM generated_images i
+                    WHERE i.pack_id = p.id AND i.deleted_at IS NULL)
+            AND NOT EXISTS (SELECT 1 FROM generated_images i
+                            WHERE i.pack_id = p.id AND i.deleted_at IS NULL
+                              AND i.visibility <> 'public')))
+        """,
+        pack_id,
+        viewer,
+    )

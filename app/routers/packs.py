@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
-from app.deps import Conn, CurrentUser, Svc
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
 from app.errors import responses
 from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
-from app.services import packs
+from app.schemas.packs import PackGenerationCreate, PackGenerationSet
+from app.services import pack_export, pack_sets, packs
 
 router = APIRouter(prefix="/v1/packs", tags=["packs"], responses=responses(401, 503))
 IconsLimit = Annotated[int, Query(ge=1, le=100, description="How many icons to include.")]
+_RATE_LIMIT_HEADERS = header_docs(
+    RateLimit_Limit="Generations allowed per window (per user)",
+    RateLimit_Remaining="Generations left in the current window",
+    RateLimit_Reset="Seconds until the oldest counted generation leaves the window",
+    RateLimit_Policy="The limit and its window in seconds: `30;w=60`",
+)
+_SET_HEADERS = {
+    **header_docs(
+        Location="The set: `/v1/packs/{pack_id}/generations/{set_id}`",
+        Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made "
+        "the set",
+    ),
+    **_RATE_LIMIT_HEADERS,
+}
+_SET_RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        **responses(429)[429],
+        "description": "Over the caller's generation rate limit (a set counts as one "
+        "generation per icon): nothing was charged or queued",
+        "headers": {
+            **header_docs(Retry_After="Seconds to wait before trying again"),
+            **_RATE_LIMIT_HEADERS,
+        },
+    }
+}
 
 
 @router.get("", operation_id="list_packs", response_model=PackPage, responses=responses(400, 422))
@@ -102,3 +129,94 @@ async def remove_pack_icon(
     """Take an icon out of the pack (it stays in the gallery)."""
     await packs.remove_icon(conn, pack_id, user.id, image_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{pack_id}/generations",
+    operation_id="create_pack_generations",
+    status_code=202,
+    response_model=PackGenerationSet,
+    responses={
+        200: {
+            "model": PackGenerationSet,
+            "description": "A replay (`Idempotency-Key`) of a set whose jobs have all ended",
+            "headers": _SET_HEADERS,
+        },
+        202: {"description": "Charged and queued: one job per prompt", "headers": _SET_HEADERS},
+        **responses(400, 402, 404, 422),
+        **_SET_RATE_LIMITED,
+    },
+)
+async def create_pack_generations(
+    pack_id: UUID,
+    body: PackGenerationCreate,
+    who: Caller,
+    svc: Svc,
+    response: Response,
+    # checked by the service: a malformed key is a 400, as for POST /v1/generations
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> PackGenerationSet:
+    """Icons for the pack, one job per prompt (1 to 24), in one request.
+
+    Each icon costs one generation. All of them are charged in one statement: with too few
+    credits for the whole set, 402 and nothing is created. Every job gets the pack's style
+    prompt and a few of its icons as references, and is filed into the pack when done; a
+    job that fails is refunded alone. 202 with the jobs and `Location` (the set, to poll).
+    `Idempotency-Key`: the same key and body return the same set; another body is a 422.
+    The rate limit (`RATE_LIMIT_GENERATIONS`) counts the set as one generation per icon.
+    """
+    answer = await pack_sets.submit(svc, who, pack_id, body, idempotency_key=idempotency_key)
+    response.status_code = answer.status_code
+    response.headers.update(answer.headers)
+    return answer.set
+
+
+@router.get(
+    "/{pack_id}/generations/{set_id}",
+    operation_id="get_pack_generations",
+    response_model=PackGenerationSet,
+    responses=responses(404, 422),
+)
+async def get_pack_generations(
+    pack_id: UUID, set_id: UUID, user: CurrentUser, conn: Conn, svc: Svc
+) -> PackGenerationSet:
+    """A set of icons asked for together, as its jobs are now (`finished` once all ended)."""
+    return await pack_sets.view(conn, svc.storage, svc.settings, user.id, pack_id, set_id)
+
+
+@router.get(
+    "/{pack_id}/export",
+    operation_id="export_pack",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A ZIP: `png/{size}/{name}.png` for sizes 16, 32, 64, 128, 256 and "
+            "512, `ico/{name}.ico` (16, 32, 48 and 64), and `manifest.json` naming each icon "
+            "by its prompt",
+            "content": {pack_export.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "headers": header_docs(Content_Disposition='`attachment; filename="<pack>.zip"`'),
+        },
+        **responses(404, 422, 503),
+    },
+)
+async def export_pack(
+    pack_id: UUID,
+    user: StreamUser,  # no pooled connection held while the archive streams
+    svc: Svc,
+    format: Annotated[Literal["zip"], Query(description="The archive's format.")] = "zip",
+) -> StreamingResponse:
+    """The pack's icons as a ZIP, streamed as it is built, from the stored originals.
+
+    Your own packs, and public ones (every icon in them public) of anyone else.
+    """
+    export = await pack_export.open_export(
+        svc.pool, svc.storage, svc.decoders, svc.settings, pack_id, user.id
+    )
+    return StreamingResponse(
+        export.chunks,
+        media_type=pack_export.MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{export.filename}"',
+            "Cache-Control": "private, no-store",
+        },
+    )

@@ -110,6 +110,14 @@ def _open(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
     return image
 
 
+def open_image(
+    data: bytes, max_pixels: int = 64_000_000, max_side: int = PROVIDER_MAX_SIDE
+) -> Image.Image:
+    """Decode stored image bytes with the same checks as a provider's answer (the caller
+    closes the image)."""
+    return _open(data, max_pixels, max_side)
+
+
 def to_png(data: bytes, max_pixels: int = 64_000_000, max_side: int = PROVIDER_MAX_SIDE) -> Png:
     """Decode what a provider returned and hand back PNG bytes (as they are when already PNG)."""
     with _open(data, max_pixels, max_side) as image:

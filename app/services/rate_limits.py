@@ -29,7 +29,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 from app.config import Settings
-from app.errors import TooManyRequests
+from app.errors import TooManyRequests, Unprocessable
 
 log = logging.getLogger("atelier.rate_limits")
 
@@ -90,13 +90,21 @@ class RateLimiter:
         self._pool = pool
         self._warned_at = -math.inf
 
-    async def hit(self, scope: Scope, user_id: str) -> Quota | None:
-        """Count one request of `user_id`; None when `scope` has no limit or storage is down."""
+    async def hit(self, scope: Scope, user_id: str, cost: int = 1) -> Quota | None:
+        """Count a request of `user_id` as `cost` requests (a pack's set of N icons is N);
+        None when `scope` has no limit or storage is down."""
         item = self._items.get(scope)
         if item is None:
             return None
+        if cost > item.amount:  # no wait would let it through: say so instead of a 429
+            raise Unprocessable(
+                f"This request counts as {cost} {scope}, more than the limit of {item.amount} "
+                f"per {_window_text(item)}; send fewer at once.",
+                limit=item.amount,
+                cost=cost,
+            )
         try:
-            allowed = await self._strategy.hit(item, scope, user_id)
+            allowed = await self._strategy.hit(item, scope, user_id, cost=cost)
             # A second call: `limits` returns no window state with a hit. A refused hit
             # counts nothing, so the state read now is the one the refusal was made on.
             stats = await self._strategy.get_window_stats(item, scope, user_id)

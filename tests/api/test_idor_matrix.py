@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.main import create_app
 from tests.generation.conftest import image_bytes
+from tests.support.packs import finished_set
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -36,6 +37,7 @@ class Victim:
     icon: str  # a private image of Bob's, in his pack
     prompt: str
     pack: str
+    pack_set: str  # a set of icons asked for in Bob's pack
     job: str
     upload_key: str
     alice_image: str
@@ -157,6 +159,25 @@ CASES: list[Case] = [
         lambda v: f"/v1/admin/images/{v.public_image}",
         status=403,
     ),
+    # a pack's sets of icons
+    Case(
+        "POST",
+        "/v1/packs/{pack_id}/generations",
+        lambda v: f"/v1/packs/{v.pack}/generations",
+        lambda v: {"prompts": ["borrowed"]},
+    ),
+    Case(
+        "GET",
+        "/v1/packs/{pack_id}/generations/{set_id}",
+        lambda v: f"/v1/packs/{v.pack}/generations/{v.pack_set}",
+    ),
+    Case(
+        "GET",  # Bob's set, named under Alice's pack
+        "/v1/packs/{pack_id}/generations/{set_id}",
+        lambda v: f"/v1/packs/{v.alice_pack}/generations/{v.pack_set}",
+    ),
+    # a pack's export: Bob's pack is private (its icons are)
+    Case("GET", "/v1/packs/{pack_id}/export", lambda v: f"/v1/packs/{v.pack}/export"),
     # stored files: a signed link opens only the key it was signed for
     Case("GET", "/files/{key}", _files_path, status=403),
     # ids in a generation's body
@@ -241,6 +262,11 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
     private_image = await _finished(client, bob)
     public_image = await _finished(client, bob, visibility="public")
     icon = await _finished(client, bob, pack_id=pack)
+    pack_set = await _ok(
+        await client.post(f"/v1/packs/{pack}/generations", json={"prompts": ["a"]}, headers=bob),
+        202,
+    )
+    await finished_set(client, bob, f"/v1/packs/{pack}/generations/{pack_set['id']}")
     prompt = await _ok(await client.post("/v1/prompts", json={"prompt_text": "x"}, headers=bob))
     jobs = await _ok(await client.get("/v1/jobs", headers=bob))
     uploaded = await _ok(
@@ -265,6 +291,7 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
         icon=icon,
         prompt=prompt["id"],
         pack=pack,
+        pack_set=pack_set["id"],
         job=jobs["items"][0]["id"],
         upload_key=uploaded["upload_key"],
         alice_image=alice_image,

@@ -45,6 +45,7 @@ def _r2(settings: Settings) -> R2Storage:
         access_key_id=required["R2_ACCESS_KEY_ID"],
         secret_access_key=required["R2_SECRET_ACCESS_KEY"],
         region=settings.r2_region,
+        addressing_style=settings.r2_addressing_style,
         public_base_url=settings.r2_public_base_url,
         timeout_seconds=settings.storage_timeout_seconds,
     )

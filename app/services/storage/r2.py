@@ -1,5 +1,10 @@
 """Cloudflare R2 (or any S3 API) through boto3, whose blocking calls run in threads.
 
+Any S3-compatible store works by settings alone: the endpoint, the region requests are
+signed for, and the addressing style (path, `endpoint/bucket/key`, which R2, Supabase
+Storage and MinIO take and which also allows bucket names such as Supabase's `Images`;
+or virtual, `bucket.endpoint/key`, which AWS S3 prefers).
+
 R2 refuses the CRC checksums and aws-chunked uploads recent botocore sends by default, so
 checksums are computed and validated only when an operation requires them. Every failure to
 reach the store or to complete a call becomes StorageError (a missing key, ObjectNotFound),
@@ -48,6 +53,7 @@ class R2Storage:
         access_key_id: str,
         secret_access_key: str,
         region: str = "auto",
+        addressing_style: str = "path",
         public_base_url: str | None = None,
         timeout_seconds: float = 30.0,
         max_attempts: int = 2,
@@ -61,7 +67,7 @@ class R2Storage:
             connect_timeout=timeout_seconds,
             read_timeout=timeout_seconds,
             retries={"total_max_attempts": max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": addressing_style},
         )
         # One client for the life of the service: botocore clients are safe across threads.
         self.client: Any = boto3.session.Session().client(
