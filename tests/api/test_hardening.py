@@ -24,6 +24,13 @@ from tests.support.serve import free_port
 
 Headers = Callable[..., dict[str, str]]
 USER = "user_hardening"
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """The caller is an administrator too, so the admin routes reach their body parsing
+    (for anyone else they answer 403 before reading the body)."""
+    return make_settings(admin_user_ids=[USER])
 TOKEN = "metrics-token-for-tests"
 
 
