@@ -227,7 +227,7 @@ def _percent_done(logs: list[dict[str, Any]] | None) -> float:
 
 def _image_url(result: object, model: str) -> object:
     """The first image's URL; ContentRefused for a flagged or empty answer."""
-    if not isinstance(result, dict) or not isinstance(result.get("images", []), list):
+    if not isinstance(result, dict) or not isinstance(result.get("images"), list):
         raise ProviderUnavailable(f"fal {model} answered without an `images` list")
     flagged = result.get("has_nsfw_concepts") or []
     if isinstance(flagged, list) and any(flag is True for flag in flagged):
