@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from uuid import UUID
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
+from app.main import create_app
 from app.observability import Metrics
 from app.services.providers.factory import build_provider
 from app.services.realtime import JOBS_CHANNEL, Hub
@@ -21,6 +24,7 @@ from app.services.worker import Worker
 from tests.fakes import fal as fal_fake
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import API_KEY, FakeGemini, finished_without_image, rate_limited
+from tests.fakes.running import running
 from tests.fakes.tls import ca_file
 from tests.support.generations import add_user
 from tests.worker.conftest import (
@@ -143,3 +147,33 @@ async def test_a_gemini_refusal_fails_and_refunds_without_falling_back(
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 3
     await assert_invariants(pool, storage)
+
+
+async def test_the_apps_metrics_show_each_providers_latency_and_fallbacks(
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    auth_headers: Callable[..., dict[str, str]],
+    gemini: FakeGemini,
+    fal: FakeFal,
+) -> None:
+    gemini.set_default(rate_limited("0s"))
+    settings = chain_settings(make_settings, gemini)
+    async with running(create_app(settings)) as client:
+        response = await client.post(
+            "/v1/generations", json={"prompt": "a heron"}, headers=auth_headers(ALICE)
+        )
+        assert response.status_code == 202, response.text
+        done = await wait_for_end(pool, [UUID(response.json()["id"])])
+        metrics = (await client.get("/metrics")).text
+
+    assert [row["status"] for row in done.values()] == ["completed"]
+    found = {
+        (s.name, s.labels.get("provider"), s.labels.get("model"), s.labels.get("reason")): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name.startswith("atelier_provider_")
+    }
+    fal_model = fal_fake.TEXT_TO_IMAGE
+    assert found[("atelier_provider_fallbacks_total", "gemini", FIRST, "unavailable")] == 1
+    assert found[("atelier_provider_errors_total", "gemini", FIRST, None)] == 1
+    assert found[("atelier_provider_request_duration_seconds_count", "fal", fal_model, None)] == 1

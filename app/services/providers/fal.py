@@ -109,9 +109,10 @@ class FalProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-        # fal-client opens its httpx client lazily and offers no close; close it if it is open
-        opened = self._client.__dict__.get("_client")
-        if isinstance(opened, httpx.AsyncClient):
+        # fal-client opens its httpx client lazily (a cached property) and offers no close:
+        # close it when it was opened, without opening one just to close it
+        if "_client" in vars(self._client):
+            opened: httpx.AsyncClient = await self._client._client
             await opened.aclose()
 
     async def generate(self, request: ImageRequest) -> ImageResult:
