@@ -300,14 +300,14 @@ async def test_cancelling_a_trial_gives_its_slot_back() -> None:
 
 def test_providers_is_an_ordered_list_and_provider_the_one_provider_form() -> None:
     assert Settings(_env_file=None, provider="gemini").provider_chain == ["gemini"]
-    chained = Settings(_env_file=None, providers="fal, gemini")  # type: ignore[arg-type]
+    chained = Settings(_env_file=None, providers="fal, gemini")
     assert chained.provider_chain == ["fal", "gemini"]
     with pytest.raises(ValueError, match="twice"):
-        Settings(_env_file=None, providers="fal,fal")  # type: ignore[arg-type]
+        Settings(_env_file=None, providers="fal,fal")
     with pytest.raises(ValueError):
-        Settings(_env_file=None, providers="fal,midjourney")  # type: ignore[arg-type]
+        Settings(_env_file=None, providers="fal,midjourney")
 
 
 def test_production_refuses_local_anywhere_in_the_chain() -> None:
-    settings = Settings(_env_file=None, providers="gemini,local")  # type: ignore[arg-type]
+    settings = Settings(_env_file=None, providers="gemini,local")
     assert any("local" in problem for problem in settings.production_problems())
