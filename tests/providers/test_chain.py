@@ -27,6 +27,7 @@ from app.services.providers.breaker import CircuitBreaker
 from app.services.providers.chain import ChainProvider
 from app.services.providers.factory import build_provider
 from tests.fakes import fal as fal_fake
+from tests.fakes import replicate as replicate_fake
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import (
     API_KEY,
@@ -35,6 +36,7 @@ from tests.fakes.gemini import (
     rate_limited,
     server_error,
 )
+from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tls import ca_file
 
 FIRST, SECOND = "gemini-first-image", "gemini-second-image"
@@ -178,6 +180,31 @@ async def test_every_provider_down_is_retryable_and_names_what_each_said(
     assert caught.value.retryable
     assert "gemini" in caught.value.reason and "503" in caught.value.reason
     assert "fal" in caught.value.reason and "502" in caught.value.reason
+
+
+async def test_fal_timing_out_is_cancelled_and_replicate_draws_it(
+    gemini: FakeGemini, fal: FakeFal
+) -> None:
+    fal.statuses = ["IN_PROGRESS"]  # never completes
+    with FakeReplicate() as replicate:
+        settings = chain_settings(
+            gemini,
+            providers=["fal", "replicate"],
+            provider_timeout_seconds=0.5,
+            replicate_api_token=replicate_fake.TOKEN,
+            replicate_base_url=replicate.url,
+        )
+        provider = build_provider(settings)
+        try:
+            result = await provider.generate(ImageRequest(prompt="a crane"))
+        finally:
+            await provider.aclose()
+        created = replicate.created
+
+    assert result.model == f"replicate:{replicate_fake.MODEL}"
+    assert result.data == replicate_fake.png_for_prompt("a crane")
+    assert len(created) == 1
+    assert len(fal.cancelled) == 1  # the abandoned fal request was cancelled at fal
 
 
 # -- the rules, with scripted providers -------------------------------------------------------
