@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+ProviderName = Literal["local", "gemini", "fal", "replicate"]
+
 # What RATE_LIMIT_STORAGE_URL may name: memory (one budget per process) or Redis (shared).
 RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss")
 
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
     last_login_interval_seconds: int = Field(default=300, ge=0)
 
     # Generation.
-    provider: Literal["local", "gemini", "fal", "replicate"] = "local"
+    provider: ProviderName = "local"
     gemini_api_key: SecretStr | None = None
     gemini_base_url: str | None = None  # tests point this at a loopback server
     gemini_models: Annotated[list[str], NoDecode] = [
@@ -110,7 +112,31 @@ class Settings(BaseSettings):
     local_provider_delay_ms: int = Field(default=0, ge=0)
     local_provider_fail_rate: float = Field(default=0.0, ge=0, le=1)
     fal_key: SecretStr | None = None
+    fal_model: str = Field(default="fal-ai/flux/dev", min_length=1)
+    fal_image_to_image_model: str = Field(default="fal-ai/flux-pro/kontext", min_length=1)
     replicate_api_token: SecretStr | None = None
+    replicate_model: str = Field(default="black-forest-labs/flux-schnell", min_length=1)
+    replicate_image_to_image_model: str = Field(
+        default="black-forest-labs/flux-kontext-pro", min_length=1
+    )
+    replicate_base_url: str | None = None  # tests point this at a loopback server
+    # Fallback across providers: PROVIDERS (ordered) wins over the one-provider PROVIDER.
+    providers: Annotated[list[ProviderName], NoDecode] = []
+    provider_timeout_seconds: float = Field(default=180.0, gt=0)
+    provider_deadline_seconds: float = Field(default=300.0, gt=0)
+    provider_retries: int = Field(default=2, ge=0, le=10)
+    provider_max_retry_delay_seconds: float = Field(default=20.0, ge=0)
+    provider_poll_seconds: float = Field(default=0.5, gt=0)
+    provider_breaker_failures: int = Field(default=5, ge=1)
+    provider_breaker_cooldown_seconds: float = Field(default=30.0, ge=0)
+    provider_output_hosts: Annotated[list[str], NoDecode] = [
+        "fal.media",
+        "fal.run",
+        "fal.ai",
+        "replicate.delivery",
+        "replicate.com",
+    ]
+    provider_output_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     # Jobs and the worker.
     worker_in_process: bool = True  # `atelier serve` also runs a worker
@@ -180,6 +206,8 @@ class Settings(BaseSettings):
         "cors_origins",
         "admin_user_ids",
         "gemini_models",
+        "providers",
+        "provider_output_hosts",
         "checkout_return_origins",
         mode="before",
     )(_split_csv)
@@ -252,6 +280,8 @@ class Settings(BaseSettings):
                 problems.append(
                     f"{name.upper()} must be on one of CHECKOUT_RETURN_ORIGINS (got {url!r})"
                 )
+        if len(set(self.providers)) != len(self.providers):
+            problems.append("PROVIDERS names a provider twice")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -263,8 +293,11 @@ class Settings(BaseSettings):
             problems.append("AUTH=dev signs its own tokens and is refused when ENV=production")
         if self.database_url is None:
             problems.append("ENV=production needs DATABASE_URL (no embedded database)")
-        if self.provider == "local":
-            problems.append("PROVIDER=local is an offline dev tool, refused when ENV=production")
+        if "local" in self.provider_chain:
+            problems.append(
+                "PROVIDER=local (or local in PROVIDERS) is an offline dev tool, refused when "
+                "ENV=production"
+            )
         if self.storage == "local":
             problems.append(
                 "STORAGE=local keeps objects on this machine's disk, refused when "
@@ -275,6 +308,11 @@ class Settings(BaseSettings):
                 "ENV=production needs METRICS_TOKEN or METRICS_PORT (/metrics is not public)"
             )
         return problems
+
+    @property
+    def provider_chain(self) -> list[ProviderName]:
+        """The providers a job tries, in order: PROVIDERS, or else the one PROVIDER."""
+        return list(self.providers) or [self.provider]
 
     @property
     def billing_configured(self) -> bool:

@@ -77,15 +77,18 @@ class Runtime:
     decoders: imaging.Decoders
 
 
-async def open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
-    """Open the pool, storage, the provider and the realtime hub; `stack` closes them."""
+async def open_runtime(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics | None = None
+) -> Runtime:
+    """Open the pool, storage, the provider and the realtime hub; `stack` closes them.
+    `metrics`: where the provider reports latency, errors and fallbacks (the API's /metrics)."""
     url = await asyncio.to_thread(db_pool.database_url, settings)
     listen_url = await asyncio.to_thread(db_pool.database_url, settings, direct=True)
     pool = await db_pool.create_pool(settings, url)
     stack.push_async_callback(pool.close)
     storage = await asyncio.to_thread(build_storage, settings)
     stack.push_async_callback(storage.aclose)
-    provider = build_provider(settings)
+    provider = build_provider(settings, metrics)
     stack.push_async_callback(provider.aclose)
     hub = Hub(lambda: db_pool.connect(settings, listen_url))
     await hub.start()
@@ -141,7 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open what the API uses and (unless WORKER_IN_PROCESS=false) a worker; close in reverse."""
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(stack, settings)
+        runtime = await open_runtime(stack, settings, app.state.metrics)
         if settings.metrics_port is not None:
             stop_metrics = await asyncio.to_thread(
                 serve_metrics,

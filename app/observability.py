@@ -80,6 +80,28 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.provider_latency = Histogram(
+            "atelier_provider_request_duration_seconds",
+            "Time one image provider took for one job, by provider, model and outcome "
+            "(ok, refused, invalid, unavailable, timeout).",
+            ["provider", "model", "outcome"],
+            buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.provider_errors = Counter(
+            "atelier_provider_errors_total",
+            "Image provider calls that drew no image, by provider, model and error "
+            "(refused, invalid, unavailable, timeout).",
+            ["provider", "model", "error"],
+            registry=self.registry,
+        )
+        self.provider_fallbacks = Counter(
+            "atelier_provider_fallbacks_total",
+            "Times a job moved on from a provider's model, by provider, model and reason "
+            "(unavailable, timeout, circuit_open; next_model inside one provider).",
+            ["provider", "model", "reason"],
+            registry=self.registry,
+        )
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:

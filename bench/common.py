@@ -468,6 +468,9 @@ class InstantProvider:
         self._png = tiny_png()
         self._delay = delay_seconds
 
+    def model_for(self, request: ImageRequest) -> str:
+        return "instant"
+
     async def generate(self, request: ImageRequest) -> ImageResult:
         if self._delay:
             await asyncio.sleep(self._delay)

@@ -31,6 +31,7 @@ from app.services import imaging, jobs
 from app.services.providers.base import (
     ImageProvider,
     ImageRequest,
+    ProgressHook,
     ProviderError,
     ReferenceImage,
 )
@@ -219,6 +220,7 @@ class Worker:
             kind=job["kind"],
             references=references,
             model=job["model"],
+            on_progress=self._provider_progress(attempt),
         )
         started = time.perf_counter()
         try:
@@ -297,6 +299,20 @@ class Worker:
             log.warning(
                 "job %s was deleted while it ran; its result %s remains: %s", attempt.id, key, exc
             )
+
+    def _provider_progress(self, attempt: _Attempt) -> ProgressHook:
+        """What the provider reports (0..1) as the job's progress between 10 (claimed) and 60
+        (answered), written only when it moves forward, each write fenced as every other."""
+        shown = 10
+
+        async def report(fraction: float) -> None:
+            nonlocal shown
+            progress = min(59, 10 + int(fraction * 50))
+            if progress > shown:
+                shown = progress
+                await self._progress(attempt, progress)
+
+        return report
 
     async def _progress(self, attempt: _Attempt, progress: int, model: str | None = None) -> None:
         await jobs.set_progress(self.pool, attempt.id, attempt.number, progress, model)

@@ -31,6 +31,8 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     """The caller is an administrator too, so the admin routes reach their body parsing
     (for anyone else they answer 403 before reading the body)."""
     return make_settings(admin_user_ids=[USER])
+
+
 TOKEN = "metrics-token-for-tests"
 
 

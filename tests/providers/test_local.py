@@ -130,14 +130,25 @@ async def test_build_provider_follows_the_settings() -> None:
     through_proxy = build_provider(
         settings(provider="gemini", gemini_base_url="http://127.0.0.1:9", gemini_models=["m"])
     )
+    chained = build_provider(
+        settings(
+            providers=["gemini", "fal", "replicate"],
+            gemini_api_key="k",
+            fal_key="f",
+            replicate_api_token="r",
+        )
+    )
     try:
-        assert isinstance(local_provider, LocalProvider)
-        assert (local_provider.delay_ms, local_provider.fail_rate) == (40, 0.25)
-        assert isinstance(gemini, GeminiProvider)
-        assert gemini.models == ["m1", "m2"]
-        assert isinstance(through_proxy, GeminiProvider)
+        [local] = local_provider.providers
+        assert isinstance(local, LocalProvider)
+        assert (local.delay_ms, local.fail_rate) == (40, 0.25)
+        [one] = gemini.providers
+        assert isinstance(one, GeminiProvider)
+        assert one.models == ["m1", "m2"]
+        assert isinstance(through_proxy.providers[0], GeminiProvider)
+        assert [p.name for p in chained.providers] == ["gemini", "fal", "replicate"]
     finally:
-        for provider in (local_provider, gemini, through_proxy):
+        for provider in (local_provider, gemini, through_proxy, chained):
             await provider.aclose()
 
 
@@ -146,7 +157,9 @@ def test_build_provider_refuses_gemini_without_a_key() -> None:
         build_provider(settings(provider="gemini"))
 
 
-@pytest.mark.parametrize("name", ["fal", "replicate"])
-def test_build_provider_refuses_providers_not_built_yet(name: str) -> None:
-    with pytest.raises(ValueError, match="not implemented yet"):
+@pytest.mark.parametrize(("name", "needs"), [("fal", "FAL_KEY"), ("replicate", "REPLICATE_API")])
+def test_build_provider_refuses_fal_and_replicate_without_their_key(name: str, needs: str) -> None:
+    with pytest.raises(ValueError, match=needs):
         build_provider(settings(provider=name))
+    with pytest.raises(ValueError, match=needs):
+        build_provider(settings(providers=["local", name]))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Kind = Literal["generate", "style", "edit"]
+# How far the provider says it is, 0.0 to 1.0 (a queue's or a prediction's progress).
+ProgressHook = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -20,13 +23,19 @@ class ImageRequest:
     kind: Kind = "generate"
     references: list[ReferenceImage] = field(default_factory=list)
     model: str | None = None  # a preferred model, tried first when the provider knows it
+    # Called as the provider reports progress (never with less than before); may be absent.
+    on_progress: ProgressHook | None = field(default=None, compare=False, repr=False)
+
+    async def progress(self, fraction: float) -> None:
+        if self.on_progress is not None:
+            await self.on_progress(min(max(fraction, 0.0), 1.0))
 
 
 @dataclass(frozen=True)
 class ImageResult:
     data: bytes
     mime_type: str
-    model: str  # the model that answered
+    model: str  # the model that answered, as recorded on the job and the image
 
 
 class ProviderError(Exception):
@@ -59,6 +68,10 @@ class ProviderUnavailable(ProviderError):
 
 class ImageProvider(Protocol):
     name: str
+
+    def model_for(self, request: ImageRequest) -> str:
+        """The model this provider would try first for `request` (metrics, the breaker)."""
+        ...
 
     async def generate(self, request: ImageRequest) -> ImageResult: ...
 

@@ -173,6 +173,9 @@ class GeminiProvider:
             return _image_from(response, model)
         raise ProviderUnavailable("no Gemini model answered: " + "; ".join(outcomes))
 
+    def model_for(self, request: ImageRequest) -> str:
+        return self._model_order(request.model)[0]
+
     def _model_order(self, preferred: str | None) -> list[str]:
         if preferred and preferred in self.models:
             return [preferred, *(m for m in self.models if m != preferred)]

@@ -62,6 +62,9 @@ class LocalProvider:
             sleep=sleep,
         )
 
+    def model_for(self, request: ImageRequest) -> str:
+        return MODEL
+
     async def aclose(self) -> None:
         pass
 
