@@ -276,6 +276,9 @@ class FailsOnePrompt:
         self.bad = bad
         self.inner = LocalProvider()
 
+    def model_for(self, request: ImageRequest) -> str:
+        return self.inner.model_for(request)
+
     async def generate(self, request: ImageRequest) -> ImageResult:
         if self.bad in request.prompt:
             raise ContentRefused("blocked by the test's provider")
