@@ -38,6 +38,7 @@ from tests.fakes.gemini import (
 )
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tls import ca_file
+from tests.support.polling import wait_until
 
 FIRST, SECOND = "gemini-first-image", "gemini-second-image"
 
@@ -313,9 +314,10 @@ async def test_cancelling_a_trial_gives_its_slot_back() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failures=1, cooldown_seconds=0, clock=clock)
     breaker.failed(("a", "a-model"))
-    chain = ChainProvider([Scripted("a", "hang"), Scripted("b")], breaker=breaker, clock=clock)
+    trial = Scripted("a", "hang")
+    chain = ChainProvider([trial, Scripted("b")], breaker=breaker, clock=clock)
     task = asyncio.create_task(chain.generate(ImageRequest(prompt="x")))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: trial.calls == 1, "the trial call")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -27,6 +27,7 @@ from tests.fakes.gemini import API_KEY, FakeGemini, finished_without_image, rate
 from tests.fakes.running import running
 from tests.fakes.tls import ca_file
 from tests.support.generations import add_user
+from tests.support.polling import wait_until
 from tests.worker.conftest import (
     assert_invariants,
     balance,
@@ -87,21 +88,22 @@ async def test_gemini_rate_limited_everywhere_fal_draws_and_the_job_records_it(
     metrics = Metrics()
     progress: list[int] = []
 
-    async def listen() -> None:
-        async with hub.subscribe(JOBS_CHANNEL, str(job_id)) as sub:
+    async with hub.subscribe(JOBS_CHANNEL, str(job_id)) as sub:  # before the worker starts
+
+        async def listen() -> None:
             while True:
                 event = await sub.get()
                 if event is not None and event.get("progress") is not None:
                     progress.append(event["progress"])
 
-    listener = asyncio.create_task(listen())
-    try:
-        await asyncio.sleep(0.05)  # subscribed before the worker starts
-        worker = Worker(settings, pool, build_provider(settings, metrics), storage)
-        async with worker_running(worker):
-            done = await wait_for_end(pool, [job_id])
-    finally:
-        listener.cancel()
+        listener = asyncio.create_task(listen())
+        try:
+            worker = Worker(settings, pool, build_provider(settings, metrics), storage)
+            async with worker_running(worker):
+                done = await wait_for_end(pool, [job_id])
+            await wait_until(lambda: 100 in progress, "the job's last progress event")
+        finally:
+            listener.cancel()
 
     job = done[job_id]
     drawn_by = f"fal:{fal_fake.TEXT_TO_IMAGE}"
