@@ -136,9 +136,9 @@ async def update_image(
     response_class=Response,
     responses=responses(404, 422),
 )
-async def delete_image(image_id: UUID, user: CurrentUser, conn: Conn, svc: Svc) -> Response:
+async def delete_image(image_id: UUID, user: CurrentUser, svc: Svc) -> Response:
     """Delete one of the caller's images: the row, its likes and the stored object."""
-    await gallery.delete(conn, svc.storage, image_id, user.id)
+    await gallery.delete(svc.pool, svc.storage, image_id, user.id)
     return Response(status_code=204)
 
 

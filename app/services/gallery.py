@@ -126,10 +126,12 @@ async def set_visibility(
     return await get(conn, storage, settings, image_id, owner)
 
 
-async def delete(conn: asyncpg.Connection, storage: Storage, image_id: UUID, owner: str) -> None:
+async def delete(pool: asyncpg.Pool, storage: Storage, image_id: UUID, owner: str) -> None:
     """Delete the row (its likes cascade), then the object: no row ever points at a missing
-    object. If the store fails after the row is gone, the object is an orphan, logged."""
-    row = await images.delete(conn, image_id, owner)
+    object. If the store fails after the row is gone, the object is an orphan, logged. The
+    connection goes back to the pool before the store is asked."""
+    async with pool.acquire() as conn:
+        row = await images.delete(conn, image_id, owner)
     if row is None:
         raise NotFound("No such image.")
     if row["storage_key"]:
