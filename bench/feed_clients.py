@@ -4,7 +4,9 @@ each wave, and how long one like takes to reach all of them.
 `atelier serve` runs in a process of its own (WORKER_IN_PROCESS=false). Each wave opens
 1,000 `GET /v1/feed/events` streams on plain sockets (100 at a time, 50 users), waits for
 every `ready`, likes one public image through the API and times, for every client, how long
-after the like was answered its `likes` event arrived; then closes them all and waits until
+after the like was answered its `likes` event arrived, and how much CPU the server process
+spent from just before the like until the last arrival, per delivered event (the like's own
+request included: about a millisecond in all); then closes them all and waits until
 the server holds none of their sockets. The server's RSS is read from /proc after each
 wave with the clients open and again after they left. Flat memory means the "after" column
 stops growing once the first waves have warmed the allocator.
@@ -57,6 +59,12 @@ def client_sockets(server_pid: int, port: int) -> int:
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 async def _until_closed(server_pid: int, port: int) -> None:
     """Until the server holds no client socket but `api`'s keep-alive one."""
     for _ in range(int(DEADLINE / 0.05)):
@@ -103,6 +111,7 @@ async def _waves(
 
                 # Like and unlike in turn, so every wave sends one `likes` event.
                 method = api.put if wave % 2 else api.delete
+                cpu_before = _cpu_seconds(server.pid)
                 response = await method(
                     f"/v1/images/{image}/like", headers={"Authorization": f"Bearer {liker}"}
                 )
@@ -111,6 +120,7 @@ async def _waves(
                 arrivals = await asyncio.gather(
                     *(c.read_until(b"event: likes") for c in open_clients)
                 )
+                cpu = _cpu_seconds(server.pid) - cpu_before
                 delays = [max(0.0, a - answered) * 1000 for a in arrivals]
 
                 await asyncio.gather(*(c.close() for c in open_clients))
@@ -127,6 +137,7 @@ async def _waves(
                     "p50": f"{percentile(delays, 0.5):.1f} ms",
                     "p99": f"{percentile(delays, 0.99):.1f} ms",
                     "max": f"{max(delays):.1f} ms",
+                    "CPU/delivery": f"{cpu / len(arrivals) * 1e6:.0f} µs",
                     "RSS after": f"{rss_after:.0f} MiB",
                     "peak": f"{peak:.0f} MiB",
                 }
