@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from app.config import Settings
 from app.observability import configure_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _settings() -> Settings:
@@ -26,7 +31,7 @@ def _settings() -> Settings:
 async def _migrate(settings: Settings) -> list[str]:
     from app.db import migrate, pool
 
-    conn = await pool.connect(settings)
+    conn = await pool.connect(settings, timeout_seconds=settings.migration_timeout_seconds)
     try:
         return await migrate.migrate(conn)
     finally:
@@ -49,7 +54,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.serving import http_protocol
+    from app.serving import HeadLimitedHttpToolsProtocol, http_protocol
 
     if settings.migrate_on_start and cmd_migrate(settings, args) != 0:
         return 1
@@ -61,19 +66,58 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # handler back in place. Left at the default, that kills the process before atexit runs,
     # so the embedded PostgreSQL would be left running: exit normally instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        proxy_headers=True,
-        # httptools with a cap on each request's head (uvicorn sets none for httptools).
-        http=http_protocol(settings.max_header_bytes),
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "proxy_headers": True,
         # Open streams (SSE) never end by themselves: cut them after a few seconds so the
         # worker's drain (SHUTDOWN_GRACE_SECONDS) still fits a 30 s termination grace.
-        timeout_graceful_shutdown=5,
+        "timeout_graceful_shutdown": 5,
+    }
+    if args.workers > 1:
+        _hand_to_workers(settings)
+        # uvicorn starts each process fresh (spawn) and builds its app there, by name; the
+        # processes share the listening socket, and the kernel spreads connections over them.
+        uvicorn.run(
+            "app.cli:worker_app",
+            factory=True,
+            workers=args.workers,
+            http=HeadLimitedHttpToolsProtocol,  # the limit is set by worker_app
+            **common,
+        )
+        return 0
+    uvicorn.run(
+        create_app(settings),
+        # httptools with a cap on each request's head (uvicorn sets none for httptools).
+        http=http_protocol(settings.max_header_bytes),
+        **common,
     )
     return 0
+
+
+def _hand_to_workers(settings: Settings) -> None:
+    """Put what this process decided into the environment `serve --workers` processes start
+    with: where the database is (the embedded one is started here, once, and stays up while
+    this process lives), that it is migrated, and the public URL."""
+    from app.db import pool
+
+    if settings.database_url is None:
+        os.environ["DATABASE_URL"] = pool.database_url(settings)
+    os.environ["MIGRATE_ON_START"] = "false"
+    os.environ["PUBLIC_BASE_URL"] = settings.public_base_url
+
+
+def worker_app() -> FastAPI:
+    """The app of one `atelier serve --workers N` process (uvicorn calls it in each)."""
+    from app.main import create_app
+    from app.serving import HeadLimitedHttpToolsProtocol
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    # Read per connection, and this process serves none before its app is built.
+    HeadLimitedHttpToolsProtocol.max_head_bytes = settings.max_header_bytes
+    return create_app(settings)
 
 
 async def _worker(settings: Settings) -> None:
@@ -112,7 +156,7 @@ async def _check_ledger(settings: Settings) -> int:
     from app.db import pool
     from app.services import credits
 
-    conn = await pool.connect(settings)
+    conn = await pool.connect(settings, timeout_seconds=settings.long_statement_timeout_seconds)
     try:
         bad, unopened = await credits.check(conn)
     finally:
@@ -220,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (each with its own pool and in-process worker)",
+    )
     serve.set_defaults(func=cmd_serve)
     sub.add_parser(
         "worker", help="run a job worker only (SIGTERM: stop claiming, finish or hand back)"

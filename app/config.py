@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=20, ge=1)
     db_statement_cache_size: int = Field(default=100, ge=0)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    migration_timeout_seconds: float = Field(default=900.0, gt=0)
+    long_statement_timeout_seconds: float = Field(default=600.0, gt=0)
     migrate_on_start: bool = True
 
     # Authentication.

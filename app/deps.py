@@ -105,10 +105,12 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
-async def current_user(who: Annotated[Identity, Depends(identity)], svc: Svc, conn: Conn) -> User:
-    # The token is verified first (dependencies resolve in order), so a request with a bad
-    # token, or one waiting for the JWKS, holds no pooled connection.
-    return await svc.users.authenticate(conn, who)
+async def current_user(who: Annotated[Identity, Depends(identity)], svc: Svc) -> User:
+    """The caller. The token is verified first (dependencies resolve in order), so a request
+    with a bad token, or one waiting for the JWKS, holds no pooled connection; the user is
+    read on a connection of its own, released before a new user's Clerk lookup and before
+    the route's `Conn` is taken (routes name `CurrentUser` before `Conn`)."""
+    return await svc.users.authenticate(svc.pool, who)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -116,19 +118,18 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 async def stream_user(svc: Svc, who: Annotated[Identity, Depends(identity)]) -> User:
     """The caller, for long-lived responses: the connection goes back to the pool at once."""
-    async with svc.pool.acquire() as conn:
-        return await svc.users.authenticate(conn, who)
+    return await svc.users.authenticate(svc.pool, who)
 
 
 StreamUser = Annotated[User, Depends(stream_user)]
 
 
-async def optional_user(svc: Svc, conn: Conn, token: BearerToken) -> User | None:
+async def optional_user(svc: Svc, token: BearerToken) -> User | None:
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
     if token is None:
         return None
     who = await svc.verifier.verify(token)
-    return await svc.users.authenticate(conn, who)
+    return await svc.users.authenticate(svc.pool, who)
 
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]

@@ -3,13 +3,17 @@ each wave, and how long one like takes to reach all of them.
 
 `atelier serve` runs in a process of its own (WORKER_IN_PROCESS=false). Each wave opens
 1,000 `GET /v1/feed/events` streams on plain sockets (100 at a time, 50 users), waits for
-every `ready`, likes one public image through the API and times, for every client, how long
-after the like was answered its `likes` event arrived; then closes them all and waits until
+every `ready`, likes and unlikes one public image through the API (5 changes, one after
+another) and times, for every client and change, how long after the change was answered its
+`likes` event arrived, and how much CPU the server process spent from just before each change
+until its last arrival, per delivered event (the change's own request included: about a
+millisecond in all; the kernel counts CPU in 10 ms ticks, hence several changes); then
+closes them all and waits until
 the server holds none of their sockets. The server's RSS is read from /proc after each
 wave with the clients open and again after they left. Flat memory means the "after" column
 stops growing once the first waves have warmed the allocator.
 
-    python -m bench.feed_clients [--clients 1000] [--waves 5]
+    python -m bench.feed_clients [--clients 1000] [--waves 5] [--events 5]
 """
 
 from __future__ import annotations
@@ -57,6 +61,12 @@ def client_sockets(server_pid: int, port: int) -> int:
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 async def _until_closed(server_pid: int, port: int) -> None:
     """Until the server holds no client socket but `api`'s keep-alive one."""
     for _ in range(int(DEADLINE / 0.05)):
@@ -82,10 +92,17 @@ async def _public_image(db: BenchDatabase, owner: str) -> uuid.UUID:
 
 
 async def _waves(
-    server: Child, port: int, tokens: list[str], image: uuid.UUID, clients: int, waves: int
+    server: Child,
+    port: int,
+    tokens: list[str],
+    image: uuid.UUID,
+    clients: int,
+    waves: int,
+    events: int,
 ) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     liker = tokens[0]
+    changes = 0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
         for wave in range(1, waves + 1):
             async with asyncio.timeout(DEADLINE):
@@ -101,17 +118,24 @@ async def _waves(
                 connected = time.perf_counter() - started
                 rss_open, _ = rss_mib(server.pid)
 
-                # Like and unlike in turn, so every wave sends one `likes` event.
-                method = api.put if wave % 2 else api.delete
-                response = await method(
-                    f"/v1/images/{image}/like", headers={"Authorization": f"Bearer {liker}"}
-                )
-                answered = time.perf_counter()
-                response.raise_for_status()
-                arrivals = await asyncio.gather(
-                    *(c.read_until(b"event: likes") for c in open_clients)
-                )
-                delays = [max(0.0, a - answered) * 1000 for a in arrivals]
+                # Like and unlike in turn, so every change sends one `likes` event; each
+                # reaches every client before the next is sent.
+                delays: list[float] = []
+                cpu = 0.0
+                for _ in range(events):
+                    method = api.put if changes % 2 == 0 else api.delete
+                    changes += 1
+                    cpu_before = _cpu_seconds(server.pid)
+                    response = await method(
+                        f"/v1/images/{image}/like", headers={"Authorization": f"Bearer {liker}"}
+                    )
+                    answered = time.perf_counter()
+                    response.raise_for_status()
+                    arrivals = await asyncio.gather(
+                        *(c.read_until(b"event: likes") for c in open_clients)
+                    )
+                    cpu += _cpu_seconds(server.pid) - cpu_before
+                    delays += [max(0.0, a - answered) * 1000 for a in arrivals]
 
                 await asyncio.gather(*(c.close() for c in open_clients))
                 del open_clients
@@ -127,6 +151,7 @@ async def _waves(
                     "p50": f"{percentile(delays, 0.5):.1f} ms",
                     "p99": f"{percentile(delays, 0.99):.1f} ms",
                     "max": f"{max(delays):.1f} ms",
+                    "CPU/delivery": f"{cpu / len(delays) * 1e6:.0f} µs",
                     "RSS after": f"{rss_after:.0f} MiB",
                     "peak": f"{peak:.0f} MiB",
                 }
@@ -134,7 +159,9 @@ async def _waves(
     return rows
 
 
-def run(db: BenchDatabase, clients: int, waves: int) -> tuple[float, list[dict[str, str]]]:
+def run(
+    db: BenchDatabase, clients: int, waves: int, events: int
+) -> tuple[float, list[dict[str, str]]]:
     tokens = asyncio.run(users_with_tokens(db, [f"feed_bench_{n:02d}" for n in range(USERS)]))
     image = asyncio.run(_public_image(db, "feed_bench_00"))
     port = free_port()
@@ -144,7 +171,7 @@ def run(db: BenchDatabase, clients: int, waves: int) -> tuple[float, list[dict[s
     try:
         wait_ready(server, base_url)
         idle, _ = rss_mib(server.pid)
-        return idle, asyncio.run(_waves(server, port, tokens, image, clients, waves))
+        return idle, asyncio.run(_waves(server, port, tokens, image, clients, waves, events))
     finally:
         server.stop()
 
@@ -153,15 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.feed_clients")
     parser.add_argument("--clients", type=int, default=1000, help="open streams per wave")
     parser.add_argument("--waves", type=int, default=5)
+    parser.add_argument(
+        "--events", type=int, default=5, help="likes sent one after another in each wave"
+    )
     args = parser.parse_args(argv)
     with bench_database() as db:
         facts = asyncio.run(server_facts(db.url))
         print(machine_line())
         print(
             f"PostgreSQL {facts['server']} ({'embedded' if db.embedded else 'configured'}); "
-            f"one `atelier serve`, {args.clients} feed clients per wave, {args.waves} waves"
+            f"one `atelier serve`, {args.clients} feed clients per wave, {args.waves} waves, "
+            f"{args.events} likes each"
         )
-        idle, rows = run(db, args.clients, args.waves)
+        idle, rows = run(db, args.clients, args.waves, args.events)
     print(f"\nserver RSS once ready, before any client: {idle:.0f} MiB\n")
     headers = list(rows[0])
     widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]

@@ -105,9 +105,21 @@ async def create_pool(settings: Settings, url: str | None = None) -> asyncpg.Poo
     return pool
 
 
-async def connect(settings: Settings, url: str | None = None) -> asyncpg.Connection:
-    conn = await asyncpg.connect(
-        url or database_url(settings, direct=True), **connect_kwargs(settings)
-    )
+async def connect(
+    settings: Settings, url: str | None = None, *, timeout_seconds: float | None = None
+) -> asyncpg.Connection:
+    """A connection of its own on DIRECT_URL (session mode): for LISTEN, migrations and
+    maintenance. `timeout_seconds` replaces the pool's DB_COMMAND_TIMEOUT_SECONDS for work
+    known to be long: the server's statement_timeout cancels a statement that runs (or
+    waits for a lock) longer, and asyncpg gives up a few seconds after that, should the
+    server's answer never come."""
+    kwargs = connect_kwargs(settings)
+    if timeout_seconds is not None:
+        kwargs["command_timeout"] = timeout_seconds + 5
+        kwargs["server_settings"] = {
+            **kwargs["server_settings"],
+            "statement_timeout": str(round(timeout_seconds * 1000)),
+        }
+    conn = await asyncpg.connect(url or database_url(settings, direct=True), **kwargs)
     await init_connection(conn)
     return conn

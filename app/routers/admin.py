@@ -78,8 +78,8 @@ async def admin_get_stats(
     response_class=Response,
     responses=responses(404, 422),
 )
-async def admin_take_down_image(image_id: UUID, _: AdminUser, conn: Conn, svc: Svc) -> Response:
+async def admin_take_down_image(image_id: UUID, _: AdminUser, svc: Svc) -> Response:
     """Take down anyone's image: the row, its likes and the stored object; open feeds are
     told `removed`."""
-    await admin.take_down(conn, svc.storage, image_id)
+    await admin.take_down(svc.pool, svc.storage, image_id)
     return Response(status_code=204)

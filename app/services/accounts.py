@@ -180,5 +180,4 @@ async def ensure_user(
     user's first request may have come first: the grant is made once either way). None for
     an erased id, which stays erased; Conflict when another account holds the address.
     With no email, Clerk's Backend API is asked (as on a first request)."""
-    async with pool.acquire() as conn:
-        return await users.ensure(conn, user_id, email)
+    return await users.ensure(pool, user_id, email)

@@ -135,7 +135,7 @@ async def usage(conn: asyncpg.Connection, since: datetime) -> Stats:
     )
 
 
-async def take_down(conn: asyncpg.Connection, storage: Storage, image_id: UUID) -> None:
+async def take_down(pool: asyncpg.Pool, storage: Storage, image_id: UUID) -> None:
     """Delete anyone's image by the gallery's one deletion path (row, then object; the feed
     announces `removed` when it was public)."""
-    await gallery.delete(conn, storage, image_id, owner=None)
+    await gallery.delete(pool, storage, image_id, owner=None)

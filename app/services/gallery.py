@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from app.db import images, likes
 from app.errors import NotFound, Unauthorized
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, LikeState
 from app.services import pagination
+from app.services.realtime import Event
 from app.services.storage.base import Storage, StorageError
 
 log = logging.getLogger("atelier.gallery")
@@ -48,9 +50,12 @@ async def to_item(storage: Storage, settings: Settings, record: Any, viewer: str
     )
 
 
-# Reads of announced rows in flight, so the many subscribers of one process that handle the
-# same event at once share one query.
-_announced_reads: dict[UUID, asyncio.Task[asyncpg.Record | None]] = {}
+@dataclass(frozen=True)
+class Announced:
+    """A new public image as the feed shows it to anyone but its owner (`mine` false)."""
+
+    item: ImageItem
+    owner: str
 
 
 async def _read_public(pool: asyncpg.Pool, image_id: UUID) -> asyncpg.Record | None:
@@ -59,22 +64,28 @@ async def _read_public(pool: asyncpg.Pool, image_id: UUID) -> asyncpg.Record | N
     return row if row is not None and row["visibility"] == "public" else None
 
 
-async def announced_item(
-    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: dict[str, Any], viewer: str
-) -> ImageItem | None:
-    """The feed item of an `image` notification. One too large for a NOTIFY payload arrives
-    `partial` (its id only): the row is read then, once for every subscriber of the process.
-    None when that image is no longer public."""
-    if not event.get("partial"):
-        return await to_item(storage, settings, event, viewer)
-    image_id = UUID(str(event["id"]))
-    read = _announced_reads.get(image_id)
-    if read is None:
-        read = asyncio.ensure_future(_read_public(pool, image_id))
-        _announced_reads[image_id] = read
-        read.add_done_callback(lambda _: _announced_reads.pop(image_id, None))
-    row = await asyncio.shield(read)
-    return await to_item(storage, settings, row, viewer) if row is not None else None
+async def _announce(
+    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: Event
+) -> Announced | None:
+    record: Any = event
+    if event.get("partial"):
+        record = await _read_public(pool, UUID(str(event["id"])))
+        if record is None:
+            return None
+    return Announced(await to_item(storage, settings, record, viewer=""), str(record["user_id"]))
+
+
+async def announced(
+    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: Event
+) -> Announced | None:
+    """The feed item of an `image` notification, built once per event for every subscriber
+    of the process (the URL signed once, the row read once). One too large for a NOTIFY
+    payload arrives `partial` (its id only) and is read then. None when that image is no
+    longer public."""
+    build = event.once(
+        "announced", lambda: asyncio.ensure_future(_announce(pool, storage, settings, event))
+    )
+    return await asyncio.shield(build)
 
 
 async def listing(
@@ -126,13 +137,13 @@ async def set_visibility(
     return await get(conn, storage, settings, image_id, owner)
 
 
-async def delete(
-    conn: asyncpg.Connection, storage: Storage, image_id: UUID, owner: str | None
-) -> None:
+async def delete(pool: asyncpg.Pool, storage: Storage, image_id: UUID, owner: str | None) -> None:
     """Delete the row (its likes cascade), then the object: no row ever points at a missing
-    object. If the store fails after the row is gone, the object is an orphan, logged.
-    `owner` None: whoever's it is (an administrator's takedown)."""
-    row = await images.delete(conn, image_id, owner)
+    object. If the store fails after the row is gone, the object is an orphan, logged. The
+    connection goes back to the pool before the store is asked. `owner` None: whoever's it
+    is (an administrator's takedown)."""
+    async with pool.acquire() as conn:
+        row = await images.delete(conn, image_id, owner)
     if row is None:
         raise NotFound("No such image.")
     if row["storage_key"]:

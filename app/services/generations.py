@@ -70,8 +70,25 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
+async def check_upload(storage: Storage, user: User, body: GenerationCreate) -> None:
+    """An upload named as the source must be the caller's and stored. The store is asked
+    before a pooled connection is taken (it may be across the network); uploads are never
+    deleted, so what is found here is still there when the job is charged."""
+    ref = body.reference
+    if ref is None or isinstance(ref, ImageReference):
+        return
+    if not ref.upload_key.startswith(upload_prefix(user.id)):
+        raise NotFound("No such upload.")
+    try:
+        found = await storage.exists(ref.upload_key)
+    except ValueError:
+        found = False
+    if not found:
+        raise NotFound("No such upload.")
+
+
 async def _reference_key(
-    conn: asyncpg.Connection, storage: Storage, user: User, body: GenerationCreate
+    conn: asyncpg.Connection, user: User, body: GenerationCreate
 ) -> str | None:
     ref = body.reference
     if ref is None:
@@ -84,13 +101,7 @@ async def _reference_key(
             raise NotFound("No such image (or not one you may use).")
         key: str = row["storage_key"]
         return key
-    if not ref.upload_key.startswith(upload_prefix(user.id)):
-        raise NotFound("No such upload.")
-    try:
-        found = await storage.exists(ref.upload_key)
-    except ValueError:
-        found = False
-    if not found:
+    if not ref.upload_key.startswith(upload_prefix(user.id)):  # check_upload said so too
         raise NotFound("No such upload.")
     return ref.upload_key
 
@@ -133,18 +144,18 @@ def _replay(existing: asyncpg.Record, digest: str) -> asyncpg.Record:
 async def create(
     conn: asyncpg.Connection,
     settings: Settings,
-    storage: Storage,
     user: User,
     body: GenerationCreate,
     idempotency_key: str | None,
 ) -> tuple[asyncpg.Record, bool]:
-    """Charge and queue the job (one statement); returns (job, created_now)."""
+    """Charge and queue the job (one statement); returns (job, created_now). An upload as
+    the source was checked by `check_upload` first."""
     digest = request_hash(body)
     if idempotency_key is not None:
         existing = await jobs_db.get_by_idempotency_key(conn, user.id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    reference = await _reference_key(conn, storage, user, body)
+    reference = await _reference_key(conn, user, body)
     params: dict[str, Any] = {"visibility": body.visibility}
     if reference is not None:
         params["reference_keys"] = [reference]  # the source: the job cannot run without it
@@ -276,16 +287,19 @@ async def submit(
     it, and the caller's RateLimit-* headers come along.
 
     The rate limit is counted before a pooled connection is taken. One connection serves the
-    caller, the charge and the answer, and none is held while waiting: waiting requests
+    charge and the answer (the caller, when not seen moments ago, is read on one of its
+    own first), and none is held while waiting: waiting requests
     holding connections would starve the worker.
     """
     key = check_idempotency_key(idempotency_key)
     wait = prefer_wait(prefer, ctx.settings.max_prefer_wait_seconds)
     quota = await admit(ctx.limiter, ctx.pool, who.sub, body, key)
     headers = quota.headers() if quota is not None else {}
+    # No pooled connection is held while Clerk (a new user) or the store is asked.
+    user = await ctx.users.authenticate(ctx.pool, who)
+    await check_upload(ctx.storage, user, body)
     async with ctx.pool.acquire() as conn:
-        user = await ctx.users.authenticate(conn, who)
-        row, created = await create(conn, ctx.settings, ctx.storage, user, body, key)
+        row, created = await create(conn, ctx.settings, user, body, key)
         job: Job | None
         if created and not wait:  # a new job: its row is the whole answer
             job = await to_schema(row, ctx.storage, ctx.settings)

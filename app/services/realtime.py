@@ -4,6 +4,9 @@ PostgreSQL NOTIFY carries job progress (and later the feed) between processes, s
 instance can stream what any worker does, with no broker besides the database. Each
 subscriber has a small bounded queue: a slow client loses intermediate events (it is told
 to resync) instead of growing memory without limit.
+
+A notification is parsed once per process into one `Event` that every subscriber receives;
+what they send for it (an SSE frame, a feed item) is built once on that event and shared.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -24,6 +27,28 @@ JOBS_CHANNEL = "atelier_jobs"
 FEED_CHANNEL = "atelier_feed"
 RESYNC: dict[str, Any] = {"resync": True}  # sent after a reconnect or an overflow
 _QUEUE_SIZE = 64
+
+T = TypeVar("T")
+
+
+class Event(dict[str, Any]):
+    """One notification's payload, as every subscriber of the process receives it (the same
+    object): a dict, plus what the subscribers built from it, kept once per `key`."""
+
+    __slots__ = ("_built",)
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload)
+        self._built: dict[Hashable, Any] = {}
+
+    def once(self, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()` on the first call for `key`; later calls get that same result. For
+        async work, `build` starts a task and callers await it (shielded): one run for all."""
+        if key in self._built:
+            found: T = self._built[key]
+            return found
+        value = self._built[key] = build()
+        return value
 
 
 class Subscription:
@@ -42,8 +67,11 @@ class Subscription:
             self.queue.put_nowait(RESYNC)
 
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for runs the get in a task of its own,
+        # one more hop per event and stream when a thousand streams wait on one event.
         try:
-            return await asyncio.wait_for(self.queue.get(), wait_seconds)
+            async with asyncio.timeout(wait_seconds):
+                return await self.queue.get()
         except TimeoutError:
             return None
 
@@ -98,12 +126,15 @@ class Hub:
 
     def _dispatch(self, channel: str, payload: str) -> None:
         try:
-            event = json.loads(payload)
+            parsed = json.loads(payload)
         except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
             log.warning("ignored a malformed notification on %s", channel)
             return
+        event = Event(parsed)
         targets = list(self._subs.get((channel, None), ()))
-        key = event.get("id") if isinstance(event, dict) else None
+        key = event.get("id")
         if key is not None:
             targets += self._subs.get((channel, str(key)), ())
         for sub in targets:

@@ -112,47 +112,59 @@ class Users:
         ttl = min(USER_CACHE_SECONDS, settings.last_login_interval_seconds)
         self._known: TTLCache[str, User] = TTLCache(_SEEN_CAPACITY, ttl, timer=time.monotonic)
 
-    async def authenticate(self, conn: asyncpg.Connection, identity: Identity) -> User:
+    async def authenticate(self, pool: asyncpg.Pool, identity: Identity) -> User:
+        """The caller's row, read (or created) on connections of its own, each held only for
+        its statements: a new user's email may need Clerk, and a pooled connection held
+        through that wait would leave the pool empty in a signup burst."""
         now = time.monotonic()
         known = self._known.get(identity.sub)
         if known is not None:
             # Seen moments ago: skip the read. Whatever needs the row itself (a balance, a
             # foreign key) reads or locks it in its own statement, so nothing relies on this.
             return known
-        row = await users_db.get(conn, identity.sub)
-        if row is None:
-            row = await self._create(conn, identity.sub, identity.email)
-            _refuse_erased(row)
-            self._seen[identity.sub] = now
-            return self._cache(User.from_row(row))
+        async with pool.acquire() as conn:
+            row = await users_db.get(conn, identity.sub)
+            if row is not None:
+                _refuse_erased(row)
+                await self._touch(conn, identity.sub, now)
+                return self._cache(User.from_row(row))
+        # A new user: ask Clerk (when the token has no email) with no connection held.
+        email = identity.email or await self._directory.email(identity.sub)
+        async with pool.acquire() as conn:
+            row = await self._create(conn, identity.sub, email)
         _refuse_erased(row)
-        last = self._seen.get(identity.sub)
+        self._seen[identity.sub] = now
+        return self._cache(User.from_row(row))
+
+    async def _touch(self, conn: asyncpg.Connection, user_id: str, now: float) -> None:
+        last = self._seen.get(user_id)
         if last is None:
             # First sight in this process: a user the mobile app created gets its opening
             # balance (a no-op for anyone with ledger entries).
-            await ledger.open_balance(conn, identity.sub)
+            await ledger.open_balance(conn, user_id)
         if last is None or now - last >= self._settings.last_login_interval_seconds:
-            await users_db.touch_login(
-                conn, identity.sub, self._settings.last_login_interval_seconds
-            )
-            self._seen[identity.sub] = now
-        return self._cache(User.from_row(row))
+            await users_db.touch_login(conn, user_id, self._settings.last_login_interval_seconds)
+            self._seen[user_id] = now
 
     def _cache(self, user: User) -> User:
         self._known[user.id] = user
         return user
 
-    async def ensure(
-        self, conn: asyncpg.Connection, user_id: str, email: str | None
-    ) -> User | None:
+    async def ensure(self, pool: asyncpg.Pool, user_id: str, email: str | None) -> User | None:
         """The user's row, created with its signup grant when there is none yet (Clerk's
         `user.created`), by the same statement a first request uses, so the grant is made
-        once whichever comes first. None for an erased id: it never comes back."""
-        row = await users_db.get(conn, user_id)
-        if row is None:
+        once whichever comes first. None for an erased id: it never comes back. Clerk is
+        asked for a missing email with no connection held."""
+        async with pool.acquire() as conn:
+            row = await users_db.get(conn, user_id)
+            if row is not None:
+                if row["erased_at"] is not None:
+                    return None
+                await ledger.open_balance(conn, user_id)
+                return User.from_row(row)
+        email = email or await self._directory.email(user_id)
+        async with pool.acquire() as conn:
             row = await self._create(conn, user_id, email)
-        elif row["erased_at"] is None:
-            await ledger.open_balance(conn, user_id)
         return None if row["erased_at"] is not None else User.from_row(row)
 
     def forget(self, user_id: str) -> None:
@@ -164,7 +176,6 @@ class Users:
     async def _create(
         self, conn: asyncpg.Connection, user_id: str, email: str | None
     ) -> asyncpg.Record:
-        email = email or await self._directory.email(user_id)
         if email is None:
             # users.email is NOT NULL UNIQUE in the shared schema; a placeholder on the
             # reserved .invalid domain keeps the account usable until Clerk tells us more.

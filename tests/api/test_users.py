@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -387,3 +388,81 @@ async def test_last_login_is_rewritten_on_every_request_when_the_interval_is_zer
         second = await last_login(db, "user_eager")
     assert first is not None and second is not None
     assert second > first
+
+
+# -- a signup burst against a slow Clerk ----------------------------------------------------
+# 200 new users whose tokens carry no email arrive at once; Clerk (the loopback stand-in)
+# takes 300 ms over each lookup, and the pool has five connections. Were a connection held
+# through the lookup, at most five lookups could be in flight, the burst would take
+# 200 x 0.3 s / 5 = 12 s, and every other user's request would queue behind it for the pool.
+
+NEW_USERS = 200
+CLERK_SECONDS = 0.3
+POOL_SIZE = 5
+# Far above a read's few milliseconds (even on a loaded machine, with the burst on the same
+# event loop), far below the seconds a read queued behind 200 Clerk-held connections would
+# wait (12 s for the whole burst).
+READ_BOUND_SECONDS = 4.0
+
+
+async def test_a_signup_burst_waiting_on_a_slow_clerk_neither_drains_the_pool_nor_slows_reads(
+    clerk_settings: ClerkSettings,
+    key: SigningKey,
+    clerk_api: ClerkApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    newcomers = [f"user_2burst_{n:03d}" for n in range(NEW_USERS)]
+    for user_id in newcomers:
+        clerk_api.add_user(user_id, f"{user_id}@example.test")
+    clerk_api.add_user("user_2steady", "steady@example.test")
+    steady = bearer(session_token(key, "user_2steady"))
+    settings = clerk_settings(db_pool_min_size=1, db_pool_max_size=POOL_SIZE)
+
+    async with running(settings) as client:
+        assert (await client.get("/v1/me", headers=steady)).status_code == 200  # signed up
+        clerk_api.answer_after(CLERK_SECONDS)
+        reads: list[float] = []
+        burst_over = asyncio.Event()
+
+        async def read_meanwhile() -> None:
+            while not burst_over.is_set():
+                started = time.perf_counter()
+                response = await client.get("/v1/me", headers=steady)
+                reads.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+                await asyncio.sleep(0.02)
+
+        async def burst() -> list[httpx.Response]:
+            try:
+                return await asyncio.gather(
+                    *(
+                        client.get("/v1/me", headers=bearer(session_token(key, user_id)))
+                        for user_id in newcomers
+                    )
+                )
+            finally:
+                burst_over.set()
+
+        started = time.perf_counter()
+        async with asyncio.timeout(60):
+            answers, _ = await asyncio.gather(burst(), read_meanwhile())
+        took = time.perf_counter() - started
+
+    assert [r.status_code for r in answers] == [200] * NEW_USERS, answers[0].text
+    assert {r.json()["email"] for r in answers} == {f"{u}@example.test" for u in newcomers}
+    # The lookups overlapped far beyond the pool's size: none of them held a connection.
+    assert clerk_api.max_in_flight > POOL_SIZE * 4, clerk_api.max_in_flight
+    assert took >= CLERK_SECONDS
+    # The steady user kept being answered throughout, each read well within the bound.
+    assert len(reads) >= 3, reads
+    assert max(reads) < READ_BOUND_SECONDS, sorted(reads)[-5:]
+    # Every newcomer exists once with one signup entry: nothing failed or ran twice.
+    counts = await db.fetch(
+        """
+        SELECT u.id, count(l.id) AS signups
+        FROM users u LEFT JOIN credit_ledger l ON l.user_id = u.id AND l.reason = 'signup'
+        WHERE u.id LIKE 'user_2burst_%' GROUP BY u.id
+        """
+    )
+    assert len(counts) == NEW_USERS
+    assert {r["signups"] for r in counts} == {1}

@@ -7,6 +7,7 @@ It checks `Authorization: Bearer <secret key>` and answers with Clerk's user sha
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,9 @@ class ClerkApiServer:
         self._users: dict[str, list[str]] = {}
         self._requests: list[tuple[str, str | None]] = []
         self._status: int | None = None
+        self._delay = 0.0
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at one time
         self._server = LoopbackServer(self._respond)
 
     @property
@@ -48,10 +52,28 @@ class ClerkApiServer:
         with self._lock:
             self._status = status
 
+    def answer_after(self, seconds: float) -> None:
+        """Take this long over every answer (Clerk's latency, as a caller sees it)."""
+        with self._lock:
+            self._delay = seconds
+
     def stop(self) -> None:
         self._server.stop()
 
     def _respond(self, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            delay = self._delay
+        try:
+            if delay:
+                time.sleep(delay)  # a handler thread of its own: others are answered meanwhile
+            return self._answer(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
         authorization = request.headers.get("Authorization")
         path = urlsplit(request.path).path
         with self._lock:

@@ -43,6 +43,12 @@ JWKS_PATH = "/.well-known/jwks.json"
 Responder = Callable[[BaseHTTPRequestHandler], tuple[int, object]]
 
 
+class _Server(ThreadingHTTPServer):
+    # Room for a burst of simultaneous connections (the default backlog is 5: the rest
+    # would wait for a SYN retransmit, a second, and time a burst of the kernel, not ours).
+    request_queue_size = 256
+
+
 class LoopbackServer:
     """A ThreadingHTTPServer on 127.0.0.1 (port 0) answering GETs with `respond`."""
 
@@ -65,7 +71,7 @@ class LoopbackServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True

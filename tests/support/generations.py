@@ -40,7 +40,7 @@ async def create_job(
     (job, created_now); too few credits raise InsufficientCredits (the route's 402)."""
     body = GenerationCreate(prompt=prompt, model=model)
     async with pool.acquire() as conn:
-        return await generations.create(conn, settings, storage, user, body, idempotency_key)
+        return await generations.create(conn, settings, user, body, idempotency_key)
 
 
 async def debit(conn: asyncpg.Connection, user_id: str, cost: int, kind: str = "generate") -> int:

@@ -36,12 +36,12 @@ def clean_env(**changes: str) -> dict[str, str]:
     return env
 
 
-def start_serve(cwd: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start `atelier serve --port port` in `cwd` with exactly `env` (no .env of the checkout
-    is read); its stderr goes to cwd/serve.stderr. Then `wait_until_ready`."""
+def start_serve(cwd: Path, port: int, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """Start `atelier serve --port port [args]` in `cwd` with exactly `env` (no .env of the
+    checkout is read); its stderr goes to cwd/serve.stderr. Then `wait_until_ready`."""
     with (cwd / SERVE_STDERR).open("wb") as stderr:
         return subprocess.Popen(
-            [str(ATELIER), "serve", "--port", str(port)],
+            [str(ATELIER), "serve", "--port", str(port), *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -654,7 +654,7 @@ async def test_a_reference_deleted_before_the_job_runs_fails_it_at_once_and_refu
         prompt="make it night", kind="edit", reference=UploadReference(upload_key=key)
     )
     async with pool.acquire() as conn:
-        row, _ = await generations.create(conn, settings, storage, user, body, None)
+        row, _ = await generations.create(conn, settings, user, body, None)
     await storage.delete(key)  # gone between the request and the worker
     async with worker_running(Worker(settings, pool, LocalProvider(), storage)):
         done = await wait_for_end(pool, [row["id"]])
