@@ -148,6 +148,7 @@ class Settings(BaseSettings):
     r2_public_base_url: str | None = None
     r2_region: str = "auto"
     storage_timeout_seconds: float = Field(default=30.0, gt=0)
+    storage_workers: int = Field(default=8, ge=1, le=256)
 
     # HTTP.
     cors_origins: Annotated[list[str], NoDecode] = []
