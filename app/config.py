@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     retry_base_seconds: float = Field(default=2.0, ge=0)
     storage_retries: int = Field(default=3, ge=0)
+    job_attempt_deadline_seconds: float = Field(default=300.0, gt=0)
+    worker_claim_batch: int = Field(default=32, ge=1, le=1000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     max_prefer_wait_seconds: int = Field(default=60, ge=0, le=60)
     pack_reference_icons: int = Field(default=3, ge=0, le=10)
@@ -179,6 +181,7 @@ class Settings(BaseSettings):
     r2_region: str = "auto"
     r2_addressing_style: Literal["path", "virtual", "auto"] = "path"
     storage_timeout_seconds: float = Field(default=30.0, gt=0)
+    storage_workers: int = Field(default=8, ge=1, le=256)
 
     # HTTP.
     cors_origins: Annotated[list[str], NoDecode] = []

@@ -30,13 +30,16 @@ from bench.common import (  # noqa: E402
     BenchDatabase,
     bench_database,
     connect,
+    cpu_seconds,
     create_users,
     enqueue,
     machine_line,
     percentile,
+    postmaster_pid,
     print_table,
     server_facts,
     start_worker,
+    tree_cpu_seconds,
 )
 
 DEADLINE = 300.0  # a guard against hanging, not a measurement
@@ -124,9 +127,16 @@ def run_provider(
     asyncio.run(_setup_user(db, user_id))
     asyncio.run(_backlog(db, user_id, jobs))
     started = time.perf_counter()
+    postmaster = postmaster_pid(db)
     worker = start_worker(db, provider, PROVIDER="local", LOCAL_PROVIDER_DELAY_MS="0")
     try:
+        # CPU from the worker's "ready" (imports and start-up done) to the last job: less
+        # sensitive to other load on the machine than the rates.
+        worker_cpu = cpu_seconds(worker.pid)
+        pg_cpu = tree_cpu_seconds(postmaster) if postmaster else float("nan")
         asyncio.run(_wait_done(db, user_id, "backlog", jobs))
+        worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+        pg_cpu = (tree_cpu_seconds(postmaster) if postmaster else float("nan")) - pg_cpu
         drained = time.perf_counter() - started
         backlog = asyncio.run(_phase_numbers(db, user_id, "backlog"))
         rate = backlog["rate"] / 2
@@ -143,6 +153,9 @@ def run_provider(
     return {
         "jobs/s (backlog, steady)": f"{backlog['rate']:.1f}",
         f"backlog of {jobs} drained in (incl. start)": f"{drained:.2f} s",
+        "CPU per job (backlog): worker / postgres": (
+            f"{worker_cpu * 1000 / jobs:.2f} / {pg_cpu * 1000 / jobs:.2f} ms"
+        ),
         "paced rate (half of that)": f"{rate:.1f} jobs/s x {submitted} jobs",
         "submit→completed p50 (paced)": f"{paced['p50_ms']:.1f} ms",
         "submit→completed p99 (paced)": f"{paced['p99_ms']:.1f} ms",

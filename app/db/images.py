@@ -12,51 +12,6 @@ COLUMNS = (
 )
 
 
-async def insert_for_job(
-    conn: asyncpg.Connection,
-    *,
-    image_id: UUID,
-    job_id: UUID,
-    attempt: int,
-    image_url: str,
-    storage_key: str,
-    model: str,
-    visibility: str,
-    width: int,
-    height: int,
-    pack_id: UUID | None,
-) -> asyncpg.Record | None:
-    """Record the job's image, fenced on the attempt that made it; None if the fence failed.
-
-    `pack_id` is kept only if that pack (the job owner's) still exists."""
-    return await conn.fetchrow(
-        f"""
-        INSERT INTO generated_images (
-            id, user_id, image_url, prompt, storage_key, job_id, model, visibility,
-            width, height, pack_id)
-        SELECT $1, j.user_id, $3, j.prompt, $4, j.id, $5, $6, $7, $8,
-               -- the pack may have been deleted while the job waited: then no pack (the
-               -- lock keeps it from going between this look and the foreign key's check)
-               (SELECT p.id FROM icon_packs p
-                WHERE p.id = $9 AND p.user_id = j.user_id FOR KEY SHARE)
-        FROM image_generation_jobs j
-        WHERE j.id = $2 AND j.attempts = $10 AND j.status = 'running'
-        ON CONFLICT DO NOTHING
-        RETURNING {COLUMNS}
-        """,
-        image_id,
-        job_id,
-        image_url,
-        storage_key,
-        model,
-        visibility,
-        width,
-        height,
-        pack_id,
-        attempt,
-    )
-
-
 async def get(conn: asyncpg.Connection, image_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {COLUMNS} FROM generated_images WHERE id = $1 AND deleted_at IS NULL",

@@ -16,7 +16,6 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.db import images
 from app.db import jobs as jobs_db
 from app.services import credits, imaging
 
@@ -40,12 +39,12 @@ async def claim(
         return await jobs_db.claim(conn, worker_id, limit, lease_seconds)
 
 
-async def extend_lease(
-    pool: asyncpg.Pool, job_id: UUID, attempt: int, lease_seconds: float
-) -> bool:
-    """Heartbeat; False when this attempt no longer holds the job."""
+async def extend_leases(
+    pool: asyncpg.Pool, held: list[tuple[UUID, int]], lease_seconds: float
+) -> set[UUID]:
+    """Heartbeat for every (job id, attempt) a worker runs; the ids it still holds."""
     async with pool.acquire() as conn:
-        return await jobs_db.extend_lease(conn, job_id, attempt, lease_seconds)
+        return await jobs_db.extend_leases(conn, held, lease_seconds)
 
 
 async def set_progress(
@@ -68,17 +67,18 @@ async def complete(
     model: str,
     params: dict[str, Any],
 ) -> None:
-    """Record the stored image and mark the job completed, in one transaction; LostLease
-    (and nothing written) if the attempt no longer holds the job."""
+    """Record the stored image and mark the job completed (announcing progress 90, then
+    100), in one statement; LostLease (and nothing written) if the attempt no longer holds
+    the job."""
     image_id = uuid.uuid4()
     url = imaging.canonical_url(settings, key, image_id)
     pack_id = params.get("pack_id")
-    async with pool.acquire() as conn, conn.transaction():
-        row = await images.insert_for_job(
+    async with pool.acquire() as conn:
+        completed = await jobs_db.complete(
             conn,
+            job_id,
+            attempt,
             image_id=image_id,
-            job_id=job_id,
-            attempt=attempt,
             image_url=url,
             storage_key=key,
             model=model,
@@ -87,10 +87,8 @@ async def complete(
             height=png.height,
             pack_id=UUID(pack_id) if pack_id else None,
         )
-        if row is None or not await jobs_db.mark_completed(
-            conn, job_id, attempt, image_id=image_id, output_url=url, model=model
-        ):
-            raise LostLease  # rolls the insert back with it
+    if not completed:
+        raise LostLease
 
 
 async def _fail_and_refund(

@@ -7,7 +7,16 @@ refunded, whatever the provider, the storage or this process does in between:
 - a worker that dies leaves a lease that runs out; any worker's reaper then puts the job
   back in the queue, or fails and refunds it once MAX_ATTEMPTS attempts were made;
 - on shutdown the worker stops claiming, lets running jobs finish for a grace period and
-  hands back what is left.
+  hands back what is left;
+- a whole attempt has a deadline (JOB_ATTEMPT_DEADLINE_SECONDS): a provider that retries
+  forever cannot hold a lease for hours; running out of time is a retryable failure.
+
+Writes per job are few, since each is a round trip and a commit: the claim (many jobs at
+once, progress 10), progress 60 with the model, and one statement that completes the job,
+records its image and announces 90 then 100. One heartbeat statement renews the leases of
+every running attempt. A finished job wakes the loop to claim again only when the last claim
+was limited by free slots (a queue that was empty sends a NOTIFY when it fills), and
+finished jobs are gathered for a few milliseconds so one claim takes several.
 This module is the loop and the attempt's steps (provider, imaging, storage); every write to
 the job, and the transactions they need, are in `app.services.jobs`.
 """
@@ -40,9 +49,17 @@ from app.services.storage.base import ObjectNotFound, Storage, StorageError, gen
 
 log = logging.getLogger("atelier.worker")
 
+# After a job ends with more work waiting, the next claim waits this long for other slots
+# to free up (unless a quarter of the batch is free already), so one claim takes several.
+CLAIM_GATHER_SECONDS = 0.005
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class _OutOfTime(Exception):
+    """The attempt's deadline passed."""
 
 
 @dataclass
@@ -75,15 +92,19 @@ class Worker:
         self.storage = storage
         self.hub = hub
         self.worker_id = worker_id or new_worker_id()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], _Attempt] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        # The last claim filled every slot it asked for (or none was free): more may be ready.
+        self._more_ready = False
+        self._gathering: asyncio.TimerHandle | None = None
 
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
+        leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
         next_reap = 0.0
         log.info("worker %s started", self.worker_id)
         reap_every = max(1.0, self.settings.job_lease_seconds / 4)
@@ -97,10 +118,10 @@ class Worker:
                     next_reap = time.monotonic() + reap_every
                 if stop.is_set():
                     break  # the signal came while reaping: claim nothing more
-                claimed = await self._guard(self._claim_batch()) or 0
+                await self._guard(self._claim_batch())
                 free = self.settings.worker_concurrency - len(self._tasks)
-                if claimed and free > 0:
-                    continue  # there may be more ready right now
+                if self._more_ready and free > 0:
+                    continue  # the claim took all it asked for: there may be more right now
                 waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
                 # Wake for the reaper too: a dead worker's jobs send no NOTIFY, so a long
                 # poll interval must not delay their requeue.
@@ -116,7 +137,10 @@ class Worker:
         finally:
             if listener is not None:
                 listener.cancel()
+            if self._gathering is not None:
+                self._gathering.cancel()
             await self._drain()
+            leases.cancel()
             log.info("worker %s stopped", self.worker_id)
 
     async def _guard(self, work: Any) -> Any:
@@ -139,19 +163,42 @@ class Worker:
                     self._wake.set()  # a new or handed-back job, or a resync
 
     async def _claim_batch(self) -> int:
-        free = self.settings.worker_concurrency - len(self._tasks)
-        if free <= 0 or self._stopping:
+        """Claim what the free slots (at most WORKER_CLAIM_BATCH) can take and start it.
+
+        The batch bounds what one event-loop turn does: each claimed job's task takes its
+        first steps in the turn after the claim, so 1,000 free slots are filled by claims
+        of 32, with the loop free for other work in between."""
+        if self._stopping:
             return 0
-        rows = await jobs.claim(self.pool, self.worker_id, free, self.settings.job_lease_seconds)
+        free = self.settings.worker_concurrency - len(self._tasks)
+        if free <= 0:
+            self._more_ready = True  # not looked: whatever is queued waits for a slot
+            return 0
+        limit = min(free, self.settings.worker_claim_batch)
+        rows = await jobs.claim(self.pool, self.worker_id, limit, self.settings.job_lease_seconds)
+        self._more_ready = len(rows) == limit
         for row in rows:
             attempt = _Attempt(row, row["attempts"])
             task = asyncio.create_task(self._run_attempt(attempt), name=f"job-{attempt.id}")
-            self._tasks.add(task)
+            self._tasks[task] = attempt
             task.add_done_callback(self._done)
         return len(rows)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
+        if not self._tasks:
+            self._wake.set()  # the last one: look once more before going idle
+        elif self._more_ready:
+            free = self.settings.worker_concurrency - len(self._tasks)
+            if free * 4 >= min(self.settings.worker_claim_batch, self.settings.worker_concurrency):
+                self._wake.set()
+            elif self._gathering is None:
+                self._gathering = asyncio.get_running_loop().call_later(
+                    CLAIM_GATHER_SECONDS, self._gathered
+                )
+
+    def _gathered(self) -> None:
+        self._gathering = None
         self._wake.set()
 
     async def _drain(self) -> None:
@@ -168,9 +215,14 @@ class Worker:
     # -- one attempt ----------------------------------------------------------------------
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(attempt, asyncio.current_task()))
+        deadline = self.settings.job_attempt_deadline_seconds
         try:
-            await self._process(attempt)
+            await self._process_in_time(attempt, deadline)
+        except _OutOfTime:
+            log.warning("job %s attempt %d ran out of time", attempt.id, attempt.number)
+            await self._guard(
+                self._retry_or_fail(attempt, f"the attempt took longer than {deadline:g} s")
+            )
         except jobs.LostLease:
             log.warning("job %s attempt %d lost its lease", attempt.id, attempt.number)
         except asyncio.CancelledError:
@@ -180,24 +232,44 @@ class Worker:
         except Exception:
             log.exception("job %s attempt %d crashed", attempt.id, attempt.number)
             await self._guard(self._retry_or_fail(attempt, "internal error while generating"))
-        finally:
-            heartbeat.cancel()
 
-    async def _heartbeat(self, attempt: _Attempt, owner: asyncio.Task[Any] | None) -> None:
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every running attempt, in one statement, every third of the
+        lease; cancel the attempts whose job was taken over (no use spending on them)."""
         interval = self.settings.job_lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
+            running = list(self._tasks.items())
+            if not running:
+                continue
             try:
-                held = await jobs.extend_lease(
-                    self.pool, attempt.id, attempt.number, self.settings.job_lease_seconds
+                held = await jobs.extend_leases(
+                    self.pool,
+                    [(attempt.id, attempt.number) for _, attempt in running],
+                    self.settings.job_lease_seconds,
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                # the next beat tries again; a dead heartbeat task would let the lease lapse
-                log.warning("heartbeat for job %s failed: %r", attempt.id, exc)
+                # the next beat tries again; a dead lease keeper would let every lease lapse
+                log.warning("renewing %d lease(s) failed: %r", len(running), exc)
                 continue
-            if not held and owner is not None:
-                owner.cancel()  # someone else has the job now; stop spending on it
-                return
+            except Exception:
+                log.exception("renewing %d lease(s) failed", len(running))
+                continue
+            for task, attempt in running:
+                if attempt.id not in held and not task.done():
+                    task.cancel()  # someone else has the job now, or it has ended
+
+    async def _process_in_time(self, attempt: _Attempt, deadline: float) -> None:
+        """`_process` within `deadline` seconds, or _OutOfTime. Every write is fenced, so
+        cutting an attempt short anywhere (even mid-statement) leaves the job consistent."""
+        limit = asyncio.timeout(deadline)
+        try:
+            async with limit:
+                await self._process(attempt)
+        except TimeoutError:
+            if limit.expired():
+                raise _OutOfTime from None
+            raise  # someone else's timeout (a storage call, a query): a crash as any other
 
     async def _process(self, attempt: _Attempt) -> None:
         job = attempt.job
@@ -247,8 +319,8 @@ class Worker:
         except StorageError as exc:
             await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
             return
+        # Stored: progress 90 is announced by the statement that completes the job.
         try:
-            await self._progress(attempt, 90)
             await jobs.complete(
                 self.pool,
                 self.settings,

@@ -4,7 +4,9 @@ as the window moves, are shared through Redis by several instances, and fail ope
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio
+from limits import parse as limits_parse
 from pydantic import ValidationError
 
 from app.config import Settings
@@ -135,6 +138,35 @@ async def test_the_budget_comes_back_as_the_window_moves(
             return (await generate(client, alice)).status_code == 202
 
         await wait_until(accepted, "a submission after the one-second window", seconds=5)
+
+
+async def test_counting_in_memory_never_hops_to_a_thread_and_sweeps_what_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Upstream's clean-up ran asyncio.to_thread once per key after every hit, in the default
+    # pool that storage and token checks share; ours runs inline, now and then.
+    hops: list[object] = []
+
+    def no_threads(fn: object, *args: object, **kwargs: object) -> None:
+        hops.append(fn)
+        raise AssertionError("the rate limiter went to a thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_threads)
+    storage = rate_limits.LoopMemoryStorage()
+    limiter = rate_limits.RateLimiter({"generations": limits_parse("2/second")}, storage)
+    for user in ("a", "b", "a"):
+        assert await limiter.hit("generations", user) is not None
+    with pytest.raises(rate_limits.RateLimited):
+        await limiter.hit("generations", "a")
+    for _ in range(3):
+        await asyncio.sleep(0)  # a clean-up task, had one been started, would run now
+    assert hops == []
+    assert sorted(len(entries) for entries in storage.events.values()) == [1, 2]
+
+    storage.sweep(time.time() + 2)  # both windows have passed
+
+    assert storage.events == {}
+    assert await limiter.hit("generations", "a") is not None
 
 
 async def test_a_replay_of_an_existing_job_is_answered_over_the_limit(

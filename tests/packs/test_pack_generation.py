@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app.config import Settings
-from app.db import images as images_db
 from app.db import jobs as jobs_db
 from app.db import pool as db_pool
 from app.db import users as users_db
@@ -448,11 +447,11 @@ async def test_a_pack_deleted_just_as_the_image_is_recorded_leaves_it_outside_an
 
         image_id = uuid.uuid4()
         record = asyncio.create_task(
-            images_db.insert_for_job(
+            jobs_db.complete(
                 recorder,
+                job_id,
+                claimed["attempts"],
                 image_id=image_id,
-                job_id=job_id,
-                attempt=claimed["attempts"],
                 image_url="http://127.0.0.1:8000/v1/images/x/download",
                 storage_key=f"generations/{ALICE}/{job_id}.png",
                 model="local-test",
@@ -475,11 +474,13 @@ async def test_a_pack_deleted_just_as_the_image_is_recorded_leaves_it_outside_an
 
         await wait_until(waiting, "the record to wait on the deletion", interval=0.02)
         await deleting.commit()
-        row = await asyncio.wait_for(record, DEADLINE_SECONDS)
+        completed = await asyncio.wait_for(record, DEADLINE_SECONDS)
     finally:
         await deleter.close()  # first: an open deletion would hold the record up
         await recorder.close()
 
+    assert completed
+    row = await db.fetchrow("SELECT id, pack_id FROM generated_images WHERE job_id = $1", job_id)
     assert row is not None
     assert row["id"] == image_id
     assert row["pack_id"] is None

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from app.config import Settings
-from app.db import images, jobs
+from app.db import jobs
 from app.main import create_app
 from app.schemas.generations import GenerationCreate, UploadReference
 from app.services import credits, generations
@@ -133,14 +133,12 @@ async def test_a_stale_attempt_cannot_write_once_another_attempt_took_the_job(
     key = generation_key(job_id)
     stale_image = uuid.uuid4()
 
-    async def insert(
-        conn: asyncpg.Connection, attempt: int, image_id: UUID
-    ) -> asyncpg.Record | None:
-        return await images.insert_for_job(
+    async def complete(conn: asyncpg.Connection, attempt: int, image_id: UUID) -> bool:
+        return await jobs.complete(
             conn,
+            job_id,
+            attempt,
             image_id=image_id,
-            job_id=job_id,
-            attempt=attempt,
             image_url=f"http://x.test/{image_id}",
             storage_key=key,
             model=f"model-of-attempt-{attempt}",
@@ -152,32 +150,30 @@ async def test_a_stale_attempt_cannot_write_once_another_attempt_took_the_job(
 
     async with pool.acquire() as conn:
         # Attempt 1 wakes up and tries every write it could make: each one is refused.
-        assert not await jobs.extend_lease(conn, job_id, 1, 60)
+        assert await jobs.extend_leases(conn, [(job_id, 1)], 60) == set()
         assert not await jobs.set_progress(conn, job_id, 1, 60, "model-of-attempt-1")
-        assert await insert(conn, 1, stale_image) is None
-        assert not await jobs.mark_completed(
-            conn, job_id, 1, image_id=stale_image, output_url="http://x.test/1", model="m1"
-        )
+        assert not await complete(conn, 1, stale_image)
         assert not await jobs.release(conn, job_id, 1, delay_seconds=0, error="stale")
         assert not await jobs.mark_failed(conn, job_id, 1, "stale")
         # Attempt 2 holds the job and finishes it.
-        assert await jobs.extend_lease(conn, job_id, 2, 60)
+        assert await jobs.extend_leases(conn, [(job_id, 2)], 60) == {job_id}
         assert await jobs.set_progress(conn, job_id, 2, 60, "model-of-attempt-2")
         current_image = uuid.uuid4()
-        assert await insert(conn, 2, current_image) is not None
-        assert await jobs.mark_completed(
-            conn, job_id, 2, image_id=current_image, output_url="http://x.test/2", model="m2"
-        )
+        assert await complete(conn, 2, current_image)
         # Once completed, nobody writes again, not even the attempt that completed it.
-        assert await insert(conn, 2, uuid.uuid4()) is None
-        assert await insert(conn, 1, uuid.uuid4()) is None
+        assert not await complete(conn, 2, uuid.uuid4())
+        assert not await complete(conn, 1, uuid.uuid4())
         assert not await jobs.mark_failed(conn, job_id, 2, "late")
         assert not await jobs.mark_failed(conn, job_id, None, "late")
         assert not await jobs.set_progress(conn, job_id, 2, 10)
 
     job = await job_row(pool, job_id)
     assert (job["status"], job["attempts"], job["worker_id"]) == ("completed", 2, "worker-b")
-    assert (job["image_id"], job["model"], job["progress"]) == (current_image, "m2", 100)
+    assert (job["image_id"], job["model"], job["progress"]) == (
+        current_image,
+        "model-of-attempt-2",
+        100,
+    )
     assert [row["id"] for row in await images_of(pool, job_id)] == [current_image]
     assert await ledger_of(pool, job_id) == [("generate", -1)]
 
@@ -510,6 +506,32 @@ async def test_an_unavailable_provider_is_retried_then_failed_and_refunded(
     assert [call.model for call in gemini.calls] == [FIRST, SECOND, FIRST, SECOND]
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 2
+    await assert_invariants(pool, storage)
+
+
+async def test_an_attempt_that_outlives_its_deadline_is_retried_then_failed_and_refunded(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    # A provider that takes an hour (as one retrying forever would) and a 0.5 s deadline per
+    # attempt; the heartbeat would keep the lease alive all along, the deadline ends it.
+    settings = make_settings(
+        job_attempt_deadline_seconds=0.5,
+        max_attempts=2,
+        retry_base_seconds=0,
+        worker_poll_seconds=0.1,
+    )
+    user = await add_user(pool, ALICE, credits=1)
+    job_id = await submit(pool, settings, storage, user, "a very patient snail")
+    async with worker_running(Worker(settings, pool, LocalProvider(delay_ms=3_600_000), storage)):
+        done = await wait_for_end(pool, [job_id])
+
+    job = done[job_id]
+    assert (job["status"], job["attempts"]) == ("failed", 2)
+    assert "gave up after 2 attempts" in job["error_message"]
+    assert "the attempt took longer than 0.5 s" in job["error_message"]
+    assert await images_of(pool, job_id) == []
+    assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
+    assert await balance(pool, ALICE) == 1
     await assert_invariants(pool, storage)
 
 

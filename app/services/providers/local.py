@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from app.config import Settings
+from app.core.executors import BlockingPool
 from app.services.providers.base import ImageRequest, ImageResult, ProviderUnavailable
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -46,6 +47,7 @@ class LocalProvider:
         fail_rate: float = 0.0,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        render_workers: int = 2,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError("fail_rate is a probability, between 0 and 1")
@@ -53,6 +55,9 @@ class LocalProvider:
         self.fail_rate = fail_rate
         self._sleep = sleep
         self._rng = rng
+        # Rendering is CPU-bound: a few threads of its own (IMAGING_WORKERS), not the default
+        # pool, so 1,000 jobs in flight queue here instead of crowding out storage and tokens.
+        self._renderers = BlockingPool(render_workers, "local-render")
 
     @classmethod
     def from_settings(cls, settings: Settings, *, sleep: Sleep = asyncio.sleep) -> LocalProvider:
@@ -60,13 +65,14 @@ class LocalProvider:
             delay_ms=settings.local_provider_delay_ms,
             fail_rate=settings.local_provider_fail_rate,
             sleep=sleep,
+            render_workers=settings.imaging_workers,
         )
 
     def model_for(self, request: ImageRequest) -> str:
         return MODEL
 
     async def aclose(self) -> None:
-        pass
+        self._renderers.close()
 
     async def generate(self, request: ImageRequest) -> ImageResult:
         if self.delay_ms:
@@ -75,7 +81,7 @@ class LocalProvider:
             rng = self._rng or random.Random(os.urandom(16))
             if rng.random() < self.fail_rate:
                 raise ProviderUnavailable("local provider: simulated failure")
-        data = await asyncio.to_thread(render, request)
+        data = await self._renderers.run(render, request)
         return ImageResult(data=data, mime_type="image/png", model=MODEL)
 
 

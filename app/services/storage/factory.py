@@ -23,7 +23,9 @@ def build_storage(settings: Settings) -> Storage:
             raise ValueError("LOCAL_URL_SECRET is set but empty")
     else:
         secret = load_or_create_secret(settings.data_dir / LOCAL_SECRET_FILE)
-    return LocalStorage(settings.objects_dir, secret, settings.public_base_url)
+    return LocalStorage(
+        settings.objects_dir, secret, settings.public_base_url, settings.storage_workers
+    )
 
 
 def _r2(settings: Settings) -> R2Storage:
@@ -48,4 +50,5 @@ def _r2(settings: Settings) -> R2Storage:
         addressing_style=settings.r2_addressing_style,
         public_base_url=settings.r2_public_base_url,
         timeout_seconds=settings.storage_timeout_seconds,
+        workers=settings.storage_workers,
     )

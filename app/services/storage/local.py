@@ -8,7 +8,6 @@ and `app/routers/files.py` serves them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -17,6 +16,7 @@ import secrets
 import time
 from pathlib import Path
 
+from app.core.executors import BlockingPool
 from app.core.secret_files import read_or_create
 from app.services.storage.base import (
     ObjectNotFound,
@@ -26,6 +26,7 @@ from app.services.storage.base import (
 )
 
 SECRET_BYTES = 32
+DEFAULT_WORKERS = 4
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -40,12 +41,16 @@ def load_or_create_secret(path: Path) -> bytes:
 class LocalStorage:
     name: str = "local"
 
-    def __init__(self, root: Path, secret: bytes, public_base_url: str) -> None:
+    def __init__(
+        self, root: Path, secret: bytes, public_base_url: str, workers: int = DEFAULT_WORKERS
+    ) -> None:
         if not secret:
             raise ValueError("the URL signing secret is empty")
         self.root = Path(root)
         self._secret = secret
         self._base_url = public_base_url.rstrip("/")
+        # File I/O (with an fsync per write) in threads of its own: see app.core.executors.
+        self._io = BlockingPool(workers, "storage-local")
 
     # -- signed URLs ---------------------------------------------------------------------
 
@@ -144,23 +149,23 @@ class LocalStorage:
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         validate_key(key)  # the caller's mistake shows before any thread starts
-        await asyncio.to_thread(self._write, key, data)
+        await self._io.run(self._write, key, data)
 
     async def get(self, key: str) -> bytes:
         validate_key(key)
-        return await asyncio.to_thread(self._read, key)
+        return await self._io.run(self._read, key)
 
     async def exists(self, key: str) -> bool:
         validate_key(key)
-        return await asyncio.to_thread(self._exists, key)
+        return await self._io.run(self._exists, key)
 
     async def delete(self, key: str) -> None:
         validate_key(key)
-        await asyncio.to_thread(self._delete, key)
+        await self._io.run(self._delete, key)
 
     async def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix)
-        return await asyncio.to_thread(self._delete_prefix, prefix)
+        return await self._io.run(self._delete_prefix, prefix)
 
     async def aclose(self) -> None:
-        return None
+        self._io.close()
