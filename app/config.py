@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     dev_auth_issuer: str = "atelier-dev"
     dev_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     token_cache_size: int = Field(default=10_000, ge=0)
+    # How long a verified API key serves without a new lookup: a revocation reaches other
+    # processes within this (the revoking one forgets the key at once).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     outbound_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Users and credits.

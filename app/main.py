@@ -23,6 +23,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
     admin,
+    api_keys,
     billing,
     files,
     generations,
@@ -35,6 +36,7 @@ from app.routers import (
 )
 from app.services import auth, devauth, imaging, rate_limits
 from app.services import billing as billing_service
+from app.services.api_keys import ApiKeys
 from app.services.billing import StripeApi
 from app.services.clerk_events import ClerkEvents
 from app.services.providers.base import ImageProvider
@@ -183,6 +185,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             webhook_handlers=webhook_handlers(
                 settings, stripe_api, runtime.pool, storage, users, directory
             ),
+            api_keys=ApiKeys(settings.api_key_cache_seconds),
         )
         if settings.worker_in_process:
             stop = asyncio.Event()
@@ -224,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         billing.router,
         webhooks.router,
+        api_keys.router,
     ):
         app.include_router(router)
     openapi.install(app)
