@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     pack_reference_icons: int = Field(default=3, ge=0, le=10)
     pack_export_max_icons: int = Field(default=200, ge=1, le=10_000)
 
+    # Outgoing webhooks (sent by the worker process).
+    webhooks_allow_private: bool = False  # let endpoints resolve to private/loopback addresses
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
     # Uploads.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(default=16_777_216, ge=1)

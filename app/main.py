@@ -32,9 +32,10 @@ from app.routers import (
     me,
     packs,
     prompts,
+    webhook_endpoints,
     webhooks,
 )
-from app.services import auth, devauth, imaging, rate_limits
+from app.services import auth, devauth, imaging, outgoing, rate_limits
 from app.services import billing as billing_service
 from app.services.api_keys import ApiKeys
 from app.services.billing import StripeApi
@@ -130,7 +131,9 @@ async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) 
         runtime.hub,
         decoders=runtime.decoders,
     )
-    await worker.run(stop)
+    # Outgoing webhooks are sent by the worker process too, never by a request.
+    sender = outgoing.Sender(settings, runtime.pool, runtime.storage)
+    await asyncio.gather(worker.run(stop), sender.run(stop))
 
 
 def _report_worker_exit(task: asyncio.Task[None]) -> None:
@@ -228,6 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         billing.router,
         webhooks.router,
         api_keys.router,
+        webhook_endpoints.router,
     ):
         app.include_router(router)
     openapi.install(app)

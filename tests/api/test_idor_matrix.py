@@ -45,6 +45,7 @@ class Victim:
     alice_signed_path: str  # a signed /files URL Alice was handed for her own image
     bob_private_key: str
     api_key: str  # one of Bob's API keys
+    endpoint: str  # Bob's outgoing-webhook endpoint
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,22 @@ CASES: list[Case] = [
     Case("GET", "/files/{key}", _files_path, status=403),
     # API keys
     Case("DELETE", "/v1/api-keys/{key_id}", lambda v: f"/v1/api-keys/{v.api_key}"),
+    # outgoing-webhook endpoints
+    Case(
+        "DELETE",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}",
+    ),
+    Case(
+        "POST",
+        "/v1/webhook-endpoints/{endpoint_id}/secret",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}/secret",
+    ),
+    Case(
+        "GET",
+        "/v1/webhook-endpoints/{endpoint_id}/deliveries",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}/deliveries",
+    ),
     # ids in a generation's body
     Case(
         "POST",
@@ -286,6 +303,14 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
     )
     parts = urlsplit(link["url"])
     api_key = await _ok(await client.post("/v1/api-keys", json={"name": "b"}, headers=bob))
+    endpoint = await _ok(
+        await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": "https://8.8.8.8/hook", "events": ["job.failed"]},
+            headers=bob,
+        ),
+        201,
+    )
     bob_key = await db.fetchval(
         "SELECT storage_key FROM generated_images WHERE id = $1::uuid", private_image
     )
@@ -303,6 +328,7 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
         alice_signed_path=f"{parts.path}?{parts.query}",
         bob_private_key=bob_key,
         api_key=api_key["id"],
+        endpoint=endpoint["id"],
     )
 
 
@@ -314,6 +340,7 @@ SNAPSHOT = {
     "jobs": "SELECT id, status, user_id FROM image_generation_jobs ORDER BY id",
     "users": "SELECT id, credits FROM users ORDER BY id",
     "api_keys": "SELECT id, user_id FROM api_keys ORDER BY id",
+    "webhook_endpoints": "SELECT id, user_id, url, secret FROM webhook_endpoints ORDER BY id",
 }
 
 
