@@ -54,7 +54,8 @@ from app.services.worker import Worker
 log = logging.getLogger("atelier.main")
 
 API_DESCRIPTION = """\
-Atelier's JSON API. Authenticate with `Authorization: Bearer <Clerk session token>`.
+Atelier's JSON API. Authenticate with `Authorization: Bearer <Clerk session token>`, or
+from a server with an API key (`Authorization: Bearer atl_…`, see `/v1/api-keys`).
 Every error is `application/problem+json` (RFC 9457).
 """
 

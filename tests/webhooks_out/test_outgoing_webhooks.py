@@ -345,3 +345,37 @@ async def test_another_users_endpoint_is_a_404_and_unchanged(
         assert_problem(await client.get(f"{base}/deliveries", headers=alice), 404)
         assert (await client.get("/v1/webhook-endpoints", headers=alice)).json()["items"] == []
         assert await db.fetchrow("SELECT * FROM webhook_endpoints") == before
+
+
+async def test_the_url_is_checked_again_at_send_time(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """Registered while loopback was allowed; the sender (now in a stricter process) refuses
+    to send, and records why."""
+    alice = auth_headers(ALICE)
+    with WebhookReceiver() as receiver:
+        async with serving(hook_settings(worker_in_process=False)) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+        async with serving(hook_settings(env="test", webhooks_allow_private=False)) as client:
+            await finished_job(client, alice)
+            await wait_until(lambda: _attempts(db, 1), "the refused attempt to be recorded")
+            (refused,) = await deliveries(client, alice, endpoint["id"])
+            assert refused["status"] == "pending"  # DNS or settings may change: retried
+            (attempt,) = refused["attempts"]
+            assert attempt["status_code"] is None and "https" in attempt["error"]
+            assert receiver.received == []
+
+
+async def test_an_erased_users_endpoints_and_deliveries_are_deleted(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(*[500] * 10) as receiver:
+        async with serving(hook_settings()) as client:
+            await register(client, alice, receiver.url, ["job.completed"])
+            await finished_job(client, alice)
+            await wait_until(lambda: _attempts(db, 1), "an attempt to be recorded")
+            assert (await client.delete("/v1/me", headers=alice)).status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 0
