@@ -171,3 +171,40 @@ async def test_an_erased_users_keys_are_refused_and_gone(
 
     await wait_until(refused, "the erased user's key to be refused")
     assert await db.fetchval("SELECT count(*) FROM api_keys WHERE user_id = $1", ALICE) == 0
+
+
+async def test_last_use_is_written_at_most_once_a_minute(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    app = create_app(make_settings(api_key_cache_seconds=0, worker_in_process=False))
+    async with serving(app) as client:
+        created = await make_key(client, auth_headers(ALICE))
+        key, key_id = created["key"], created["id"]
+
+        async def last_used() -> Any:
+            return await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key_id)
+
+        assert (await client.get("/v1/me", headers=bearer(key))).status_code == 200
+        first = await last_used()
+        assert first is not None
+        assert (await client.get("/v1/me", headers=bearer(key))).status_code == 200
+        assert await last_used() == first  # looked up again (no cache), not written again
+
+        await db.execute(
+            "UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE id = $1",
+            key_id,
+        )
+        assert (await client.get("/v1/me", headers=bearer(key))).status_code == 200
+        assert await last_used() > first
+
+
+async def test_a_key_is_found_by_its_hashs_unique_index(db: asyncpg.Connection) -> None:
+    await db.execute("SET enable_seqscan = off")  # the table is tiny: ask what it would use
+    rows = await db.fetch(
+        """EXPLAIN (FORMAT TEXT)
+           SELECT k.id FROM api_keys k JOIN users u ON u.id = k.user_id
+           WHERE k.key_hash = $1 AND u.erased_at IS NULL""",
+        hashlib.sha256(b"x").digest(),
+    )
+    plan = "\n".join(r[0] for r in rows)
+    assert "Index Scan using api_keys_key_hash_key" in plan, plan
