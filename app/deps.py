@@ -86,17 +86,14 @@ async def bearer_token(
 BearerToken = Annotated[str | None, Depends(bearer_token)]
 
 
-async def _verify(svc: Services, token: str) -> Identity:
+async def identity(request: Request, token: BearerToken) -> Identity:
+    if token is None:
+        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
+    svc = services_of(request)
     # An API key is recognised by its prefix and never parsed as a JWT.
     if api_keys.is_api_key(token):
         return await svc.api_keys.verify(svc.pool, token)
     return await svc.verifier.verify(token)
-
-
-async def identity(request: Request, token: BearerToken) -> Identity:
-    if token is None:
-        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
-    return await _verify(services_of(request), token)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -145,7 +142,10 @@ async def optional_user(svc: Svc, conn: Conn, token: BearerToken) -> User | None
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
     if token is None:
         return None
-    who = await _verify(svc, token)
+    if api_keys.is_api_key(token):
+        who = await svc.api_keys.verify_on(conn, token)  # on the connection already held
+    else:
+        who = await svc.verifier.verify(token)
     return await svc.users.authenticate(conn, who)
 
 

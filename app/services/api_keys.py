@@ -57,18 +57,30 @@ class ApiKeys:
         )
 
     async def verify(self, pool: asyncpg.Pool, key: str) -> Identity:
-        if _WELL_FORMED.fullmatch(key) is None:
-            raise Unauthorized("The API key is malformed.")
-        digest = key_hash(key)
-        found = self._cache.get(digest) if self._cache is not None else None
+        """The key's owner; a connection is taken only when the key is not remembered."""
+        digest, found = self._remembered(key)
         if found is not None:
             return found
         async with pool.acquire() as conn:
-            row = await api_keys_db.find(conn, digest, LAST_USED_INTERVAL_SECONDS)
-            if row is None:
-                raise Unauthorized("The API key is unknown or was revoked.")
-            if row["stale"]:
-                await api_keys_db.touch(conn, row["id"], LAST_USED_INTERVAL_SECONDS)
+            return await self._look_up(conn, digest)
+
+    async def verify_on(self, conn: asyncpg.Connection, key: str) -> Identity:
+        """The same, on a connection the caller holds already (never a second one)."""
+        digest, found = self._remembered(key)
+        return found if found is not None else await self._look_up(conn, digest)
+
+    def _remembered(self, key: str) -> tuple[bytes, Identity | None]:
+        if _WELL_FORMED.fullmatch(key) is None:
+            raise Unauthorized("The API key is malformed.")
+        digest = key_hash(key)
+        return digest, self._cache.get(digest) if self._cache is not None else None
+
+    async def _look_up(self, conn: asyncpg.Connection, digest: bytes) -> Identity:
+        row = await api_keys_db.find(conn, digest, LAST_USED_INTERVAL_SECONDS)
+        if row is None:
+            raise Unauthorized("The API key is unknown or was revoked.")
+        if row["stale"]:
+            await api_keys_db.touch(conn, row["id"], LAST_USED_INTERVAL_SECONDS)
         identity = Identity(
             sub=row["user_id"],
             email=row["email"],

@@ -208,3 +208,18 @@ async def test_a_key_is_found_by_its_hashs_unique_index(db: asyncpg.Connection) 
     )
     plan = "\n".join(r[0] for r in rows)
     assert "Index Scan using api_keys_key_hash_key" in plan, plan
+
+
+async def test_a_key_opens_its_owners_private_image_where_a_token_is_optional(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    alice = auth_headers(ALICE)
+    key = (await make_key(client, alice))["key"]
+    job = await client.post(
+        "/v1/generations", json={"prompt": "a fox"}, headers={**alice, "Prefer": "wait=10"}
+    )
+    image_id = job.json()["image"]["id"]
+    path = f"/v1/images/{image_id}/download?redirect=false"
+    assert_unauthorized(await client.get(path))  # private: no token, no link
+    assert (await client.get(path, headers=bearer(key))).status_code == 200
+    assert_unauthorized(await client.get(path, headers=bearer("atl_" + "B" * 43)))
