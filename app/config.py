@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     dev_auth_issuer: str = "atelier-dev"
     dev_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     token_cache_size: int = Field(default=10_000, ge=0)
+    # How long a verified API key serves without a new lookup: a revocation reaches other
+    # processes within this (the revoking one forgets the key at once).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     outbound_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Users and credits.
@@ -154,6 +157,11 @@ class Settings(BaseSettings):
     max_prefer_wait_seconds: int = Field(default=60, ge=0, le=60)
     pack_reference_icons: int = Field(default=3, ge=0, le=10)
     pack_export_max_icons: int = Field(default=200, ge=1, le=10_000)
+
+    # Outgoing webhooks (sent by the worker process).
+    webhooks_allow_private: bool = False  # let endpoints resolve to private/loopback addresses
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
     # Uploads.
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

@@ -18,6 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.config import Settings
 from app.errors import Forbidden, RepeatedHeader, Unauthorized
 from app.observability import Metrics
+from app.services import api_keys
+from app.services.api_keys import ApiKeys
 from app.services.auth import Identity, TokenVerifier
 from app.services.billing import StripeApi
 from app.services.imaging import Decoders
@@ -47,6 +49,7 @@ class Services:
     jwks: dict[str, object] | None = None
     stripe: StripeApi | None = None  # None without STRIPE_SECRET_KEY: billing answers 503
     webhook_handlers: dict[str, Handler] = field(default_factory=dict)
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
 
 
 def services_of(request: Request) -> Services:
@@ -64,7 +67,9 @@ async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-_bearer = HTTPBearer(auto_error=False, description="A Clerk session token (or a dev token).")
+_bearer = HTTPBearer(
+    auto_error=False, description="A Clerk session token (or a dev token), or an API key (atl_…)."
+)
 
 
 async def bearer_token(
@@ -84,13 +89,23 @@ BearerToken = Annotated[str | None, Depends(bearer_token)]
 async def identity(request: Request, token: BearerToken) -> Identity:
     if token is None:
         raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
-    return await services_of(request).verifier.verify(token)
+    svc = services_of(request)
+    # An API key is recognised by its prefix and never parsed as a JWT.
+    if api_keys.is_api_key(token):
+        return await svc.api_keys.verify(svc.pool, token)
+    return await svc.verifier.verify(token)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 # The verified token only (no database work yet), for routes that manage their connections.
 Caller = Annotated[Identity, Depends(identity)]
 Svc = Annotated[Services, Depends(services)]
+
+
+async def session_only(who: Caller) -> None:
+    """Refuses API keys (403): a route that manages keys or money needs a person signed in."""
+    if who.api_key_id is not None:
+        raise Forbidden("API keys cannot be used here: sign in.")
 
 
 def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
@@ -128,7 +143,10 @@ async def optional_user(svc: Svc, token: BearerToken) -> User | None:
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
     if token is None:
         return None
-    who = await svc.verifier.verify(token)
+    if api_keys.is_api_key(token):
+        who = await svc.api_keys.verify(svc.pool, token)
+    else:
+        who = await svc.verifier.verify(token)
     return await svc.users.authenticate(svc.pool, who)
 
 

@@ -24,6 +24,7 @@ from app.headers import SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
     admin,
+    api_keys,
     billing,
     files,
     generations,
@@ -32,10 +33,12 @@ from app.routers import (
     me,
     packs,
     prompts,
+    webhook_endpoints,
     webhooks,
 )
-from app.services import auth, devauth, imaging, rate_limits
+from app.services import auth, devauth, imaging, outgoing, rate_limits
 from app.services import billing as billing_service
+from app.services.api_keys import ApiKeys
 from app.services.billing import StripeApi
 from app.services.clerk_events import ClerkEvents
 from app.services.providers.base import ImageProvider
@@ -52,7 +55,8 @@ from app.services.worker import Worker
 log = logging.getLogger("atelier.main")
 
 API_DESCRIPTION = """\
-Atelier's JSON API. Authenticate with `Authorization: Bearer <Clerk session token>`.
+Atelier's JSON API. Authenticate with `Authorization: Bearer <Clerk session token>`, or
+from a server with an API key (`Authorization: Bearer atl_…`, see `/v1/api-keys`).
 Every error is `application/problem+json` (RFC 9457).
 """
 
@@ -142,7 +146,9 @@ async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) 
         runtime.hub,
         decoders=runtime.decoders,
     )
-    await worker.run(stop)
+    # Outgoing webhooks are sent by the worker process too, never by a request.
+    sender = outgoing.Sender(settings, runtime.pool, runtime.storage)
+    await asyncio.gather(worker.run(stop), sender.run(stop))
 
 
 def _report_worker_exit(task: asyncio.Task[None]) -> None:
@@ -197,6 +203,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             webhook_handlers=webhook_handlers(
                 settings, stripe_api, runtime.pool, storage, users, directory
             ),
+            api_keys=ApiKeys(settings.api_key_cache_seconds),
         )
         if settings.worker_in_process:
             stop = asyncio.Event()
@@ -238,6 +245,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         billing.router,
         webhooks.router,
+        api_keys.router,
+        webhook_endpoints.router,
     ):
         app.include_router(router)
     openapi.install(app)

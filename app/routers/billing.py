@@ -6,9 +6,9 @@ the pool before Stripe is asked, and the service takes one again only to read or
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from app.deps import StreamUser, Svc
+from app.deps import StreamUser, Svc, session_only
 from app.errors import responses
 from app.schemas.billing import (
     CheckoutCreate,
@@ -19,7 +19,13 @@ from app.schemas.billing import (
 )
 from app.services import billing
 
-router = APIRouter(prefix="/v1/billing", tags=["billing"], responses=responses(401, 503))
+# A person buys, not a server: API keys are refused (403).
+router = APIRouter(
+    prefix="/v1/billing",
+    tags=["billing"],
+    dependencies=[Depends(session_only)],
+    responses=responses(401, 403, 503),
+)
 
 
 @router.get("/products", operation_id="list_billing_products", response_model=ProductList)

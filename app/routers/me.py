@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from app.deps import Conn, CurrentUser, StreamUser, Svc
+from app.deps import Conn, CurrentUser, StreamUser, Svc, session_only
 from app.errors import responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.me import LedgerEntry, LedgerPage, Me
@@ -36,10 +36,18 @@ async def list_credit_ledger(
     )
 
 
-@router.delete("/me", operation_id="delete_me", status_code=204, response_class=Response)
+@router.delete(
+    "/me",
+    operation_id="delete_me",
+    status_code=204,
+    response_class=Response,
+    dependencies=[Depends(session_only)],
+    responses=responses(401, 403),
+)
 async def delete_me(user: StreamUser, svc: Svc) -> Response:
     """Delete the caller's account for good: images (and their files), uploads, likes,
     prompts, packs, jobs and subscription. The ledger keeps its rows without personal data;
-    the balance is forfeited. The same sign-in is refused afterwards (401)."""
+    the balance is forfeited. The same sign-in is refused afterwards (401). It needs the
+    person signed in: an API key is refused (403), so a leaked key cannot erase an account."""
     await accounts.erase(svc.pool, svc.storage, svc.users, user.id)
     return Response(status_code=204)

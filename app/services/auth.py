@@ -49,6 +49,9 @@ class Identity:
     email: str | None
     issuer: str
     expires_at: float
+    # Set when the caller sent an API key (app.services.api_keys) rather than a session
+    # token: routes that manage keys or money refuse those (app.deps.session_only).
+    api_key_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class Victim:
     alice_pack: str
     alice_signed_path: str  # a signed /files URL Alice was handed for her own image
     bob_private_key: str
+    api_key: str  # one of Bob's API keys
+    endpoint: str  # Bob's outgoing-webhook endpoint
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,24 @@ CASES: list[Case] = [
     Case("GET", "/v1/packs/{pack_id}/export", lambda v: f"/v1/packs/{v.pack}/export"),
     # stored files: a signed link opens only the key it was signed for
     Case("GET", "/files/{key}", _files_path, status=403),
+    # API keys
+    Case("DELETE", "/v1/api-keys/{key_id}", lambda v: f"/v1/api-keys/{v.api_key}"),
+    # outgoing-webhook endpoints
+    Case(
+        "DELETE",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}",
+    ),
+    Case(
+        "POST",
+        "/v1/webhook-endpoints/{endpoint_id}/secret",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}/secret",
+    ),
+    Case(
+        "GET",
+        "/v1/webhook-endpoints/{endpoint_id}/deliveries",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}/deliveries",
+    ),
     # ids in a generation's body
     Case(
         "POST",
@@ -282,6 +302,15 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
         await client.get(f"/v1/images/{alice_image}/download?redirect=false", headers=alice)
     )
     parts = urlsplit(link["url"])
+    api_key = await _ok(await client.post("/v1/api-keys", json={"name": "b"}, headers=bob))
+    endpoint = await _ok(
+        await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": "https://8.8.8.8/hook", "events": ["job.failed"]},
+            headers=bob,
+        ),
+        201,
+    )
     bob_key = await db.fetchval(
         "SELECT storage_key FROM generated_images WHERE id = $1::uuid", private_image
     )
@@ -298,6 +327,8 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
         alice_pack=alice_pack,
         alice_signed_path=f"{parts.path}?{parts.query}",
         bob_private_key=bob_key,
+        api_key=api_key["id"],
+        endpoint=endpoint["id"],
     )
 
 
@@ -308,6 +339,8 @@ SNAPSHOT = {
     "image_likes": "SELECT * FROM image_likes ORDER BY image_id, user_id",
     "jobs": "SELECT id, status, user_id FROM image_generation_jobs ORDER BY id",
     "users": "SELECT id, credits FROM users ORDER BY id",
+    "api_keys": "SELECT id, user_id FROM api_keys ORDER BY id",
+    "webhook_endpoints": "SELECT id, user_id, url, secret FROM webhook_endpoints ORDER BY id",
 }
 
 

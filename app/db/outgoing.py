@@ -1,0 +1,170 @@
+"""The outgoing-webhook tables: `webhook_endpoints`, `webhook_deliveries`, `webhook_attempts`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+_ENDPOINT = "id, user_id, url, events, created_at"
+_DELIVERY = (
+    "id, endpoint_id, type, job_id, status, attempts, next_attempt_at, last_status, "
+    "last_error, delivered_at, created_at"
+)
+
+
+async def insert_endpoint(
+    conn: asyncpg.Connection,
+    endpoint_id: uuid.UUID,
+    user_id: str,
+    url: str,
+    events: list[str],
+    secret: str,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO webhook_endpoints (id, user_id, url, events, secret)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING {_ENDPOINT}
+        """,
+        endpoint_id,
+        user_id,
+        url,
+        events,
+        secret,
+    )
+    assert row is not None
+    return row
+
+
+async def endpoints_for(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE user_id = $1 ORDER BY created_at, id",
+        user_id,
+    )
+    return rows
+
+
+async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
+    """Delete the user's endpoint and its deliveries; False when it is not theirs."""
+    status = await conn.execute(
+        "DELETE FROM webhook_endpoints WHERE id = $1 AND user_id = $2", endpoint_id, user_id
+    )
+    return bool(status != "DELETE 0")
+
+
+async def set_secret(
+    conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str, secret: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""
+        UPDATE webhook_endpoints SET secret = $3
+        WHERE id = $1 AND user_id = $2
+        RETURNING {_ENDPOINT}
+        """,
+        endpoint_id,
+        user_id,
+        secret,
+    )
+
+
+async def endpoint_exists(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT true FROM webhook_endpoints WHERE id = $1 AND user_id = $2", endpoint_id, user_id
+    )
+    return found is not None
+
+
+async def deliveries_for(
+    conn: asyncpg.Connection, endpoint_id: uuid.UUID, limit: int
+) -> list[asyncpg.Record]:
+    """The endpoint's newest deliveries, each with its attempts (oldest first) as JSON."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_DELIVERY},
+               COALESCE((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'attempted_at', a.attempted_at, 'status_code', a.status_code,
+                              'error', a.error, 'duration_ms', a.duration_ms)
+                          ORDER BY a.attempted_at, a.id)
+                   FROM webhook_attempts a WHERE a.delivery_id = d.id
+               ), '[]'::jsonb) AS attempt_log
+        FROM webhook_deliveries d
+        WHERE d.endpoint_id = $1
+        ORDER BY d.created_at DESC, d.id
+        LIMIT $2
+        """,
+        endpoint_id,
+        limit,
+    )
+    return rows
+
+
+async def claim_due(
+    conn: asyncpg.Connection, limit: int, lease_seconds: float
+) -> list[asyncpg.Record]:
+    """Lease up to `limit` due deliveries (their next attempt moves `lease_seconds` ahead, so
+    a sender that dies mid-send leaves them to be retried), with what sending them needs."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        WITH due AS (
+            SELECT d.id FROM webhook_deliveries d
+            JOIN webhook_endpoints e ON e.id = d.endpoint_id
+            WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.disabled_at IS NULL
+            ORDER BY d.next_attempt_at
+            LIMIT $1
+            FOR UPDATE OF d SKIP LOCKED
+        )
+        UPDATE webhook_deliveries d
+        SET next_attempt_at = now() + make_interval(secs => $2)
+        FROM due, webhook_endpoints e
+        WHERE d.id = due.id AND e.id = d.endpoint_id
+        RETURNING d.id, d.type, d.job_id, d.payload, d.attempts, d.created_at,
+                  e.url, e.secret, e.user_id
+        """,
+        limit,
+        lease_seconds,
+    )
+    return rows
+
+
+async def record_attempt(
+    conn: asyncpg.Connection,
+    delivery_id: uuid.UUID,
+    *,
+    payload: dict[str, Any],
+    status_code: int | None,
+    error: str | None,
+    duration_ms: int,
+    delivered: bool,
+    retry_in_seconds: float | None,
+) -> None:
+    """Record one attempt; the delivery is then delivered, due again in `retry_in_seconds`,
+    or (neither) failed for good."""
+    await conn.execute(
+        """
+        WITH attempt AS (
+            INSERT INTO webhook_attempts (delivery_id, status_code, error, duration_ms)
+            SELECT id, $3, $4, $5 FROM webhook_deliveries WHERE id = $1
+        )
+        UPDATE webhook_deliveries SET
+            payload = COALESCE(payload, $2),
+            attempts = attempts + 1,
+            last_status = $3,
+            last_error = $4,
+            status = CASE WHEN $6 THEN 'delivered'
+                          WHEN $7::float8 IS NULL THEN 'failed' ELSE 'pending' END,
+            delivered_at = CASE WHEN $6 THEN now() END,
+            next_attempt_at = CASE WHEN $7::float8 IS NULL THEN next_attempt_at
+                                   ELSE now() + make_interval(secs => $7) END
+        WHERE id = $1
+        """,
+        delivery_id,
+        payload,
+        status_code,
+        error,
+        duration_ms,
+        delivered,
+        retry_in_seconds,
+    )

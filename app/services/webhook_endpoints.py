@@ -1,0 +1,89 @@
+"""Outgoing-webhook endpoints: registered, listed, rotated and deleted by their owner.
+
+The URL is checked (app.services.webhook_urls, a DNS lookup) before a connection is taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+
+import asyncpg
+
+from app.config import Settings
+from app.db import outgoing as outgoing_db
+from app.errors import NotFound
+from app.schemas.outgoing import (
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEndpointCreate,
+    WebhookEndpointWithSecret,
+)
+from app.services import webhook_urls
+from app.services.users import User
+
+DELIVERIES_LISTED = 100
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def create(
+    pool: asyncpg.Pool, settings: Settings, user: User, body: WebhookEndpointCreate
+) -> WebhookEndpointWithSecret:
+    await webhook_urls.check(body.url, settings)
+    secret = new_secret()
+    events: list[str] = sorted(set(body.events))
+    async with pool.acquire() as conn:
+        row = await outgoing_db.insert_endpoint(
+            conn, uuid.uuid4(), user.id, body.url, events, secret
+        )
+    return WebhookEndpointWithSecret(**dict(row), secret=secret)
+
+
+async def list_endpoints(conn: asyncpg.Connection, user: User) -> list[WebhookEndpoint]:
+    rows = await outgoing_db.endpoints_for(conn, user.id)
+    return [WebhookEndpoint.model_validate(dict(r)) for r in rows]
+
+
+async def delete(conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID) -> None:
+    """Delete the endpoint and its deliveries: nothing more is sent to it."""
+    if not await outgoing_db.delete_endpoint(conn, endpoint_id, user.id):
+        raise NotFound("No such webhook endpoint.")
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID
+) -> WebhookEndpointWithSecret:
+    """A new secret, used from the next attempt on (pending deliveries included)."""
+    secret = new_secret()
+    row = await outgoing_db.set_secret(conn, endpoint_id, user.id, secret)
+    if row is None:
+        raise NotFound("No such webhook endpoint.")
+    return WebhookEndpointWithSecret(**dict(row), secret=secret)
+
+
+async def deliveries(
+    conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID
+) -> list[WebhookDelivery]:
+    """The endpoint's newest deliveries, each with every attempt made."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if not await outgoing_db.endpoint_exists(conn, endpoint_id, user.id):
+            raise NotFound("No such webhook endpoint.")
+        rows = await outgoing_db.deliveries_for(conn, endpoint_id, DELIVERIES_LISTED)
+    return [
+        WebhookDelivery(
+            id=r["id"],
+            type=r["type"],
+            job_id=r["job_id"],
+            status=r["status"],
+            attempts=r["attempt_log"],
+            next_attempt_at=r["next_attempt_at"] if r["status"] == "pending" else None,
+            delivered_at=r["delivered_at"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]

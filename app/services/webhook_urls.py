@@ -1,0 +1,67 @@
+"""Where outgoing webhooks may go: https only (http to loopback only when ENV=development),
+and never to a private, loopback, link-local or reserved address unless
+WEBHOOKS_ALLOW_PRIVATE=true. Checked at registration and again before every attempt, since
+DNS may change. (A name that changes between this check and httpx's own lookup can still
+slip by; an egress proxy is the complete answer.)"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from app.config import Settings
+from app.errors import Unprocessable
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class RefusedUrl(Unprocessable):
+    slug, title = "webhook-url-refused", "Webhook URL refused"
+
+
+def _is_public(address: IpAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return _is_public(address.ipv4_mapped)
+    return address.is_global and not address.is_multicast
+
+
+async def _addresses(host: str, port: int) -> list[IpAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RefusedUrl(f"The host {host!r} does not resolve.") from exc
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def check(url: str, settings: Settings) -> None:
+    """Raise RefusedUrl (422) unless `url` may receive webhooks now."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise RefusedUrl("The URL is malformed.") from exc
+    host = parts.hostname
+    if parts.scheme not in ("https", "http") or not host:
+        raise RefusedUrl("The URL must be https://host/…")
+    if parts.username is not None or parts.password is not None:
+        raise RefusedUrl("The URL must not carry credentials.")
+    addresses = await _addresses(host, port)
+    if not addresses:
+        raise RefusedUrl(f"The host {host!r} does not resolve.")
+    development = settings.env == "development"
+    loopback = all(a.is_loopback for a in addresses)
+    if parts.scheme == "http" and not (development and loopback):
+        raise RefusedUrl("Webhooks are sent over https only (http to loopback in development).")
+    if settings.webhooks_allow_private or (development and loopback):
+        return
+    refused = [str(a) for a in addresses if not _is_public(a)]
+    if refused:
+        raise RefusedUrl(
+            f"The host {host!r} resolves to a private or reserved address ({refused[0]})."
+        )

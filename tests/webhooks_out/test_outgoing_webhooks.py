@@ -1,0 +1,381 @@
+"""Outgoing webhooks (issue 10, point 6): signed deliveries of job.completed / job.failed to
+a real loopback receiver, sent by the worker process, retried with backoff, each attempt
+listed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.exceptions import WebhookVerificationError
+
+from app.config import Settings
+from app.main import create_app
+from app.services import outgoing
+from tests.fakes.webhook_receiver import Received, WebhookReceiver
+from tests.support.polling import wait_until
+from tests.support.problems import assert_problem
+
+Headers = Callable[..., dict[str, str]]
+ALICE, BOB = "user_hooks_alice", "user_hooks_bob"
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://atelier.test") as c:
+            yield c
+
+
+@pytest.fixture
+def hook_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """A loopback receiver is a private address: allowed here, and polled often."""
+
+    def make(**changes: object) -> Settings:
+        fields: dict[str, object] = {
+            "webhooks_allow_private": True,
+            "env": "development",  # http (to loopback) is allowed only in development
+            "webhook_poll_seconds": 0.05,
+        }
+        fields.update(changes)
+        return make_settings(**fields)
+
+    return make
+
+
+async def register(
+    client: httpx.AsyncClient, headers: dict[str, str], url: str, events: list[str]
+) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/webhook-endpoints", json={"url": url, "events": events}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def finished_job(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/generations", json={"prompt": "a fox"}, headers={**headers, "Prefer": "wait=10"}
+    )
+    assert response.status_code in (200, 201), response.text
+    job: dict[str, Any] = response.json()
+    assert job["status"] in ("completed", "failed"), job
+    return job
+
+
+async def received(receiver: WebhookReceiver, count: int) -> list[Received]:
+    await wait_until(lambda: len(receiver.received) >= count, f"{count} deliveries")
+    return receiver.received
+
+
+def verified(secret: str, message: Received) -> dict[str, Any]:
+    payload: dict[str, Any] = Webhook(secret).verify(message.body, message.headers)
+    return payload
+
+
+async def deliveries(
+    client: httpx.AsyncClient, headers: dict[str, str], endpoint_id: str
+) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries", headers=headers)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def make_due(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE status = 'pending'"
+    )
+
+
+async def test_a_completed_job_is_delivered_signed_with_the_job_as_get_shows_it(
+    hook_settings: Callable[..., Settings], auth_headers: Headers
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver() as receiver:
+        async with serving(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            assert endpoint["secret"].startswith("whsec_")
+            job = await finished_job(client, alice)
+            assert job["status"] == "completed"
+            (message,) = await received(receiver, 1)
+            payload = verified(endpoint["secret"], message)
+            shown = (await client.get(f"/v1/jobs/{job['id']}", headers=alice)).json()
+
+            assert payload["type"] == "job.completed" and "timestamp" in payload
+            # The image link is signed with its own expiry each time it is shown.
+            sent_url, shown_url = payload["data"]["image"].pop("url"), shown["image"].pop("url")
+            assert sent_url.split("?")[0] == shown_url.split("?")[0]
+            assert payload["data"] == shown
+            assert message.headers["webhook-id"]
+            listed = await deliveries(client, alice, endpoint["id"])
+            assert [(d["type"], d["status"]) for d in listed] == [("job.completed", "delivered")]
+            assert [a["status_code"] for a in listed[0]["attempts"]] == [200]
+            assert listed[0]["id"] == message.headers["webhook-id"]
+
+
+async def test_a_failing_endpoint_is_retried_with_backoff_and_each_attempt_listed(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(500) as receiver:
+        async with serving(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            await finished_job(client, alice)
+            await received(receiver, 1)
+
+            async def first_recorded() -> bool:
+                found = await deliveries(client, alice, endpoint["id"])
+                return bool(found) and len(found[0]["attempts"]) == 1
+
+            await wait_until(first_recorded, "the failed attempt to be recorded")
+            (pending,) = await deliveries(client, alice, endpoint["id"])
+            assert pending["status"] == "pending"
+            assert pending["attempts"][0]["status_code"] == 500
+            wait = await db.fetchval(
+                """SELECT d.next_attempt_at - a.attempted_at FROM webhook_deliveries d
+                   JOIN webhook_attempts a ON a.delivery_id = d.id"""
+            )
+            assert timedelta(seconds=4) < wait <= timedelta(seconds=6)  # the first backoff: 5 s
+            assert len(receiver.received) == 1  # not before it is due
+
+            await make_due(db)
+            first, second = await received(receiver, 2)
+            assert first.headers["webhook-id"] == second.headers["webhook-id"]
+            assert verified(endpoint["secret"], second) == verified(endpoint["secret"], first)
+
+            async def delivered() -> bool:
+                (found,) = await deliveries(client, alice, endpoint["id"])
+                return bool(found["status"] == "delivered")
+
+            await wait_until(delivered, "the delivery to succeed")
+            (done,) = await deliveries(client, alice, endpoint["id"])
+            assert [a["status_code"] for a in done["attempts"]] == [500, 200]
+            assert done["delivered_at"] is not None and done["next_attempt_at"] is None
+
+
+async def test_a_delivery_gives_up_after_the_last_backoff(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(*[503] * 20) as receiver:
+        async with serving(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            await finished_job(client, alice)
+            await received(receiver, 1)
+            for n in range(1, len(outgoing.RETRY_SCHEDULE) + 1):
+
+                async def recorded(n: int = n) -> bool:
+                    return await _attempts(db, n)
+
+                await wait_until(recorded, f"attempt {n} to be recorded")
+                await make_due(db)
+            await wait_until(lambda: _status(db, "failed"), "the delivery to give up")
+            (gone,) = await deliveries(client, alice, endpoint["id"])
+            assert len(gone["attempts"]) == len(outgoing.RETRY_SCHEDULE) + 1
+            assert len(receiver.received) == len(outgoing.RETRY_SCHEDULE) + 1
+
+
+async def _attempts(db: asyncpg.Connection, n: int) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM webhook_attempts") >= n)
+
+
+async def _status(db: asyncpg.Connection, status: str) -> bool:
+    return bool(await db.fetchval("SELECT status FROM webhook_deliveries") == status)
+
+
+def test_the_backoff_lasts_about_a_day() -> None:
+    assert list(outgoing.RETRY_SCHEDULE) == sorted(outgoing.RETRY_SCHEDULE)
+    assert 20 * 3600 < sum(outgoing.RETRY_SCHEDULE) <= 26 * 3600
+    assert outgoing.retry_in(0) == 5 and outgoing.retry_in(len(outgoing.RETRY_SCHEDULE)) is None
+
+
+async def test_only_subscribed_events_are_sent(
+    hook_settings: Callable[..., Settings], auth_headers: Headers
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver() as failures, WebhookReceiver() as completions:
+        settings = hook_settings(local_provider_fail_rate=1.0, max_attempts=1)
+        async with serving(settings) as client:
+            await register(client, alice, failures.url, ["job.failed"])
+            both = await register(client, alice, completions.url, ["job.completed", "job.failed"])
+            job = await finished_job(client, alice)
+            assert job["status"] == "failed"
+            (message,) = await received(failures, 1)
+            assert json.loads(message.body)["type"] == "job.failed"
+            assert json.loads(message.body)["data"]["status"] == "failed"
+            (also,) = await received(completions, 1)
+            assert verified(both["secret"], also)["data"]["id"] == job["id"]
+    with WebhookReceiver() as receiver:
+        async with serving(hook_settings()) as client:
+            await register(client, alice, receiver.url, ["job.failed"])
+            await register(client, alice, receiver.url, ["job.completed"])
+            await finished_job(client, alice)
+            (only,) = await received(receiver, 1)  # from the job.completed endpoint alone
+            assert json.loads(only.body)["type"] == "job.completed"
+
+
+async def test_after_a_rotation_deliveries_verify_with_the_new_secret_only(
+    hook_settings: Callable[..., Settings], auth_headers: Headers
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver() as receiver:
+        async with serving(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            rotated = await client.post(
+                f"/v1/webhook-endpoints/{endpoint['id']}/secret", headers=alice
+            )
+            assert rotated.status_code == 200, rotated.text
+            new_secret = rotated.json()["secret"]
+            assert new_secret.startswith("whsec_") and new_secret != endpoint["secret"]
+            await finished_job(client, alice)
+            (message,) = await received(receiver, 1)
+            assert verified(new_secret, message)["type"] == "job.completed"
+            with pytest.raises(WebhookVerificationError):
+                verified(endpoint["secret"], message)
+
+
+async def test_a_deleted_endpoint_gets_nothing_more(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(*[500] * 10) as dropped, WebhookReceiver() as kept:
+        async with serving(hook_settings()) as client:
+            endpoint = await register(client, alice, dropped.url, ["job.completed"])
+            await finished_job(client, alice)
+            await received(dropped, 1)
+            await wait_until(lambda: _attempts(db, 1), "the failed attempt to be recorded")
+            response = await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}", headers=alice)
+            assert response.status_code == 204
+            listed = await client.get("/v1/webhook-endpoints", headers=alice)
+            assert listed.json()["items"] == []
+            await register(client, alice, kept.url, ["job.completed"])
+            await make_due(db)
+            await finished_job(client, alice)
+            await received(kept, 1)  # the sender has run since the deletion
+            assert len(dropped.received) == 1
+            assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook",  # not https (and not development)
+        "ftp://example.com/hook",
+        "https://user:secret@8.8.8.8/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost/hook",
+        "https://10.1.2.3/hook",
+        "https://192.168.0.10/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://[fd00::1]/hook",
+        "https://[::ffff:10.0.0.1]/hook",
+        "https://0.0.0.0/hook",
+        "https://host.invalid/hook",  # does not resolve
+        "not a url",
+    ],
+)
+async def test_insecure_or_private_urls_are_refused(
+    make_settings: Callable[..., Settings], auth_headers: Headers, url: str
+) -> None:
+    async with serving(make_settings(worker_in_process=False)) as client:
+        response = await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": url, "events": ["job.completed"]},
+            headers=auth_headers(ALICE),
+        )
+        assert_problem(response, 422)
+
+
+async def test_http_to_loopback_needs_development(
+    hook_settings: Callable[..., Settings], auth_headers: Headers
+) -> None:
+    body = {"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]}
+    async with serving(hook_settings(env="test", worker_in_process=False)) as client:
+        refused = await client.post("/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE))
+        assert_problem(refused, 422)
+    async with serving(
+        hook_settings(webhooks_allow_private=False, worker_in_process=False)
+    ) as client:
+        allowed = await client.post("/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE))
+        assert allowed.status_code == 201, allowed.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "https://8.8.8.8/hook", "events": []},
+        {"url": "https://8.8.8.8/hook", "events": ["job.started"]},
+        {"url": "https://8.8.8.8/hook"},
+        {"url": "https://8.8.8.8/\u0000", "events": ["job.failed"]},
+        {"url": "https://8.8.8.8/" + "a" * 2000, "events": ["job.failed"]},
+    ],
+)
+async def test_an_endpoint_needs_known_events_and_a_usable_url(
+    make_settings: Callable[..., Settings], auth_headers: Headers, body: dict[str, Any]
+) -> None:
+    async with serving(make_settings(worker_in_process=False)) as client:
+        response = await client.post(
+            "/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE)
+        )
+        assert_problem(response, 422)
+
+
+async def test_another_users_endpoint_is_a_404_and_unchanged(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    async with serving(make_settings(worker_in_process=False)) as client:
+        endpoint = await register(client, auth_headers(BOB), "https://8.8.8.8/h", ["job.failed"])
+        before = await db.fetchrow("SELECT * FROM webhook_endpoints")
+        alice = auth_headers(ALICE)
+        base = f"/v1/webhook-endpoints/{endpoint['id']}"
+        assert_problem(await client.delete(base, headers=alice), 404)
+        assert_problem(await client.post(f"{base}/secret", headers=alice), 404)
+        assert_problem(await client.get(f"{base}/deliveries", headers=alice), 404)
+        assert (await client.get("/v1/webhook-endpoints", headers=alice)).json()["items"] == []
+        assert await db.fetchrow("SELECT * FROM webhook_endpoints") == before
+
+
+async def test_the_url_is_checked_again_at_send_time(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """Registered while loopback was allowed; the sender (now in a stricter process) refuses
+    to send, and records why."""
+    alice = auth_headers(ALICE)
+    with WebhookReceiver() as receiver:
+        async with serving(hook_settings(worker_in_process=False)) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+        async with serving(hook_settings(env="test", webhooks_allow_private=False)) as client:
+            await finished_job(client, alice)
+            await wait_until(lambda: _attempts(db, 1), "the refused attempt to be recorded")
+            (refused,) = await deliveries(client, alice, endpoint["id"])
+            assert refused["status"] == "pending"  # DNS or settings may change: retried
+            (attempt,) = refused["attempts"]
+            assert attempt["status_code"] is None and "https" in attempt["error"]
+            assert receiver.received == []
+
+
+async def test_an_erased_users_endpoints_and_deliveries_are_deleted(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(*[500] * 10) as receiver:
+        async with serving(hook_settings()) as client:
+            await register(client, alice, receiver.url, ["job.completed"])
+            await finished_job(client, alice)
+            await wait_until(lambda: _attempts(db, 1), "an attempt to be recorded")
+            assert (await client.delete("/v1/me", headers=alice)).status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 0
