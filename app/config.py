@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     dev_auth_issuer: str = "atelier-dev"
     dev_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     token_cache_size: int = Field(default=10_000, ge=0)
+    token_verify_workers: int = Field(default=2, ge=1, le=64)
     outbound_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Users and credits.

@@ -151,11 +151,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The store whose signed links the files route serves: local storage only.
         signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
         app.state.local_storage = signed
+        verifier = auth.build_verifier(settings, http, dev_public)
+        stack.callback(verifier.close)
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
             http=http,
-            verifier=auth.build_verifier(settings, http, dev_public),
+            verifier=verifier,
             users=Users(settings, ClerkDirectory(settings, http)),
             metrics=app.state.metrics,
             storage=storage,
