@@ -192,6 +192,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         responses=errors.responses(413, 500),
+        # FastAPI's native OpenTelemetry asks for the global providers on every request (about
+        # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
+        # installed to provide one, and metrics are Prometheus (app.observability).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.
