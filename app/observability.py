@@ -71,8 +71,11 @@ class _ContextQueueHandler(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)  # any other handler (pytest's) keeps the original
-        record.msg = record.message = record.getMessage()
-        record.args = None
+        if isinstance(record.msg, dict):  # JsonFormatter writes a dict's keys as fields
+            record.msg = dict(record.msg)
+        else:
+            record.msg = record.message = record.getMessage()
+            record.args = None
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = self._exceptions.formatException(record.exc_info)

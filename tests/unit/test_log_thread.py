@@ -74,6 +74,9 @@ def test_lines_are_written_off_the_callers_thread_with_its_request_id(
     finally:
         request_id_var.reset(token)
     log.warning("outside any request")
+    fields = {"event": "dict message"}
+    log.info(fields)
+    fields["event"] = "changed after the call"
     stop_logging()  # writes out the queue
 
     entries = json_lines(stderr.getvalue())
@@ -81,7 +84,9 @@ def test_lines_are_written_off_the_callers_thread_with_its_request_id(
         ("hello world", "req-thread-1"),
         ("failed 3", "req-thread-1"),
         ("outside any request", None),
+        ("", None),
     ]
+    assert entries[3]["event"] == "dict message"
     assert entries[0]["status"] == 200 and entries[0]["level"] == "info"
     assert "ValueError: boom" in entries[1]["exc"] and "Traceback" in entries[1]["exc"]
     assert all(REQUEST_ID_RECORD_ATTR not in e for e in entries)
