@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     # How long a verified API key serves without a new lookup: a revocation reaches other
     # processes within this (the revoking one forgets the key at once).
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    token_verify_workers: int = Field(default=2, ge=1, le=64)
     outbound_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Users and credits.

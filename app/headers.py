@@ -45,12 +45,15 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
         self.hsts = hsts
+        # Built once: the headers depend only on whether the path is a docs page.
+        self._api = security_headers("/", hsts=hsts)
+        self._docs = security_headers(next(iter(DOCS_PATHS)), hsts=hsts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = security_headers(scope["path"], hsts=self.hsts)
+        extra = self._docs if scope["path"] in DOCS_PATHS else self._api
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -184,13 +184,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The store whose signed links the files route serves: local storage only.
         signed: SignedStorage | None = storage if isinstance(storage, LocalStorage) else None
         app.state.local_storage = signed
+        verifier = auth.build_verifier(settings, http, dev_public)
+        stack.callback(verifier.close)
         directory = ClerkDirectory(settings, http)
         users = Users(settings, directory)
         app.state.services = Services(
             settings=settings,
             pool=runtime.pool,
             http=http,
-            verifier=auth.build_verifier(settings, http, dev_public),
+            verifier=verifier,
             users=users,
             metrics=app.state.metrics,
             storage=storage,
@@ -228,6 +230,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         responses=errors.responses(413, 500),
+        # FastAPI's native OpenTelemetry asks for the global providers on every request (about
+        # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
+        # installed to provide one, and metrics are Prometheus (app.observability).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.

@@ -3,17 +3,20 @@
 Each issuer accepts a fixed set of algorithms and each key verifies with exactly one (see
 app.services.auth_keys): Clerk and dev tokens RS256; Supabase Auth ES256 or RS256 from the
 project's JWKS, and HS256 only when SUPABASE_JWT_SECRET is set, only for Supabase's issuer.
-Signature checks run in a thread, and what was verified is cached until the token expires
-(its `exp` is checked again on every use), because the check costs far more than the rest
-of a simple request.
+Signature checks run in the verifier's own small thread pool (never the default executor,
+where storage calls could hold every thread while sign-ins wait), and what was verified is
+cached until the token expires (its `exp` is checked again on every use), because the check
+costs far more than the rest of a simple request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +82,7 @@ class TokenVerifier:
         require_azp: bool,
         leeway: int,
         cache_size: int,
+        workers: int = 2,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._issuers = {i.name: i for i in issuers}
@@ -91,6 +95,13 @@ class TokenVerifier:
         self._cache: TLRUCache[str, Identity] | None = (
             TLRUCache(cache_size, self._usable_until, timer=clock) if cache_size else None
         )
+        # Signature checks (RSA, EC, HMAC) only: bounded, and shared with nothing else. Its
+        # threads start on first use; close() stops them (the lifespan calls it).
+        self._crypto = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="token-crypto")
+
+    def close(self) -> None:
+        """Stop the signature-check threads; checks still queued are cancelled."""
+        self._crypto.shutdown(wait=False, cancel_futures=True)
 
     def _usable_until(self, _token: str, identity: Identity, _now: float) -> float:
         return identity.expires_at + self._leeway
@@ -128,7 +139,9 @@ class TokenVerifier:
         if key.algorithm != alg:
             # e.g. RS256 named over an EC key's kid: each key verifies with its own algorithm.
             raise Unauthorized("The token's algorithm does not match its key.")
-        claims = await asyncio.to_thread(self._decode, token, key, issuer)
+        claims = await asyncio.get_running_loop().run_in_executor(
+            self._crypto, functools.partial(self._decode, token, key, issuer)
+        )
         if issuer.check_azp:
             self._check_azp(claims.get("azp"))
         sub = claims.get("sub")
@@ -224,5 +237,6 @@ def build_verifier(
         require_azp=settings.clerk_require_azp,
         leeway=settings.jwt_leeway_seconds,
         cache_size=settings.token_cache_size,
+        workers=settings.token_verify_workers,
         clock=clock,
     )

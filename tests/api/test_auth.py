@@ -136,11 +136,15 @@ async def test_expired_token_is_refused_even_after_it_was_accepted_and_cached(
     token = session_token(key, "user_2shortlived", email="short@example.test", exp=exp)
     async with running_app(app) as client:
         services = app.state.services
-        services.verifier = auth.build_verifier(settings, services.http, None, clock=lambda: now[0])
-        first = await client.get("/v1/me", headers=bearer(token))
-        assert first.status_code == 200, first.text
-        now[0] = exp  # with no leeway, the token is refused once exp has come
-        second = await client.get("/v1/me", headers=bearer(token))
+        verifier = auth.build_verifier(settings, services.http, None, clock=lambda: now[0])
+        services.verifier = verifier
+        try:
+            first = await client.get("/v1/me", headers=bearer(token))
+            assert first.status_code == 200, first.text
+            now[0] = exp  # with no leeway, the token is refused once exp has come
+            second = await client.get("/v1/me", headers=bearer(token))
+        finally:
+            verifier.close()
     assert_unauthorized(second)
     assert second.json()["detail"] == "The token has expired."
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from app.observability import configure_logging
+from app.observability import configure_logging, stop_logging
 
 
 @asynccontextmanager
@@ -68,6 +68,7 @@ def json_logging(level: str = "INFO") -> Iterator[None]:
     try:
         yield
     finally:
+        stop_logging()  # writes out what the log thread has queued
         for handler in root.handlers:
             handler.flush()
         root.handlers[:] = handlers
