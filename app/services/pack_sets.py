@@ -2,7 +2,7 @@
 
 The set is its jobs: each carries the set's id and its place in `params`, and all of them
 are created with their debits and ledger rows by one statement
-(`app.db.jobs.create_set_with_debit`), so too few credits create nothing. After that every
+(`app.db.job_sets.create_set_with_debit`), so too few credits create nothing. After that every
 job lives alone: the worker runs it, and a failed one is refunded alone.
 
 Idempotency-Key: the set's first job carries the key and the request's hash (pack and
@@ -22,6 +22,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
+from app.db import job_sets
 from app.db import jobs as jobs_db
 from app.errors import InsufficientCredits, NotFound, Unprocessable
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
@@ -116,7 +117,7 @@ async def _replay(
             "This Idempotency-Key was used with a different request body.",
             idempotency_key=key,
         )
-    return await jobs_db.set_view(conn, user_id, UUID(set_id))
+    return await job_sets.set_view(conn, user_id, UUID(set_id))
 
 
 async def _create(
@@ -145,7 +146,7 @@ async def _create(
     if icon_keys:  # the pack's look as it is now, the same for every icon of the set
         params["pack_reference_keys"] = icon_keys
     cost = settings.costs[KIND]
-    rows = await jobs_db.create_set_with_debit(
+    rows = await job_sets.create_set_with_debit(
         conn,
         job_ids=[uuid.uuid4() for _ in body.prompts],
         user_id=user_id,
@@ -189,7 +190,7 @@ async def view(
     set_id: UUID,
 ) -> PackGenerationSet:
     """One of the caller's sets, as its jobs are now (another user's set is a 404)."""
-    rows = await jobs_db.set_view(conn, user_id, set_id)
+    rows = await job_sets.set_view(conn, user_id, set_id)
     if not rows or rows[0]["params"].get("pack_id") != str(pack_id):
         raise NotFound("No such set of icons in this pack.")
     return await _schema(rows, pack_id, storage, settings)

@@ -36,13 +36,12 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.services import imaging, jobs
+from app.services import imaging, job_objects, jobs
 from app.services.providers.base import (
     ImageProvider,
     ImageRequest,
     ProgressHook,
     ProviderError,
-    ReferenceImage,
 )
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
@@ -279,7 +278,7 @@ class Worker:
                 await imaging.load_reference(self.storage, key)
                 for key in params.get("reference_keys", [])
             ]
-            references += await self._pack_references(attempt, params)
+            references += await job_objects.pack_references(self.storage, attempt.id, params)
         except ObjectNotFound:
             # deleted since the request was accepted: no later attempt can find it either
             await self._fail(attempt, "the reference image no longer exists")
@@ -315,7 +314,9 @@ class Worker:
             return
         key = generation_key(attempt.id)
         try:
-            await self._put_with_retries(key, png.data)
+            await job_objects.put_with_retries(
+                self.storage, key, png.data, self.settings.storage_retries
+            )
         except StorageError as exc:
             await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
             return
@@ -332,45 +333,8 @@ class Worker:
                 params=params,
             )
         except jobs.LostLease:
-            await self._discard_if_orphaned(attempt, key)
+            await job_objects.discard_if_orphaned(self.pool, self.storage, attempt.id, key)
             raise
-
-    async def _pack_references(
-        self, attempt: _Attempt, params: dict[str, Any]
-    ) -> list[ReferenceImage]:
-        """The pack icons chosen when the job was accepted, less any deleted since: they only
-        carry the pack's look, so a missing one is no reason to fail the job."""
-        found: list[ReferenceImage] = []
-        for key in params.get("pack_reference_keys", []):
-            try:
-                found.append(await imaging.load_reference(self.storage, key))
-            except ObjectNotFound:
-                log.info("job %s: pack icon %s was deleted; sent without it", attempt.id, key)
-        return found
-
-    async def _put_with_retries(self, key: str, data: bytes) -> None:
-        for retry in range(self.settings.storage_retries + 1):
-            try:
-                await self.storage.put(key, data, "image/png")
-                return
-            except StorageError:
-                if retry == self.settings.storage_retries:
-                    raise
-                await asyncio.sleep(min(0.2 * 2**retry, 5.0))
-
-    async def _discard_if_orphaned(self, attempt: _Attempt, key: str) -> None:
-        """The job's row is gone (its user was erased while this attempt ran): nothing will
-        ever point at the object just stored, and the erasure may have swept before it
-        landed. A job that still exists keeps it: a newer attempt writes the same key."""
-        if await jobs.exists(self.pool, attempt.id):
-            return
-        try:
-            await self.storage.delete(key)
-            log.info("job %s was deleted while it ran; removed its result %s", attempt.id, key)
-        except StorageError as exc:
-            log.warning(
-                "job %s was deleted while it ran; its result %s remains: %s", attempt.id, key, exc
-            )
 
     def _provider_progress(self, attempt: _Attempt) -> ProgressHook:
         """What the provider reports (0..1) as the job's progress between 10 (claimed) and 60
