@@ -255,6 +255,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             max_age=600,
         )
+    # Outside CORS, so a HEAD from another origin gets the GET's CORS headers too.
+    app.add_middleware(middleware.HeadMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     # Outermost, so every answer (CORS preflights, 413s, streams, files) carries them.
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")
