@@ -12,7 +12,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Conn, CurrentUser, OptionalUser, StreamUser, Svc
 from app.errors import responses
+from app.openapi import sse_events
 from app.schemas.common import Cursor, Limit
+from app.schemas.events import FEED_EVENTS, FeedReadyData, ImageRemoved, LikesChanged, Resync
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState
 from app.services import gallery
 from app.services.realtime import FEED_CHANNEL, RESYNC
@@ -66,7 +68,12 @@ async def list_feed(
     )
 
 
-@router.get("/feed/events", operation_id="stream_feed_events", response_class=EventSourceResponse)
+@router.get(
+    "/feed/events",
+    operation_id="stream_feed_events",
+    response_class=EventSourceResponse,
+    responses={200: sse_events("The feed's events, until the client leaves", *FEED_EVENTS)},
+)
 async def stream_feed_events(
     user: StreamUser,
     svc: Svc,
@@ -80,21 +87,21 @@ async def stream_feed_events(
     async with svc.hub.subscribe(FEED_CHANNEL) as sub:
         # An id on `ready` too: a client that reconnects after seeing only `likes` or
         # `removed` (which carry none) still sends Last-Event-ID, and so learns to resync.
-        yield ServerSentEvent(event="ready", data={"user_id": user.id}, id=f"ready-{uuid4()}")
+        ready = FeedReadyData(user_id=user.id)
+        yield ServerSentEvent(event="ready", data=ready, id=f"ready-{uuid4()}")
         if last_event_id is not None:
-            yield ServerSentEvent(event="resync", data={})
+            yield ServerSentEvent(event="resync", data=Resync())
         while True:
             event = await sub.get(30)
             if event is None:
                 continue
             if event is RESYNC:
-                yield ServerSentEvent(event="resync", data={})
+                yield ServerSentEvent(event="resync", data=Resync())
             elif event.get("type") == "likes":
-                yield ServerSentEvent(
-                    event="likes", data={"id": event["id"], "likes_count": event["likes_count"]}
-                )
+                likes = LikesChanged(id=event["id"], likes_count=event["likes_count"])
+                yield ServerSentEvent(event="likes", data=likes)
             elif event.get("type") == "removed":
-                yield ServerSentEvent(event="removed", data={"id": event["id"]})
+                yield ServerSentEvent(event="removed", data=ImageRemoved(id=event["id"]))
             elif event.get("type") == "image":
                 item = await gallery.announced_item(
                     svc.pool, svc.storage, svc.settings, event, user.id
@@ -147,6 +154,7 @@ async def delete_image(image_id: UUID, user: CurrentUser, conn: Conn, svc: Svc) 
     operation_id="download_image",
     response_model=DownloadLink,
     responses={307: {"description": "Redirect to a short-lived URL"}, **responses(404, 422)},
+    openapi_extra={"security": [{}]},  # a public image needs no token
 )
 async def download_image(
     image_id: UUID,
