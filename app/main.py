@@ -234,15 +234,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
         route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
-    if settings.cors_origins:
+    if settings.allowed_origins:
         app.add_middleware(
             middleware.ProblemCORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",
                 "Idempotency-Key",
+                "Last-Event-ID",  # a browser reconnecting to a stream resends it
                 "Prefer",
                 "X-Request-ID",
             ],
@@ -250,6 +251,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Location",
                 "X-Request-ID",
                 "Retry-After",
+                "Idempotent-Replayed",
+                "Preference-Applied",
                 "Content-Disposition",  # a pack export's file name, for the web app
                 *rate_limits.HEADER_NAMES,
             ],
