@@ -14,12 +14,13 @@ import asyncpg
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
-from app.headers import SecurityHeadersMiddleware
+from app.headers import DOCS_STATIC_URL, SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
     admin,
@@ -200,7 +201,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package
+    # (under DOCS_STATIC_URL), not from a CDN, so they work offline and under a 'self' CSP.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
         title="Atelier API",
         version="0.1.0",
         description=API_DESCRIPTION,
