@@ -87,21 +87,23 @@ async def stream_feed_events(
     async with svc.hub.subscribe(FEED_CHANNEL) as sub:
         # An id on `ready` too: a client that reconnects after seeing only `likes` or
         # `removed` (which carry none) still sends Last-Event-ID, and so learns to resync.
-        ready = FeedReadyData(user_id=user.id)
+        # The payloads are the document's models, sent as dicts (json.dumps' spacing, as ever).
+        ready = FeedReadyData(user_id=user.id).model_dump(mode="json")
         yield ServerSentEvent(event="ready", data=ready, id=f"ready-{uuid4()}")
         if last_event_id is not None:
-            yield ServerSentEvent(event="resync", data=Resync())
+            yield ServerSentEvent(event="resync", data=Resync().model_dump())
         while True:
             event = await sub.get(30)
             if event is None:
                 continue
             if event is RESYNC:
-                yield ServerSentEvent(event="resync", data=Resync())
+                yield ServerSentEvent(event="resync", data=Resync().model_dump())
             elif event.get("type") == "likes":
                 likes = LikesChanged(id=event["id"], likes_count=event["likes_count"])
-                yield ServerSentEvent(event="likes", data=likes)
+                yield ServerSentEvent(event="likes", data=likes.model_dump(mode="json"))
             elif event.get("type") == "removed":
-                yield ServerSentEvent(event="removed", data=ImageRemoved(id=event["id"]))
+                removed = ImageRemoved(id=event["id"]).model_dump(mode="json")
+                yield ServerSentEvent(event="removed", data=removed)
             elif event.get("type") == "image":
                 item = await gallery.announced_item(
                     svc.pool, svc.storage, svc.settings, event, user.id
