@@ -11,9 +11,12 @@ never ends (its events are checked against the document in `test_feed_events_mat
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib
 import io
 import itertools
 import json
+import pkgutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -108,10 +111,13 @@ def contract_schema(contract: Contract) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(contract.served.url + "/openapi.json")
 
 
-# Import what schemathesis imports lazily now, at collection: CPython 3.11.7 fails to compile
-# a module (SystemError "AST constructor recursion depth mismatch", gh-106905) after an
-# earlier test in the run hit a RecursionError (test_hardening's deeply nested JSON).
-schemathesis.openapi.from_dict({"openapi": "3.1.0", "info": {"title": "-", "version": "0"}})
+# Import every module of schemathesis now, at collection (it imports many lazily): CPython
+# 3.11.7 fails to compile a module (SystemError "AST constructor recursion depth mismatch",
+# gh-106905) after an earlier test in the run hit a RecursionError (test_hardening's deeply
+# nested JSON).
+for _module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
+    with contextlib.suppress(ImportError):  # optional extras (GraphQL, ...)
+        importlib.import_module(_module.name)
 load_all_checks()
 
 schema = schemathesis.pytest.from_fixture("contract_schema").exclude(operation_id=sorted(ENDLESS))
