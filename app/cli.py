@@ -256,6 +256,25 @@ def cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_grant(settings, args.user_id, args.credits, reason))
 
 
+def openapi_json(settings: Settings) -> str:
+    """The OpenAPI document, as /openapi.json serves it, formatted for a diff."""
+    import json
+
+    from app.main import create_app
+
+    return json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False) + "\n"
+
+
+def cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
+    text = openapi_json(settings)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("credits", type=int, help="credits to add; negative to take")
     grant.add_argument("--reason", required=True, help="why: kept as the ledger row's note")
     grant.set_defaults(func=cmd_grant)
+    document = sub.add_parser(
+        "openapi", help="write the OpenAPI document (clients/typescript generates from it)"
+    )
+    document.add_argument("--output", default="-", help="a file; - (default) for stdout")
+    document.set_defaults(func=cmd_openapi)
     return parser
 
 

@@ -49,6 +49,16 @@ class BillingProduct(BaseModel):
     mode: Literal["payment", "subscription"]
 
 
+# The usual local web origins (Next.js on 3000, Expo web on 8081), allowed by CORS in
+# development unless CORS_ORIGINS says otherwise.
+DEV_CORS_ORIGINS = (
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:8081",
+    "http://127.0.0.1:8081",
+)
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -193,7 +203,8 @@ class Settings(BaseSettings):
     storage_workers: int = Field(default=8, ge=1, le=256)
 
     # HTTP.
-    cors_origins: Annotated[list[str], NoDecode] = []
+    # None (unset): DEV_CORS_ORIGINS in development, none elsewhere; see `allowed_origins`.
+    cors_origins: Annotated[list[str] | None, NoDecode] = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)  # request line and headers
     admin_user_ids: Annotated[list[str], NoDecode] = []
@@ -275,6 +286,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"CHECKOUT_RETURN_ORIGINS: {item!r} is not an http(s) origin")
             origins.append(origin)
         return origins
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """The origins CORS allows: CORS_ORIGINS when set (empty: none), else the local web
+        origins in development and none elsewhere."""
+        if self.cors_origins is not None:
+            return self.cors_origins
+        return list(DEV_CORS_ORIGINS) if self.env == "development" else []
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

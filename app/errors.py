@@ -14,8 +14,10 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.headers import security_headers
 from app.observability import REQUEST_ID_SCOPE_KEY
@@ -48,6 +50,27 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     instance: str | None = None
+
+
+# Every problem `type` the service answers, by HTTP status: the OpenAPI document gives each
+# documented error status these as an enum (`app.openapi`), and the README lists them.
+ABOUT_BLANK = "about:blank"
+PROBLEM_TYPES: dict[int, tuple[str, ...]] = {
+    400: (PROBLEM_BASE + "bad-request", PROBLEM_BASE + "repeated-header"),
+    401: (PROBLEM_BASE + "unauthorized",),
+    402: (PROBLEM_BASE + "insufficient-credits",),
+    403: (PROBLEM_BASE + "forbidden",),
+    404: (PROBLEM_BASE + "not-found",),
+    405: (PROBLEM_BASE + "method-not-allowed",),
+    409: (PROBLEM_BASE + "conflict",),
+    413: (PROBLEM_BASE + "payload-too-large",),
+    422: (PROBLEM_BASE + "validation", PROBLEM_BASE + "unprocessable"),
+    429: (PROBLEM_BASE + "rate-limited",),
+    431: (PROBLEM_BASE + "headers-too-large",),
+    # about:blank: an unexpected error (logged; nothing about it is exposed)
+    500: (ABOUT_BLANK, PROBLEM_BASE + "webhook-failed"),
+    503: (PROBLEM_BASE + "service-unavailable",),
+}
 
 
 class AppError(Exception):
@@ -190,13 +213,32 @@ def _unparsable_body(cause: BaseException | None) -> str | None:
     return None
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """`Allow` for a path: the methods of every route that matches it, HEAD beside GET.
+
+    Starlette's 405 names only the methods of the first route that matched the path, so a
+    path served by a GET route and a DELETE route said `Allow: GET`."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(path):
+            methods |= set(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = str(exc.detail)
     if exc.status_code == 400:
         detail = _unparsable_body(exc.__cause__) or detail
     body = _http_problem(exc.status_code, detail)
-    return problem_response(body, dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        body["detail"] = f"{request.method} is not allowed here."
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(body, headers or None)
 
 
 def _jsonable_error(error: Any) -> dict[str, Any]:
@@ -295,7 +337,6 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found, or not yours",
         409: "Conflict",
         413: "Request body too large",
-        415: "Unsupported media type",
         422: "Invalid input",
         429: "Too many requests",
         500: "Unexpected server error (logged; no details are exposed)",

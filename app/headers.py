@@ -6,15 +6,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The API answers JSON, SSE and image bytes: none of them may run, embed or load anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# /docs and /redoc are HTML that loads Swagger UI or ReDoc from jsDelivr, with an inline
-# bootstrap script and inline styles; the favicon comes from fastapi.tiangolo.com, ReDoc's
-# fonts from Google and its search index runs in a blob: worker. Nothing else is allowed.
+# /docs and /redoc are HTML that loads Swagger UI or ReDoc (and the favicon) from this
+# service, under DOCS_STATIC_URL (fastapi-offline's copies), with an inline bootstrap script
+# and inline styles; ReDoc's search index runs in a blob: worker. Nothing else is allowed.
+DOCS_STATIC_URL = "/docs-assets"
 DOCS_CSP = (
     "default-src 'none'; "
-    "script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; "
     "connect-src 'self'; worker-src blob:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )

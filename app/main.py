@@ -15,12 +15,13 @@ import asyncpg
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
-from app.headers import SecurityHeadersMiddleware
+from app.headers import DOCS_STATIC_URL, SecurityHeadersMiddleware
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
     admin,
@@ -223,7 +224,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package
+    # (under DOCS_STATIC_URL), not from a CDN, so they work offline and under a 'self' CSP.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
         title="Atelier API",
         version="0.1.0",
         description=API_DESCRIPTION,
@@ -263,15 +267,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
         route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
     )
-    if settings.cors_origins:
+    if settings.allowed_origins:
         app.add_middleware(
             middleware.ProblemCORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",
                 "Idempotency-Key",
+                "Last-Event-ID",  # a browser reconnecting to a stream resends it
                 "Prefer",
                 "X-Request-ID",
             ],
@@ -279,11 +284,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Location",
                 "X-Request-ID",
                 "Retry-After",
+                "Idempotent-Replayed",
+                "Preference-Applied",
                 "Content-Disposition",  # a pack export's file name, for the web app
                 *rate_limits.HEADER_NAMES,
             ],
             max_age=600,
         )
+    # Outside CORS, so a HEAD from another origin gets the GET's CORS headers too.
+    app.add_middleware(middleware.HeadMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     # Outermost, so every answer (CORS preflights, 413s, streams, files) carries them.
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")

@@ -79,3 +79,34 @@ class ProblemCORSMiddleware(CORSMiddleware):
         }
         detail = bytes(response.body).decode() + "."  # "Disallowed CORS origin, headers"
         return problem_response(BadRequest(detail).to_problem(), headers)
+
+
+class HeadMiddleware:
+    """Answer HEAD wherever GET is served: the GET route runs, its headers are sent, its body
+    is not (RFC 9110 §9.3.2).
+
+    FastAPI routes list only the methods they declare, so HEAD was a 405; adding HEAD to every
+    route would add a second operation per path to the OpenAPI document. The first body
+    message ends the response, so a stream (SSE, a pack export) stops there: the server then
+    reports the client gone, which ends the stream's generator.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        async def send_head(message: Message) -> None:
+            nonlocal ended
+            if ended:
+                return
+            if message["type"] == "http.response.body":
+                ended = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_head)

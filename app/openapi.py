@@ -1,14 +1,79 @@
 """The OpenAPI document: every error response rewritten to say problem+json, as the handlers
-answer, and `header_docs` for the response headers a route documents."""
+answer, with the problem `type`s of its status; server-sent events described; and
+`header_docs` / `sse_events` for what a route documents beyond its response model."""
 
 from __future__ import annotations
 
+import copy
 import json
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
-from app.errors import PROBLEM_JSON, Problem
+from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
+
+SCHEMAS = "#/components/schemas/"
+EVENT_STREAM = "text/event-stream"
+# The event models `sse_events` named, added to the document's components by name.
+_EVENT_MODELS: dict[str, type[BaseModel]] = {}
+# Marks a stream's media type for `document_problems`, which puts `sse_events`' item schema in
+# place of FastAPI's generic one (FastAPI merges a route's `responses` into its own).
+_EVENTS_KEY = "x-atelier-item-schema"
+_UNPARSABLE = (
+    "The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart"
+)
+
+
+# What generations.submit and pack_sets.submit accept as an Idempotency-Key (another is a
+# 400): the schema only, as Header(max_length=...) would make a malformed key a 422.
+IDEMPOTENCY_KEY_SCHEMA: dict[str, Any] = {"pattern": "^[\\x21-\\x7e]{1,255}$"}
+
+
+def problem_schema_name(status: int) -> str:
+    return f"Problem{status}"
+
+
+def _problem_schemas() -> dict[str, dict[str, Any]]:
+    """`Problem<status>`: the problem members with `type` closed to what that status answers."""
+    base = Problem.model_json_schema(ref_template=SCHEMAS + "{model}")
+    base.pop("example", None)
+    schemas = {}
+    for status, types in PROBLEM_TYPES.items():
+        schema = copy.deepcopy(base)
+        schema["title"] = problem_schema_name(status)
+        schema["description"] = f"A {status} problem (RFC 9457)."
+        schema["properties"]["type"] = {
+            "type": "string",
+            "enum": list(types),
+            "title": "Type",
+            "description": "A URI naming the kind of problem (the README lists them).",
+        }
+        schema["properties"]["status"] = {"type": "integer", "const": status, "title": "Status"}
+        schema["required"] = ["type", "title", "status"]
+        schemas[problem_schema_name(status)] = schema
+    return schemas
+
+
+def _problem_content(status: int) -> dict[str, Any]:
+    name = problem_schema_name(status) if status in PROBLEM_TYPES else "Problem"
+    return {PROBLEM_JSON: {"schema": {"$ref": SCHEMAS + name}}}
+
+
+def _add_event_models(schemas: dict[str, Any], document: str) -> None:
+    for name, model in _EVENT_MODELS.items():
+        if f'"{SCHEMAS}{name}"' not in document:
+            continue
+        schema = model.model_json_schema(ref_template=SCHEMAS + "{model}", mode="serialization")
+        for name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        # On the wire `data` is JSON text: a string whose content the model describes.
+        schema["properties"]["data"] = {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": schema["properties"]["data"],
+        }
+        schemas.setdefault(model.__name__, schema)
 
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
@@ -16,24 +81,32 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
     FastAPI lists a `model` response under the route's media type (application/json) too, and
     adds its own 422 (`HTTPValidationError`, application/json) to operations with parameters
-    that do not document one: neither is what the client receives.
+    that do not document one: neither is what the client receives. Each error refers to
+    `Problem<status>`, whose `type` enumerates the problem types of that status. Every
+    operation that takes a body documents the 400 of a body that cannot be parsed.
     """
-    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict):
                 continue
-            for status, response in operation.get("responses", {}).items():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation and "400" not in responses and 400 not in responses:
+                responses["400"] = {"description": _UNPARSABLE}
+            for status, response in responses.items():
                 if str(status)[:1] in ("4", "5"):
-                    response["content"] = {PROBLEM_JSON: {"schema": problem_ref}}
-    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    schemas.setdefault(
-        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    )
+                    response["content"] = _problem_content(int(status))
+                stream = response.get("content", {}).get(EVENT_STREAM, {})
+                if _EVENTS_KEY in stream:
+                    stream["itemSchema"] = stream.pop(_EVENTS_KEY)
+    schemas.setdefault("Problem", Problem.model_json_schema(ref_template=SCHEMAS + "{model}"))
+    for name, problem in _problem_schemas().items():
+        schemas.setdefault(name, problem)
+    _add_event_models(schemas, json.dumps(schema))
     # FastAPI's validation schemas are left unused now (the first refers to the second).
     for name in ("HTTPValidationError", "ValidationError"):
         entry = schemas.pop(name, None)
-        if entry is not None and f'"#/components/schemas/{name}"' in json.dumps(schema):
+        if entry is not None and f'"{SCHEMAS}{name}"' in json.dumps(schema):
             schemas[name] = entry
     return schema
 
@@ -55,4 +128,26 @@ def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
     return {
         name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
         for name, text in headers.items()
+    }
+
+
+def sse_events(description: str, *models: type[BaseModel]) -> dict[str, Any]:
+    """The 200 response of a server-sent event stream whose events are `models` (each with
+    `event`, maybe `id`, and `data` given parsed), as OpenAPI 3.2's `itemSchema` says."""
+    mapping: dict[str, str] = {}
+    for model in models:
+        _EVENT_MODELS[model.__name__] = model
+        (name,) = get_args(model.model_fields["event"].annotation)
+        mapping[name] = SCHEMAS + model.__name__
+    refs = [{"$ref": ref} for ref in mapping.values()]
+    item: dict[str, Any] = refs[0]
+    if len(refs) > 1:
+        item = {"oneOf": refs, "discriminator": {"propertyName": "event", "mapping": mapping}}
+    return {
+        "description": description,
+        "content": {
+            EVENT_STREAM: {
+                _EVENTS_KEY: item,
+            }
+        },
     }

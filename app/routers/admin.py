@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from app.deps import AdminUser, Conn, Svc
 from app.errors import responses
+from app.openapi import IDEMPOTENCY_KEY_SCHEMA
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
 from app.services import admin
@@ -32,7 +33,10 @@ async def admin_adjust_credits(
     conn: Conn,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=255, description="Retrying with the same key applies it once."),
+        Header(
+            description="Retrying with the same key applies it once.",
+            json_schema_extra=IDEMPOTENCY_KEY_SCHEMA,
+        ),
     ] = None,
 ) -> CreditAdjustmentResult:
     """Add or take credits through the ledger (reason `admin`, the text as its note). The

@@ -11,8 +11,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import NotFound, responses
-from app.openapi import header_docs
+from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, sse_events
 from app.schemas.common import Cursor, Limit
+from app.schemas.events import JobEvent
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
@@ -71,7 +72,7 @@ async def create_generation(
     response: Response,
     # Its length and characters are checked by generations.submit: a malformed key is a
     # 400 (a header, not the body), which Header(max_length=...) would turn into a 422.
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)] = None,
     prefer: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
     """Charge the kind's cost and queue the job; 202 with `Location` (the job to follow).
@@ -132,7 +133,10 @@ async def _own_job(job_id: UUID, user: StreamUser, svc: Svc) -> Job:
     "/jobs/{job_id}/events",
     operation_id="stream_job_events",
     response_class=EventSourceResponse,
-    responses=responses(404, 422),
+    responses={
+        200: sse_events("The job's events, until it has completed or failed", JobEvent),
+        **responses(404, 422),
+    },
 )
 async def stream_job_events(
     job: Annotated[Job, Depends(_own_job)], user: StreamUser, svc: Svc

@@ -61,6 +61,8 @@ async def metrics_access(
     operation_id="metrics",
     response_class=Response,
     dependencies=[Depends(metrics_access)],
+    # The token is asked for only when METRICS_TOKEN is set: `{}`, no requirement, otherwise.
+    openapi_extra={"security": [{}]},
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"},
         **responses(401, 404),

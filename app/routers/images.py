@@ -13,7 +13,9 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from app.deps import Conn, CurrentUser, OptionalUser, Services, StreamUser, Svc
 from app.errors import responses
+from app.openapi import sse_events
 from app.schemas.common import Cursor, Limit
+from app.schemas.events import FEED_EVENTS
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState
 from app.services import gallery
 from app.services.realtime import FEED_CHANNEL, Event
@@ -70,16 +72,6 @@ async def list_feed(
 # The keep-alive comment's interval, as FastAPI's own SSE streams send it.
 KEEPALIVE_SECONDS = 15.0
 _RESYNC_FRAME = format_sse_event(event="resync", data_str="{}")
-# What the OpenAPI document says of each event, as FastAPI says it for generator streams.
-_SSE_ITEM = {
-    "type": "object",
-    "properties": {
-        "data": {"type": "string"},
-        "event": {"type": "string"},
-        "id": {"type": "string"},
-        "retry": {"type": "integer", "minimum": 0},
-    },
-}
 
 
 def _shared_frame(event: Event, name: str, data: dict[str, object]) -> bytes:
@@ -141,7 +133,7 @@ async def _feed_stream(
     # Not response_class=EventSourceResponse: FastAPI then encodes each yielded item itself.
     response_class=Response,
     response_model=None,
-    responses={200: {"content": {"text/event-stream": {"itemSchema": _SSE_ITEM}}}},
+    responses={200: sse_events("The feed's events, until the client leaves", *FEED_EVENTS)},
 )
 async def stream_feed_events(
     user: StreamUser,
@@ -206,6 +198,7 @@ async def delete_image(image_id: UUID, user: CurrentUser, svc: Svc) -> Response:
     operation_id="download_image",
     response_model=DownloadLink,
     responses={307: {"description": "Redirect to a short-lived URL"}, **responses(404, 422)},
+    openapi_extra={"security": [{}]},  # a public image needs no token
 )
 async def download_image(
     image_id: UUID,

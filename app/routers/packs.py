@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
 from app.errors import responses
-from app.openapi import header_docs
+from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
@@ -154,7 +154,7 @@ async def create_pack_generations(
     svc: Svc,
     response: Response,
     # checked by the service: a malformed key is a 400, as for POST /v1/generations
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)] = None,
 ) -> PackGenerationSet:
     """Icons for the pack, one job per prompt (1 to 24), in one request.
 

@@ -26,7 +26,8 @@ class CreditAdjustment(BaseModel):
 
     delta: Annotated[int, Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT)] = Field(
         description="Credits to add (positive) or take (negative); never 0. The balance "
-        "never goes below zero (409 with the balance)."
+        "never goes below zero (409 with the balance).",
+        json_schema_extra={"not": {"const": 0}},  # what _nonzero refuses
     )
     reason: Annotated[TextStr, Field(min_length=1, max_length=500)] = Field(
         description="Why: kept as the ledger row's note."

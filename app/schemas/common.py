@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import AfterValidator, BaseModel, Field
@@ -16,21 +17,50 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# White space as Python's str.isspace and JavaScript's \s see it (the union), spelled so that
+# the validator and the document's pattern (ECMA-262, as JSON Schema reads it) agree.
+BLANK = r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_BLANK = re.compile(f"[{BLANK}]*")
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if _BLANK.fullmatch(value):
         raise ValueError("must not be blank")
     return value
 
 
-# Text that PostgreSQL can store: no NUL, no lone surrogates.
-SafeStr = Annotated[str, AfterValidator(_no_nul)]
+# Text that PostgreSQL can store: no NUL, no lone surrogates (JSON text holds none but as an
+# escape, which the document cannot spell). The patterns only describe the validators, whose
+# messages stay what they were.
+SafeStr = Annotated[
+    str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})
+]
 # The same, with something in it besides white space.
-TextStr = Annotated[SafeStr, AfterValidator(_not_blank)]
+TextStr = Annotated[
+    str,
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": rf"^[^\x00]*[^\x00{BLANK}][^\x00]*$"}),
+]
+
+
+def without_default(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` of an optional field that may be left out but not sent as null:
+    its `default: null` is not a value the document may offer."""
+    schema.pop("default", None)
+
 
 Limit = Annotated[int, Field(ge=1, le=100, description="How many items a page holds.")]
-# No max_length here: a cursor too long is one this API never handed out, a 400 from
-# pagination.decode like every other foreign cursor (not a 422 about a string's length).
-Cursor = Annotated[str | None, Query(description="From `next_cursor` (at most 300 characters).")]
+# Described, not validated here: a cursor too long or of other characters is one this API
+# never handed out, a 400 from pagination.decode like every other foreign cursor (not a 422
+# about a string's length). The pattern is pagination.CURSOR_PATTERN's (empty: no cursor).
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="From `next_cursor` (base64url, at most 300 characters).",
+        json_schema_extra={"pattern": "^[A-Za-z0-9_-]{0,300}$"},
+    ),
+]
 
 
 class Page(BaseModel):

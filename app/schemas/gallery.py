@@ -5,8 +5,9 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from app.schemas.common import Page, SafeStr, TextStr
+from app.schemas.common import Page, SafeStr, TextStr, without_default
 
 Visibility = Literal["private", "public"]
 
@@ -17,7 +18,11 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[SafeStr, Field(max_length=2048), AfterValidator(_http_url)]
+HttpUrl = Annotated[
+    SafeStr,
+    AfterValidator(_http_url),
+    Field(max_length=2048, json_schema_extra={"pattern": r"^https?://[^\x00]*$"}),
+]
 
 
 class ImageItem(BaseModel):
@@ -27,7 +32,7 @@ class ImageItem(BaseModel):
     created_at: datetime
     likes_count: int
     liked_by_me: bool
-    visibility: Visibility | str
+    visibility: Visibility
     width: int | None = None
     height: int | None = None
     model: str | None = None
@@ -66,7 +71,10 @@ class PromptUpdate(BaseModel):
     """Only the fields sent change; send null to clear an optional one."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | None = None
+    # null is refused (422) by the service: the document does not offer it
+    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | SkipJsonSchema[None] = (
+        Field(default=None, json_schema_extra=without_default)
+    )
     title: Annotated[SafeStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
     secondary_image_url: HttpUrl | None = None
@@ -97,7 +105,10 @@ class PackUpdate(BaseModel):
     """Only the fields sent change; send null to clear style_prompt or cover_image_id."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | None = None
+    # null is refused (422) by the service: the document does not offer it
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=without_default
+    )
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = None
     cover_image_id: UUID | None = None
 

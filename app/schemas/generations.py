@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.schemas.common import Page, SafeStr, TextStr
 
 JobStatus = Literal["pending", "running", "completed", "failed"]
+JobKind = Literal["generate", "style", "edit"]
 
 
 class UploadReference(BaseModel):
@@ -34,12 +35,15 @@ class GenerationCreate(BaseModel):
                     "kind": "edit",
                     "reference": {"upload_key": "uploads/user_2abc/0b7c.png"},
                 },
-            ]
+            ],
+            # `style` and `edit` need a source image (generations.submit answers 422 without).
+            "if": {"properties": {"kind": {"enum": ["style", "edit"]}}, "required": ["kind"]},
+            "then": {"required": ["reference"], "properties": {"reference": {"type": "object"}}},
         },
     )
 
     prompt: Annotated[TextStr, Field(min_length=1, max_length=2000)]
-    kind: Literal["generate", "style", "edit"] = "generate"
+    kind: JobKind = "generate"
     reference: UploadReference | ImageReference | None = Field(
         default=None, description="Required for `style` and `edit`: the source image."
     )
@@ -64,9 +68,9 @@ class JobImage(BaseModel):
 
 class Job(BaseModel):
     id: UUID
-    status: JobStatus | str = Field(description="pending → running → completed | failed")
+    status: JobStatus = Field(description="pending → running → completed | failed")
     progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
-    kind: str | None
+    kind: JobKind | None
     prompt: str | None
     model: str | None = Field(description="The model that answered (once one has).")
     error: str | None = Field(description="Why the job failed (its credits were refunded).")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -37,10 +38,26 @@ class Me(BaseModel):
     )
 
 
+# credit_ledger_reason_check (migration 20261130001100_billing) allows exactly these.
+LedgerReason = Literal[
+    "signup",
+    "opening_balance",
+    "generate",
+    "style",
+    "edit",
+    "refund",
+    "purchase",
+    "subscription_grant",
+    "admin",
+    "app_spend",
+    "purchase_reversal",
+]
+
+
 class LedgerEntry(BaseModel):
     id: int
     delta: int = Field(description="Credits added (positive) or taken (negative).")
-    reason: str = Field(examples=["generate"])
+    reason: LedgerReason = Field(examples=["generate"])
     job_id: UUID | None
     source_id: str | None
     balance_after: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from app.errors import BadRequest
 
 _BAD = "The cursor is not one this API handed out."
 MAX_CURSOR_LENGTH = 300  # the longest this API hands out is under 100 characters
+CURSOR_PATTERN = re.compile(f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}$")
 
 
 def encode(payload: dict[str, Any]) -> str:
@@ -26,7 +28,9 @@ def encode(payload: dict[str, Any]) -> str:
 
 
 def decode(cursor: str) -> dict[str, Any]:
-    if len(cursor) > MAX_CURSOR_LENGTH:
+    # base64url without padding, as `encode` writes it (the OpenAPI document says the same);
+    # the decoder would skip other characters rather than refuse them.
+    if not CURSOR_PATTERN.fullmatch(cursor):
         raise BadRequest(_BAD)
     try:
         padded = cursor + "=" * (-len(cursor) % 4)

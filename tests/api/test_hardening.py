@@ -4,6 +4,7 @@ bodies that are not JSON answered with the project's own problem types."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import PROBLEM_BASE
-from app.headers import API_CSP, DOCS_CSP
+from app.headers import API_CSP, DOCS_CSP, DOCS_STATIC_URL
 from app.main import create_app
 from tests.fakes.running import running
 from tests.support.polling import wait_until
@@ -212,16 +213,26 @@ async def test_every_kind_of_answer_carries_the_security_headers(
     assert answers["500"].status_code == 500
 
 
-async def test_docs_get_a_csp_that_lets_swagger_ui_load_from_its_cdn(
+async def test_docs_load_their_assets_from_this_service_only(
     client: httpx.AsyncClient,
 ) -> None:
     for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
         response = await client.get(path)
         assert response.status_code == 200, path
         assert_secure(response, csp=DOCS_CSP)
+        # Every asset the page names is served here: no CDN, so /docs works offline.
+        assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+        for asset in assets:
+            assert asset.startswith(DOCS_STATIC_URL + "/"), (path, asset)
+            loaded = await client.get(asset)
+            assert loaded.status_code == 200, asset
+            assert len(loaded.content) > 1000, asset
+        assert "https://" not in response.text.replace("https://atelier.dev", ""), path
     docs = (await client.get("/docs")).text
-    assert "https://cdn.jsdelivr.net/npm/swagger-ui-dist" in docs  # what DOCS_CSP allows
-    assert "script-src 'unsafe-inline' https://cdn.jsdelivr.net" in DOCS_CSP
+    assert f"{DOCS_STATIC_URL}/swagger-ui-bundle.js" in docs
+    assert f"{DOCS_STATIC_URL}/redoc.standalone.js" in (await client.get("/redoc")).text
+    assert "script-src 'self' 'unsafe-inline';" in DOCS_CSP
+    assert "https:" not in DOCS_CSP
 
 
 async def test_hsts_only_in_production() -> None:

@@ -9,11 +9,19 @@ import httpx
 from fastapi import FastAPI, Query
 
 from app.config import Settings
+from app.errors import PROBLEM_BASE, PROBLEM_TYPES
 from app.main import create_app
 from tests.fakes.running import running
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
+
+
+def problem_content(status: str) -> dict[str, Any]:
+    """What an error response documents: the problem schema of its status."""
+    return {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF + status}}}
+
+
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # The only operations that may document nothing but the app-wide errors.
 OPERATIONAL = {"/healthz", "/metrics"}
@@ -71,7 +79,7 @@ async def test_every_operation_documents_its_errors_as_problem_json(
         for status, response in errors.items():
             assert response.get("description"), f"{where} {status} has no description"
             # Exactly what the handlers send: problem+json, and nothing else.
-            assert response["content"] == {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}, (
+            assert response["content"] == problem_content(status), (
                 where,
                 status,
                 response,
@@ -133,6 +141,80 @@ async def test_a_new_route_without_declared_errors_still_documents_problem_json(
     errors = error_responses(operation)
     # FastAPI's automatic 422 and the app-wide 413/500, all as problem+json.
     assert {"413", "422", "500"} <= set(errors)
-    for response in errors.values():
-        assert response["content"] == {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}
+    for status, response in errors.items():
+        assert response["content"] == problem_content(status)
     assert "HTTPValidationError" not in str(spec)
+
+
+async def test_each_error_status_lists_the_problem_types_it_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = await fetch_spec(client)
+    schemas = spec["components"]["schemas"]
+    for status, types in PROBLEM_TYPES.items():
+        schema = schemas[f"Problem{status}"]
+        assert schema["properties"]["type"]["enum"] == list(types)
+        assert schema["properties"]["status"]["const"] == status
+        assert {"type", "title", "status"} <= set(schema["required"])
+    assert "about:blank" in schemas["Problem500"]["properties"]["type"]["enum"]
+    # about:blank is an unexpected error's alone: every other status has a type of its own.
+    for status in set(PROBLEM_TYPES) - {500}:
+        assert all(t.startswith(PROBLEM_BASE) for t in PROBLEM_TYPES[status]), status
+
+
+async def test_every_operation_with_a_body_documents_the_400_of_an_unparsable_one(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = await fetch_spec(client)
+    with_body = [(p, m, op) for p, m, op in operations(spec) if "requestBody" in op]
+    assert len(with_body) >= 10
+    for path, method, operation in with_body:
+        assert "400" in operation["responses"], f"{method.upper()} {path}"
+
+
+def _enum_or_string(schema: Any) -> Iterator[Any]:
+    """Every `anyOf` that offers an enum beside a bare string (an enum that narrows nothing)."""
+    if isinstance(schema, dict):
+        options = schema.get("anyOf", [])
+        kinds = [o for o in options if isinstance(o, dict)]
+        if any("enum" in o or "const" in o for o in kinds) and {"type": "string"} in kinds:
+            yield schema
+        for value in schema.values():
+            yield from _enum_or_string(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _enum_or_string(value)
+
+
+async def test_enums_are_closed(client: httpx.AsyncClient) -> None:
+    spec = await fetch_spec(client)
+    assert list(_enum_or_string(spec)) == []
+    schemas = spec["components"]["schemas"]
+    assert schemas["Job"]["properties"]["status"]["enum"] == [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+    ]
+    assert "enum" in schemas["ImageItem"]["properties"]["visibility"]
+    assert "enum" in schemas["LedgerEntry"]["properties"]["reason"]
+
+
+async def test_event_streams_describe_each_event(client: httpx.AsyncClient) -> None:
+    spec = await fetch_spec(client)
+    schemas = spec["components"]["schemas"]
+    feed = spec["paths"]["/v1/feed/events"]["get"]["responses"]["200"]["content"]
+    item = feed["text/event-stream"]["itemSchema"]
+    assert set(item["discriminator"]["mapping"]) == {"ready", "image", "likes", "removed", "resync"}
+    for ref in item["discriminator"]["mapping"].values():
+        event = schemas[ref.rsplit("/", 1)[1]]
+        data = event["properties"]["data"]
+        assert data["type"] == "string"
+        assert data["contentMediaType"] == "application/json"
+        assert data["contentSchema"]["$ref"].rsplit("/", 1)[1] in schemas
+    jobs = spec["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+    job_event = jobs["text/event-stream"]["itemSchema"]["$ref"]
+    assert job_event == "#/components/schemas/JobEvent"
+    assert schemas["JobEvent"]["properties"]["data"]["contentSchema"] == {
+        "$ref": "#/components/schemas/Job"
+    }

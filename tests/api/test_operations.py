@@ -271,3 +271,66 @@ async def test_cors_origins_env_var_is_a_comma_separated_list(
             assert response.headers["access-control-allow-origin"] == origin
         response = await client.get("/healthz", headers={"Origin": "https://c.test"})
         assert "access-control-allow-origin" not in response.headers
+
+
+def test_development_allows_the_local_web_origins_unless_cors_origins_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CORS_ORIGINS", raising=False)
+    development = Settings(_env_file=None, env="development")
+    assert {"http://localhost:3000", "http://127.0.0.1:3000", "http://localhost:8081"} <= set(
+        development.allowed_origins
+    )
+    assert Settings(_env_file=None, env="test").allowed_origins == []
+    assert Settings(_env_file=None, env="development", cors_origins=[]).allowed_origins == []
+    only = Settings(_env_file=None, env="development", cors_origins=["https://a.test"])
+    assert only.allowed_origins == ["https://a.test"]
+
+
+async def test_a_browser_may_send_and_read_the_headers_the_api_uses(
+    make_settings: Callable[..., Settings], auth_headers: Callable[..., dict[str, str]]
+) -> None:
+    """A reconnecting EventSource-like client sends Last-Event-ID; a generation sends
+    Idempotency-Key and Prefer; the web app reads Location, Retry-After, Idempotent-Replayed,
+    Preference-Applied, X-Request-ID and RateLimit-*."""
+    origin = "http://localhost:3000"
+    app = create_app(make_settings(env="development", cors_origins=None))
+    async with running(app) as client:
+        preflight = await client.options(
+            "/v1/feed/events",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization, last-event-id",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        post = await client.options(
+            "/v1/generations",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, "
+                "idempotency-key, prefer",
+            },
+        )
+        assert post.status_code == 200, post.text
+        response = await client.get(
+            "/v1/me", headers={**auth_headers("user_cors"), "Origin": origin}
+        )
+        exposed = {
+            name.strip().lower()
+            for name in response.headers["access-control-expose-headers"].split(",")
+        }
+        assert {
+            "location",
+            "retry-after",
+            "idempotent-replayed",
+            "preference-applied",
+            "x-request-id",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "ratelimit-policy",
+        } <= exposed

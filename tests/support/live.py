@@ -47,11 +47,17 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
 
 
 class ServedApp:
-    """Serve `app` (without its lifespan) on 127.0.0.1, a free port, in a daemon thread."""
+    """Serve `app` on 127.0.0.1, a free port, in a daemon thread with an event loop of its own
+    (its lifespan too, when `lifespan`: then synchronous clients can test the whole app)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, lifespan: bool = False) -> None:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False
+            app,
+            host="127.0.0.1",
+            port=0,
+            lifespan="on" if lifespan else "off",
+            log_level="warning",
+            access_log=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -78,7 +84,11 @@ class ServedApp:
         tb: TracebackType | None,
     ) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=DEADLINE_SECONDS)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def raw_get(self, target: str) -> tuple[int, str, bytes]:
         """GET with the request target sent byte for byte (no client-side normalisation)."""

@@ -1,0 +1,100 @@
+"""clients/typescript ships types generated from the OpenAPI document: they must be what the
+document generates today, and an example calling every operation must compile under
+`tsc --strict`. Needs Node.js and `npm ci` in clients/typescript (.ci/run does both)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.cli import openapi_json
+from app.config import Settings
+from tests.support.services import require
+
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "typescript"
+BIN = CLIENT / "node_modules" / ".bin"
+
+
+def _document() -> str:
+    return openapi_json(Settings(_env_file=None))
+
+
+def _require_toolchain() -> None:
+    require(shutil.which("node") is not None, "Node.js is not installed")
+    require(
+        (BIN / "openapi-typescript").exists() and (BIN / "tsc").exists(),
+        "clients/typescript has no node_modules (run npm ci --ignore-scripts there)",
+    )
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], cwd=CLIENT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_committed_document_is_the_one_the_app_serves() -> None:
+    committed = (CLIENT / "openapi.json").read_text(encoding="utf-8")
+    assert committed == _document(), (
+        "clients/typescript/openapi.json is stale: run "
+        "`.venv/bin/atelier openapi --output clients/typescript/openapi.json` "
+        "and `npm run generate` in clients/typescript"
+    )
+
+
+def test_the_example_calls_every_operation() -> None:
+    spec = json.loads(_document())
+    ids = {
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    example = (CLIENT / "example" / "all-operations.ts").read_text(encoding="utf-8")
+    marked = set(re.findall(r"// (\w+)$", example, flags=re.MULTILINE))
+    assert len(ids) >= 40
+    assert ids - marked == set(), "operations the example does not call"
+
+
+def test_generated_types_are_current_and_the_example_compiles(tmp_path: Path) -> None:
+    _require_toolchain()
+    document = tmp_path / "openapi.json"
+    document.write_text(_document(), encoding="utf-8")
+    generated = tmp_path / "schema.d.ts"
+    script = json.loads((CLIENT / "package.json").read_text())["scripts"]["generate"]
+    # the package's own generate command, pointed at the fresh document and a temp output
+    args = script.split()[1:]
+    args[args.index("openapi.json")] = str(document)
+    args[args.index("--output") + 1] = str(generated)
+    result = _run(BIN / "openapi-typescript", *args)
+    assert result.returncode == 0, result.stderr
+    committed = (CLIENT / "src" / "schema.d.ts").read_text(encoding="utf-8")
+    assert generated.read_text(encoding="utf-8") == committed, (
+        "clients/typescript/src/schema.d.ts is stale: run `npm run generate` there"
+    )
+
+    result = _run(BIN / "tsc", "--noEmit", "--strict", "-p", "tsconfig.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("broken", ['status: "cancelled"'])
+def test_tsc_refuses_a_call_the_document_does_not_allow(tmp_path: Path, broken: str) -> None:
+    """The compile step can fail: a job status the document does not list is an error."""
+    _require_toolchain()
+    probe = CLIENT / "example" / f"probe-{tmp_path.name}.ts"
+    probe.write_text(
+        'import type { components } from "../src/schema";\n'
+        f'export const job: Pick<components["schemas"]["Job"], "status"> = {{ {broken} }};\n',
+        encoding="utf-8",
+    )
+    try:
+        result = _run(BIN / "tsc", "--noEmit", "--strict", "-p", "tsconfig.json")
+    finally:
+        probe.unlink()
+    assert result.returncode != 0
+    assert "cancelled" in result.stdout
