@@ -62,14 +62,15 @@ async def submit(
     and the caller's RateLimit-* headers.
 
     The rate limit counts the set as len(prompts) submissions, before a pooled connection
-    is taken; one connection then serves the caller, the charge and the answer.
+    is taken; the caller is read, then one connection serves the charge and the answer.
     """
     key = generations.check_idempotency_key(idempotency_key)
     digest = request_hash(pack_id, body)
     quota = await _admit(ctx.limiter, ctx.pool, who.sub, len(body.prompts), key, digest)
     headers = quota.headers() if quota is not None else {}
+    # The caller first, on connections of its own (a new user's Clerk lookup holds none).
+    user = await ctx.users.authenticate(ctx.pool, who)
     async with ctx.pool.acquire() as conn:
-        user = await ctx.users.authenticate(conn, who)
         rows, created = await _create(conn, ctx.settings, user.id, pack_id, body, key, digest)
         made = await _schema(rows, pack_id, ctx.storage, ctx.settings)
     status_code = 202

@@ -349,3 +349,17 @@ async def test_a_set_counts_as_one_generation_per_icon_against_the_rate_limit(
     problem = assert_problem(too_big, 422)
     assert (problem["limit"], problem["cost"]) == (10, 11)
     assert await job_count(db, ALICE) == 6 + 1
+
+
+async def test_a_set_from_a_caller_this_process_does_not_remember_is_accepted(
+    make_settings: MakeSettings, auth_headers: Headers
+) -> None:
+    """With the user cache off (last_login_interval_seconds=0 makes its lifetime 0), the
+    set's request reads its caller from the database itself, as a first request after the
+    cache lapsed does (the contract test found a 500 there)."""
+    headers = auth_headers(ALICE)
+    settings = make_settings(last_login_interval_seconds=0, worker_in_process=False)
+    async with running(create_app(settings)) as client:
+        pack_id = await create_pack(client, headers)
+        answer = await ask_for_set(client, headers, pack_id, SIX[:2])
+    assert answer.status_code == 202, answer.text
