@@ -18,7 +18,9 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RefusedUrl(Unprocessable):
-    slug, title = "webhook-url-refused", "Webhook URL refused"
+    """An unprocessable URL (the `unprocessable` problem type, as the document lists it)."""
+
+    title = "Webhook URL refused"
 
 
 def _is_public(address: IpAddress) -> bool:

@@ -96,6 +96,9 @@ def contract(
                 {"id": "pro", "price_id": "price_pro", "credits": 200, "mode": "subscription"},
             ],
             checkout_return_origins=[ORIGIN],
+            # a webhook URL must resolve to a public address unless this is set, and nothing
+            # resolves offline: the positive cases name a loopback receiver instead
+            webhooks_allow_private=True,
             checkout_success_url=f"{ORIGIN}/billing/done?session_id={{CHECKOUT_SESSION_ID}}",
             checkout_cancel_url=f"{ORIGIN}/billing",
             portal_return_url=f"{ORIGIN}/settings",
@@ -179,6 +182,9 @@ def _realistic(case: Case) -> None:
                 case.body[field] = f"{ORIGIN}/back"
         if "product_id" in case.body:
             case.body["product_id"] = "credits_50"
+    # A webhook endpoint's URL must resolve (nothing does offline but an address).
+    if case.path == "/v1/webhook-endpoints" and isinstance(case.body, dict) and "url" in case.body:
+        case.body["url"] = "https://127.0.0.1/hooks"
     # The window may reach at most 366 days back from now, and is `days` or `since`, not both
     # (OpenAPI cannot say that of two query parameters; the operation's text does).
     if case.path == "/v1/admin/stats" and case.query and case.query.get("since"):

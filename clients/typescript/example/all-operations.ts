@@ -131,6 +131,28 @@ export async function everyOperation(): Promise<void> {
   await api.POST("/v1/billing/checkout", { body: { product_id: "credits_50" } }); // create_checkout_session
   await api.POST("/v1/billing/portal", { body: {} }); // create_billing_portal_session
 
+  // API keys (for servers; shown once)
+  const made = await api.POST("/v1/api-keys", { body: { name: "build server" } }); // create_api_key
+  await api.GET("/v1/api-keys"); // list_api_keys
+  if (made.data) {
+    const key: string = made.data.key;
+    void key;
+    await api.DELETE("/v1/api-keys/{key_id}", { params: { path: { key_id: made.data.id } } }); // delete_api_key
+  }
+
+  // outgoing webhooks
+  const endpoint = await api.POST("/v1/webhook-endpoints", {
+    // create_webhook_endpoint
+    body: { url: "https://example.com/hooks", events: ["job.completed", "job.failed"] },
+  });
+  await api.GET("/v1/webhook-endpoints"); // list_webhook_endpoints
+  if (endpoint.data) {
+    const hook = { params: { path: { endpoint_id: endpoint.data.id } } };
+    await api.POST("/v1/webhook-endpoints/{endpoint_id}/secret", hook); // rotate_webhook_endpoint_secret
+    await api.GET("/v1/webhook-endpoints/{endpoint_id}/deliveries", hook); // list_webhook_deliveries
+    await api.DELETE("/v1/webhook-endpoints/{endpoint_id}", hook); // delete_webhook_endpoint
+  }
+
   // webhooks (called by Stripe and Clerk, not by the app; typed all the same)
   await api.POST("/webhooks/stripe"); // receive_stripe_webhook
   await api.POST("/webhooks/clerk"); // receive_clerk_webhook
