@@ -6,16 +6,23 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
-from app.deps import AdminUser, Conn, Svc
+from app.deps import AdminUser, Conn, Svc, session_only
 from app.errors import responses
 from app.openapi import IDEMPOTENCY_KEY_SCHEMA
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
 from app.services import admin
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=responses(401, 403, 503))
+# A person signed in, never an API key: a leaked key of an administrator's server must not
+# be able to mint credits or take images down.
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    responses=responses(401, 403, 503),
+    dependencies=[Depends(session_only)],
+)
 
 UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]
 

@@ -225,3 +225,21 @@ async def test_a_key_opens_its_owners_private_image_where_a_token_is_optional(
     assert_unauthorized(await client.get(path))  # private: no token, no link
     assert (await client.get(path, headers=bearer(key))).status_code == 200
     assert_unauthorized(await client.get(path, headers=bearer("atl_" + "B" * 43)))
+
+
+async def test_an_administrators_key_cannot_use_the_admin_routes(
+    make_settings: Callable[..., Settings], auth_headers: Headers
+) -> None:
+    """Keys are for servers: minting credits or taking images down needs the person."""
+    application = create_app(make_settings(admin_user_ids=[ALICE], worker_in_process=False))
+    async with serving(application) as client:
+        key = (await make_key(client, auth_headers(ALICE)))["key"]
+        grant = {"delta": 1000, "reason": "from a leaked key"}
+        by_key = await client.post(
+            "/v1/admin/users/user_anyone/credits", json=grant, headers=bearer(key)
+        )
+        assert_problem(by_key, 403)
+        stats = await client.get("/v1/admin/stats", headers=bearer(key))
+        assert_problem(stats, 403)
+        by_person = await client.get("/v1/admin/stats", headers=auth_headers(ALICE))
+        assert by_person.status_code == 200, by_person.text
