@@ -16,7 +16,7 @@ import httpx
 from tests.billing.conftest import PRODUCTS, signed
 from tests.e2e.test_user_journey import stop_leftover_postgres
 from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, StripeApiServer
-from tests.support.serve import ATELIER, clean_env, free_port, wait_until_ready
+from tests.support.serve import ATELIER, clean_env, dev_token, free_port, wait_until_ready
 
 ORIGIN = "https://app.atelier.test"
 
@@ -56,16 +56,8 @@ def test_a_user_buys_a_pack_and_pro_through_atelier_serve_and_the_ledger_checks(
             )
         try:
             wait_until_ready(server, base_url, stderr_path)
-            minted = subprocess.run(
-                [str(ATELIER), "dev-token", "user_buyer", "--email", "buyer@example.test"],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert minted.returncode == 0, minted.stderr
-            headers = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+            token = dev_token(tmp_path, env, "user_buyer", "buyer@example.test")
+            headers = {"Authorization": f"Bearer {token}"}
 
             with httpx.Client(base_url=base_url, headers=headers, timeout=30) as api:
                 products = api.get("/v1/billing/products")

@@ -25,6 +25,7 @@ from tests.support.serve import (
     ATELIER,
     SERVE_STDERR,
     clean_env,
+    dev_token,
     free_port,
     start_serve,
     wait_until_ready,
@@ -101,16 +102,7 @@ def test_a_user_uploads_edits_follows_progress_and_downloads_the_image_from_atel
         wait_until_ready(server, base_url, stderr_path)
         assert (pgdata / "PG_VERSION").exists(), "the embedded database is not in ./.data"
 
-        minted = subprocess.run(
-            [str(ATELIER), "dev-token", "user_e2e", "--email", "e2e@example.test"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert minted.returncode == 0, minted.stderr
-        token = minted.stdout.strip()
+        token = dev_token(tmp_path, env, "user_e2e", "e2e@example.test")
         headers = {"Authorization": f"Bearer {token}"}
 
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as api:

@@ -90,3 +90,18 @@ def wait_until_ready(server: subprocess.Popen[bytes], base_url: str, stderr: Pat
         f"atelier serve was not ready within {STARTUP_DEADLINE:.0f}s (last: {last}):\n"
         + stderr.read_text(errors="replace")
     )
+
+
+def dev_token(cwd: Path, env: dict[str, str], user_id: str, email: str) -> str:
+    """A token from `atelier dev-token`, run as a developer would beside `atelier serve`
+    (same directory and environment, so it signs with that server's dev key)."""
+    minted = subprocess.run(
+        [str(ATELIER), "dev-token", user_id, "--email", email],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip()
