@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.services.auth import MAX_TOKEN_LENGTH
-from tests.support.serve import atelier_serve
+from tests.support.serve import atelier_serve, on_test_database
 
 LIMIT = 32 * 1024  # MAX_HEADER_BYTES for these tests
 HUGE = 50 * 1024 * 1024
@@ -27,13 +27,9 @@ CHUNK = 64 * 1024
 def served(db_url: str, data_dir: Path, tmp_path: Path) -> Iterator[tuple[str, int]]:
     with atelier_serve(
         tmp_path,
-        DATABASE_URL=db_url,
-        DATA_DIR=str(data_dir),
-        AUTH="dev",
+        **on_test_database(db_url, data_dir),
         LOG_JSON="false",
-        MIGRATE_ON_START="false",
         WORKER_IN_PROCESS="false",
-        DB_POOL_MIN_SIZE="1",
         MAX_HEADER_BYTES=str(LIMIT),
     ) as address:
         yield address

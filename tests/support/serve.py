@@ -49,6 +49,18 @@ def start_serve(cwd: Path, port: int, env: dict[str, str], *args: str) -> subpro
         )
 
 
+def on_test_database(db_url: str, data_dir: Path) -> dict[str, str]:
+    """Settings for `atelier_serve` on a test's own (already migrated) database and data
+    directory, with dev tokens, so the `dev_token` fixture's tokens are accepted."""
+    return {
+        "DATABASE_URL": db_url,
+        "DATA_DIR": str(data_dir),
+        "AUTH": "dev",
+        "MIGRATE_ON_START": "false",
+        "DB_POOL_MIN_SIZE": "1",
+    }
+
+
 @contextmanager
 def atelier_serve(cwd: Path, **env: str) -> Iterator[tuple[str, int]]:
     """Run `atelier serve` in `cwd` with these settings; yield (host, port) once /readyz is
