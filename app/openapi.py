@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from typing import Any, get_args
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
+from app.openapi_examples import add_examples
 
 SCHEMAS = "#/components/schemas/"
 EVENT_STREAM = "text/event-stream"
@@ -73,7 +75,28 @@ def _add_event_models(schemas: dict[str, Any], document: str) -> None:
             "contentMediaType": "application/json",
             "contentSchema": schema["properties"]["data"],
         }
+        schema["examples"] = [
+            {**example, "data": json.dumps(example["data"])}
+            for example in schema.get("examples", [])
+        ]
         schemas.setdefault(model.__name__, schema)
+
+
+def _app_models(base: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
+    for model in base.__subclasses__():
+        if model.__module__.startswith("app."):
+            yield model
+        yield from _app_models(model)
+
+
+def restore_examples(schemas: dict[str, Any]) -> None:
+    """Put back the models' examples as written: FastAPI builds the document with
+    `exclude_none`, which drops every null from them, so an example of a required nullable
+    field (`"error": null`) no longer matched its own schema."""
+    for model in _app_models():
+        extra = model.model_config.get("json_schema_extra")
+        if model.__name__ in schemas and isinstance(extra, dict) and "examples" in extra:
+            schemas[model.__name__]["examples"] = copy.deepcopy(extra["examples"])
 
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +125,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     schemas.setdefault("Problem", Problem.model_json_schema(ref_template=SCHEMAS + "{model}"))
     for name, problem in _problem_schemas().items():
         schemas.setdefault(name, problem)
+    restore_examples(schemas)
     _add_event_models(schemas, json.dumps(schema))
     # FastAPI's validation schemas are left unused now (the first refers to the second).
     for name in ("HTTPValidationError", "ValidationError"):
@@ -112,12 +136,13 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    """Serve an OpenAPI document whose error responses all say application/problem+json."""
+    """Serve an OpenAPI document whose error responses all say application/problem+json,
+    with examples everywhere (`app.openapi_examples`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate())
+            app.openapi_schema = add_examples(document_problems(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app.deps import Svc
 from app.errors import NotFound, Unauthorized, responses
@@ -18,6 +18,10 @@ router = APIRouter(tags=["operations"])
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok"}, {"status": "ready"}]}
+    )
+
     status: str
 
 
@@ -56,6 +60,14 @@ async def metrics_access(
         raise Unauthorized("The metrics token is not valid.")
 
 
+_METRICS_EXAMPLE = """\
+# HELP atelier_credits_spent_total Credits debited for work, by kind.
+# TYPE atelier_credits_spent_total counter
+atelier_credits_spent_total{kind="generate"} 1027.0
+atelier_credits_spent_total{kind="edit"} 88.0
+"""
+
+
 @router.get(
     "/metrics",
     operation_id="metrics",
@@ -64,7 +76,10 @@ async def metrics_access(
     # The token is asked for only when METRICS_TOKEN is set: `{}`, no requirement, otherwise.
     openapi_extra={"security": [{}]},
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"},
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"example": _METRICS_EXAMPLE}},
+            "description": "Prometheus text",
+        },
         **responses(401, 404),
     },
 )
@@ -74,10 +89,32 @@ async def metrics(svc: Svc) -> Response:
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+_JWKS_EXAMPLE = {
+    "keys": [
+        {
+            "kty": "RSA",
+            "key_ops": ["verify"],
+            "n": "vDPcPMUj4x6lisiVDmUFSzGUNV3kJEqB9D_ImrLh9BC47M9hmx4Ey-rwpXOGLCmIZFcbP4r1WkflHXJj"
+            "WQG9K7O7td3IhKrSKhKHMd3iQAgOPVb4V2Z4gHLEubhh0bg5xkY72ikOw2D0fUzrxGpvvDfw4vF-_uEgM9ig"
+            "YIPLKPz2BbzRTh1y6ISBENrnaxeCHh2UQF2NBD3v9pkfVa_aZ8YnKvhELTmApRCpQ_Ih-xDZwJGIw_TAyhPL"
+            "YewrwyTMmo4hCCxBCct450BMgPHMYJa0fxgxvQjWexDZwdnTrMB-gKkF-CNDsn0XLZeCEZZdDuMAhmrGEds4"
+            "BSqaboaiZQ",
+            "e": "AQAB",
+            "kid": "dev-9ac874570d3d2aab",
+            "use": "sig",
+            "alg": "RS256",
+        }
+    ]
+}
+
+
 @router.get(
     "/.well-known/jwks.json",
     operation_id="dev_jwks",
-    responses=responses(404),
+    responses={
+        200: {"content": {"application/json": {"example": _JWKS_EXAMPLE}}},
+        **responses(404),
+    },
     include_in_schema=True,
 )
 async def dev_jwks(svc: Svc) -> dict[str, object]:

@@ -6,8 +6,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.schemas.common import TextStr
-from app.schemas.generations import Job
-from app.schemas.me import LedgerEntry, Subscription
+from app.schemas.generations import JOB_EXAMPLE, Job
+from app.schemas.me import LEDGER_ENTRY_EXAMPLE, ME_EXAMPLE, LedgerEntry, Subscription
 
 MAX_ADJUSTMENT = 1_000_000
 
@@ -37,6 +37,12 @@ class CreditAdjustment(BaseModel):
 
 
 class CreditAdjustmentResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"user_id": "user_2abcDEF", "delta": 10, "balance": 14, "applied": True}]
+        }
+    )
+
     user_id: str
     delta: int
     balance: int = Field(description="The balance after the adjustment.")
@@ -46,6 +52,20 @@ class CreditAdjustmentResult(BaseModel):
 
 
 class AdminUser(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **ME_EXAMPLE,
+                    "last_login_at": "2026-05-04T09:11:58.730Z",
+                    "erased_at": None,
+                    "ledger": [LEDGER_ENTRY_EXAMPLE],
+                    "jobs": [JOB_EXAMPLE],
+                }
+            ]
+        }
+    )
+
     id: str
     email: str
     credits: int
@@ -84,6 +104,43 @@ class CreditStats(BaseModel):
 
 
 class Stats(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "since": "2026-04-27T09:00:00Z",
+                    "until": "2026-05-04T09:00:00Z",
+                    "users": {"total": 1840, "signups": 112, "erased": 3},
+                    "jobs": {
+                        "total": 5230,
+                        "by_status": {
+                            "completed": 5012,
+                            "failed": 171,
+                            "running": 31,
+                            "pending": 16,
+                        },
+                        "by_model": {
+                            "gemini-3.1-flash-image": 4890,
+                            "fal-ai/flux/dev": 293,
+                            "none": 47,
+                        },
+                        "by_status_and_model": [
+                            {
+                                "status": "completed",
+                                "model": "gemini-3.1-flash-image",
+                                "count": 4731,
+                            },
+                            {"status": "failed", "model": None, "count": 47},
+                        ],
+                    },
+                    "credits": {"spent": 5059, "refunded": 171, "sold": 9200, "admin_net": 40},
+                    "failure_rate": 0.0330,
+                    "refund_rate": 0.0327,
+                }
+            ]
+        }
+    )
+
     since: datetime
     until: datetime
     users: UserStats

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +19,18 @@ class ApiKeyCreate(BaseModel):
     )
 
 
+API_KEY_EXAMPLE: dict[str, Any] = {
+    "id": "2b7e1c4a-9d3f-4e8b-a6c0-5f1d3b7e9a2c",
+    "name": "ci",
+    "prefix": "atl_Q3vK9xZp",
+    "created_at": "2026-05-03T14:21:07.553Z",
+    "last_used_at": "2026-05-04T09:12:03Z",
+}
+
+
 class ApiKey(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [API_KEY_EXAMPLE]})
+
     id: UUID
     name: str
     prefix: str = Field(description="The key's first characters (`atl_` + 8), for display.")
@@ -30,10 +41,24 @@ class ApiKey(BaseModel):
 
 
 class ApiKeyCreated(ApiKey):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **API_KEY_EXAMPLE,
+                    "last_used_at": None,
+                    "key": "atl_Q3vK9xZp7LmN2bR8tY4wE6uI0oP1aS5dF9gH3jK7lZc",
+                }
+            ]
+        }
+    )
+
     key: str = Field(
         description="The key itself (`atl_…`). Shown this once: only its hash is stored."
     )
 
 
 class ApiKeyList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [API_KEY_EXAMPLE]}]})
+
     items: list[ApiKey]

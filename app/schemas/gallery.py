@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from app.schemas.common import Page, SafeStr, TextStr, without_default
+from app.schemas.generations import IMAGE_ID_EXAMPLE, SIGNED_URL_EXAMPLE
 
 Visibility = Literal["private", "public"]
 
@@ -25,7 +26,48 @@ HttpUrl = Annotated[
 ]
 
 
+PACK_ID_EXAMPLE = "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e"
+PROMPT_ID_EXAMPLE = "4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f"
+CURSOR_EXAMPLE = (  # pagination.encode_time_id of an item's created_at and id
+    "eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoi"
+    "OGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0"
+)
+IMAGE_ITEM_EXAMPLE: dict[str, Any] = {
+    "id": IMAGE_ID_EXAMPLE,
+    "image_url": SIGNED_URL_EXAMPLE,
+    "prompt": "a watercolor fox, flat icon",
+    "created_at": "2026-05-04T09:12:11.902Z",
+    "likes_count": 3,
+    "liked_by_me": False,
+    "visibility": "public",
+    "width": 1024,
+    "height": 1024,
+    "model": "gemini-3.1-flash-image",
+    "pack_id": PACK_ID_EXAMPLE,
+    "mine": True,
+}
+PROMPT_EXAMPLE: dict[str, Any] = {
+    "id": PROMPT_ID_EXAMPLE,
+    "title": "Fox icons",
+    "prompt_text": "a watercolor fox, flat icon, soft pastel background",
+    "thumbnail_url": None,
+    "secondary_image_url": None,
+    "created_at": "2026-05-02T17:40:26.113Z",
+}
+PACK_EXAMPLE: dict[str, Any] = {
+    "id": PACK_ID_EXAMPLE,
+    "name": "Forest animals",
+    "style_prompt": "flat watercolor icon, soft pastel palette, white background",
+    "cover_image_id": IMAGE_ID_EXAMPLE,
+    "icon_count": 12,
+    "created_at": "2026-05-01T08:03:55.270Z",
+    "updated_at": "2026-05-04T09:12:11.902Z",
+}
+
+
 class ImageItem(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [IMAGE_ITEM_EXAMPLE]})
+
     id: UUID
     image_url: str = Field(description="Where to fetch the image (short-lived when signed).")
     prompt: str | None = Field(description="Null for images the mobile app saved without one.")
@@ -41,26 +83,50 @@ class ImageItem(BaseModel):
 
 
 class ImagePage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [IMAGE_ITEM_EXAMPLE], "next_cursor": CURSOR_EXAMPLE}]
+        }
+    )
+
     items: list[ImageItem]
 
 
 class ImageUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"visibility": "public"}]}
+    )
     visibility: Visibility
 
 
 class LikeState(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"liked": True, "likes_count": 4}]})
+
     liked: bool
     likes_count: int
 
 
 class DownloadLink(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"url": SIGNED_URL_EXAMPLE, "expires_in": 300}]}
+    )
+
     url: str
     expires_in: int = Field(description="Seconds the URL stays valid.")
 
 
 class PromptCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt_text": "a watercolor fox, flat icon, soft pastel background",
+                    "title": "Fox icons",
+                }
+            ]
+        },
+    )
     prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)]
     title: Annotated[SafeStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
@@ -70,7 +136,9 @@ class PromptCreate(BaseModel):
 class PromptUpdate(BaseModel):
     """Only the fields sent change; send null to clear an optional one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"title": "Fox icons, pastel"}]}
+    )
     # null is refused (422) by the service: the document does not offer it
     prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | SkipJsonSchema[None] = (
         Field(default=None, json_schema_extra=without_default)
@@ -81,6 +149,8 @@ class PromptUpdate(BaseModel):
 
 
 class Prompt(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PROMPT_EXAMPLE]})
+
     id: UUID
     title: str | None
     prompt_text: str
@@ -90,11 +160,25 @@ class Prompt(BaseModel):
 
 
 class PromptPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [PROMPT_EXAMPLE], "next_cursor": None}]}
+    )
+
     items: list[Prompt]
 
 
 class PackCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Forest animals",
+                    "style_prompt": "flat watercolor icon, soft pastel palette, white background",
+                }
+            ]
+        },
+    )
     name: Annotated[TextStr, Field(min_length=1, max_length=100)]
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = Field(
         default=None, description="Sent with every generation into the pack, to keep its look."
@@ -104,7 +188,10 @@ class PackCreate(BaseModel):
 class PackUpdate(BaseModel):
     """Only the fields sent change; send null to clear style_prompt or cover_image_id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Woodland animals", "cover_image_id": None}]},
+    )
     # null is refused (422) by the service: the document does not offer it
     name: Annotated[TextStr, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra=without_default
@@ -114,6 +201,8 @@ class PackUpdate(BaseModel):
 
 
 class Pack(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PACK_EXAMPLE]})
+
     id: UUID
     name: str
     style_prompt: str | None
@@ -124,6 +213,14 @@ class Pack(BaseModel):
 
 
 class PackDetail(Pack):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {**PACK_EXAMPLE, "icons": [IMAGE_ITEM_EXAMPLE], "icons_next_cursor": CURSOR_EXAMPLE}
+            ]
+        }
+    )
+
     icons: list[ImageItem] = Field(description="The newest icons (up to `icons_limit`).")
     icons_next_cursor: str | None = Field(
         description="Page on with GET /v1/images?pack_id=…&cursor=…"
@@ -131,9 +228,15 @@ class PackDetail(Pack):
 
 
 class PackPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [PACK_EXAMPLE], "next_cursor": None}]}
+    )
+
     items: list[Pack]
 
 
 class PackIconAdd(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image_id": IMAGE_ID_EXAMPLE}]}
+    )
     image_id: UUID

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,11 +11,49 @@ from app.schemas.common import Page, SafeStr, TextStr
 JobStatus = Literal["pending", "running", "completed", "failed"]
 JobKind = Literal["generate", "style", "edit"]
 
+# Examples for the OpenAPI document, shared by the models that nest them.
+JOB_ID_EXAMPLE = "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f"
+IMAGE_ID_EXAMPLE = "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a"
+UPLOAD_KEY_EXAMPLE = "uploads/user_2abcDEF/0b7c4e1f9a2d4c6b8e3f5a7d9c1b2e4f.png"
+SIGNED_URL_EXAMPLE = (
+    "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png"
+    "?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a"
+)
+JOB_IMAGE_EXAMPLE: dict[str, Any] = {
+    "id": IMAGE_ID_EXAMPLE,
+    "url": SIGNED_URL_EXAMPLE,
+    "width": 1024,
+    "height": 1024,
+    "model": "gemini-3.1-flash-image",
+}
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": JOB_ID_EXAMPLE,
+    "status": "completed",
+    "progress": 100,
+    "kind": "generate",
+    "prompt": "a watercolor fox, flat icon",
+    "model": "gemini-3.1-flash-image",
+    "error": None,
+    "image": JOB_IMAGE_EXAMPLE,
+    "created_at": "2026-05-04T09:12:03.418Z",
+    "updated_at": "2026-05-04T09:12:11.902Z",
+    "completed_at": "2026-05-04T09:12:11.902Z",
+}
+PENDING_JOB_EXAMPLE: dict[str, Any] = {
+    **JOB_EXAMPLE,
+    "status": "pending",
+    "progress": 0,
+    "model": None,
+    "image": None,
+    "updated_at": "2026-05-04T09:12:03.418Z",
+    "completed_at": None,
+}
+
 
 class UploadReference(BaseModel):
     model_config = ConfigDict(extra="forbid")
     upload_key: Annotated[SafeStr, Field(min_length=1, max_length=512)] = Field(
-        examples=["uploads/user_2abc/0b7c…e1.png"], description="A key `POST /v1/uploads` returned."
+        examples=[UPLOAD_KEY_EXAMPLE], description="A key `POST /v1/uploads` returned."
     )
 
 
@@ -33,7 +71,7 @@ class GenerationCreate(BaseModel):
                 {
                     "prompt": "make it night time",
                     "kind": "edit",
-                    "reference": {"upload_key": "uploads/user_2abc/0b7c.png"},
+                    "reference": {"upload_key": UPLOAD_KEY_EXAMPLE},
                 },
             ],
             # `style` and `edit` need a source image (generations.submit answers 422 without).
@@ -59,6 +97,8 @@ class GenerationCreate(BaseModel):
 
 
 class JobImage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_IMAGE_EXAMPLE]})
+
     id: UUID
     url: str = Field(description="A short-lived URL of the PNG.")
     width: int | None
@@ -67,6 +107,8 @@ class JobImage(BaseModel):
 
 
 class Job(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE, PENDING_JOB_EXAMPLE]})
+
     id: UUID
     status: JobStatus = Field(description="pending → running → completed | failed")
     progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
@@ -81,10 +123,28 @@ class Job(BaseModel):
 
 
 class JobPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [PENDING_JOB_EXAMPLE], "next_cursor": None}]}
+    )
+
     items: list[Job]
 
 
 class Upload(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "upload_key": UPLOAD_KEY_EXAMPLE,
+                    "content_type": "image/png",
+                    "width": 1024,
+                    "height": 768,
+                    "size": 482113,
+                }
+            ]
+        }
+    )
+
     upload_key: str = Field(description="Pass as `reference.upload_key` to a generation.")
     content_type: str = Field(examples=["image/png"])
     width: int

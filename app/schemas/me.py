@@ -1,16 +1,48 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import Page
+from app.schemas.generations import JOB_ID_EXAMPLE
+
+SUBSCRIPTION_EXAMPLE: dict[str, Any] = {
+    "status": "Pro",
+    "price_id": "price_1PqRsT2eZvKYlo2C8pro",
+    "current_period_end": "2026-06-01T00:00:00Z",
+    "stripe_status": "active",
+    "cancel_at_period_end": False,
+}
+LEDGER_ENTRY_EXAMPLE: dict[str, Any] = {
+    "id": 1042,
+    "delta": -1,
+    "reason": "generate",
+    "job_id": JOB_ID_EXAMPLE,
+    "source_id": None,
+    "balance_after": 4,
+    "note": None,
+    "created_at": "2026-05-04T09:12:03.418Z",
+}
+LEDGER_PAGE_CURSOR_EXAMPLE = "eyJpZCI6MTAwMX0"  # pagination.encode_id(1001): the last row's id
+SIGNUP_ENTRY_EXAMPLE: dict[str, Any] = {
+    "id": 1001,
+    "delta": 5,
+    "reason": "signup",
+    "job_id": None,
+    "source_id": None,
+    "balance_after": 5,
+    "note": None,
+    "created_at": "2026-05-01T08:00:12.051Z",
+}
 
 
 class Subscription(BaseModel):
     """The shared `subscriptions` row as the mobile app reads it, and Stripe's own words."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [SUBSCRIPTION_EXAMPLE]})
 
     status: str = Field(
         examples=["Pro"], description="`Pro` while Stripe says active or trialing, else `Free`."
@@ -27,7 +59,18 @@ class Subscription(BaseModel):
     )
 
 
+ME_EXAMPLE: dict[str, Any] = {
+    "id": "user_2abcDEF",
+    "email": "ada@example.com",
+    "credits": 4,
+    "created_at": "2026-05-01T08:00:12.051Z",
+    "subscription": SUBSCRIPTION_EXAMPLE,
+}
+
+
 class Me(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ME_EXAMPLE]})
+
     id: str = Field(examples=["user_2abcDEF"])
     email: str = Field(examples=["ada@example.com"])
     credits: int = Field(examples=[5])
@@ -55,6 +98,8 @@ LedgerReason = Literal[
 
 
 class LedgerEntry(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [LEDGER_ENTRY_EXAMPLE]})
+
     id: int
     delta: int = Field(description="Credits added (positive) or taken (negative).")
     reason: LedgerReason = Field(examples=["generate"])
@@ -66,4 +111,15 @@ class LedgerEntry(BaseModel):
 
 
 class LedgerPage(Page):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [LEDGER_ENTRY_EXAMPLE, SIGNUP_ENTRY_EXAMPLE],
+                    "next_cursor": LEDGER_PAGE_CURSOR_EXAMPLE,
+                }
+            ]
+        }
+    )
+
     items: list[LedgerEntry]

@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import SafeStr
+from app.schemas.generations import JOB_ID_EXAMPLE
 
 EventType = Literal["job.completed", "job.failed"]
+
+
+ENDPOINT_EXAMPLE: dict[str, Any] = {
+    "id": "7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b",
+    "url": "https://example.com/hooks",
+    "events": ["job.completed", "job.failed"],
+    "created_at": "2026-05-03T14:25:40.019Z",
+}
+DELIVERY_EXAMPLE: dict[str, Any] = {
+    "id": "e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e",
+    "type": "job.completed",
+    "job_id": JOB_ID_EXAMPLE,
+    "status": "delivered",
+    "attempts": [
+        {
+            "attempted_at": "2026-05-04T09:12:12.310Z",
+            "status_code": 503,
+            "error": "The endpoint answered 503.",
+            "duration_ms": 212,
+        },
+        {
+            "attempted_at": "2026-05-04T09:12:17.488Z",
+            "status_code": 200,
+            "error": None,
+            "duration_ms": 87,
+        },
+    ],
+    "next_attempt_at": None,
+    "delivered_at": "2026-05-04T09:12:17.575Z",
+    "created_at": "2026-05-04T09:12:11.902Z",
+}
 
 
 class WebhookEndpointCreate(BaseModel):
@@ -30,6 +62,8 @@ class WebhookEndpointCreate(BaseModel):
 
 
 class WebhookEndpoint(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ENDPOINT_EXAMPLE]})
+
     id: UUID
     url: str
     events: list[str]
@@ -37,6 +71,14 @@ class WebhookEndpoint(BaseModel):
 
 
 class WebhookEndpointWithSecret(WebhookEndpoint):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {**ENDPOINT_EXAMPLE, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="}
+            ]
+        }
+    )
+
     secret: str = Field(
         description="`whsec_…`: verifies each delivery's `webhook-signature` (Standard "
         "Webhooks). Shown when the endpoint is made and when the secret is rotated."
@@ -44,10 +86,14 @@ class WebhookEndpointWithSecret(WebhookEndpoint):
 
 
 class WebhookEndpointList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [ENDPOINT_EXAMPLE]}]})
+
     items: list[WebhookEndpoint]
 
 
 class WebhookAttempt(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": DELIVERY_EXAMPLE["attempts"]})
+
     attempted_at: datetime
     status_code: int | None = Field(description="The endpoint's answer; null if none came.")
     error: str | None
@@ -55,6 +101,8 @@ class WebhookAttempt(BaseModel):
 
 
 class WebhookDelivery(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [DELIVERY_EXAMPLE]})
+
     id: UUID = Field(description="The message id, sent as `webhook-id` on every attempt.")
     type: str
     job_id: UUID
@@ -66,4 +114,6 @@ class WebhookDelivery(BaseModel):
 
 
 class WebhookDeliveryList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [DELIVERY_EXAMPLE]}]})
+
     items: list[WebhookDelivery]

@@ -935,7 +935,57 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** AdminUser */
+        /**
+         * AdminUser
+         * @example {
+         *       "id": "user_2abcDEF",
+         *       "email": "ada@example.com",
+         *       "credits": 4,
+         *       "created_at": "2026-05-01T08:00:12.051Z",
+         *       "subscription": {
+         *         "status": "Pro",
+         *         "price_id": "price_1PqRsT2eZvKYlo2C8pro",
+         *         "current_period_end": "2026-06-01T00:00:00Z",
+         *         "stripe_status": "active",
+         *         "cancel_at_period_end": false
+         *       },
+         *       "last_login_at": "2026-05-04T09:11:58.730Z",
+         *       "erased_at": null,
+         *       "ledger": [
+         *         {
+         *           "id": 1042,
+         *           "delta": -1,
+         *           "reason": "generate",
+         *           "job_id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "source_id": null,
+         *           "balance_after": 4,
+         *           "note": null,
+         *           "created_at": "2026-05-04T09:12:03.418Z"
+         *         }
+         *       ],
+         *       "jobs": [
+         *         {
+         *           "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "status": "completed",
+         *           "progress": 100,
+         *           "kind": "generate",
+         *           "prompt": "a watercolor fox, flat icon",
+         *           "model": "gemini-3.1-flash-image",
+         *           "error": null,
+         *           "image": {
+         *             "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *             "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *             "width": 1024,
+         *             "height": 1024,
+         *             "model": "gemini-3.1-flash-image"
+         *           },
+         *           "created_at": "2026-05-04T09:12:03.418Z",
+         *           "updated_at": "2026-05-04T09:12:11.902Z",
+         *           "completed_at": "2026-05-04T09:12:11.902Z"
+         *         }
+         *       ]
+         *     }
+         */
         AdminUser: {
             /** Id */
             id: string;
@@ -967,7 +1017,16 @@ export interface components {
              */
             jobs: components["schemas"]["Job"][];
         };
-        /** ApiKey */
+        /**
+         * ApiKey
+         * @example {
+         *       "id": "2b7e1c4a-9d3f-4e8b-a6c0-5f1d3b7e9a2c",
+         *       "name": "ci",
+         *       "prefix": "atl_Q3vK9xZp",
+         *       "created_at": "2026-05-03T14:21:07.553Z",
+         *       "last_used_at": "2026-05-04T09:12:03Z"
+         *     }
+         */
         ApiKey: {
             /**
              * Id
@@ -1005,7 +1064,17 @@ export interface components {
              */
             name: string;
         };
-        /** ApiKeyCreated */
+        /**
+         * ApiKeyCreated
+         * @example {
+         *       "id": "2b7e1c4a-9d3f-4e8b-a6c0-5f1d3b7e9a2c",
+         *       "name": "ci",
+         *       "prefix": "atl_Q3vK9xZp",
+         *       "created_at": "2026-05-03T14:21:07.553Z",
+         *       "last_used_at": null,
+         *       "key": "atl_Q3vK9xZp7LmN2bR8tY4wE6uI0oP1aS5dF9gH3jK7lZc"
+         *     }
+         */
         ApiKeyCreated: {
             /**
              * Id
@@ -1035,7 +1104,20 @@ export interface components {
              */
             key: string;
         };
-        /** ApiKeyList */
+        /**
+         * ApiKeyList
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "2b7e1c4a-9d3f-4e8b-a6c0-5f1d3b7e9a2c",
+         *           "name": "ci",
+         *           "prefix": "atl_Q3vK9xZp",
+         *           "created_at": "2026-05-03T14:21:07.553Z",
+         *           "last_used_at": "2026-05-04T09:12:03Z"
+         *         }
+         *       ]
+         *     }
+         */
         ApiKeyList: {
             /** Items */
             items: components["schemas"]["ApiKey"][];
@@ -1063,7 +1145,13 @@ export interface components {
             /** Cancel Url */
             cancel_url?: string | null;
         };
-        /** CheckoutSession */
+        /**
+         * CheckoutSession
+         * @example {
+         *       "id": "cs_test_a1b2c3",
+         *       "url": "https://checkout.stripe.com/c/pay/cs_test_a1b2c3#fidkdWxOYHwnPyd1blpxYHZxWjA0"
+         *     }
+         */
         CheckoutSession: {
             /**
              * Id
@@ -1095,7 +1183,15 @@ export interface components {
              */
             reason: string;
         };
-        /** CreditAdjustmentResult */
+        /**
+         * CreditAdjustmentResult
+         * @example {
+         *       "user_id": "user_2abcDEF",
+         *       "delta": 10,
+         *       "balance": 14,
+         *       "applied": true
+         *     }
+         */
         CreditAdjustmentResult: {
             /** User Id */
             user_id: string;
@@ -1132,7 +1228,13 @@ export interface components {
              */
             admin_net: number;
         };
-        /** DownloadLink */
+        /**
+         * DownloadLink
+         * @example {
+         *       "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *       "expires_in": 300
+         *     }
+         */
         DownloadLink: {
             /** Url */
             url: string;
@@ -1145,14 +1247,14 @@ export interface components {
         /**
          * GenerationCreate
          * @example {
-         *       "kind": "generate",
-         *       "prompt": "a watercolor fox, flat icon"
+         *       "prompt": "a watercolor fox, flat icon",
+         *       "kind": "generate"
          *     }
          * @example {
-         *       "kind": "edit",
          *       "prompt": "make it night time",
+         *       "kind": "edit",
          *       "reference": {
-         *         "upload_key": "uploads/user_2abc/0b7c.png"
+         *         "upload_key": "uploads/user_2abcDEF/0b7c4e1f9a2d4c6b8e3f5a7d9c1b2e4f.png"
          *       }
          *     }
          */
@@ -1187,12 +1289,36 @@ export interface components {
              */
             pack_id?: string | null;
         };
-        /** Health */
+        /**
+         * Health
+         * @example {
+         *       "status": "ok"
+         *     }
+         * @example {
+         *       "status": "ready"
+         *     }
+         */
         Health: {
             /** Status */
             status: string;
         };
-        /** ImageItem */
+        /**
+         * ImageItem
+         * @example {
+         *       "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *       "image_url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *       "prompt": "a watercolor fox, flat icon",
+         *       "created_at": "2026-05-04T09:12:11.902Z",
+         *       "likes_count": 3,
+         *       "liked_by_me": false,
+         *       "visibility": "public",
+         *       "width": 1024,
+         *       "height": 1024,
+         *       "model": "gemini-3.1-flash-image",
+         *       "pack_id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *       "mine": true
+         *     }
+         */
         ImageItem: {
             /**
              * Id
@@ -1237,7 +1363,28 @@ export interface components {
              */
             mine: boolean;
         };
-        /** ImagePage */
+        /**
+         * ImagePage
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *           "image_url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *           "prompt": "a watercolor fox, flat icon",
+         *           "created_at": "2026-05-04T09:12:11.902Z",
+         *           "likes_count": 3,
+         *           "liked_by_me": false,
+         *           "visibility": "public",
+         *           "width": 1024,
+         *           "height": 1024,
+         *           "model": "gemini-3.1-flash-image",
+         *           "pack_id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *           "mine": true
+         *         }
+         *       ],
+         *       "next_cursor": "eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0"
+         *     }
+         */
         ImagePage: {
             /**
              * Next Cursor
@@ -1256,7 +1403,12 @@ export interface components {
              */
             image_id: string;
         };
-        /** ImageUpdate */
+        /**
+         * ImageUpdate
+         * @example {
+         *       "visibility": "public"
+         *     }
+         */
         ImageUpdate: {
             /**
              * Visibility
@@ -1264,7 +1416,41 @@ export interface components {
              */
             visibility: "private" | "public";
         };
-        /** Job */
+        /**
+         * Job
+         * @example {
+         *       "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *       "status": "completed",
+         *       "progress": 100,
+         *       "kind": "generate",
+         *       "prompt": "a watercolor fox, flat icon",
+         *       "model": "gemini-3.1-flash-image",
+         *       "error": null,
+         *       "image": {
+         *         "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *         "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *         "width": 1024,
+         *         "height": 1024,
+         *         "model": "gemini-3.1-flash-image"
+         *       },
+         *       "created_at": "2026-05-04T09:12:03.418Z",
+         *       "updated_at": "2026-05-04T09:12:11.902Z",
+         *       "completed_at": "2026-05-04T09:12:11.902Z"
+         *     }
+         * @example {
+         *       "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *       "status": "pending",
+         *       "progress": 0,
+         *       "kind": "generate",
+         *       "prompt": "a watercolor fox, flat icon",
+         *       "model": null,
+         *       "error": null,
+         *       "image": null,
+         *       "created_at": "2026-05-04T09:12:03.418Z",
+         *       "updated_at": "2026-05-04T09:12:03.418Z",
+         *       "completed_at": null
+         *     }
+         */
         Job: {
             /**
              * Id
@@ -1320,7 +1506,16 @@ export interface components {
             /** Count */
             count: number;
         };
-        /** JobImage */
+        /**
+         * JobImage
+         * @example {
+         *       "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *       "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *       "width": 1024,
+         *       "height": 1024,
+         *       "model": "gemini-3.1-flash-image"
+         *     }
+         */
         JobImage: {
             /**
              * Id
@@ -1339,7 +1534,27 @@ export interface components {
             /** Model */
             model: string | null;
         };
-        /** JobPage */
+        /**
+         * JobPage
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "status": "pending",
+         *           "progress": 0,
+         *           "kind": "generate",
+         *           "prompt": "a watercolor fox, flat icon",
+         *           "model": null,
+         *           "error": null,
+         *           "image": null,
+         *           "created_at": "2026-05-04T09:12:03.418Z",
+         *           "updated_at": "2026-05-04T09:12:03.418Z",
+         *           "completed_at": null
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         JobPage: {
             /**
              * Next Cursor
@@ -1367,7 +1582,19 @@ export interface components {
             /** By Status And Model */
             by_status_and_model: components["schemas"]["JobCount"][];
         };
-        /** LedgerEntry */
+        /**
+         * LedgerEntry
+         * @example {
+         *       "id": 1042,
+         *       "delta": -1,
+         *       "reason": "generate",
+         *       "job_id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *       "source_id": null,
+         *       "balance_after": 4,
+         *       "note": null,
+         *       "created_at": "2026-05-04T09:12:03.418Z"
+         *     }
+         */
         LedgerEntry: {
             /** Id */
             id: number;
@@ -1396,7 +1623,34 @@ export interface components {
              */
             created_at: string;
         };
-        /** LedgerPage */
+        /**
+         * LedgerPage
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": 1042,
+         *           "delta": -1,
+         *           "reason": "generate",
+         *           "job_id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "source_id": null,
+         *           "balance_after": 4,
+         *           "note": null,
+         *           "created_at": "2026-05-04T09:12:03.418Z"
+         *         },
+         *         {
+         *           "id": 1001,
+         *           "delta": 5,
+         *           "reason": "signup",
+         *           "job_id": null,
+         *           "source_id": null,
+         *           "balance_after": 5,
+         *           "note": null,
+         *           "created_at": "2026-05-01T08:00:12.051Z"
+         *         }
+         *       ],
+         *       "next_cursor": "eyJpZCI6MTAwMX0"
+         *     }
+         */
         LedgerPage: {
             /**
              * Next Cursor
@@ -1406,14 +1660,35 @@ export interface components {
             /** Items */
             items: components["schemas"]["LedgerEntry"][];
         };
-        /** LikeState */
+        /**
+         * LikeState
+         * @example {
+         *       "liked": true,
+         *       "likes_count": 4
+         *     }
+         */
         LikeState: {
             /** Liked */
             liked: boolean;
             /** Likes Count */
             likes_count: number;
         };
-        /** Me */
+        /**
+         * Me
+         * @example {
+         *       "id": "user_2abcDEF",
+         *       "email": "ada@example.com",
+         *       "credits": 4,
+         *       "created_at": "2026-05-01T08:00:12.051Z",
+         *       "subscription": {
+         *         "status": "Pro",
+         *         "price_id": "price_1PqRsT2eZvKYlo2C8pro",
+         *         "current_period_end": "2026-06-01T00:00:00Z",
+         *         "stripe_status": "active",
+         *         "cancel_at_period_end": false
+         *       }
+         *     }
+         */
         Me: {
             /**
              * Id
@@ -1438,7 +1713,18 @@ export interface components {
             /** @description The subscriptions row (made by the app, or at the first checkout), or null for a user who has neither. */
             subscription: components["schemas"]["Subscription"] | null;
         };
-        /** Pack */
+        /**
+         * Pack
+         * @example {
+         *       "id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *       "name": "Forest animals",
+         *       "style_prompt": "flat watercolor icon, soft pastel palette, white background",
+         *       "cover_image_id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *       "icon_count": 12,
+         *       "created_at": "2026-05-01T08:03:55.270Z",
+         *       "updated_at": "2026-05-04T09:12:11.902Z"
+         *     }
+         */
         Pack: {
             /**
              * Id
@@ -1464,7 +1750,13 @@ export interface components {
              */
             updated_at: string;
         };
-        /** PackCreate */
+        /**
+         * PackCreate
+         * @example {
+         *       "name": "Forest animals",
+         *       "style_prompt": "flat watercolor icon, soft pastel palette, white background"
+         *     }
+         */
         PackCreate: {
             /** Name */
             name: string;
@@ -1474,7 +1766,35 @@ export interface components {
              */
             style_prompt?: string | null;
         };
-        /** PackDetail */
+        /**
+         * PackDetail
+         * @example {
+         *       "id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *       "name": "Forest animals",
+         *       "style_prompt": "flat watercolor icon, soft pastel palette, white background",
+         *       "cover_image_id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *       "icon_count": 12,
+         *       "created_at": "2026-05-01T08:03:55.270Z",
+         *       "updated_at": "2026-05-04T09:12:11.902Z",
+         *       "icons": [
+         *         {
+         *           "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *           "image_url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *           "prompt": "a watercolor fox, flat icon",
+         *           "created_at": "2026-05-04T09:12:11.902Z",
+         *           "likes_count": 3,
+         *           "liked_by_me": false,
+         *           "visibility": "public",
+         *           "width": 1024,
+         *           "height": 1024,
+         *           "model": "gemini-3.1-flash-image",
+         *           "pack_id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *           "mine": true
+         *         }
+         *       ],
+         *       "icons_next_cursor": "eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0"
+         *     }
+         */
         PackDetail: {
             /**
              * Id
@@ -1539,7 +1859,48 @@ export interface components {
              */
             visibility?: "private" | "public";
         };
-        /** PackGenerationSet */
+        /**
+         * PackGenerationSet
+         * @example {
+         *       "id": "b2d4f6a8-0c1e-4a3c-9e5b-7d9f1b3d5f7a",
+         *       "pack_id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *       "jobs": [
+         *         {
+         *           "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "status": "completed",
+         *           "progress": 100,
+         *           "kind": "generate",
+         *           "prompt": "a rocket",
+         *           "model": "gemini-3.1-flash-image",
+         *           "error": null,
+         *           "image": {
+         *             "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *             "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *             "width": 1024,
+         *             "height": 1024,
+         *             "model": "gemini-3.1-flash-image"
+         *           },
+         *           "created_at": "2026-05-04T09:12:03.418Z",
+         *           "updated_at": "2026-05-04T09:12:11.902Z",
+         *           "completed_at": "2026-05-04T09:12:11.902Z"
+         *         },
+         *         {
+         *           "id": "6a8c0e2b-4d6f-4b8a-9c1e-3f5a7c9e1b3d",
+         *           "status": "running",
+         *           "progress": 60,
+         *           "kind": "generate",
+         *           "prompt": "a planet",
+         *           "model": null,
+         *           "error": null,
+         *           "image": null,
+         *           "created_at": "2026-05-04T09:12:03.418Z",
+         *           "updated_at": "2026-05-04T09:12:03.418Z",
+         *           "completed_at": null
+         *         }
+         *       ],
+         *       "finished": false
+         *     }
+         */
         PackGenerationSet: {
             /**
              * Id
@@ -1563,7 +1924,12 @@ export interface components {
              */
             finished: boolean;
         };
-        /** PackIconAdd */
+        /**
+         * PackIconAdd
+         * @example {
+         *       "image_id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a"
+         *     }
+         */
         PackIconAdd: {
             /**
              * Image Id
@@ -1571,7 +1937,23 @@ export interface components {
              */
             image_id: string;
         };
-        /** PackPage */
+        /**
+         * PackPage
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e",
+         *           "name": "Forest animals",
+         *           "style_prompt": "flat watercolor icon, soft pastel palette, white background",
+         *           "cover_image_id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *           "icon_count": 12,
+         *           "created_at": "2026-05-01T08:03:55.270Z",
+         *           "updated_at": "2026-05-04T09:12:11.902Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         PackPage: {
             /**
              * Next Cursor
@@ -1584,6 +1966,10 @@ export interface components {
         /**
          * PackUpdate
          * @description Only the fields sent change; send null to clear style_prompt or cover_image_id.
+         * @example {
+         *       "name": "Woodland animals",
+         *       "cover_image_id": null
+         *     }
          */
         PackUpdate: {
             /** Name */
@@ -1593,12 +1979,22 @@ export interface components {
             /** Cover Image Id */
             cover_image_id?: string | null;
         };
-        /** PortalCreate */
+        /**
+         * PortalCreate
+         * @example {
+         *       "return_url": "https://app.example.com/settings"
+         *     }
+         */
         PortalCreate: {
             /** Return Url */
             return_url?: string | null;
         };
-        /** PortalSession */
+        /**
+         * PortalSession
+         * @example {
+         *       "url": "https://billing.stripe.com/p/session/test_YWNjdF8xTjJhYmM"
+         *     }
+         */
         PortalSession: {
             /**
              * Url
@@ -1636,7 +2032,19 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
-        /** Product */
+        /**
+         * Product
+         * @example {
+         *       "id": "credits_50",
+         *       "mode": "payment",
+         *       "credits": 50
+         *     }
+         * @example {
+         *       "id": "pro",
+         *       "mode": "subscription",
+         *       "credits": 200
+         *     }
+         */
         Product: {
             /**
              * Id
@@ -1656,12 +2064,38 @@ export interface components {
              */
             credits: number;
         };
-        /** ProductList */
+        /**
+         * ProductList
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "credits_50",
+         *           "mode": "payment",
+         *           "credits": 50
+         *         },
+         *         {
+         *           "id": "pro",
+         *           "mode": "subscription",
+         *           "credits": 200
+         *         }
+         *       ]
+         *     }
+         */
         ProductList: {
             /** Items */
             items: components["schemas"]["Product"][];
         };
-        /** Prompt */
+        /**
+         * Prompt
+         * @example {
+         *       "id": "4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f",
+         *       "title": "Fox icons",
+         *       "prompt_text": "a watercolor fox, flat icon, soft pastel background",
+         *       "thumbnail_url": null,
+         *       "secondary_image_url": null,
+         *       "created_at": "2026-05-02T17:40:26.113Z"
+         *     }
+         */
         Prompt: {
             /**
              * Id
@@ -1682,7 +2116,13 @@ export interface components {
              */
             created_at: string;
         };
-        /** PromptCreate */
+        /**
+         * PromptCreate
+         * @example {
+         *       "prompt_text": "a watercolor fox, flat icon, soft pastel background",
+         *       "title": "Fox icons"
+         *     }
+         */
         PromptCreate: {
             /** Prompt Text */
             prompt_text: string;
@@ -1693,7 +2133,22 @@ export interface components {
             /** Secondary Image Url */
             secondary_image_url?: string | null;
         };
-        /** PromptPage */
+        /**
+         * PromptPage
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f",
+         *           "title": "Fox icons",
+         *           "prompt_text": "a watercolor fox, flat icon, soft pastel background",
+         *           "thumbnail_url": null,
+         *           "secondary_image_url": null,
+         *           "created_at": "2026-05-02T17:40:26.113Z"
+         *         }
+         *       ],
+         *       "next_cursor": null
+         *     }
+         */
         PromptPage: {
             /**
              * Next Cursor
@@ -1706,6 +2161,9 @@ export interface components {
         /**
          * PromptUpdate
          * @description Only the fields sent change; send null to clear an optional one.
+         * @example {
+         *       "title": "Fox icons, pastel"
+         *     }
          */
         PromptUpdate: {
             /** Prompt Text */
@@ -1717,7 +2175,52 @@ export interface components {
             /** Secondary Image Url */
             secondary_image_url?: string | null;
         };
-        /** Stats */
+        /**
+         * Stats
+         * @example {
+         *       "since": "2026-04-27T09:00:00Z",
+         *       "until": "2026-05-04T09:00:00Z",
+         *       "users": {
+         *         "total": 1840,
+         *         "signups": 112,
+         *         "erased": 3
+         *       },
+         *       "jobs": {
+         *         "total": 5230,
+         *         "by_status": {
+         *           "completed": 5012,
+         *           "failed": 171,
+         *           "running": 31,
+         *           "pending": 16
+         *         },
+         *         "by_model": {
+         *           "gemini-3.1-flash-image": 4890,
+         *           "fal-ai/flux/dev": 293,
+         *           "none": 47
+         *         },
+         *         "by_status_and_model": [
+         *           {
+         *             "status": "completed",
+         *             "model": "gemini-3.1-flash-image",
+         *             "count": 4731
+         *           },
+         *           {
+         *             "status": "failed",
+         *             "model": null,
+         *             "count": 47
+         *           }
+         *         ]
+         *       },
+         *       "credits": {
+         *         "spent": 5059,
+         *         "refunded": 171,
+         *         "sold": 9200,
+         *         "admin_net": 40
+         *       },
+         *       "failure_rate": 0.033,
+         *       "refund_rate": 0.0327
+         *     }
+         */
         Stats: {
             /**
              * Since
@@ -1746,6 +2249,13 @@ export interface components {
         /**
          * Subscription
          * @description The shared `subscriptions` row as the mobile app reads it, and Stripe's own words.
+         * @example {
+         *       "status": "Pro",
+         *       "price_id": "price_1PqRsT2eZvKYlo2C8pro",
+         *       "current_period_end": "2026-06-01T00:00:00Z",
+         *       "stripe_status": "active",
+         *       "cancel_at_period_end": false
+         *     }
          */
         Subscription: {
             /**
@@ -1770,7 +2280,16 @@ export interface components {
              */
             cancel_at_period_end: boolean;
         };
-        /** Upload */
+        /**
+         * Upload
+         * @example {
+         *       "upload_key": "uploads/user_2abcDEF/0b7c4e1f9a2d4c6b8e3f5a7d9c1b2e4f.png",
+         *       "content_type": "image/png",
+         *       "width": 1024,
+         *       "height": 768,
+         *       "size": 482113
+         *     }
+         */
         Upload: {
             /**
              * Upload Key
@@ -1797,7 +2316,7 @@ export interface components {
             /**
              * Upload Key
              * @description A key `POST /v1/uploads` returned.
-             * @example uploads/user_2abc/0b7c…e1.png
+             * @example uploads/user_2abcDEF/0b7c4e1f9a2d4c6b8e3f5a7d9c1b2e4f.png
              */
             upload_key: string;
         };
@@ -1819,7 +2338,21 @@ export interface components {
              */
             erased: number;
         };
-        /** WebhookAttempt */
+        /**
+         * WebhookAttempt
+         * @example {
+         *       "attempted_at": "2026-05-04T09:12:12.310Z",
+         *       "status_code": 503,
+         *       "error": "The endpoint answered 503.",
+         *       "duration_ms": 212
+         *     }
+         * @example {
+         *       "attempted_at": "2026-05-04T09:12:17.488Z",
+         *       "status_code": 200,
+         *       "error": null,
+         *       "duration_ms": 87
+         *     }
+         */
         WebhookAttempt: {
             /**
              * Attempted At
@@ -1836,7 +2369,32 @@ export interface components {
             /** Duration Ms */
             duration_ms: number;
         };
-        /** WebhookDelivery */
+        /**
+         * WebhookDelivery
+         * @example {
+         *       "id": "e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e",
+         *       "type": "job.completed",
+         *       "job_id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *       "status": "delivered",
+         *       "attempts": [
+         *         {
+         *           "attempted_at": "2026-05-04T09:12:12.310Z",
+         *           "status_code": 503,
+         *           "error": "The endpoint answered 503.",
+         *           "duration_ms": 212
+         *         },
+         *         {
+         *           "attempted_at": "2026-05-04T09:12:17.488Z",
+         *           "status_code": 200,
+         *           "error": null,
+         *           "duration_ms": 87
+         *         }
+         *       ],
+         *       "next_attempt_at": null,
+         *       "delivered_at": "2026-05-04T09:12:17.575Z",
+         *       "created_at": "2026-05-04T09:12:11.902Z"
+         *     }
+         */
         WebhookDelivery: {
             /**
              * Id
@@ -1871,12 +2429,52 @@ export interface components {
              */
             created_at: string;
         };
-        /** WebhookDeliveryList */
+        /**
+         * WebhookDeliveryList
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e",
+         *           "type": "job.completed",
+         *           "job_id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *           "status": "delivered",
+         *           "attempts": [
+         *             {
+         *               "attempted_at": "2026-05-04T09:12:12.310Z",
+         *               "status_code": 503,
+         *               "error": "The endpoint answered 503.",
+         *               "duration_ms": 212
+         *             },
+         *             {
+         *               "attempted_at": "2026-05-04T09:12:17.488Z",
+         *               "status_code": 200,
+         *               "error": null,
+         *               "duration_ms": 87
+         *             }
+         *           ],
+         *           "next_attempt_at": null,
+         *           "delivered_at": "2026-05-04T09:12:17.575Z",
+         *           "created_at": "2026-05-04T09:12:11.902Z"
+         *         }
+         *       ]
+         *     }
+         */
         WebhookDeliveryList: {
             /** Items */
             items: components["schemas"]["WebhookDelivery"][];
         };
-        /** WebhookEndpoint */
+        /**
+         * WebhookEndpoint
+         * @example {
+         *       "id": "7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b",
+         *       "url": "https://example.com/hooks",
+         *       "events": [
+         *         "job.completed",
+         *         "job.failed"
+         *       ],
+         *       "created_at": "2026-05-03T14:25:40.019Z"
+         *     }
+         */
         WebhookEndpoint: {
             /**
              * Id
@@ -1896,10 +2494,10 @@ export interface components {
         /**
          * WebhookEndpointCreate
          * @example {
+         *       "url": "https://example.com/hooks",
          *       "events": [
          *         "job.completed"
-         *       ],
-         *       "url": "https://example.com/hooks"
+         *       ]
          *     }
          */
         WebhookEndpointCreate: {
@@ -1914,12 +2512,39 @@ export interface components {
              */
             events: ("job.completed" | "job.failed")[];
         };
-        /** WebhookEndpointList */
+        /**
+         * WebhookEndpointList
+         * @example {
+         *       "items": [
+         *         {
+         *           "id": "7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b",
+         *           "url": "https://example.com/hooks",
+         *           "events": [
+         *             "job.completed",
+         *             "job.failed"
+         *           ],
+         *           "created_at": "2026-05-03T14:25:40.019Z"
+         *         }
+         *       ]
+         *     }
+         */
         WebhookEndpointList: {
             /** Items */
             items: components["schemas"]["WebhookEndpoint"][];
         };
-        /** WebhookEndpointWithSecret */
+        /**
+         * WebhookEndpointWithSecret
+         * @example {
+         *       "id": "7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b",
+         *       "url": "https://example.com/hooks",
+         *       "events": [
+         *         "job.completed",
+         *         "job.failed"
+         *       ],
+         *       "created_at": "2026-05-03T14:25:40.019Z",
+         *       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="
+         *     }
+         */
         WebhookEndpointWithSecret: {
             /**
              * Id
@@ -1941,7 +2566,13 @@ export interface components {
              */
             secret: string;
         };
-        /** WebhookReceipt */
+        /**
+         * WebhookReceipt
+         * @example {
+         *       "received": true,
+         *       "outcome": "processed"
+         *     }
+         */
         WebhookReceipt: {
             /**
              * Received
@@ -2361,6 +2992,21 @@ export interface components {
         /**
          * JobEvent
          * @description The job as it is now: sent first, then at every change, the last once it has ended.
+         * @example {
+         *       "data": "{\"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 0, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"pending\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "event": "job",
+         *       "id": "0"
+         *     }
+         * @example {
+         *       "data": "{\"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 60, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"running\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "event": "job",
+         *       "id": "60"
+         *     }
+         * @example {
+         *       "data": "{\"completed_at\": \"2026-05-04T09:12:11.902Z\", \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": {\"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"model\": \"gemini-3.1-flash-image\", \"url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"width\": 1024}, \"kind\": \"generate\", \"model\": \"gemini-3.1-flash-image\", \"progress\": 100, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"completed\", \"updated_at\": \"2026-05-04T09:12:11.902Z\"}",
+         *       "event": "job",
+         *       "id": "100"
+         *     }
          */
         JobEvent: {
             /**
@@ -2383,6 +3029,11 @@ export interface components {
         /**
          * FeedReady
          * @description Subscribed: what is published from now on arrives.
+         * @example {
+         *       "data": "{\"user_id\": \"user_2abcDEF\"}",
+         *       "event": "ready",
+         *       "id": "ready-0f2d4b6a-8c1e-4a3b-9d5f-7e9a1c3b5d7f"
+         *     }
          */
         FeedReady: {
             /**
@@ -2400,6 +3051,11 @@ export interface components {
         /**
          * FeedImage
          * @description A new public image, as a feed item.
+         * @example {
+         *       "data": "{\"created_at\": \"2026-05-04T09:12:11.902Z\", \"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"image_url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"liked_by_me\": false, \"likes_count\": 0, \"mine\": false, \"model\": \"gemini-3.1-flash-image\", \"pack_id\": \"c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e\", \"prompt\": \"a watercolor fox, flat icon\", \"visibility\": \"public\", \"width\": 1024}",
+         *       "event": "image",
+         *       "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a"
+         *     }
          */
         FeedImage: {
             /**
@@ -2428,6 +3084,10 @@ export interface components {
         /**
          * FeedLikes
          * @description An image's like count changed.
+         * @example {
+         *       "data": "{\"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"likes_count\": 1}",
+         *       "event": "likes"
+         *     }
          */
         FeedLikes: {
             /**
@@ -2448,6 +3108,10 @@ export interface components {
         /**
          * FeedRemoved
          * @description A public image was deleted or made private: drop it from the list.
+         * @example {
+         *       "data": "{\"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\"}",
+         *       "event": "removed"
+         *     }
          */
         FeedRemoved: {
             /**
@@ -2462,6 +3126,10 @@ export interface components {
         /**
          * FeedResync
          * @description Events were missed (or this is a reconnect): fetch `/v1/feed` again.
+         * @example {
+         *       "data": "{}",
+         *       "event": "resync"
+         *     }
          */
         FeedResync: {
             /**
@@ -2580,6 +3248,12 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example # HELP atelier_credits_spent_total Credits debited for work, by kind.
+                     *     # TYPE atelier_credits_spent_total counter
+                     *     atelier_credits_spent_total{kind="generate"} 1027.0
+                     *     atelier_credits_spent_total{kind="edit"} 88.0
+                     */
                     "text/plain; version=1.0.0; charset=utf-8": unknown;
                 };
             };
@@ -2636,6 +3310,23 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example {
+                     *       "keys": [
+                     *         {
+                     *           "kty": "RSA",
+                     *           "key_ops": [
+                     *             "verify"
+                     *           ],
+                     *           "n": "vDPcPMUj4x6lisiVDmUFSzGUNV3kJEqB9D_ImrLh9BC47M9hmx4Ey-rwpXOGLCmIZFcbP4r1WkflHXJjWQG9K7O7td3IhKrSKhKHMd3iQAgOPVb4V2Z4gHLEubhh0bg5xkY72ikOw2D0fUzrxGpvvDfw4vF-_uEgM9igYIPLKPz2BbzRTh1y6ISBENrnaxeCHh2UQF2NBD3v9pkfVa_aZ8YnKvhELTmApRCpQ_Ih-xDZwJGIw_TAyhPLYewrwyTMmo4hCCxBCct450BMgPHMYJa0fxgxvQjWexDZwdnTrMB-gKkF-CNDsn0XLZeCEZZdDuMAhmrGEds4BSqaboaiZQ",
+                     *           "e": "AQAB",
+                     *           "kid": "dev-9ac874570d3d2aab",
+                     *           "use": "sig",
+                     *           "alg": "RS256"
+                     *         }
+                     *       ]
+                     *     }
+                     */
                     "application/json": {
                         [key: string]: unknown;
                     };
@@ -2792,9 +3483,15 @@ export interface operations {
     list_credit_ledger: {
         parameters: {
             query?: {
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJpZCI6MTAwMX0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
             };
             header?: never;
@@ -2872,7 +3569,9 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @example 0b1e6c2a-7d4f-4e9b-8a3c-5f2d9e1b7c40 */
                 "idempotency-key"?: string | null;
+                /** @example wait=10 */
                 prefer?: string | null;
             };
             path?: never;
@@ -3035,11 +3734,23 @@ export interface operations {
     list_jobs: {
         parameters: {
             query?: {
-                /** @description Only jobs in these states: `status=pending&status=running`. */
+                /**
+                 * @description Only jobs in these states: `status=pending&status=running`.
+                 * @example [
+                 *       "pending",
+                 *       "running"
+                 *     ]
+                 */
                 status?: ("pending" | "running" | "completed" | "failed")[] | null;
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
             };
             header?: never;
@@ -3118,6 +3829,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f */
                 job_id: string;
             };
             cookie?: never;
@@ -3194,6 +3906,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f */
                 job_id: string;
             };
             cookie?: never;
@@ -3206,6 +3919,19 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example event: job
+                     *     id: 0
+                     *     data: {"completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 0, "prompt": "a watercolor fox, flat icon", "status": "pending", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *
+                     *     event: job
+                     *     id: 60
+                     *     data: {"completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 60, "prompt": "a watercolor fox, flat icon", "status": "running", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *
+                     *     event: job
+                     *     id: 100
+                     *     data: {"completed_at": "2026-05-04T09:12:11.902Z", "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": {"height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "model": "gemini-3.1-flash-image", "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "width": 1024}, "kind": "generate", "model": "gemini-3.1-flash-image", "progress": 100, "prompt": "a watercolor fox, flat icon", "status": "completed", "updated_at": "2026-05-04T09:12:11.902Z"}
+                     */
                     "text/event-stream": unknown;
                 };
             };
@@ -3373,11 +4099,20 @@ export interface operations {
     list_my_images: {
         parameters: {
             query?: {
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
-                /** @description Only this pack's icons. */
+                /**
+                 * @description Only this pack's icons.
+                 * @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e
+                 */
                 pack_id?: string | null;
             };
             header?: never;
@@ -3454,9 +4189,15 @@ export interface operations {
     list_feed: {
         parameters: {
             query?: {
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
             };
             header?: never;
@@ -3534,6 +4275,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @example ready-0f2d4b6a-8c1e-4a3b-9d5f-7e9a1c3b5d7f */
                 "last-event-id"?: string | null;
             };
             path?: never;
@@ -3547,6 +4289,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    /**
+                     * @example event: ready
+                     *     id: ready-0f2d4b6a-8c1e-4a3b-9d5f-7e9a1c3b5d7f
+                     *     data: {"user_id": "user_2abcDEF"}
+                     *
+                     *     event: image
+                     *     id: 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a
+                     *     data: {"created_at": "2026-05-04T09:12:11.902Z", "height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "image_url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "liked_by_me": false, "likes_count": 0, "mine": false, "model": "gemini-3.1-flash-image", "pack_id": "c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e", "prompt": "a watercolor fox, flat icon", "visibility": "public", "width": 1024}
+                     *
+                     *     event: likes
+                     *     data: {"id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "likes_count": 1}
+                     *
+                     *     event: removed
+                     *     data: {"id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a"}
+                     *
+                     *     event: resync
+                     *     data: {}
+                     */
                     "text/event-stream": unknown;
                 };
             };
@@ -3602,6 +4362,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -3678,6 +4439,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -3752,6 +4514,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -3839,11 +4602,15 @@ export interface operations {
     download_image: {
         parameters: {
             query?: {
-                /** @description false: answer the URL as JSON */
+                /**
+                 * @description false: answer the URL as JSON
+                 * @example false
+                 */
                 redirect?: boolean;
             };
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -3927,6 +4694,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -4003,6 +4771,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -4077,9 +4846,15 @@ export interface operations {
     list_prompts: {
         parameters: {
             query?: {
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
             };
             header?: never;
@@ -4238,6 +5013,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f */
                 prompt_id: string;
             };
             cookie?: never;
@@ -4314,6 +5090,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f */
                 prompt_id: string;
             };
             cookie?: never;
@@ -4388,6 +5165,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 4e6a8c0b-2d4f-4b6a-9c8e-0a2c4e6b8d1f */
                 prompt_id: string;
             };
             cookie?: never;
@@ -4475,9 +5253,15 @@ export interface operations {
     list_packs: {
         parameters: {
             query?: {
-                /** @description From `next_cursor` (base64url, at most 300 characters). */
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
                 cursor?: string | null;
-                /** @description How many items a page holds. */
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
                 limit?: number;
             };
             header?: never;
@@ -4634,11 +5418,15 @@ export interface operations {
     get_pack: {
         parameters: {
             query?: {
-                /** @description How many icons to include. */
+                /**
+                 * @description How many icons to include.
+                 * @example 50
+                 */
                 icons_limit?: number;
             };
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -4715,6 +5503,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -4789,6 +5578,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -4878,6 +5668,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -4965,7 +5756,9 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -5039,9 +5832,11 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @example 0b1e6c2a-7d4f-4e9b-8a3c-5f2d9e1b7c40 */
                 "idempotency-key"?: string | null;
             };
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -5192,7 +5987,9 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
+                /** @example b2d4f6a8-0c1e-4a3c-9e5b-7d9f1b3d5f7a */
                 set_id: string;
             };
             cookie?: never;
@@ -5267,11 +6064,15 @@ export interface operations {
     export_pack: {
         parameters: {
             query?: {
-                /** @description The archive's format. */
+                /**
+                 * @description The archive's format.
+                 * @example zip
+                 */
                 format?: "zip";
             };
             header?: never;
             path: {
+                /** @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e */
                 pack_id: string;
             };
             cookie?: never;
@@ -5348,13 +6149,20 @@ export interface operations {
     get_file: {
         parameters: {
             query: {
-                /** @description Expiry, in Unix seconds, as signed. */
+                /**
+                 * @description Expiry, in Unix seconds, as signed.
+                 * @example 1777886223
+                 */
                 exp: number;
-                /** @description HMAC-SHA256 of key and exp. */
+                /**
+                 * @description HMAC-SHA256 of key and exp.
+                 * @example 9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a
+                 */
                 sig: string;
             };
             header?: never;
             path: {
+                /** @example generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png */
                 key: string;
             };
             cookie?: never;
@@ -5432,10 +6240,14 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description Retrying with the same key applies it once. */
+                /**
+                 * @description Retrying with the same key applies it once.
+                 * @example 0b1e6c2a-7d4f-4e9b-8a3c-5f2d9e1b7c40
+                 */
                 "idempotency-key"?: string | null;
             };
             path: {
+                /** @example user_2abcDEF */
                 user_id: string;
             };
             cookie?: never;
@@ -5543,6 +6355,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example user_2abcDEF */
                 user_id: string;
             };
             cookie?: never;
@@ -5626,9 +6439,15 @@ export interface operations {
     admin_get_stats: {
         parameters: {
             query?: {
-                /** @description The last N days. */
+                /**
+                 * @description The last N days.
+                 * @example 7
+                 */
                 days?: number | null;
-                /** @description From this time (with a time zone) until now. */
+                /**
+                 * @description From this time (with a time zone) until now.
+                 * @example 2026-04-27T09:00:00Z
+                 */
                 since?: string | null;
             };
             header?: never;
@@ -5707,6 +6526,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a */
                 image_id: string;
             };
             cookie?: never;
@@ -6311,6 +7131,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 2b7e1c4a-9d3f-4e8b-a6c0-5f1d3b7e9a2c */
                 key_id: string;
             };
             cookie?: never;
@@ -6528,6 +7349,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b */
                 endpoint_id: string;
             };
             cookie?: never;
@@ -6602,6 +7424,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b */
                 endpoint_id: string;
             };
             cookie?: never;
@@ -6678,6 +7501,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @example 7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b */
                 endpoint_id: string;
             };
             cookie?: never;

@@ -1,0 +1,228 @@
+"""The docs stand alone: every operation of the OpenAPI document has a request example (a curl
+sample, and examples of its parameters and body) and response examples (its success answer and
+every problem it documents), and every example in the document is valid under its schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from app.config import Settings
+from app.errors import PROBLEM_JSON, PROBLEM_TYPES
+from app.main import create_app
+from app.openapi_examples import EVENT_STREAM, media_example
+
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+# Subschemas, by the keywords that hold one, a list of them, or a map of them.
+ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contentSchema")
+MANY = ("anyOf", "oneOf", "allOf", "prefixItems")
+MAP = ("properties", "$defs", "patternProperties")
+
+Spec = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    document: Spec = create_app(Settings(_env_file=None)).openapi()
+    return document
+
+
+def operations(spec: Spec) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, item in spec["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield f"{method.upper()} {path}", item[method]
+
+
+def _is_file(schema: dict[str, Any]) -> bool:
+    return schema.get("format") == "binary" or "contentMediaType" in schema
+
+
+def _has_example(spec: Spec, media: dict[str, Any]) -> bool:
+    return media_example(spec, media) is not None
+
+
+def lacking_examples(spec: Spec) -> list[str]:
+    """What each operation lacks: a curl sample, a parameter's or the body's example, an
+    example of its success answer or of each problem it documents."""
+    missing: list[str] = []
+    for label, operation in operations(spec):
+        samples = operation.get("x-codeSamples") or []
+        if not any(s.get("lang") == "Shell" and "curl" in s.get("source", "") for s in samples):
+            missing.append(f"{label}: no curl sample (x-codeSamples)")
+        for parameter in operation.get("parameters", []):
+            if "example" not in parameter and "examples" not in parameter:
+                missing.append(f"{label}: no example of parameter {parameter['name']}")
+        for media_type, media in operation.get("requestBody", {}).get("content", {}).items():
+            if media_type == "multipart/form-data":  # a file: the curl sample's -F shows it
+                if not any("-F " in s.get("source", "") for s in samples):
+                    missing.append(f"{label}: no example of its {media_type} body")
+            elif not _has_example(spec, media):
+                missing.append(f"{label}: no example of its {media_type} body")
+        for status, response in operation["responses"].items():
+            for media_type, media in response.get("content", {}).items():
+                if str(status).startswith("2") and _is_file(media.get("schema", {})):
+                    continue  # bytes: the curl sample saves them (-OJ)
+                if media_type == PROBLEM_JSON:
+                    shown = {e["value"]["type"] for e in media.get("examples", {}).values()}
+                    if shown != set(PROBLEM_TYPES[int(status)]):
+                        missing.append(f"{label}: {status} lacks an example of a problem type")
+                elif not _has_example(spec, media):
+                    missing.append(f"{label}: no example of its {status} {media_type} answer")
+    return missing
+
+
+def _nodes(schema: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema within `schema`, itself included, with where it is."""
+    if not isinstance(schema, dict):
+        return
+    yield where, schema
+    for key in ONE:
+        yield from _nodes(schema.get(key), f"{where}.{key}")
+    for key in MANY:
+        for index, branch in enumerate(schema.get(key, ())):
+            yield from _nodes(branch, f"{where}.{key}[{index}]")
+    for key in MAP:
+        for name, branch in schema.get(key, {}).items():
+            yield from _nodes(branch, f"{where}.{key}.{name}")
+
+
+def _errors(spec: Spec, schema: dict[str, Any], instance: Any, where: str) -> list[str]:
+    root = {**schema, "components": spec["components"]}
+    validator = Draft202012Validator(root, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return [
+        f"{where}: {error.message} (at {error.json_path})"
+        for error in validator.iter_errors(instance)
+    ]
+
+
+def _schema_examples(node: dict[str, Any]) -> list[Any]:
+    examples = list(node.get("examples", []))
+    return examples + ([node["example"]] if "example" in node else [])
+
+
+def _media_examples(media: dict[str, Any]) -> list[Any]:
+    named = [example["value"] for example in media.get("examples", {}).values()]
+    return named + ([media["example"]] if "example" in media else [])
+
+
+def parse_stream(text: str) -> list[dict[str, str]]:
+    """The events of an event stream's text (comments and blank lines between them dropped)."""
+    events = []
+    for frame in text.split("\n\n"):
+        fields = [line.partition(":") for line in frame.splitlines() if line[:1] != ":"]
+        if fields:
+            events.append({name: value.removeprefix(" ") for name, _, value in fields})
+    return events
+
+
+def _stream_errors(spec: Spec, media: dict[str, Any], where: str) -> list[str]:
+    item = media["itemSchema"]
+    mapping = item.get("discriminator", {}).get("mapping", {})
+    events = parse_stream(media.get("example", ""))
+    errors = [] if events else [f"{where}: the example holds no event"]
+    for index, event in enumerate(events):
+        at = f"{where} event {index}"
+        errors += _errors(spec, item, event, at)
+        ref = mapping.get(event.get("event", ""), item.get("$ref"))
+        if ref is None:
+            continue
+        model = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        try:
+            data = json.loads(event.get("data", ""))
+        except ValueError:
+            errors.append(f"{at}: data is not JSON")
+            continue
+        errors += _errors(spec, model["properties"]["data"]["contentSchema"], data, at + " data")
+    return errors
+
+
+def invalid_examples(spec: Spec) -> list[str]:
+    """Every example that its schema refuses: in components, parameters and media types,
+    and each event of an event stream's example."""
+    errors: list[str] = []
+    for name, schema in spec["components"]["schemas"].items():
+        for where, node in _nodes(schema, name):
+            for example in _schema_examples(node):
+                errors += _errors(spec, node, example, where)
+    for label, operation in operations(spec):
+        for parameter in operation.get("parameters", []):
+            where = f"{label} parameter {parameter['name']}"
+            for example in _schema_examples(parameter):
+                errors += _errors(spec, parameter["schema"], example, where)
+        media_types = [
+            (f"{label} body {media_type}", media)
+            for media_type, media in operation.get("requestBody", {}).get("content", {}).items()
+        ] + [
+            (f"{label} {status} {media_type}", media)
+            for status, response in operation["responses"].items()
+            for media_type, media in response.get("content", {}).items()
+        ]
+        for where, media in media_types:
+            if "itemSchema" in media:
+                errors += _stream_errors(spec, media, where)
+            elif "schema" in media:
+                for example in _media_examples(media):
+                    errors += _errors(spec, media["schema"], example, where)
+    return errors
+
+
+def test_every_operation_has_request_and_response_examples(spec: Spec) -> None:
+    assert lacking_examples(spec) == []
+
+
+def test_every_example_is_valid_under_its_schema(spec: Spec) -> None:
+    assert invalid_examples(spec) == []
+
+
+def test_every_operation_has_a_curl_sample_that_sends_its_body_and_token(spec: Spec) -> None:
+    generation = spec["paths"]["/v1/generations"]["post"]["x-codeSamples"][0]["source"]
+    assert generation.startswith("curl -X POST http://127.0.0.1:8000/v1/generations")
+    assert '-H "Authorization: Bearer $ATELIER_TOKEN"' in generation
+    assert "-H 'Idempotency-Key: " in generation
+    sent = json.loads(generation.rsplit(" -d ", 1)[1].strip("'"))
+    assert sent == {"prompt": "a watercolor fox, flat icon", "kind": "generate"}
+    health = spec["paths"]["/healthz"]["get"]["x-codeSamples"][0]["source"]
+    assert health == "curl http://127.0.0.1:8000/healthz"  # no token where none is needed
+    upload = spec["paths"]["/v1/uploads"]["post"]["x-codeSamples"][0]["source"]
+    assert "-F file=@icon.png" in upload
+
+
+def test_an_operation_that_loses_an_example_is_named(spec: Spec) -> None:
+    broken = copy.deepcopy(spec)
+    schemas, paths = broken["components"]["schemas"], broken["paths"]
+    del schemas["PromptCreate"]["examples"]
+    del schemas["Me"]["examples"]
+    del paths["/healthz"]["get"]["x-codeSamples"]
+    del paths["/v1/jobs/{job_id}"]["get"]["parameters"][0]["example"]
+    del paths["/v1/images/{image_id}"]["get"]["responses"]["404"]["content"][PROBLEM_JSON][
+        "examples"
+    ]["not-found"]
+    del paths["/v1/feed/events"]["get"]["responses"]["200"]["content"][EVENT_STREAM]["example"]
+    assert lacking_examples(broken) == [
+        "GET /healthz: no curl sample (x-codeSamples)",
+        "GET /v1/me: no example of its 200 application/json answer",
+        "GET /v1/jobs/{job_id}: no example of parameter job_id",
+        "GET /v1/feed/events: no example of its 200 text/event-stream answer",
+        "GET /v1/images/{image_id}: 404 lacks an example of a problem type",
+        "POST /v1/prompts: no example of its application/json body",
+    ]
+
+
+def test_an_example_its_schema_refuses_is_named(spec: Spec) -> None:
+    broken = copy.deepcopy(spec)
+    schemas, paths = broken["components"]["schemas"], broken["paths"]
+    schemas["Job"]["examples"][0]["status"] = "paused"
+    paths["/v1/jobs"]["get"]["parameters"][-1]["example"] = 0  # limit
+    stream = paths["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+    stream[EVENT_STREAM]["example"] = 'event: job\nid: 5\ndata: {"id": 1}\n\n'
+    errors = invalid_examples(broken)
+    assert any(e.startswith("Job: 'paused' is not one of") for e in errors), errors
+    assert any(e.startswith("GET /v1/jobs parameter limit: 0 is less than") for e in errors)
+    assert any(e.startswith("GET /v1/jobs/{job_id}/events 200") for e in errors), errors
+    assert len(errors) >= 3
