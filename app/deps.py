@@ -84,10 +84,7 @@ _bearer = HTTPBearer(
 )
 
 
-async def bearer_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str | None:
+def bearer_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
     """The bearer token sent, if any. HTTPBearer reads the first Authorization header only,
     so a request with several (which one would a proxy or a cache have checked?) is a 400."""
     if len(request.headers.getlist("authorization")) > 1:
@@ -95,17 +92,24 @@ async def bearer_token(
     return credentials.credentials if credentials is not None else None
 
 
-BearerToken = Annotated[str | None, Depends(bearer_token)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def identity(request: Request, token: BearerToken) -> Identity:
-    if token is None:
-        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
-    svc = services_of(request)
+async def _verify(svc: Services, token: str) -> Identity:
     # An API key is recognised by its prefix and never parsed as a JWT.
     if api_keys.is_api_key(token):
         return await svc.api_keys.verify(svc.pool, token)
     return await svc.verifier.verify(token)
+
+
+# The dependencies every authenticated request resolves are kept few and flat (the
+# credentials, then one function): each node FastAPI solves costs several µs a request, and
+# /v1/me is measured against a bare handler (bench/reads.py).
+async def identity(request: Request, credentials: Credentials) -> Identity:
+    token = bearer_token(request, credentials)
+    if token is None:
+        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
+    return await _verify(services_of(request), token)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -132,34 +136,30 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
-async def current_user(who: Annotated[Identity, Depends(identity)], svc: Svc) -> User:
-    """The caller. The token is verified first (dependencies resolve in order), so a request
-    with a bad token, or one waiting for the JWKS, holds no pooled connection; the user is
-    read on a connection of its own, released before a new user's Clerk lookup and before
-    the route's `Conn` is taken (routes name `CurrentUser` before `Conn`)."""
+async def current_user(request: Request, credentials: Credentials) -> User:
+    """The caller. The token is verified first, so a request with a bad token, or one
+    waiting for the JWKS, holds no pooled connection; the user is read on a connection of
+    its own, released before a new user's Clerk lookup and before the route's `Conn` is
+    taken (routes name `CurrentUser` before `Conn`)."""
+    svc = services_of(request)
+    who = await identity(request, credentials)
     return await svc.users.authenticate(svc.pool, who)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-async def stream_user(svc: Svc, who: Annotated[Identity, Depends(identity)]) -> User:
-    """The caller, for long-lived responses: the connection goes back to the pool at once."""
-    return await svc.users.authenticate(svc.pool, who)
+# For long-lived responses: `current_user` already gives its connection back at once.
+StreamUser = CurrentUser
 
 
-StreamUser = Annotated[User, Depends(stream_user)]
-
-
-async def optional_user(svc: Svc, token: BearerToken) -> User | None:
+async def optional_user(request: Request, credentials: Credentials) -> User | None:
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
+    token = bearer_token(request, credentials)
     if token is None:
         return None
-    if api_keys.is_api_key(token):
-        who = await svc.api_keys.verify(svc.pool, token)
-    else:
-        who = await svc.verifier.verify(token)
-    return await svc.users.authenticate(svc.pool, who)
+    svc = services_of(request)
+    return await svc.users.authenticate(svc.pool, await _verify(svc, token))
 
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 # The API answers JSON, SSE and image bytes: none of them may run, embed or load anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 # /docs and /redoc are HTML that loads Swagger UI or ReDoc (and the favicon) from this
@@ -36,31 +34,17 @@ def security_headers(path: str, *, hsts: bool) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-class SecurityHeadersMiddleware:
-    """Add `security_headers` to every HTTP answer, keeping any a route set itself.
+class SecurityHeaders:
+    """`security_headers` for any path, built once (they depend only on whether the path is
+    a docs page). `app.observability.RequestContextMiddleware` adds them to every HTTP
+    answer, keeping any a route set itself.
 
     Starlette sends a 500 from outside every user middleware, so `app.errors` adds the same
     headers to that answer itself."""
 
-    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
-        self.app = app
-        self.hsts = hsts
-        # Built once: the headers depend only on whether the path is a docs page.
+    def __init__(self, *, hsts: bool) -> None:
         self._api = security_headers("/", hsts=hsts)
         self._docs = security_headers(next(iter(DOCS_PATHS)), hsts=hsts)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = self._docs if scope["path"] in DOCS_PATHS else self._api
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(item for item in extra if item[0] not in present)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    def __call__(self, path: str) -> list[tuple[bytes, bytes]]:
+        return self._docs if path in DOCS_PATHS else self._api

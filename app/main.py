@@ -21,7 +21,7 @@ from app import errors, middleware, openapi
 from app.config import Settings
 from app.db import pool as db_pool
 from app.deps import Services
-from app.headers import DOCS_STATIC_URL, SecurityHeadersMiddleware
+from app.headers import DOCS_STATIC_URL, SecurityHeaders
 from app.observability import Metrics, RequestContextMiddleware, serve_metrics
 from app.routers import (
     admin,
@@ -293,7 +293,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Outside CORS, so a HEAD from another origin gets the GET's CORS headers too.
     app.add_middleware(middleware.HeadMiddleware)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
-    # Outermost, so every answer (CORS preflights, 413s, streams, files) carries them.
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env == "production")
+    # Outermost, so every answer (CORS preflights, 413s, streams, files) carries the request
+    # id and the security headers.
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=app.state.metrics,
+        headers=SecurityHeaders(hsts=settings.env == "production"),
+    )
     return app

@@ -8,11 +8,15 @@ head-limited httptools protocol, uvloop) on a fresh database with one user who h
 (bench/bare_app.py) is FastAPI with one handler per path returning what `atelier serve`
 answered there, under the same uvicorn with the same options, and uvicorn's access log on
 (one line per request to stderr, as `atelier serve` writes one); `--bare-quiet` adds a
-second bare server without it. For each path, each server gets a warm-up and then
-`--duration` seconds of wrk (or hey when wrk is missing) with the same connections, one
-server after the other, so both see about the same machine. It prints requests/s, p50 and
-p99 latency, the server's CPU (in all, and per request: on a busy machine the steadier
-figure), and each ratio atelier / bare against the goals of issue 9.
+second bare server without it. A third, `bare+db`, is the bare server that also runs the one
+statement atelier runs on `/v1/me` and `/v1/images` (from `app.db`) before it answers: the
+floor of a handler that reads the database once, which shows how much of the gap to `bare`
+is the database round trip itself (the goals are against `bare`). For each path, each
+server gets a warm-up and then `--duration` seconds of wrk (or hey when wrk is missing) with
+the same connections, one server after the other, so all see about the same machine. It
+prints requests/s, p50 and p99 latency, the server's CPU (in all, and per request: on a
+busy machine the steadier figure), and each ratio atelier / bare against the goals of
+issue 9.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.bare_app import QUERIES
 from bench.common import (
     ATELIER,
     BenchDatabase,
@@ -171,10 +176,11 @@ def measure(
 # -- the run ----------------------------------------------------------------------------------
 
 
-def start_bare(db: BenchDatabase, bodies: Path, port: int, access_log: bool) -> Child:
+def start_bare(db: BenchDatabase, bodies: Path, port: int, name: str) -> Child:
     args = [sys.executable, "-m", "bench.bare_app", "--port", str(port), "--bodies", str(bodies)]
-    args.append("--access-log" if access_log else "--no-access-log")
-    name = "bare" if access_log else "bare-quiet"
+    args.append("--no-access-log" if name == "bare-quiet" else "--access-log")
+    if name == "bare+db":
+        args += ["--database-url", db.url, "--user", USER]
     return Child(args, child_env(db), db.workdir, name)
 
 
@@ -230,15 +236,17 @@ def run(args: argparse.Namespace) -> int:
             assert len(bodies["/v1/images"]["items"]) == PAGE, "seed more images"
             bodies_path = db.workdir / "bodies.json"
             bodies_path.write_text(json.dumps(bodies))
-            variants = [("bare", True)] + ([("bare-quiet", False)] if args.bare_quiet else [])
-            for name, access_log in variants:
+            variants = ["bare", "bare+db"] + (["bare-quiet"] if args.bare_quiet else [])
+            for name in variants:
                 bare_port = free_port()
-                bare = start_bare(db, bodies_path, bare_port, access_log)
+                bare = start_bare(db, bodies_path, bare_port, name)
                 servers[name] = (bare, f"http://127.0.0.1:{bare_port}")
                 wait_bare(bare, servers[name][1])
             results: dict[tuple[str, str], Run] = {}
             for path in PATHS:
                 for name, (child, url) in servers.items():
+                    if name == "bare+db" and path.partition("?")[0] not in QUERIES:
+                        continue  # no statement there: it would measure bare again
                     token_sent = token if name == "atelier" and path != "/healthz" else None
                     results[path, name] = measure(tool, child, url + path, token_sent, args)
             log_lines, other = access_log_summary(atelier.stderr_text())
@@ -278,6 +286,8 @@ def print_results(results: dict[tuple[str, str], Run], names: list[str], log_lin
     print(header + f" {'server CPU':>10} {'CPU/req':>9} {'non-2xx':>8}")
     for path in PATHS:
         for name in names:
+            if (path, name) not in results:
+                continue
             r = results[path, name]
             print(
                 f"{path:<22} {name:<11} {r.rps:>8,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
@@ -287,7 +297,9 @@ def print_results(results: dict[tuple[str, str], Run], names: list[str], log_lin
     for path, goal in PATHS.items():
         atelier = results[path, "atelier"].rps
         ratios = ", ".join(
-            f"/ {name} {atelier / results[path, name].rps:.2f}" for name in names[1:]
+            f"/ {name} {atelier / results[path, name].rps:.2f}"
+            for name in names[1:]
+            if (path, name) in results
         )
         print(f"ratio {path:<22} atelier {ratios}  (goal >= {goal})")
     p99 = results["/v1/me", "atelier"].p99_ms

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections.abc import Callable
 from typing import Protocol
+
+from cachetools import LRUCache
 
 MAX_KEY_LENGTH = 512
 MAX_SEGMENT_LENGTH = 255  # a file name's limit on common file systems (local storage)
@@ -71,6 +75,33 @@ def validate_prefix(prefix: str) -> str:
         raise ValueError(f"a prefix ends with '/': {prefix!r}")
     validate_key(prefix[:-1])
     return prefix
+
+
+class SignedUrls:
+    """Signed URLs handed out again while they stay valid long enough.
+
+    A URL is signed for one and a half times the lifetime asked for and reused while it has
+    at least that lifetime left, so a key keeps one URL for half the lifetime: an R2
+    presign takes 0.2-0.5 ms of the event loop, and a gallery page has 30 of them; and a
+    stable URL keeps the apps' and browsers' image caches hitting. Only touched on the
+    event loop: no lock.
+    """
+
+    def __init__(self, capacity: int = 20_000, clock: Callable[[], float] = time.time) -> None:
+        self._urls: LRUCache[tuple[str, int], tuple[str, float]] = LRUCache(capacity)
+        self._clock = clock
+
+    def get(self, key: str, expires_in: int, sign: Callable[[str, int], str]) -> str:
+        """A URL for `key` valid for at least `expires_in` seconds; `sign(key, seconds)`
+        makes a new one valid for `seconds` when none cached is."""
+        now = self._clock()
+        cached = self._urls.get((key, expires_in))
+        if cached is not None and cached[1] - now >= expires_in:
+            return cached[0]
+        lifetime = expires_in + expires_in // 2
+        url = sign(key, lifetime)
+        self._urls[key, expires_in] = (url, now + lifetime)
+        return url
 
 
 class Storage(Protocol):

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app.core.executors import BlockingPool
 from app.services.storage.base import (
     ObjectNotFound,
+    SignedUrls,
     StorageError,
     validate_key,
     validate_prefix,
@@ -76,6 +77,7 @@ class R2Storage:
             s3={"addressing_style": addressing_style},
         )
         self._io = BlockingPool(workers, "storage-r2")
+        self._urls = SignedUrls()
         # One client for the life of the service: botocore clients are safe across threads.
         self.client: Any = boto3.session.Session().client(
             "s3",
@@ -171,16 +173,18 @@ class R2Storage:
         validate_key(key)
         if self._public_base_url:
             return f"{self._public_base_url}/{key}"
+        return self._urls.get(key, min(expires_in, MAX_PRESIGN_SECONDS * 2 // 3), self._presign)
 
+    def _presign(self, key: str, lifetime: int) -> str:
         # On the loop, not in a thread: with static credentials it is pure Python CPU work
         # (endpoint rules, a canonical request, an HMAC; no network), 0.2-0.5 ms measured
         # on the 2-CPU bench VM. A thread would hold the GIL for as long and add its hop,
-        # and could queue behind hung storage calls.
+        # and could queue behind hung storage calls. `SignedUrls` makes it rare.
         try:
             url: str = self.client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": key},
-                ExpiresIn=max(1, min(expires_in, MAX_PRESIGN_SECONDS)),
+                ExpiresIn=max(1, min(lifetime, MAX_PRESIGN_SECONDS)),
             )
         except BotoCoreError as exc:
             raise StorageError(f"R2 presign {key!r} failed: {exc}") from exc
