@@ -191,7 +191,8 @@ class Settings(BaseSettings):
     storage: Literal["local", "r2"] = "local"
     public_base_url: str = "http://127.0.0.1:8000"
     local_url_secret: SecretStr | None = None  # unset: a random secret kept in DATA_DIR
-    signed_url_ttl_seconds: int = Field(default=3600, ge=10)
+    # At most 4 days: an R2 presigned URL lives at most 7, and is signed for 1.5x this.
+    signed_url_ttl_seconds: int = Field(default=3600, ge=10, le=4 * 24 * 3600)
     r2_endpoint: str | None = None
     r2_bucket_name: str | None = None
     r2_access_key_id: SecretStr | None = None

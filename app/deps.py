@@ -103,8 +103,8 @@ async def _verify(svc: Services, token: str) -> Identity:
 
 
 # The dependencies every authenticated request resolves are kept few and flat (the
-# credentials, then one function): each node FastAPI solves costs several µs a request, and
-# /v1/me is measured against a bare handler (bench/reads.py).
+# credentials, the identity, the user): each node FastAPI solves costs several µs a request,
+# and /v1/me is measured against a bare handler (bench/reads.py).
 async def identity(request: Request, credentials: Credentials) -> Identity:
     token = bearer_token(request, credentials)
     if token is None:
@@ -136,13 +136,13 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
-async def current_user(request: Request, credentials: Credentials) -> User:
+async def current_user(request: Request, who: Caller) -> User:
     """The caller. The token is verified first, so a request with a bad token, or one
     waiting for the JWKS, holds no pooled connection; the user is read on a connection of
     its own, released before a new user's Clerk lookup and before the route's `Conn` is
-    taken (routes name `CurrentUser` before `Conn`)."""
+    taken (routes name `CurrentUser` before `Conn`). `who` is a dependency, so a route that
+    also checks `Caller` (session_only, rate_limited) verifies the token once."""
     svc = services_of(request)
-    who = await identity(request, credentials)
     return await svc.users.authenticate(svc.pool, who)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextvars
-import itertools
 import logging
 import os
 import queue
+import random
 import re
 import sys
 import time
@@ -203,16 +203,16 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Callable
 
 
 class RequestIds:
-    """Request ids: 32 hex digits, a random half fixed per process and a counting half, so
-    they are unique without asking the OS for randomness per request (`secrets.token_hex`
-    was 3% of a `/v1/me` request: bench/reads.py). They need not be unguessable."""
+    """Request ids: 32 hex digits from a random generator seeded once per process from the
+    OS, so they are unique (and say nothing of the request rate) without asking the OS for
+    randomness per request (`secrets.token_hex` was 3% of a `/v1/me` request:
+    bench/reads.py). They need not be unguessable."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(int.from_bytes(os.urandom(4)))
+        self._random = random.Random(os.urandom(16))
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+        return f"{self._random.getrandbits(128):032x}"
 
 
 HeaderPolicy = Callable[[str], list[tuple[bytes, bytes]]]

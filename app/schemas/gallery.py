@@ -112,7 +112,7 @@ class DownloadLink(BaseModel):
     )
 
     url: str
-    expires_in: int = Field(description="Seconds the URL stays valid.")
+    expires_in: int = Field(description="Seconds the URL stays valid, at least.")
 
 
 class PromptCreate(BaseModel):

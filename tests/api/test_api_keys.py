@@ -243,3 +243,24 @@ async def test_an_administrators_key_cannot_use_the_admin_routes(
         assert_problem(stats, 403)
         by_person = await client.get("/v1/admin/stats", headers=auth_headers(ALICE))
         assert by_person.status_code == 200, by_person.text
+
+
+async def test_a_route_that_also_checks_the_caller_verifies_the_token_once(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`session_only` and `rate_limited` take the caller from the same dependency as the
+    user, so a request costs one verification (two RS256 checks with the cache off)."""
+    verifier = app.state.services.verifier
+    calls: list[str] = []
+    verify = verifier.verify
+
+    async def counting(token: str) -> Any:
+        calls.append(token)
+        return await verify(token)
+
+    monkeypatch.setattr(verifier, "verify", counting)
+    for path in ("/v1/api-keys", "/v1/me", "/v1/billing/products"):
+        calls.clear()
+        response = await client.get(path, headers=auth_headers(ALICE))
+        assert response.status_code in (200, 503), (path, response.text)
+        assert len(calls) == 1, path

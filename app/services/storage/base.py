@@ -83,18 +83,20 @@ class SignedUrls:
     A URL is signed for one and a half times the lifetime asked for and reused while it has
     at least that lifetime left, so a key keeps one URL for half the lifetime: an R2
     presign takes 0.2-0.5 ms of the event loop, and a gallery page has 30 of them; and a
-    stable URL keeps the apps' and browsers' image caches hitting. Only touched on the
-    event loop: no lock.
+    stable URL keeps the apps' and browsers' image caches hitting (within one process: each
+    of `serve --workers N` signs its own; local storage's URLs are the same everywhere, see
+    `LocalStorage.url`). Only touched on the event loop: no lock. A URL handed out stays
+    valid up to half a lifetime longer than asked, also after the image is made private.
     """
 
     def __init__(self, capacity: int = 20_000, clock: Callable[[], float] = time.time) -> None:
-        self._urls: LRUCache[tuple[str, int], tuple[str, float]] = LRUCache(capacity)
+        self._urls: LRUCache[tuple[str, int], tuple[str, int]] = LRUCache(capacity)
         self._clock = clock
 
     def get(self, key: str, expires_in: int, sign: Callable[[str, int], str]) -> str:
         """A URL for `key` valid for at least `expires_in` seconds; `sign(key, seconds)`
         makes a new one valid for `seconds` when none cached is."""
-        now = self._clock()
+        now = int(self._clock())  # whole seconds, as the signature's date is
         cached = self._urls.get((key, expires_in))
         if cached is not None and cached[1] - now >= expires_in:
             return cached[0]

@@ -1240,7 +1240,7 @@ export interface components {
             url: string;
             /**
              * Expires In
-             * @description Seconds the URL stays valid.
+             * @description Seconds the URL stays valid, at least.
              */
             expires_in: number;
         };
