@@ -176,6 +176,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dev_public = jwks = None
         if settings.auth == "dev":
             key = await asyncio.to_thread(devauth.load_or_create_key, settings.dev_key_path)
+            log.info(
+                "AUTH=dev: tokens are signed with the key in %s; `atelier dev-token` mints "
+                "them when run with this DATA_DIR",
+                settings.dev_key_path.parent.absolute(),
+            )
             dev_public, jwks = devauth.public_pem(key), devauth.jwks(key)
         limiter = rate_limits.build_limiter(settings)
         stack.push_async_callback(limiter.aclose)
