@@ -59,8 +59,11 @@ class GenerationCreate(BaseModel):
 
 
 class JobImage(BaseModel):
-    id: UUID
-    url: str = Field(description="A short-lived URL of the PNG.")
+    id: UUID = Field(description="The image's id in `/v1/images/{id}` and the gallery.")
+    url: str = Field(
+        description="A short-lived URL of the PNG: the image's gallery item "
+        "(`GET /v1/images/{id}`) carries it as `image_url`."
+    )
     width: int | None
     height: int | None
     model: str | None
@@ -71,7 +74,7 @@ class Job(BaseModel):
     status: JobStatus = Field(description="pending → running → completed | failed")
     progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
     kind: JobKind | None
-    prompt: str | None
+    prompt: str | None = Field(description="What the generation was asked for.")
     model: str | None = Field(description="The model that answered (once one has).")
     error: str | None = Field(description="Why the job failed (its credits were refunded).")
     image: JobImage | None = Field(description="The result, once completed.")

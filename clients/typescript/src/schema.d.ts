@@ -1201,7 +1201,7 @@ export interface components {
             id: string;
             /**
              * Image Url
-             * @description Where to fetch the image (short-lived when signed).
+             * @description Where to fetch the image (short-lived when signed): the URL a job's `image.url` carries, named after the mobile app's `generated_images.image_url`.
              */
             image_url: string;
             /**
@@ -1284,7 +1284,10 @@ export interface components {
             progress: number;
             /** Kind */
             kind: ("generate" | "style" | "edit") | null;
-            /** Prompt */
+            /**
+             * Prompt
+             * @description What the generation was asked for.
+             */
             prompt: string | null;
             /**
              * Model
@@ -1325,11 +1328,12 @@ export interface components {
             /**
              * Id
              * Format: uuid
+             * @description The image's id in `/v1/images/{id}` and the gallery.
              */
             id: string;
             /**
              * Url
-             * @description A short-lived URL of the PNG.
+             * @description A short-lived URL of the PNG: the image's gallery item (`GET /v1/images/{id}`) carries it as `image_url`.
              */
             url: string;
             /** Width */
@@ -1670,7 +1674,10 @@ export interface components {
             id: string;
             /** Title */
             title: string | null;
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text: string;
             /** Thumbnail Url */
             thumbnail_url: string | null;
@@ -1684,7 +1691,10 @@ export interface components {
         };
         /** PromptCreate */
         PromptCreate: {
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text: string;
             /** Title */
             title?: string | null;
@@ -1708,7 +1718,10 @@ export interface components {
          * @description Only the fields sent change; send null to clear an optional one.
          */
         PromptUpdate: {
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text?: string;
             /** Title */
             title?: string | null;
