@@ -71,12 +71,29 @@ class JobImage(BaseModel):
 
 class Job(BaseModel):
     id: UUID
-    status: JobStatus = Field(description="pending → running → completed | failed")
-    progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
+    status: JobStatus = Field(
+        description="pending → running → completed | failed; an attempt that failed and will "
+        "be retried puts the job back to pending until `retry_at`."
+    )
+    progress: int = Field(
+        ge=0,
+        le=100,
+        description="0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).",
+    )
     kind: JobKind | None
     prompt: str | None = Field(description="What the generation was asked for.")
     model: str | None = Field(description="The model that answered (once one has).")
-    error: str | None = Field(description="Why the job failed (its credits were refunded).")
+    error: str | None = Field(
+        description="Why the job failed (its credits were refunded); while it waits for a "
+        "retry (`retry_at` set), why its last attempt failed."
+    )
+    attempts: int = Field(
+        ge=0, description="Attempts started so far; 0 until a worker takes the job."
+    )
+    retry_at: datetime | None = Field(
+        description="Set while the job waits to be tried again after a failed attempt: when "
+        "the next attempt may start (`error` says why the last one failed)."
+    )
     image: JobImage | None = Field(description="The result, once completed.")
     created_at: datetime
     updated_at: datetime

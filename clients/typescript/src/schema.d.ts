@@ -1273,13 +1273,13 @@ export interface components {
             id: string;
             /**
              * Status
-             * @description pending → running → completed | failed
+             * @description pending → running → completed | failed; an attempt that failed and will be retried puts the job back to pending until `retry_at`.
              * @enum {string}
              */
             status: "pending" | "running" | "completed" | "failed";
             /**
              * Progress
-             * @description 0 → 10 → 60 → 90 → 100
+             * @description 0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).
              */
             progress: number;
             /** Kind */
@@ -1296,9 +1296,19 @@ export interface components {
             model: string | null;
             /**
              * Error
-             * @description Why the job failed (its credits were refunded).
+             * @description Why the job failed (its credits were refunded); while it waits for a retry (`retry_at` set), why its last attempt failed.
              */
             error: string | null;
+            /**
+             * Attempts
+             * @description Attempts started so far; 0 until a worker takes the job.
+             */
+            attempts: number;
+            /**
+             * Retry At
+             * @description Set while the job waits to be tried again after a failed attempt: when the next attempt may start (`error` says why the last one failed).
+             */
+            retry_at: string | null;
             /** @description The result, once completed. */
             image: components["schemas"]["JobImage"] | null;
             /**
