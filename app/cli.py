@@ -147,8 +147,27 @@ def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
     if settings.auth != "dev":
         print("atelier dev-token: AUTH is not dev; sign in through Clerk instead", file=sys.stderr)
         return 2
-    key = devauth.load_or_create_key(settings.dev_key_path)
+    # DATA_DIR is relative to the working directory: run elsewhere, this would make a key of
+    # its own and sign a token the running server refuses. Say which key, and make none
+    # unless asked to.
+    path = settings.dev_key_path.absolute()
+    data_dir = path.parent
+    if not args.new_key and not path.exists():
+        print(
+            f"atelier dev-token: no dev key in {data_dir} (DATA_DIR), so no server signs "
+            "with it: `atelier serve` makes one in its own DATA_DIR when it starts. Run this "
+            "from the directory `atelier serve` runs in, or set DATA_DIR to the one it uses "
+            "(--new-key makes a key here, for a server yet to start with this DATA_DIR).",
+            file=sys.stderr,
+        )
+        return 1
+    key = devauth.load_or_create_key(path)
     print(devauth.mint(settings, key, args.user_id, email=args.email, ttl_seconds=args.ttl))
+    print(
+        f"atelier dev-token: signed with the dev key in {data_dir} (DATA_DIR); "
+        "only a server using that directory accepts it",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -298,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user_id")
     token.add_argument("--email", default=None)
     token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.add_argument(
+        "--new-key",
+        action="store_true",
+        help="make the dev key if DATA_DIR has none (else that is an error: a running server "
+        "would refuse the token)",
+    )
     token.set_defaults(func=cmd_dev_token)
     sub.add_parser(
         "check-ledger", help="verify every balance against its ledger (exit 1 on a mismatch)"

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
-    log_json: bool = True
+    # None: JSON unless stderr is a terminal (observability.configure_logging decides).
+    log_json: bool | None = None
 
     # Database: unset DATABASE_URL means an embedded PostgreSQL in DATA_DIR/pg.
     database_url: SecretStr | None = None

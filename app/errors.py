@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from app.core import messages
 from app.headers import security_headers
 from app.observability import REQUEST_ID_SCOPE_KEY
 
@@ -173,6 +174,15 @@ class ServiceUnavailable(AppError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A body over its limit, found while FastAPI reads it: an HTTPException, which its body
+    parsing lets through (an AppError would become a 400), rendered with the `limit`."""
+
+    def __init__(self, detail: str, limit: int) -> None:
+        super().__init__(413, detail)
+        self.limit = limit
+
+
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=body["status"], headers=headers, media_type=PROBLEM_JSON)
 
@@ -234,6 +244,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 400:
         detail = _unparsable_body(exc.__cause__) or detail
     body = _http_problem(exc.status_code, detail)
+    if isinstance(exc, BodyTooLarge):
+        body["limit"] = exc.limit
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         body["detail"] = f"{request.method} is not allowed here."
@@ -242,8 +254,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _jsonable_error(error: Any) -> dict[str, Any]:
-    item = {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
-    return item
+    # `msg` in the sender's terms (characters of text, not "items"); `type` stays pydantic's.
+    message = messages.validation_message(error)
+    return {"loc": list(error.get("loc", ())), "msg": message, "type": error.get("type")}
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -258,7 +271,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     elif first.get("type") == "model_attributes_type" and tuple(first["loc"]) == ("body",):
         detail = "The body must be a JSON object, sent as Content-Type: application/json."
     else:
-        detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        detail = f"{messages.field_name(first['loc'])}: {first['msg']}"
     body = {
         "type": PROBLEM_BASE + "validation",
         "title": "Invalid request",

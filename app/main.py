@@ -176,6 +176,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dev_public = jwks = None
         if settings.auth == "dev":
             key = await asyncio.to_thread(devauth.load_or_create_key, settings.dev_key_path)
+            log.info(
+                "AUTH=dev: tokens are signed with the key in %s; `atelier dev-token` mints "
+                "them when run with this DATA_DIR",
+                settings.dev_key_path.parent.absolute(),
+            )
             dev_public, jwks = devauth.public_pem(key), devauth.jwks(key)
         limiter = rate_limits.build_limiter(settings)
         stack.push_async_callback(limiter.aclose)
@@ -265,7 +270,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         middleware.BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
-        route_limits={"/v1/uploads": settings.max_upload_bytes + 64 * 1024},
+        route_limits={
+            "/v1/uploads": middleware.RouteLimit(
+                settings.max_upload_bytes + 64 * 1024, settings.max_upload_bytes, "Uploads"
+            )
+        },
     )
     if settings.allowed_origins:
         app.add_middleware(

@@ -6,31 +6,47 @@ Wired by `app.main.create_app` (with `app.headers` and `app.observability`'s mid
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BadRequest, problem_response
+from app.core.messages import byte_size
+from app.errors import BadRequest, BodyTooLarge, problem_response
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """A route's own body limit: `read` bytes may arrive (the `stated` limit plus framing,
+    such as multipart's), and a 413 names `stated`, the setting the sender can act on, in
+    the words `what` ("Uploads")."""
+
+    read: int
+    stated: int
+    what: str
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_body_bytes` (or a route's own limit) with a 413 problem.
+    """Refuse request bodies over `max_body_bytes` (or a route's own limit) with a 413 problem
+    that names the limit (in `detail`, and as `limit` in bytes).
 
     FastAPI's `max_body_size` answers a too-large declared Content-Length with a text/plain
     413 sent from outside every user middleware (no problem+json, no request id), so the
     limit lives here. It is applied when the app first reads the body, after routing, so
-    `route_limits` (route path template → bytes) can raise it for a route such as uploads;
-    a body without a Content-Length (chunked) is counted as it is read.
+    `route_limits` (route path template → its limit) can raise it for a route such as
+    uploads; a body without a Content-Length (chunked) is counted as it is read.
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, route_limits: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        route_limits: Mapping[str, RouteLimit] | None = None,
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.default = RouteLimit(max_body_bytes, max_body_bytes, "The request body")
         self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,30 +55,29 @@ class BodyLimitMiddleware:
             return
         header = Headers(scope=scope).get("content-length")
         declared = int(header) if header is not None and header.isdigit() else None
-        limit: int | None = None
+        limit: RouteLimit | None = None
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal limit, received
             if limit is None:
                 template = getattr(scope.get("route"), "path", None)
-                limit = self.route_limits.get(template or "", self.max_body_bytes)
-            if declared is not None and declared > limit:
+                limit = self.route_limits.get(template or "", self.default)
+            if declared is not None and declared > limit.read:
                 raise _body_too_large(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit.read:
                     raise _body_too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _body_too_large(limit: int) -> StarletteHTTPException:
-    # An HTTPException, so FastAPI's body parsing lets it through to _http_error.
-    detail = f"The request body is larger than the limit of {limit} bytes."
-    return StarletteHTTPException(413, detail)
+def _body_too_large(limit: RouteLimit) -> BodyTooLarge:
+    # An HTTPException, so FastAPI's body parsing lets it through to errors._http_error.
+    return BodyTooLarge(f"{limit.what} may be at most {byte_size(limit.stated)}.", limit.stated)
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -35,7 +35,9 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {
     "message",
     "asctime",
     REQUEST_ID_RECORD_ATTR,
+    "color_message",  # uvicorn's message again, with terminal colour codes
 }
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
@@ -107,16 +109,19 @@ class _LogListener(QueueListener):
 _listener: QueueListener | None = None
 
 
-def configure_logging(level: str, as_json: bool) -> None:
+def configure_logging(level: str, as_json: bool | None) -> None:
     """Log to stderr from a thread of its own (stdlib QueueHandler and QueueListener), so a
     slow or full stderr pipe never stalls the event loop. The queue is unbounded, as the
-    stdlib's recipe has it: a line is never dropped."""
+    stdlib's recipe has it: a line is never dropped.
+
+    `as_json` None (LOG_JSON unset) chooses by where stderr goes: text for a person at a
+    terminal, one JSON object a line for anything else (a pipe, a file, a log collector)."""
     global _listener
     stop_logging()
+    if as_json is None:
+        as_json = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if as_json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = _LogListener(records, handler)
     _listener.start()

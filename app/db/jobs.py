@@ -2,6 +2,8 @@
 
 Every write the worker makes after claiming is fenced on (id, attempts, status='running'):
 an attempt whose lease ran out and was taken over can no longer change the job.
+`progress` only ever grows (`GREATEST`): a retry keeps what the job already showed, and its
+new attempt reports only what goes beyond it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncpg
 COLUMNS = (
     "id, user_id, status, progress, kind, prompt, params, cost, attempts, model, "
     "input_image_key, output_image_url, error_message, image_id, idempotency_key, "
-    "request_hash, created_at, updated_at, completed_at"
+    "request_hash, created_at, updated_at, completed_at, available_at"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
 # A job as the API shows it: with its image's key and size (NULL once the image is gone).
@@ -97,7 +99,8 @@ async def get_by_idempotency_key(
 async def claim(
     conn: asyncpg.Connection, worker_id: str, limit: int, lease_seconds: float
 ) -> list[asyncpg.Record]:
-    """Take up to `limit` ready jobs: running, leased to `worker_id`, attempts + 1, progress 10."""
+    """Take up to `limit` ready jobs: running, leased to `worker_id`, attempts + 1, progress at
+    least 10; the last attempt's error is cleared."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         WITH ready AS (
@@ -109,7 +112,7 @@ async def claim(
         )
         UPDATE image_generation_jobs j
         SET status = 'running', attempts = j.attempts + 1, worker_id = $1,
-            lease_until = now() + make_interval(secs => $3), progress = 10,
+            lease_until = now() + make_interval(secs => $3), progress = GREATEST(j.progress, 10),
             error_message = NULL, updated_at = now()
         FROM ready WHERE j.id = ready.id
         RETURNING {_J_COLUMNS}
@@ -146,7 +149,7 @@ async def set_progress(
     status = await conn.execute(
         """
         UPDATE image_generation_jobs
-        SET progress = $3, model = COALESCE($4, model), updated_at = now()
+        SET progress = GREATEST(progress, $3), model = COALESCE($4, model), updated_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'running'
         """,
         job_id,
@@ -165,11 +168,12 @@ async def release(
     delay_seconds: float,
     error: str | None,
 ) -> bool:
-    """Hand the job back to the queue (a retry later, or a graceful shutdown)."""
+    """Hand the job back to the queue (a retry later, or a graceful shutdown), keeping its
+    progress; `error` says why the attempt failed until the next one starts."""
     status = await conn.execute(
         """
         UPDATE image_generation_jobs
-        SET status = 'pending', progress = 0, lease_until = NULL, worker_id = NULL,
+        SET status = 'pending', lease_until = NULL, worker_id = NULL,
             available_at = now() + make_interval(secs => $3), error_message = $4,
             updated_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'running'
@@ -291,7 +295,7 @@ async def requeue_expired(conn: asyncpg.Connection, job_id: UUID, attempt: int) 
     status = await conn.execute(
         """
         UPDATE image_generation_jobs
-        SET status = 'pending', progress = 0, lease_until = NULL, worker_id = NULL,
+        SET status = 'pending', lease_until = NULL, worker_id = NULL,
             available_at = now(), error_message = 'the worker running it stopped responding',
             updated_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'running' AND lease_until < now()

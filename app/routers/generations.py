@@ -158,9 +158,10 @@ async def stream_job_events(
             if event is not RESYNC and state == sent:
                 continue  # a change the first read already showed
             stale = event is not RESYNC and (event.get("progress") or 0) < job.progress
-            if event is RESYNC or stale or state[0] in generations.TERMINAL:
-                # Ask the database: after a gap, for the final answer, or when an event
-                # would move progress back (a late notification, or a real retry).
+            if event is RESYNC or stale or state[0] != job.status:
+                # Ask the database: after a gap, when the status changes (the final answer,
+                # or a retry's error, attempt and time), or when an event would move
+                # progress back (a late notification).
                 async with svc.pool.acquire() as conn:
                     try:
                         job = await generations.view(

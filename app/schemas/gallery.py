@@ -69,7 +69,10 @@ class ImageItem(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [IMAGE_ITEM_EXAMPLE]})
 
     id: UUID
-    image_url: str = Field(description="Where to fetch the image (short-lived when signed).")
+    image_url: str = Field(
+        description="Where to fetch the image (short-lived when signed): the URL a job's "
+        "`image.url` carries, named after the mobile app's `generated_images.image_url`."
+    )
     prompt: str | None = Field(description="Null for images the mobile app saved without one.")
     created_at: datetime
     likes_count: int
@@ -115,6 +118,13 @@ class DownloadLink(BaseModel):
     expires_in: int = Field(description="Seconds the URL stays valid, at least.")
 
 
+# A saved prompt's text keeps the mobile app's column name; a generation calls it `prompt`.
+PROMPT_TEXT = (
+    "The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a "
+    "generation's `prompt`."
+)
+
+
 class PromptCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -127,7 +137,9 @@ class PromptCreate(BaseModel):
             ]
         },
     )
-    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)]
+    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] = Field(
+        description=PROMPT_TEXT
+    )
     title: Annotated[SafeStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
     secondary_image_url: HttpUrl | None = None
@@ -141,7 +153,7 @@ class PromptUpdate(BaseModel):
     )
     # null is refused (422) by the service: the document does not offer it
     prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | SkipJsonSchema[None] = (
-        Field(default=None, json_schema_extra=without_default)
+        Field(default=None, json_schema_extra=without_default, description=PROMPT_TEXT)
     )
     title: Annotated[SafeStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
@@ -153,7 +165,7 @@ class Prompt(BaseModel):
 
     id: UUID
     title: str | None
-    prompt_text: str
+    prompt_text: str = Field(description=PROMPT_TEXT)
     thumbnail_url: str | None
     secondary_image_url: str | None
     created_at: datetime

@@ -34,6 +34,8 @@ JOB_EXAMPLE: dict[str, Any] = {
     "prompt": "a watercolor fox, flat icon",
     "model": "gemini-3.1-flash-image",
     "error": None,
+    "attempts": 1,
+    "retry_at": None,
     "image": JOB_IMAGE_EXAMPLE,
     "created_at": "2026-05-04T09:12:03.418Z",
     "updated_at": "2026-05-04T09:12:11.902Z",
@@ -44,6 +46,7 @@ PENDING_JOB_EXAMPLE: dict[str, Any] = {
     "status": "pending",
     "progress": 0,
     "model": None,
+    "attempts": 0,
     "image": None,
     "updated_at": "2026-05-04T09:12:03.418Z",
     "completed_at": None,
@@ -99,8 +102,11 @@ class GenerationCreate(BaseModel):
 class JobImage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_IMAGE_EXAMPLE]})
 
-    id: UUID
-    url: str = Field(description="A short-lived URL of the PNG.")
+    id: UUID = Field(description="The image's id in `/v1/images/{id}` and the gallery.")
+    url: str = Field(
+        description="A short-lived URL of the PNG: the image's gallery item "
+        "(`GET /v1/images/{id}`) carries it as `image_url`."
+    )
     width: int | None
     height: int | None
     model: str | None
@@ -110,12 +116,29 @@ class Job(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE, PENDING_JOB_EXAMPLE]})
 
     id: UUID
-    status: JobStatus = Field(description="pending → running → completed | failed")
-    progress: int = Field(ge=0, le=100, description="0 → 10 → 60 → 90 → 100")
+    status: JobStatus = Field(
+        description="pending → running → completed | failed; an attempt that failed and will "
+        "be retried puts the job back to pending until `retry_at`."
+    )
+    progress: int = Field(
+        ge=0,
+        le=100,
+        description="0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).",
+    )
     kind: JobKind | None
-    prompt: str | None
+    prompt: str | None = Field(description="What the generation was asked for.")
     model: str | None = Field(description="The model that answered (once one has).")
-    error: str | None = Field(description="Why the job failed (its credits were refunded).")
+    error: str | None = Field(
+        description="Why the job failed (its credits were refunded); while it waits for a "
+        "retry (`retry_at` set), why its last attempt failed."
+    )
+    attempts: int = Field(
+        ge=0, description="Attempts started so far; 0 until a worker takes the job."
+    )
+    retry_at: datetime | None = Field(
+        description="Set while the job waits to be tried again after a failed attempt: when "
+        "the next attempt may start (`error` says why the last one failed)."
+    )
     image: JobImage | None = Field(description="The result, once completed.")
     created_at: datetime
     updated_at: datetime

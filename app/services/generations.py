@@ -246,6 +246,10 @@ async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -
         prompt=row["prompt"],
         model=row["model"],
         error=row["error_message"],
+        attempts=row["attempts"],
+        # A pending job that has had an attempt is waiting for its retry (or was handed
+        # back by a worker that stopped: then at once).
+        retry_at=row["available_at"] if row["status"] == "pending" and row["attempts"] else None,
         image=image,
         created_at=row["created_at"],
         updated_at=row["updated_at"],

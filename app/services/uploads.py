@@ -7,6 +7,7 @@ import uuid
 from fastapi import UploadFile
 
 from app.config import Settings
+from app.core.messages import byte_size
 from app.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable
 from app.schemas.generations import Upload
 from app.services import imaging
@@ -23,7 +24,7 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     while chunk := await file.read(_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.", limit=limit)
+            raise PayloadTooLarge(f"Uploads may be at most {byte_size(limit)}.", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

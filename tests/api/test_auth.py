@@ -387,23 +387,55 @@ async def test_dev_token_command_prints_a_token_the_dev_service_accepts(
     make_app_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_app_settings(auth="dev")
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [str(ATELIER), "dev-token", "user_x", "--email", "x@example.test"],
-        env=_cli_env(DATA_DIR=str(settings.data_dir), AUTH="dev", LOG_JSON="false"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    token = result.stdout.strip()
-    assert token.count(".") == 2
-    async with running(settings) as client:
+    async with running(settings) as client:  # started first, it made the dev key
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [str(ATELIER), "dev-token", "user_x", "--email", "x@example.test"],
+            env=_cli_env(DATA_DIR=str(settings.data_dir), AUTH="dev", LOG_JSON="false"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        token = result.stdout.strip()
+        assert token.count(".") == 2
+        # It says which data directory's key signed it (stdout holds the token alone).
+        assert f"signed with the dev key in {settings.data_dir.absolute()}" in result.stderr
         response = await client.get("/v1/me", headers=bearer(token))
     assert response.status_code == 200, response.text
     assert response.json()["id"] == "user_x"
     assert response.json()["email"] == "x@example.test"
+
+
+def test_dev_token_run_where_no_server_keeps_its_key_names_the_directory_and_mints_nothing(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def dev_token(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ATELIER), "dev-token", "user_x", *extra],
+            env=_cli_env(AUTH="dev", LOG_JSON="false"),  # DATA_DIR: ./.data, of elsewhere
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = dev_token()
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert f"no dev key in {elsewhere / '.data'} (DATA_DIR)" in refused.stderr
+    assert "set DATA_DIR" in refused.stderr
+    assert not (elsewhere / ".data" / "dev-auth-key.pem").exists()
+    # Asked for, a key is made there, and the command says where.
+    made = dev_token("--new-key")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().count(".") == 2
+    assert f"signed with the dev key in {elsewhere / '.data'}" in made.stderr
+    assert (elsewhere / ".data" / "dev-auth-key.pem").exists()
 
 
 async def test_dev_service_refuses_tokens_not_signed_with_its_own_key(

@@ -131,6 +131,37 @@ async def test_malformed_or_wrong_json_body_is_a_422_problem(
     assert body["errors"][0]["type"] == "missing"
 
 
+async def test_lengths_are_told_in_the_senders_terms_characters_for_text_items_for_lists(
+    client: httpx.AsyncClient, auth_headers: Callable[..., dict[str, str]]
+) -> None:
+    headers = auth_headers("user_errors_lengths")
+    long_prompt = await client.post("/v1/generations", json={"prompt": "a" * 3000}, headers=headers)
+    body = assert_problem(long_prompt, 422)
+    assert body["detail"] == "prompt: at most 2,000 characters (got 3,000)"
+    assert body["errors"] == [
+        {
+            "loc": ["body", "prompt"],
+            "msg": "at most 2,000 characters (got 3,000)",
+            "type": "too_long",
+        }
+    ]
+    long_text = await client.post("/v1/prompts", json={"prompt_text": "é" * 2001}, headers=headers)
+    assert assert_problem(long_text, 422)["detail"] == (
+        "prompt_text: at most 2,000 characters (got 2,001)"
+    )
+    empty = await client.post("/v1/generations", json={"prompt": ""}, headers=headers)
+    assert assert_problem(empty, 422)["detail"] == "prompt: must not be blank"
+    many = await client.post(
+        "/v1/webhook-endpoints",
+        json={"url": "https://example.com/h", "events": ["job.completed"] * 3},
+        headers=headers,
+    )
+    assert assert_problem(many, 422)["detail"] == "events: at most 2 items (got 3)"
+    # Outside the body, the parameter says where it was.
+    limit = await client.get("/v1/credits/ledger?limit=0", headers=headers)
+    assert assert_problem(limit, 422)["detail"].startswith("limit (query parameter): ")
+
+
 async def test_body_over_the_limit_is_a_413_problem_and_never_reaches_the_route(
     limited_app: tuple[FastAPI, list[str]], limited_client: httpx.AsyncClient
 ) -> None:
@@ -141,7 +172,8 @@ async def test_body_over_the_limit_is_a_413_problem_and_never_reaches_the_route(
     )
     body = assert_problem(response, 413)
     assert body["title"] == "Payload too large"
-    assert str(LIMIT) in body["detail"]
+    assert body["detail"] == "The request body may be at most 2048 bytes (2 KiB)."
+    assert body["limit"] == LIMIT
     assert response.headers["x-request-id"]
     # A far larger one.
     huge = {"Content-Type": "application/json"}
@@ -212,13 +244,17 @@ async def test_uploads_have_their_own_larger_body_limit(
             "/v1/uploads", files={"file": ("x.png", png, "image/png")}, headers=headers
         )
         assert response.status_code == 201, response.text
-        # Past the upload limit plus room for the multipart framing: the body limit answers.
+        # Past the upload limit plus room for the multipart framing: the body limit answers,
+        # naming the upload limit (the setting), not the framing allowance.
         big = b"x" * (upload_limit + 64 * 1024 + 1)
         response = await client.post(
             "/v1/uploads", files={"file": ("x.png", big, "image/png")}, headers=headers
         )
         body = assert_problem(response, 413)
-        assert str(upload_limit + 64 * 1024) in body["detail"]
+        assert (body["detail"], body["limit"]) == (
+            "Uploads may be at most 262144 bytes (256 KiB).",
+            upload_limit,
+        )
         # Every other route keeps the app-wide limit.
         json_headers = {**headers, "Content-Type": "application/json"}
         content = b"x" * (LIMIT + 1)

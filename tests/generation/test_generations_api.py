@@ -364,6 +364,31 @@ async def test_another_users_job_is_404_and_a_malformed_id_is_422(
 # -- the result -----------------------------------------------------------------------------
 
 
+async def test_a_jobs_image_url_and_its_gallery_items_image_url_are_one_link_to_one_image(
+    make_app: MakeApp, auth_headers: Headers
+) -> None:
+    # README "Names": a job's `image.url` is what its gallery item calls `image_url`.
+    headers = auth_headers(ALICE)
+    async with running(make_app()) as client:
+        done = await generate(client, {**headers, "Prefer": "wait=10"}, prompt="a named owl")
+        assert done.status_code == 200, done.text
+        job = done.json()
+        item = (await client.get(f"/v1/images/{job['image']['id']}", headers=headers)).json()
+        listed = (await client.get("/v1/images", headers=headers)).json()["items"]
+        fetched = [
+            await client.get(urlsplit(url)._replace(scheme="", netloc="").geturl())
+            for url in (job["image"]["url"], item["image_url"])
+        ]
+
+    assert [i["id"] for i in listed] == [item["id"]]
+    assert (item["prompt"], listed[0]["prompt"]) == (job["prompt"], job["prompt"])
+    # Signed links carry their expiry: the same object, by the same route.
+    paths = {urlsplit(url).path for url in (job["image"]["url"], item["image_url"])}
+    assert paths == {urlsplit(listed[0]["image_url"]).path}
+    assert [r.status_code for r in fetched] == [200, 200]
+    assert fetched[0].content == fetched[1].content
+
+
 async def test_a_completed_job_records_its_image_row_and_stored_object(
     make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:

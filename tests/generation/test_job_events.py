@@ -1,6 +1,7 @@
 """GET /v1/jobs/{id}/events: server-sent events with a job's status and progress, over a real
-HTTP connection, whether the worker runs in this process or in another one; and the exact
-progress sequence 0 → 10 → 60 → 90 → 100, as the database announced it."""
+HTTP connection, whether the worker runs in this process or in another one; the exact
+progress sequence 0 → 10 → 60 → 90 → 100, as the database announced it; and a job waiting
+for its retry, which says why and when, its progress never running backwards."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ import asyncpg
 import httpx
 
 from app.config import Settings
+from app.services.providers.factory import build_provider
 from app.services.providers.local import LocalProvider
 from app.services.worker import Worker
+from tests.fakes.gemini import API_KEY, FakeGemini, server_error
 from tests.fakes.running import running, worker_env
 from tests.fakes.sse import SseEvent, SseParser
 from tests.generation.conftest import (
@@ -61,11 +65,14 @@ async def create_job(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
 
 
 async def read_events(
-    response: httpx.Response, first_seen: asyncio.Event | None = None
+    response: httpx.Response,
+    first_seen: asyncio.Event | None = None,
+    events: list[SseEvent] | None = None,
 ) -> list[SseEvent]:
-    """The stream's events until the server ends it; `first_seen` is set after the first."""
+    """The stream's events until the server ends it, appended to `events` as they arrive;
+    `first_seen` is set after the first."""
     parser = SseParser()
-    events: list[SseEvent] = []
+    events = [] if events is None else events
     async for line in response.aiter_lines():
         event = parser.feed(line)
         if event is not None:
@@ -73,6 +80,28 @@ async def read_events(
             if first_seen is not None:
                 first_seen.set()
     return events
+
+
+@asynccontextmanager
+async def job_stream(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_id: str,
+    seen: list[SseEvent] | None = None,
+) -> AsyncIterator[asyncio.Task[list[SseEvent]]]:
+    """The job's event stream, open once its first event arrived (subscribed: every change
+    from now on is sent); yields the task that reads it until the server ends it (`seen`
+    fills as the events arrive)."""
+    first_seen = asyncio.Event()
+    async with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reading = asyncio.create_task(read_events(response, first_seen, seen))
+        try:
+            await first_seen.wait()
+            yield reading
+        finally:
+            reading.cancel()  # a no-op once the stream has ended
 
 
 async def test_the_stream_reports_every_progress_step_and_ends_after_completion(
@@ -90,7 +119,6 @@ async def test_the_stream_reports_every_progress_step_and_ends_after_completion(
     ):
         async with job_notifications(db_url) as notified:
             job_id = await create_job(client, headers)
-            first_seen = asyncio.Event()
             stop = asyncio.Event()
             services = application.state.services
             worker = Worker(
@@ -101,13 +129,8 @@ async def test_the_stream_reports_every_progress_step_and_ends_after_completion(
                 services.hub,
             )
             async with asyncio.timeout(DEADLINE_SECONDS):
-                async with client.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers
-                ) as response:
-                    assert response.status_code == 200
-                    assert response.headers["content-type"].startswith("text/event-stream")
-                    reading = asyncio.create_task(read_events(response, first_seen))
-                    await first_seen.wait()  # subscribed, and the job is still pending
+                async with job_stream(client, headers, job_id) as reading:
+                    # subscribed, and the job is still pending
                     working = asyncio.create_task(worker.run(stop))
                     try:
                         events = await reading  # returns only when the server ends the stream
@@ -158,17 +181,11 @@ async def test_the_stream_follows_a_job_run_by_a_worker_in_another_process(
         httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
     ):
         job_id = await create_job(client, headers)
-        first_seen = asyncio.Event()
         worker: asyncio.subprocess.Process | None = None
         log_path = tmp_path / "worker.log"
         try:
             async with asyncio.timeout(DEADLINE_SECONDS):
-                async with client.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers
-                ) as response:
-                    assert response.status_code == 200
-                    reading = asyncio.create_task(read_events(response, first_seen))
-                    await first_seen.wait()
+                async with job_stream(client, headers, job_id) as reading:
                     with log_path.open("wb") as log_file:
                         worker = await asyncio.create_subprocess_exec(
                             str(ATELIER),
@@ -241,3 +258,83 @@ async def test_the_stream_of_another_users_job_is_a_404_problem(
     assert_problem(missing, 404)
     assert_problem(malformed, 422)
     assert_problem(anonymous, 401)
+
+
+# -- retries --------------------------------------------------------------------------------
+
+MODEL = "gemini-only-model"
+
+
+async def test_a_job_waiting_for_its_retry_shows_why_and_when_and_its_progress_never_drops(
+    make_app: MakeApp,
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+) -> None:
+    # Gemini (the loopback stand-in) answers the first attempt with a 503.
+    headers = auth_headers("user_retry")
+    application = make_app(worker_in_process=False)
+    with FakeGemini() as gemini:
+        gemini.script(MODEL, server_error(503))  # the first attempt; then an image
+        settings = make_settings(
+            provider="gemini",
+            gemini_api_key=API_KEY,
+            gemini_base_url=gemini.url,
+            gemini_models=[MODEL],
+            gemini_server_error_retries=0,
+            max_attempts=3,
+            retry_base_seconds=600,  # the retry waits until the test makes it due
+            worker_poll_seconds=0.1,
+        )
+        async with (
+            live_server(application) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
+        ):
+            job_id = await create_job(client, headers)
+            services = application.state.services
+            worker = Worker(
+                settings, services.pool, build_provider(settings), services.storage, services.hub
+            )
+            stop, seen = asyncio.Event(), list[SseEvent]()
+            async with asyncio.timeout(DEADLINE_SECONDS):
+                async with job_stream(client, headers, job_id, seen) as reading:
+                    working = asyncio.create_task(worker.run(stop))
+                    try:
+                        await wait_until(
+                            lambda: any(e.json()["status"] == "pending" for e in seen[1:]),
+                            "the stream to say the job waits for its retry",
+                        )
+                        got = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+                        waiting = got.json()
+                        # What time does: the retry falls due.
+                        await db.execute(
+                            "UPDATE image_generation_jobs SET available_at = now() WHERE id = $1",
+                            uuid.UUID(job_id),
+                        )
+                        events = await reading
+                    finally:
+                        stop.set()
+                        await working
+            final = (await client.get(f"/v1/jobs/{job_id}", headers=headers)).json()
+
+    assert waiting["status"] == "pending" and waiting["attempts"] == 1
+    assert waiting["error"] and "503" in waiting["error"]
+    assert waiting["progress"] == 10  # what the failed attempt reached, not back to 0
+    assert datetime.fromisoformat(waiting["retry_at"]) > datetime.fromisoformat(
+        waiting["updated_at"]
+    )
+    jobs = [event.json() for event in events]
+    progress = [job["progress"] for job in jobs]
+    assert progress == sorted(progress), progress
+    assert [int(event.id or "") for event in events] == progress
+    # The stream said so first, with the same error, attempt and time.
+    [said] = [job for job in jobs if job["status"] == "pending" and job["attempts"]]
+    assert said == waiting
+    assert (final["status"], final["attempts"], final["error"], final["retry_at"]) == (
+        "completed",
+        2,
+        None,
+        None,
+    )
+    assert jobs[-1] == final
+    assert [call.model for call in gemini.calls] == [MODEL, MODEL]

@@ -50,7 +50,7 @@ def test_the_image_install_step_produces_a_working_atelier(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     env.update({"ENV": "development", "DATA_DIR": str(tmp_path / "data"), "LOG_JSON": "false"})
     token = subprocess.run(
-        [str(venv / "bin" / "atelier"), "dev-token", "user_docker"],
+        [str(venv / "bin" / "atelier"), "dev-token", "user_docker", "--new-key"],
         cwd=app_dir,
         env=env,
         check=True,

@@ -972,6 +972,8 @@ export interface components {
          *           "prompt": "a watercolor fox, flat icon",
          *           "model": "gemini-3.1-flash-image",
          *           "error": null,
+         *           "attempts": 1,
+         *           "retry_at": null,
          *           "image": {
          *             "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
          *             "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
@@ -1327,7 +1329,7 @@ export interface components {
             id: string;
             /**
              * Image Url
-             * @description Where to fetch the image (short-lived when signed).
+             * @description Where to fetch the image (short-lived when signed): the URL a job's `image.url` carries, named after the mobile app's `generated_images.image_url`.
              */
             image_url: string;
             /**
@@ -1426,6 +1428,8 @@ export interface components {
          *       "prompt": "a watercolor fox, flat icon",
          *       "model": "gemini-3.1-flash-image",
          *       "error": null,
+         *       "attempts": 1,
+         *       "retry_at": null,
          *       "image": {
          *         "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
          *         "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
@@ -1445,6 +1449,8 @@ export interface components {
          *       "prompt": "a watercolor fox, flat icon",
          *       "model": null,
          *       "error": null,
+         *       "attempts": 0,
+         *       "retry_at": null,
          *       "image": null,
          *       "created_at": "2026-05-04T09:12:03.418Z",
          *       "updated_at": "2026-05-04T09:12:03.418Z",
@@ -1459,18 +1465,21 @@ export interface components {
             id: string;
             /**
              * Status
-             * @description pending → running → completed | failed
+             * @description pending → running → completed | failed; an attempt that failed and will be retried puts the job back to pending until `retry_at`.
              * @enum {string}
              */
             status: "pending" | "running" | "completed" | "failed";
             /**
              * Progress
-             * @description 0 → 10 → 60 → 90 → 100
+             * @description 0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).
              */
             progress: number;
             /** Kind */
             kind: ("generate" | "style" | "edit") | null;
-            /** Prompt */
+            /**
+             * Prompt
+             * @description What the generation was asked for.
+             */
             prompt: string | null;
             /**
              * Model
@@ -1479,9 +1488,19 @@ export interface components {
             model: string | null;
             /**
              * Error
-             * @description Why the job failed (its credits were refunded).
+             * @description Why the job failed (its credits were refunded); while it waits for a retry (`retry_at` set), why its last attempt failed.
              */
             error: string | null;
+            /**
+             * Attempts
+             * @description Attempts started so far; 0 until a worker takes the job.
+             */
+            attempts: number;
+            /**
+             * Retry At
+             * @description Set while the job waits to be tried again after a failed attempt: when the next attempt may start (`error` says why the last one failed).
+             */
+            retry_at: string | null;
             /** @description The result, once completed. */
             image: components["schemas"]["JobImage"] | null;
             /**
@@ -1520,11 +1539,12 @@ export interface components {
             /**
              * Id
              * Format: uuid
+             * @description The image's id in `/v1/images/{id}` and the gallery.
              */
             id: string;
             /**
              * Url
-             * @description A short-lived URL of the PNG.
+             * @description A short-lived URL of the PNG: the image's gallery item (`GET /v1/images/{id}`) carries it as `image_url`.
              */
             url: string;
             /** Width */
@@ -1546,6 +1566,8 @@ export interface components {
          *           "prompt": "a watercolor fox, flat icon",
          *           "model": null,
          *           "error": null,
+         *           "attempts": 0,
+         *           "retry_at": null,
          *           "image": null,
          *           "created_at": "2026-05-04T09:12:03.418Z",
          *           "updated_at": "2026-05-04T09:12:03.418Z",
@@ -1873,6 +1895,8 @@ export interface components {
          *           "prompt": "a rocket",
          *           "model": "gemini-3.1-flash-image",
          *           "error": null,
+         *           "attempts": 1,
+         *           "retry_at": null,
          *           "image": {
          *             "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
          *             "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
@@ -1892,6 +1916,8 @@ export interface components {
          *           "prompt": "a planet",
          *           "model": null,
          *           "error": null,
+         *           "attempts": 0,
+         *           "retry_at": null,
          *           "image": null,
          *           "created_at": "2026-05-04T09:12:03.418Z",
          *           "updated_at": "2026-05-04T09:12:03.418Z",
@@ -2104,7 +2130,10 @@ export interface components {
             id: string;
             /** Title */
             title: string | null;
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text: string;
             /** Thumbnail Url */
             thumbnail_url: string | null;
@@ -2124,7 +2153,10 @@ export interface components {
          *     }
          */
         PromptCreate: {
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text: string;
             /** Title */
             title?: string | null;
@@ -2166,7 +2198,10 @@ export interface components {
          *     }
          */
         PromptUpdate: {
-            /** Prompt Text */
+            /**
+             * Prompt Text
+             * @description The saved prompt's text (the mobile app's `custom_prompts.prompt_text`); send it as a generation's `prompt`.
+             */
             prompt_text?: string;
             /** Title */
             title?: string | null;
@@ -2993,17 +3028,17 @@ export interface components {
          * JobEvent
          * @description The job as it is now: sent first, then at every change, the last once it has ended.
          * @example {
-         *       "data": "{\"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 0, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"pending\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 0, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"pending\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
          *       "event": "job",
          *       "id": "0"
          *     }
          * @example {
-         *       "data": "{\"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 60, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"running\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 60, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"running\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
          *       "event": "job",
          *       "id": "60"
          *     }
          * @example {
-         *       "data": "{\"completed_at\": \"2026-05-04T09:12:11.902Z\", \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": {\"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"model\": \"gemini-3.1-flash-image\", \"url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"width\": 1024}, \"kind\": \"generate\", \"model\": \"gemini-3.1-flash-image\", \"progress\": 100, \"prompt\": \"a watercolor fox, flat icon\", \"status\": \"completed\", \"updated_at\": \"2026-05-04T09:12:11.902Z\"}",
+         *       "data": "{\"attempts\": 1, \"completed_at\": \"2026-05-04T09:12:11.902Z\", \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": {\"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"model\": \"gemini-3.1-flash-image\", \"url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"width\": 1024}, \"kind\": \"generate\", \"model\": \"gemini-3.1-flash-image\", \"progress\": 100, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"completed\", \"updated_at\": \"2026-05-04T09:12:11.902Z\"}",
          *       "event": "job",
          *       "id": "100"
          *     }
@@ -3922,15 +3957,15 @@ export interface operations {
                     /**
                      * @example event: job
                      *     id: 0
-                     *     data: {"completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 0, "prompt": "a watercolor fox, flat icon", "status": "pending", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 0, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "pending", "updated_at": "2026-05-04T09:12:03.418Z"}
                      *
                      *     event: job
                      *     id: 60
-                     *     data: {"completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 60, "prompt": "a watercolor fox, flat icon", "status": "running", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 60, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "running", "updated_at": "2026-05-04T09:12:03.418Z"}
                      *
                      *     event: job
                      *     id: 100
-                     *     data: {"completed_at": "2026-05-04T09:12:11.902Z", "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": {"height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "model": "gemini-3.1-flash-image", "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "width": 1024}, "kind": "generate", "model": "gemini-3.1-flash-image", "progress": 100, "prompt": "a watercolor fox, flat icon", "status": "completed", "updated_at": "2026-05-04T09:12:11.902Z"}
+                     *     data: {"attempts": 1, "completed_at": "2026-05-04T09:12:11.902Z", "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": {"height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "model": "gemini-3.1-flash-image", "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "width": 1024}, "kind": "generate", "model": "gemini-3.1-flash-image", "progress": 100, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "completed", "updated_at": "2026-05-04T09:12:11.902Z"}
                      */
                     "text/event-stream": unknown;
                 };
