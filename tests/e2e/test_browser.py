@@ -289,3 +289,16 @@ def test_the_browser_refuses_an_origin_and_a_header_that_are_not_allowed(setup: 
     # The preflights were refused, so the requests themselves were never sent.
     assert not any(line.startswith("POST /v1/generations") for line in log), log
     assert log.count("GET /v1/me 200") == 1, log
+
+
+def test_chromium_leaves_nothing_behind_outside_its_temporary_directory(chromium: str) -> None:
+    """Chromium keeps its singleton socket in `$TMPDIR/org.chromium.Chromium.XXXXXX`, which a
+    signal leaves behind: once the browser has been stopped, the directory it used is gone.
+    (The one this browser used, read from its profile: a listing of /tmp before and after
+    would also see other Chromium processes on the machine come and go.)"""
+    with headless_chromium(chromium) as browser:
+        used = browser.singleton_dir()
+        assert (used / "SingletonSocket").is_socket(), used
+        temporary = browser.user_data_dir.parent
+    assert not used.exists(), f"chromium left {used} behind"
+    assert not temporary.exists(), f"{temporary} was not removed"
