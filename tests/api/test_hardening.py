@@ -25,6 +25,7 @@ from tests.support.serve import free_port
 
 Headers = Callable[..., dict[str, str]]
 USER = "user_hardening"
+WEB_APP = "https://app.atelier.test"  # an origin CORS allows
 
 
 @pytest.fixture
@@ -167,7 +168,7 @@ def assert_secure(response: httpx.Response, csp: str = API_CSP, hsts: bool = Fal
 
 @pytest.fixture
 async def crash_client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(max_body_bytes=2048))
+    app = create_app(make_settings(max_body_bytes=2048, cors_origins=[WEB_APP]))
 
     @app.get("/_test/crash", operation_id="test_crash_headers")
     async def crash() -> None:
@@ -189,6 +190,10 @@ async def test_every_kind_of_answer_carries_the_security_headers(
         f"/v1/images/{job.json()['image']['id']}/download?redirect=false", headers=headers
     )
     file_url = httpx.URL(link.json()["url"])
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
     answers = {
         "json": await client.get("/v1/me", headers=headers),
         "health": await client.get("/healthz"),
@@ -204,13 +209,22 @@ async def test_every_kind_of_answer_carries_the_security_headers(
         "sse": await client.get(f"/v1/jobs/{job.json()['id']}/events", headers=headers),
         "file": await client.get(f"{file_url.path}?{file_url.query.decode()}"),
         "file-403": await client.get(f"{file_url.path}?exp=1&sig=00"),
+        # CORS answers these itself, before any route.
+        "preflight": await client.options("/v1/me", headers={**preflight, "Origin": WEB_APP}),
+        "preflight-400": await client.options(
+            "/v1/me", headers={**preflight, "Origin": "https://evil.test"}
+        ),
     }
     for name, response in answers.items():
         assert response.status_code < 600, name
         assert_secure(response)
+        assert response.headers.get("x-request-id"), name
     assert answers["sse"].headers["content-type"].startswith("text/event-stream")
     assert answers["file"].headers["content-type"] == "image/png"
     assert answers["500"].status_code == 500
+    assert answers["preflight"].status_code == 200
+    assert answers["preflight"].headers["access-control-allow-origin"] == WEB_APP
+    assert answers["preflight-400"].status_code == 400
 
 
 async def test_docs_load_their_assets_from_this_service_only(

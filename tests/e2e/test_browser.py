@@ -4,10 +4,13 @@ Debian's Chromium runs headless and loads a page (tests/e2e/browser_page.html) f
 loopback port of its own, which `CORS_ORIGINS` allows. Scripts in that page `fetch` the API
 with the token in a header, so the browser preflights every call and enforces the answer
 itself: it starts a generation (and replays it, waits for one, and is rate limited), reads
-only the headers CORS exposes, follows the job's event stream, drops it and reconnects with
-`Last-Event-ID`, reconnects to the feed, and sends `HEAD`. The server's access log shows the
-preflights the browser made. A page from an origin that is not allowed, and a header that
-is not, are refused by the browser: the same checks fail when CORS is wrong.
+only the headers CORS exposes, follows the job's event stream, drops it while the job is
+still running and reconnects sending `Last-Event-ID` (which CORS must allow; the job stream
+does not replay, it starts again from the job's current state), reconnects to the feed, and
+sends `HEAD`. The server's access log shows the preflights the browser made. A page from an
+origin that is not allowed, and a header that is not, are refused by the browser: the same
+checks fail when CORS is wrong. Chromium leaves nothing behind outside its temporary
+directory.
 """
 
 from __future__ import annotations
@@ -23,13 +26,25 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Browser, Page, chromium_binary, headless_chromium
+from tests.support.browser import (
+    COMMAND_SECONDS,
+    Browser,
+    Page,
+    chromium_binary,
+    headless_chromium,
+)
 from tests.support.polling import wait_until_sync
 from tests.support.serve import SERVE_STDERR, atelier_serve, on_test_database
 from tests.support.services import require
 
 PAGE = Path(__file__).with_name("browser_page.html").read_bytes()
 RATE_LIMIT = 3  # generations an hour: the fourth in this test is refused
+# Each image takes this long, so the job is still running when its stream is first read (a
+# few requests after it was created) and is dropped mid-job...
+PROVIDER_DELAY_MS = 3000
+# ...and a job that waits for its image still ends well within this (`Prefer: wait=10`),
+# which is far below the page's own fetch timeout (FETCH_TIMEOUT_MS in browser_page.html).
+WAIT_SECONDS = 10
 EXPOSED_ON_A_JOB = {
     "location",
     "x-request-id",
@@ -128,7 +143,7 @@ def setup(
             **on_test_database(db_url, data_dir),
             LOG_JSON="true",
             PROVIDER="local",
-            LOCAL_PROVIDER_DELAY_MS="1500",  # a job runs long enough to drop its stream
+            LOCAL_PROVIDER_DELAY_MS=str(PROVIDER_DELAY_MS),
             RATE_LIMIT_GENERATIONS=f"{RATE_LIMIT}/hour",
             CORS_ORIGINS=allowed,
         ) as (host, port):
@@ -159,13 +174,15 @@ return await attempt(API + "/v1/generations", {
 FOLLOW_WITH_A_RECONNECT = """
 const url = API + "/v1/jobs/" + JOB + "/events";
 const headers = {Authorization: "Bearer " + TOKEN};
+const deadline = AbortSignal.timeout(FETCH_TIMEOUT_MS);  // for both connections together
 const dropped = new AbortController();
-const opened = await fetch(url, {headers, signal: dropped.signal});
+const opened = await fetch(url, {headers, signal: AbortSignal.any([dropped.signal, deadline])});
 const before = (await sseEvents(opened).next()).value;
 dropped.abort();  // the connection drops, as it does when a phone changes networks
+// A browser's EventSource sends the last id it saw when it reconnects; so does this page.
 const again = await fetch(url, {
   headers: {...headers, "Last-Event-ID": before.id},
-  signal: AbortSignal.timeout(45000),
+  signal: deadline,
 });
 const after = [];
 for await (const event of sseEvents(again)) {
@@ -179,7 +196,7 @@ return {
 """
 
 IMAGE_SIZE = """
-const response = await fetch(URL, {signal: AbortSignal.timeout(30000)});
+const response = await fetch(URL, {signal: AbortSignal.timeout(FETCH_TIMEOUT_MS)});
 const bitmap = await createImageBitmap(await response.blob());
 return {status: response.status, width: bitmap.width, height: bitmap.height};
 """
@@ -188,7 +205,7 @@ FEED_AFTER_A_GAP = """
 const controller = new AbortController();
 const response = await fetch(API + "/v1/feed/events", {
   headers: {Authorization: "Bearer " + TOKEN, "Last-Event-ID": "ready-seen-before"},
-  signal: controller.signal,
+  signal: AbortSignal.any([controller.signal, AbortSignal.timeout(FETCH_TIMEOUT_MS)]),
 });
 const events = [];
 for await (const event of sseEvents(response)) {
@@ -206,6 +223,8 @@ def test_a_page_on_another_origin_generates_follows_the_job_and_reconnects(
     page = setup.browser.open_page(setup.allowed + "/")
     api, token = setup.api, setup.token
     assert run(page, "return location.origin;") == setup.allowed != api
+    # A slow answer must show up as the server's, not as the page or the test giving up.
+    assert WAIT_SECONDS * 2 < run(page, "return FETCH_TIMEOUT_MS;") / 1000 < COMMAND_SECONDS
 
     created = run(page, GENERATE, API=api, TOKEN=token, KEY="browser-1", EXTRA={})
     assert created.get("status") == 202, created
@@ -225,10 +244,14 @@ def test_a_page_on_another_origin_generates_follows_the_job_and_reconnects(
     assert followed["opened"]["status"] == 200
     assert followed["opened"]["headers"]["content-type"].startswith("text/event-stream")
     first = followed["opened"]["event"]
-    assert first["event"] == "job" and first["id"] == str(json.loads(first["data"])["progress"])
+    before = json.loads(first["data"])
+    assert first["event"] == "job" and first["id"] == str(before["progress"])
+    assert before["status"] in ("pending", "running"), before  # dropped mid-job
+    # The reconnect (its Last-Event-ID let through by CORS) follows the job to its end.
     assert followed["again"]["status"] == 200
     events = [json.loads(event["data"]) for event in followed["again"]["events"]]
     assert events and all(event["id"] == job["id"] for event in events), events
+    assert all(event["progress"] >= before["progress"] for event in events), events
     assert events[-1]["status"] == "completed" and events[-1]["progress"] == 100, events
 
     # The finished job's image, fetched and decoded by the page from its signed URL.
@@ -236,9 +259,10 @@ def test_a_page_on_another_origin_generates_follows_the_job_and_reconnects(
     decoded = run(page, IMAGE_SIZE, URL=image["url"])
     assert decoded == {"status": 200, "width": image["width"], "height": image["height"]}
 
-    waited = run(page, GENERATE, API=api, TOKEN=token, KEY="browser-2", EXTRA={"Prefer": "wait=30"})
+    prefer = f"wait={WAIT_SECONDS}"
+    waited = run(page, GENERATE, API=api, TOKEN=token, KEY="browser-2", EXTRA={"Prefer": prefer})
     assert waited.get("status") == 200, waited
-    assert waited["headers"].get("preference-applied") == "wait=30", waited["headers"]
+    assert waited["headers"].get("preference-applied") == prefer, waited["headers"]
 
     limited = run(page, GENERATE, API=api, TOKEN=token, KEY="browser-3", EXTRA={})
     assert limited.get("status") == 429, limited
@@ -289,3 +313,16 @@ def test_the_browser_refuses_an_origin_and_a_header_that_are_not_allowed(setup: 
     # The preflights were refused, so the requests themselves were never sent.
     assert not any(line.startswith("POST /v1/generations") for line in log), log
     assert log.count("GET /v1/me 200") == 1, log
+
+
+def test_chromium_leaves_nothing_behind_outside_its_temporary_directory(chromium: str) -> None:
+    """Chromium keeps its singleton socket in `$TMPDIR/org.chromium.Chromium.XXXXXX`, which a
+    signal leaves behind: once the browser has been stopped, the directory it used is gone.
+    (The one this browser used, read from its profile: a listing of /tmp before and after
+    would also see other Chromium processes on the machine come and go.)"""
+    with headless_chromium(chromium) as browser:
+        used = browser.singleton_dir()
+        assert (used / "SingletonSocket").is_socket(), used
+        temporary = browser.user_data_dir.parent
+    assert not used.exists(), f"chromium left {used} behind"
+    assert not temporary.exists(), f"{temporary} was not removed"

@@ -5,6 +5,11 @@ sync client), in flattened sessions: `Target.createTarget` opens a tab, `Target.
 gives a session id, and every command after that names it. Chromium writes the port it chose
 (`--remote-debugging-port=0`) and the browser endpoint's path to `DevToolsActivePort` in its
 profile directory.
+
+Chromium keeps its singleton socket in a directory of its own under `$TMPDIR`
+(`org.chromium.Chromium.XXXXXX`), which it removes only when it exits cleanly: it is started
+with `TMPDIR` inside the temporary directory that holds its profile, asked to exit with
+`Browser.close`, and only signalled when it does not; the whole directory goes at the end.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.polling import DEADLINE_SECONDS, wait_until_sync
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 COMMAND_SECONDS = 60.0  # a guard for one CDP command (a script may await a whole job)
+EXIT_SECONDS = 10.0  # for Chromium to exit when asked, then after each signal
 
 
 def chromium_binary() -> str | None:
@@ -46,9 +53,22 @@ class BrowserError(AssertionError):
 class Browser:
     """One CDP connection to a running Chromium; `open_page` opens a tab to drive."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, user_data_dir: Path) -> None:
         self._ws = ws
         self._ids = itertools.count(1)
+        self.user_data_dir = user_data_dir
+
+    def singleton_dir(self) -> Path:
+        """The directory Chromium keeps its singleton socket in (the profile links to it)."""
+        return Path(os.readlink(self.user_data_dir / "SingletonSocket")).parent
+
+    def close(self) -> None:
+        """Ask Chromium to exit, so it removes what it keeps outside its profile; it may go
+        before answering."""
+        try:
+            self.send("Browser.close", seconds=EXIT_SECONDS)
+        except (BrowserError, ConnectionClosed):
+            pass  # gone already, or it will be signalled
 
     def send(
         self,
@@ -141,60 +161,75 @@ def _devtools_address(profile: Path) -> str | None:
 @contextmanager
 def headless_chromium(binary: str) -> Iterator[Browser]:
     """Start `binary` headless with a fresh profile in a temporary directory; yield a CDP
-    connection to it. The browser (its whole process group) and the profile go at the end."""
+    connection to it. At the end the browser is asked to exit (then signalled, its whole
+    process group), and the temporary directory goes, whatever happened before."""
     profile = Path(tempfile.mkdtemp(prefix="atelier-chromium-"))
-    log = (profile / "chromium.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--headless=new",
-            "--no-sandbox",  # as root, and in containers without user namespaces
-            "--remote-debugging-port=0",
-            f"--user-data-dir={profile / 'profile'}",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",  # no calls to Google from a test
-            "--disable-component-update",
-            "--disable-sync",
-            "about:blank",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its renderers and helpers share its process group
-    )
+    user_data = profile / "profile"
     try:
+        with (profile / "chromium.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    "--headless=new",
+                    "--no-sandbox",  # as root, and in containers without user namespaces
+                    "--remote-debugging-port=0",
+                    f"--user-data-dir={user_data}",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",  # no calls to Google from a test
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "about:blank",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TMPDIR": str(profile)},  # its singleton socket's directory
+                start_new_session=True,  # its renderers and helpers share its process group
+            )
 
-        def listening() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"chromium exited with {process.returncode}:\n"
-                    + (profile / "chromium.log").read_text(errors="replace")[-4000:]
-                )
-            return _devtools_address(profile / "profile") is not None
+            def listening() -> bool:
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"chromium exited with {process.returncode}:\n"
+                        + (profile / "chromium.log").read_text(errors="replace")[-4000:]
+                    )
+                return _devtools_address(user_data) is not None
 
-        wait_until_sync(listening, "chromium to open its DevTools port")
-        address = _devtools_address(profile / "profile")
-        assert address is not None
-        with connect(address, max_size=None, open_timeout=DEADLINE_SECONDS) as ws:
-            yield Browser(ws)
+            try:
+                wait_until_sync(listening, "chromium to open its DevTools port")
+                address = _devtools_address(user_data)
+                assert address is not None
+                with connect(address, max_size=None, open_timeout=DEADLINE_SECONDS) as ws:
+                    browser = Browser(ws, user_data)
+                    try:
+                        yield browser
+                    finally:
+                        browser.close()
+            finally:
+                _stop(process)
     finally:
-        _stop(process)
-        log.close()
         shutil.rmtree(profile, ignore_errors=True)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the browser's process group; then SIGKILL to whatever of it is left."""
+    """Wait for Chromium to exit (after `Browser.close`); if it does not, SIGTERM its process
+    group, then SIGKILL. Then SIGKILL whatever of the group outlived it."""
+    for escalation in (signal.SIGTERM, signal.SIGKILL, None):
+        try:
+            process.wait(timeout=EXIT_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            if escalation is None:
+                raise
+            _signal_group(process, escalation)
+    _signal_group(process, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, sig)
     except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
+        pass  # the group has gone
