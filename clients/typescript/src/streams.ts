@@ -38,7 +38,8 @@ export interface StreamOptions {
   token: () => string | undefined | Promise<string | undefined>;
   /** Stop reading (and reconnecting). */
   signal?: AbortSignal;
-  /** Resume after this event id (sent as `Last-Event-ID`). */
+  /** The last event id seen (sent as `Last-Event-ID`): the feed answers `resync` when it
+   * cannot replay from there; a job stream starts again from the job's current state. */
   lastEventId?: string;
   /** Wait before reconnecting after the connection drops, in ms (default 1000). */
   retryMs?: number;
