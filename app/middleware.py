@@ -48,18 +48,18 @@ class BodyLimitMiddleware:
                 template = getattr(scope.get("route"), "path", None)
                 limit = self.route_limits.get(template or "", self.max_body_bytes)
             if declared is not None and declared > limit:
-                raise _body_too_large(limit)
+                raise body_too_large(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _body_too_large(limit)
+                    raise body_too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _body_too_large(limit: int) -> StarletteHTTPException:
+def body_too_large(limit: int) -> StarletteHTTPException:
     # An HTTPException, so FastAPI's body parsing lets it through to _http_error.
     detail = f"The request body is larger than the limit of {limit} bytes."
     return StarletteHTTPException(413, detail)
