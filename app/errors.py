@@ -74,6 +74,15 @@ PROBLEM_TYPES: dict[int, tuple[str, ...]] = {
 }
 
 
+# What an unexpected error answers (nothing about it is exposed; it is logged).
+UNHANDLED_PROBLEM: dict[str, Any] = {
+    "type": ABOUT_BLANK,
+    "title": "Internal Server Error",
+    "status": 500,
+    "detail": "Something went wrong on our side; it was logged.",
+}
+
+
 class AppError(Exception):
     status: int = 500
     slug: str | None = None
@@ -147,6 +156,10 @@ class PayloadTooLarge(AppError):
 
 class HeadersTooLarge(AppError):
     status, slug, title = 431, "headers-too-large", "Request headers too large"
+
+    @classmethod
+    def over(cls, limit: int) -> HeadersTooLarge:
+        return cls(f"The request's headers are larger than the limit of {limit} bytes.")
 
 
 class Unprocessable(AppError):
@@ -292,12 +305,7 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         request.url.path,
         extra={"request_id": request_id} if request_id else None,
     )
-    body = {
-        "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "Something went wrong on our side; it was logged.",
-    }
+    body = dict(UNHANDLED_PROBLEM)
     headers = {"X-Request-ID": request_id} if request_id else {}
     # Sent from outside every middleware, so the security headers are added here.
     production = request.app.state.settings.env == "production"

@@ -64,18 +64,18 @@ class BodyLimitMiddleware:
                 template = getattr(scope.get("route"), "path", None)
                 limit = self.route_limits.get(template or "", self.default)
             if declared is not None and declared > limit.read:
-                raise _body_too_large(limit)
+                raise body_too_large(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit.read:
-                    raise _body_too_large(limit)
+                    raise body_too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _body_too_large(limit: RouteLimit) -> BodyTooLarge:
+def body_too_large(limit: RouteLimit) -> BodyTooLarge:
     # An HTTPException, so FastAPI's body parsing lets it through to errors._http_error.
     return BodyTooLarge(f"{limit.what} may be at most {byte_size(limit.stated)}.", limit.stated)
 

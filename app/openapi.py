@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
-from typing import Any, get_args
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
-from app.openapi_examples import add_examples
+from app.openapi_examples import EVENT_STREAM, SCHEMAS, add_examples
+from app.openapi_samples import add_samples
 
-SCHEMAS = "#/components/schemas/"
-EVENT_STREAM = "text/event-stream"
 # The event models `sse_events` named, added to the document's components by name.
 _EVENT_MODELS: dict[str, type[BaseModel]] = {}
 # Marks a stream's media type for `document_problems`, which puts `sse_events`' item schema in
@@ -89,14 +88,47 @@ def _app_models(base: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
         yield from _app_models(model)
 
 
-def restore_examples(schemas: dict[str, Any]) -> None:
+def _component_names(model: type[BaseModel]) -> set[str]:
+    """The names pydantic may give the model's component: its own, or module and name when
+    two models share a name, either maybe with FastAPI's -Input/-Output."""
+    names = {model.__name__, f"{model.__module__}.{model.__qualname__}".replace(".", "__")}
+    return {name + suffix for name in names for suffix in ("", "-Input", "-Output")}
+
+
+def _fits(model: type[BaseModel], component: dict[str, Any]) -> bool:
+    properties = set(component.get("properties", {}))
+    modes: tuple[Literal["validation", "serialization"], ...] = ("validation", "serialization")
+    return any(
+        set(model.model_json_schema(mode=mode).get("properties", {})) == properties
+        for mode in modes
+    )
+
+
+def restore_examples(
+    schemas: dict[str, Any], models: Iterable[type[BaseModel]] | None = None
+) -> None:
     """Put back the models' examples as written: FastAPI builds the document with
     `exclude_none`, which drops every null from them, so an example of a required nullable
-    field (`"error": null`) no longer matched its own schema."""
-    for model in _app_models():
-        extra = model.model_config.get("json_schema_extra")
-        if model.__name__ in schemas and isinstance(extra, dict) and "examples" in extra:
-            schemas[model.__name__]["examples"] = copy.deepcopy(extra["examples"])
+    field (`"error": null`) no longer matched its own schema.
+
+    A component is matched to the model (of `models`, default every app model) named as
+    pydantic names its component, and whose properties it has; a name that fits no model or
+    several is an error rather than another model's examples."""
+    claims: dict[str, list[type[BaseModel]]] = {}
+    for model in _app_models() if models is None else models:
+        for name in _component_names(model) & schemas.keys():
+            claims.setdefault(name, []).append(model)
+    for name, claimants in claims.items():
+        fitting = [model for model in claimants if _fits(model, schemas[name])]
+        if len(fitting) != 1:
+            named = ", ".join(f"{m.__module__}.{m.__qualname__}" for m in claimants)
+            raise RuntimeError(
+                f"The component {name} fits {len(fitting)} of the models named like it "
+                f"({named}): rename one so its examples cannot be put on another's schema."
+            )
+        extra = fitting[0].model_config.get("json_schema_extra")
+        if isinstance(extra, dict) and "examples" in extra:
+            schemas[name]["examples"] = copy.deepcopy(extra["examples"])
 
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
@@ -137,12 +169,13 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     """Serve an OpenAPI document whose error responses all say application/problem+json,
-    with examples everywhere (`app.openapi_examples`)."""
+    with examples everywhere (`app.openapi_examples`) and a curl sample per operation
+    (`app.openapi_samples`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_examples(document_problems(generate()))
+            app.openapi_schema = add_samples(add_examples(document_problems(generate())))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

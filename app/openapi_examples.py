@@ -2,22 +2,24 @@
 
 Request and response bodies carry their examples on the pydantic models (next to the
 fields); this module adds what no model holds: an example for every parameter, one problem
-body per problem `type` on every error response, the text of each event stream, and an
-`x-codeSamples` curl command for every operation, built from all of those.
+body per problem `type` an operation can answer on each of its error responses, and the
+text of each event stream. `app.openapi_samples` builds the curl samples from all of those.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
 
+import limits
+
+from app.config import Settings
 from app.errors import (
     ABOUT_BLANK,
     PROBLEM_BASE,
     PROBLEM_JSON,
     PROBLEM_TYPES,
+    UNHANDLED_PROBLEM,
     BadRequest,
     Conflict,
     Forbidden,
@@ -28,19 +30,19 @@ from app.errors import (
     PayloadTooLarge,
     RepeatedHeader,
     ServiceUnavailable,
-    TooManyRequests,
     Unauthorized,
     Unprocessable,
 )
+from app.middleware import RouteLimit, body_too_large
 from app.schemas.api_keys import API_KEY_EXAMPLE
 from app.schemas.gallery import CURSOR_EXAMPLE, PACK_ID_EXAMPLE, PROMPT_ID_EXAMPLE
 from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.me import LEDGER_PAGE_CURSOR_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
+from app.services.rate_limits import Quota, RateLimited
 from app.services.webhooks import WebhookFailed
 
-BASE_URL = "http://127.0.0.1:8000"
 EVENT_STREAM = "text/event-stream"
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 SCHEMAS = "#/components/schemas/"
@@ -73,50 +75,82 @@ PARAMETER_EXAMPLES: dict[str | tuple[str, str], Any] = {
     "last-event-id": "ready-0f2d4b6a-8c1e-4a3b-9d5f-7e9a1c3b5d7f",
 }
 
-# What a webhook request carries that no schema can describe: the provider's signature over
-# the body. Shown in the curl samples only.
-SIGNED_REQUESTS: dict[str, tuple[list[str], dict[str, Any]]] = {
-    "receive_stripe_webhook": (
-        [
-            "Stripe-Signature: t=1777885923,"
-            "v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
-        ],
-        {"id": "evt_1PqRsT2eZvKYlo2C", "type": "checkout.session.completed", "data": {}},
-    ),
-    "receive_clerk_webhook": (
-        [
-            "svix-id: msg_2abcDEF",
-            "svix-timestamp: 1777885923",
-            "svix-signature: v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
-        ],
-        {"type": "user.created", "data": {"id": "user_2abcDEF"}},
-    ),
+# A 404's detail by the path it answers (the longest prefix that fits), as the services say.
+NOT_FOUND = {
+    "/": "Not found.",
+    "/metrics": "Metrics are served on port 9100, not here.",
+    "/.well-known/jwks.json": "This service does not sign tokens (AUTH is not dev).",
+    "/v1/generations": "No such upload.",
+    "/v1/jobs": "No such job.",
+    "/v1/images": "No such image.",
+    "/v1/prompts": "No such prompt.",
+    "/v1/packs": "No such pack.",
+    "/v1/packs/{pack_id}/icons": "No such image of yours.",
+    "/v1/packs/{pack_id}/icons/{image_id}": "That image is not in this pack.",
+    "/v1/packs/{pack_id}/generations/{set_id}": "No such set of icons in this pack.",
+    "/files": "No such file.",
+    "/v1/admin/users": "No such user.",
+    "/v1/admin/images": "No such image.",
+    "/v1/api-keys": "No such API key.",
+    "/v1/webhook-endpoints": "No such webhook endpoint.",
 }
+# The header whose signature a webhook's 400 says does not verify the body.
+WEBHOOK_SIGNATURES = {"/webhooks/stripe": "Stripe-Signature", "/webhooks/clerk": "svix-signature"}
 
 
-def problem_examples() -> dict[str, dict[str, Any]]:
-    """One problem body per problem `type`, as the error classes render it."""
+def _first(table: dict[str, str], path: str) -> str:
+    """The value of the longest key of `table` that `path` starts with."""
+    return table[max((key for key in table if path.startswith(key)), key=len)]
+
+
+def _rate_limited() -> RateLimited:
+    item = limits.parse(Settings.model_fields["rate_limit_generations"].default)
+    window = item.get_expiry()
+    quota = Quota(limit=item.amount, remaining=0, reset_seconds=12, window_seconds=window)
+    return RateLimited("generations", item, quota)
+
+
+def _bad_request(path: str, operation: dict[str, Any]) -> BadRequest:
+    names = {parameter["name"].lower() for parameter in operation.get("parameters", [])}
+    if path in WEBHOOK_SIGNATURES:
+        return BadRequest(f"The {WEBHOOK_SIGNATURES[path]} header does not verify this body.")
+    if "cursor" in names:
+        return BadRequest("The cursor is not one this API handed out.")
+    if "idempotency-key" in names:
+        return BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+    return BadRequest("The body could not be parsed.")
+
+
+def _payload_too_large(max_body: int) -> PayloadTooLarge:
+    """The 413 as `BodyLimitMiddleware` raises it (errors renders its `limit` alongside)."""
+    raised = body_too_large(RouteLimit(max_body, max_body, "The request body"))
+    return PayloadTooLarge(str(raised.detail), limit=raised.limit)
+
+
+def problem_examples(path: str, operation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The problem bodies an operation can answer, one per problem `type`, as the error
+    classes render them: a 404 names the operation's resource, a 400 its likely mistake, and
+    only a webhook answers `webhook-failed`."""
+    max_body = Settings.model_fields["max_body_bytes"].default
+    max_header = Settings.model_fields["max_header_bytes"].default
     raised = [
-        BadRequest("The cursor is not one this API handed out."),
-        RepeatedHeader("Idempotency-Key"),
+        _bad_request(path, operation),
         Unauthorized("The token has expired."),
         InsufficientCredits(balance=0, cost=1),
         Forbidden("API keys cannot be used here: sign in."),
-        NotFound("No such job."),
+        NotFound(_first(NOT_FOUND, path)),
         MethodNotAllowed("PUT is not allowed here."),
         Conflict("This email address already belongs to another account."),
-        PayloadTooLarge("The request body is larger than the limit of 1048576 bytes."),
-        Unprocessable("A edit needs a source image in `reference`."),
-        TooManyRequests(
-            "At most 30 generations per minute; retry in 12 s.",
-            limit=30,
-            window_seconds=60,
-            retry_after=12,
-        ),
-        HeadersTooLarge("The request's headers are larger than the limit of 16384 bytes."),
-        WebhookFailed("The event could not be applied; it will be retried."),
+        _payload_too_large(max_body),
+        Unprocessable("An edit needs a source image in `reference`."),
+        _rate_limited(),
+        HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),
     ]
+    if operation.get("security"):  # only the token's header is refused when repeated
+        raised.append(RepeatedHeader("Authorization"))
+    if path.startswith("/webhooks/"):
+        raised.append(WebhookFailed("The event could not be applied; it will be retried."))
     bodies = {body["type"]: body for body in (error.to_problem() for error in raised)}
     # As errors._validation_error and errors._unhandled write them.
     bodies[PROBLEM_BASE + "validation"] = {
@@ -132,21 +166,16 @@ def problem_examples() -> dict[str, dict[str, Any]]:
             }
         ],
     }
-    bodies[ABOUT_BLANK] = {
-        "type": ABOUT_BLANK,
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "Something went wrong on our side; it was logged.",
-    }
+    bodies[ABOUT_BLANK] = dict(UNHANDLED_PROBLEM)
     return bodies
 
 
-def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+def resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     """The schema a `$ref` names, or the first non-null branch of an `anyOf`."""
     if "$ref" in schema:
-        return _resolve(spec, spec["components"]["schemas"][schema["$ref"].removeprefix(SCHEMAS)])
+        return resolve(spec, spec["components"]["schemas"][schema["$ref"].removeprefix(SCHEMAS)])
     branches = [b for b in schema.get("anyOf", ()) if b.get("type") != "null"]
-    return _resolve(spec, branches[0]) if len(branches) == 1 else schema
+    return resolve(spec, branches[0]) if len(branches) == 1 else schema
 
 
 def media_example(spec: dict[str, Any], media: dict[str, Any]) -> Any:
@@ -155,7 +184,7 @@ def media_example(spec: dict[str, Any], media: dict[str, Any]) -> Any:
         return next(iter(media["examples"].values()))["value"]
     if "example" in media:
         return media["example"]
-    schema = _resolve(spec, media.get("schema", {}))
+    schema = resolve(spec, media.get("schema", {}))
     if schema.get("examples"):
         return schema["examples"][0]
     return schema.get("example")
@@ -181,95 +210,38 @@ def _stream_text(spec: dict[str, Any], media: dict[str, Any]) -> str:
     return "".join(frames)
 
 
-def _is_file(schema: dict[str, Any]) -> bool:
+def is_file(schema: dict[str, Any]) -> bool:
     return schema.get("format") == "binary" or "contentMediaType" in schema
 
 
-def _needs_token(operation: dict[str, Any]) -> bool:
-    requirements = operation.get("security", [])
-    return bool(requirements) and all(requirements)
-
-
-def _success(operation: dict[str, Any]) -> dict[str, Any]:
-    for status, response in operation.get("responses", {}).items():
-        if str(status).startswith("2") and response.get("content"):
-            content: dict[str, Any] = response["content"]
-            return content
-    return {}
-
-
-def curl_sample(spec: dict[str, Any], method: str, path: str, operation: dict[str, Any]) -> str:
-    """A curl command for the operation, from its parameters' and body's examples."""
-    operation_id = operation.get("operationId", "")
-    query: list[tuple[str, Any]] = []
-    headers: list[str] = []
-    for parameter in operation.get("parameters", []):
-        value = parameter.get("example")
-        name, where = parameter["name"], parameter["in"]
-        if where == "path":
-            path = path.replace("{" + name + "}", quote(str(value), safe="/"))
-        elif where == "query":
-            values = value if isinstance(value, list) else [value]
-            query += [(name, json.dumps(v) if isinstance(v, bool) else v) for v in values]
-        elif where == "header":
-            headers.append(f"{'-'.join(w.capitalize() for w in name.split('-'))}: {value}")
-    url = BASE_URL + path + ("?" + urlencode(query) if query else "")
-    parts = ["curl"] + ([] if method == "get" else ["-X", method.upper()]) + [shlex.quote(url)]
-    lines = [" ".join(parts)]
-    if _needs_token(operation):
-        lines.append('-H "Authorization: Bearer $ATELIER_TOKEN"')
-    success = _success(operation)
-    if EVENT_STREAM in success:
-        lines.append("-N -H 'Accept: text/event-stream'")
-    signed_headers, signed_body = SIGNED_REQUESTS.get(operation_id, ([], None))
-    lines += [f"-H {shlex.quote(header)}" for header in headers + signed_headers]
-    body_content = operation.get("requestBody", {}).get("content", {})
-    if "application/json" in body_content or signed_body is not None:
-        body = signed_body
-        if body is None:
-            body = media_example(spec, body_content["application/json"])
-        lines.append("-H 'Content-Type: application/json'")
-        lines.append(f"-d {shlex.quote(json.dumps(body))}")
-    elif "multipart/form-data" in body_content:
-        form = _resolve(spec, body_content["multipart/form-data"]["schema"])
-        for field, schema in form.get("properties", {}).items():
-            if _is_file(schema):
-                lines.append(f"-F {shlex.quote(field + '=@icon.png')}")
-    if any(_is_file(media.get("schema", {})) for media in success.values()):
-        lines.append("-OJ")  # saved under the name the URL or Content-Disposition gives
-    return " \\\n  ".join(lines)
+def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, method, operation) of every operation of the document, in its order."""
+    for path, path_item in spec.get("paths", {}).items():
+        for method in METHODS:
+            if method in path_item:
+                yield path, method, path_item[method]
 
 
 def add_examples(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add parameter, problem and event-stream examples and a curl sample to every operation."""
-    problems = problem_examples()
-    for path, path_item in spec.get("paths", {}).items():
-        for method in METHODS:
-            operation = path_item.get(method)
-            if operation is None:
-                continue
-            for parameter in operation.get("parameters", []):
-                if "example" not in parameter and "examples" not in parameter:
-                    example = _parameter_example(operation["operationId"], parameter["name"])
-                    if example is not None:
-                        parameter["example"] = example
-            for status, response in operation.get("responses", {}).items():
-                content = response.get("content", {})
-                if PROBLEM_JSON in content and int(status) in PROBLEM_TYPES:
-                    content[PROBLEM_JSON]["examples"] = {
-                        kind.rsplit("/", 1)[-1]: {
-                            "summary": problems[kind]["title"],
-                            "value": problems[kind],
-                        }
-                        for kind in PROBLEM_TYPES[int(status)]
+    """Add parameter, problem and event-stream examples to every operation."""
+    for path, _, operation in operations(spec):
+        for parameter in operation.get("parameters", []):
+            if "example" not in parameter and "examples" not in parameter:
+                example = _parameter_example(operation["operationId"], parameter["name"])
+                if example is not None:
+                    parameter["example"] = example
+        problems = problem_examples(path, operation)
+        for status, response in operation.get("responses", {}).items():
+            content = response.get("content", {})
+            if PROBLEM_JSON in content and int(status) in PROBLEM_TYPES:
+                content[PROBLEM_JSON]["examples"] = {
+                    kind.rsplit("/", 1)[-1]: {
+                        "summary": problems[kind]["title"],
+                        "value": problems[kind],
                     }
-                if EVENT_STREAM in content:
-                    content[EVENT_STREAM]["example"] = _stream_text(spec, content[EVENT_STREAM])
-            operation["x-codeSamples"] = [
-                {
-                    "lang": "Shell",
-                    "label": "curl",
-                    "source": curl_sample(spec, method, path, operation),
+                    for kind in PROBLEM_TYPES[int(status)]
+                    if kind in problems
                 }
-            ]
+            if EVENT_STREAM in content:
+                content[EVENT_STREAM]["example"] = _stream_text(spec, content[EVENT_STREAM])
     return spec

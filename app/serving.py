@@ -72,9 +72,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._write_431()
 
     def _write_431(self) -> None:
-        problem = HeadersTooLarge(
-            f"The request's headers are larger than the limit of {self.max_head_bytes} bytes."
-        ).to_problem()
+        problem = HeadersTooLarge.over(self.max_head_bytes).to_problem()
         body = json.dumps(problem).encode()
         head = (
             "HTTP/1.1 431 Request Header Fields Too Large\r\n"

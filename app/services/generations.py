@@ -93,7 +93,8 @@ async def _reference_key(
     ref = body.reference
     if ref is None:
         if body.kind in ("style", "edit"):
-            raise Unprocessable(f"A {body.kind} needs a source image in `reference`.")
+            article = "An" if body.kind == "edit" else "A"
+            raise Unprocessable(f"{article} {body.kind} needs a source image in `reference`.")
         return None
     if isinstance(ref, ImageReference):
         row = await images.get_readable(conn, ref.image_id, user.id)

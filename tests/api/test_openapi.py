@@ -11,6 +11,7 @@ from fastapi import FastAPI, Query
 from app.config import Settings
 from app.errors import PROBLEM_BASE, PROBLEM_TYPES
 from app.main import create_app
+from app.openapi_examples import operations
 from tests.fakes.running import running
 
 PROBLEM_JSON = "application/problem+json"
@@ -30,16 +31,8 @@ def without_examples(content: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 # The only operations that may document nothing but the app-wide errors.
 OPERATIONAL = {"/healthz", "/metrics"}
-
-
-def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, item in spec["paths"].items():
-        for method, operation in item.items():
-            if method in METHODS:
-                yield path, method, operation
 
 
 def error_responses(operation: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -13,11 +13,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from app.config import Settings
-from app.errors import PROBLEM_JSON, PROBLEM_TYPES
+from app.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_TYPES
 from app.main import create_app
-from app.openapi_examples import EVENT_STREAM, media_example
+from app.openapi_examples import EVENT_STREAM, is_file, media_example, problem_examples
+from app.openapi_examples import operations as paths_and_operations
 
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 # Subschemas, by the keywords that hold one, a list of them, or a map of them.
 ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contentSchema")
 MANY = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -33,14 +33,13 @@ def spec() -> Spec:
 
 
 def operations(spec: Spec) -> Iterator[tuple[str, dict[str, Any]]]:
-    for path, item in spec["paths"].items():
-        for method in METHODS:
-            if method in item:
-                yield f"{method.upper()} {path}", item[method]
+    for path, method, operation in paths_and_operations(spec):
+        yield f"{method.upper()} {path}", operation
 
 
-def _is_file(schema: dict[str, Any]) -> bool:
-    return schema.get("format") == "binary" or "contentMediaType" in schema
+def answerable(path: str, operation: dict[str, Any], status: str) -> set[str]:
+    """The problem types of `status` that the operation can answer."""
+    return set(PROBLEM_TYPES[int(status)]) & set(problem_examples(path, operation))
 
 
 def _has_example(spec: Spec, media: dict[str, Any]) -> bool:
@@ -51,7 +50,8 @@ def lacking_examples(spec: Spec) -> list[str]:
     """What each operation lacks: a curl sample, a parameter's or the body's example, an
     example of its success answer or of each problem it documents."""
     missing: list[str] = []
-    for label, operation in operations(spec):
+    for path, method, operation in paths_and_operations(spec):
+        label = f"{method.upper()} {path}"
         samples = operation.get("x-codeSamples") or []
         if not any(s.get("lang") == "Shell" and "curl" in s.get("source", "") for s in samples):
             missing.append(f"{label}: no curl sample (x-codeSamples)")
@@ -66,11 +66,11 @@ def lacking_examples(spec: Spec) -> list[str]:
                 missing.append(f"{label}: no example of its {media_type} body")
         for status, response in operation["responses"].items():
             for media_type, media in response.get("content", {}).items():
-                if str(status).startswith("2") and _is_file(media.get("schema", {})):
+                if str(status).startswith("2") and is_file(media.get("schema", {})):
                     continue  # bytes: the curl sample saves them (-OJ)
                 if media_type == PROBLEM_JSON:
                     shown = {e["value"]["type"] for e in media.get("examples", {}).values()}
-                    if shown != set(PROBLEM_TYPES[int(status)]):
+                    if not shown or shown != answerable(path, operation, status):
                         missing.append(f"{label}: {status} lacks an example of a problem type")
                 elif not _has_example(spec, media):
                     missing.append(f"{label}: no example of its {status} {media_type} answer")
@@ -180,17 +180,28 @@ def test_every_example_is_valid_under_its_schema(spec: Spec) -> None:
     assert invalid_examples(spec) == []
 
 
-def test_every_operation_has_a_curl_sample_that_sends_its_body_and_token(spec: Spec) -> None:
-    generation = spec["paths"]["/v1/generations"]["post"]["x-codeSamples"][0]["source"]
-    assert generation.startswith("curl -X POST http://127.0.0.1:8000/v1/generations")
-    assert '-H "Authorization: Bearer $ATELIER_TOKEN"' in generation
-    assert "-H 'Idempotency-Key: " in generation
-    sent = json.loads(generation.rsplit(" -d ", 1)[1].strip("'"))
-    assert sent == {"prompt": "a watercolor fox, flat icon", "kind": "generate"}
-    health = spec["paths"]["/healthz"]["get"]["x-codeSamples"][0]["source"]
-    assert health == "curl http://127.0.0.1:8000/healthz"  # no token where none is needed
-    upload = spec["paths"]["/v1/uploads"]["post"]["x-codeSamples"][0]["source"]
-    assert "-F file=@icon.png" in upload
+def _problems(spec: Spec, path: str, method: str, status: str) -> dict[str, Any]:
+    media = spec["paths"][path][method]["responses"][status]["content"][PROBLEM_JSON]
+    return {name: example["value"] for name, example in media["examples"].items()}
+
+
+def test_problem_examples_fit_the_operation(spec: Spec) -> None:
+    assert list(_problems(spec, "/v1/me", "get", "500")) == ["about:blank"]
+    stripe = _problems(spec, "/webhooks/stripe", "post", "500")
+    assert stripe["webhook-failed"]["status"] == 500
+    assert _problems(spec, "/v1/images/{image_id}", "get", "404")["not-found"]["detail"] == (
+        "No such image."
+    )
+    assert _problems(spec, "/v1/jobs/{job_id}", "get", "404")["not-found"]["detail"] == (
+        "No such job."
+    )
+    ledger = _problems(spec, "/v1/credits/ledger", "get", "400")
+    assert ledger["repeated-header"]["header"] == "Authorization"  # the one header deps refuse
+    assert "cursor" in ledger["bad-request"]["detail"]
+    # no token, so no repeated Authorization header to refuse
+    assert list(_problems(spec, "/webhooks/clerk", "post", "400")) == ["bad-request"]
+    too_large = problem_examples("/healthz", {})[PROBLEM_BASE + "headers-too-large"]
+    assert too_large["detail"].endswith(" of 32768 bytes.")  # MAX_HEADER_BYTES' default
 
 
 def test_an_operation_that_loses_an_example_is_named(spec: Spec) -> None:

@@ -87,6 +87,17 @@ async def test_invalid_generation_requests_are_422_and_change_nothing(
     assert await spend_rows(db, ALICE) == []
 
 
+async def test_a_missing_reference_is_named_with_its_kind(
+    queued: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    for kind, detail in (("edit", "An edit"), ("style", "A style")):
+        body = {"prompt": "a fox", "kind": kind}
+        response = await queued.post("/v1/generations", json=body, headers=headers)
+        problem = assert_problem(response, 422)
+        assert problem["detail"] == f"{detail} needs a source image in `reference`."
+
+
 async def test_a_prompt_of_2000_characters_is_accepted(
     queued: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:

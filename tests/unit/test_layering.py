@@ -17,9 +17,10 @@ top, in a function, under TYPE_CHECKING) only from the parts listed for it:
   an implementation (the entry point picks one and hands it in). The worker loop
   (`app.services.worker`) does not import db: its transactions live in `app.services.jobs`.
 - web: `app.routers.*`, `app.deps` (the routers' dependencies: it names services, as routers
-  do), `app.middleware`, `app.openapi`, `app.openapi_examples` and `app.serving`. Core,
-  services, interfaces and the web modules that are not routers (a router is a leaf that
-  only the entry points import); never db (readiness included), never an implementation.
+  do), `app.middleware`, `app.openapi`, `app.openapi_examples`, `app.openapi_samples` and
+  `app.serving`. Core, services, interfaces and the web modules that are not routers (a
+  router is a leaf that only the entry points import); never db (readiness included), never
+  an implementation.
 - entry: `app.main` and `app.cli`, the composition root. May wire anything; nothing but entry
   imports entry.
 
@@ -41,7 +42,14 @@ MAX_LINES = 400
 INTERFACES = frozenset({"app.services.providers.base", "app.services.storage.base"})
 CORE_MODULES = frozenset({"app.config", "app.errors", "app.observability", "app.headers"})
 WEB_MODULES = frozenset(
-    {"app.deps", "app.middleware", "app.openapi", "app.openapi_examples", "app.serving"}
+    {
+        "app.deps",
+        "app.middleware",
+        "app.openapi",
+        "app.openapi_examples",
+        "app.openapi_samples",
+        "app.serving",
+    }
 )
 ENTRY_MODULES = frozenset({"app.main", "app.cli"})
 ADAPTER_PACKAGES = ("app.services.providers", "app.services.storage")
