@@ -117,6 +117,12 @@ def run_provider(db: BenchDatabase, provider: str, jobs: int, pool: int) -> dict
         "worker peak RSS (VmHWM)": f"{stats['peak_rss_mib']:.0f} MiB",
         "peak above idle, per job": f"{extra * 1024 / jobs:.0f} KiB",
         "worst event-loop stall": f"{stats['stall_worst_ms']:.1f} ms",
+        "  of which: loop CPU / waiting for a core": (
+            f"{stats['stall_worst_cpu_ms']:.1f} / {stats['stall_worst_queued_ms']:.1f} ms"
+        ),
+        "most loop CPU in one sleep / most blocked (GIL)": (
+            f"{stats['loop_cpu_worst_ms']:.1f} / {stats['blocked_worst_ms']:.1f} ms"
+        ),
         "event-loop stall p99 / p50": (
             f"{stats['stall_p99_ms']:.1f} / {stats['stall_p50_ms']:.2f} ms "
             f"({int(stats['stall_samples'])} samples of a 10 ms sleep)"
