@@ -555,6 +555,7 @@ class StallProbe:
 async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
     from app.main import open_runtime
     from app.observability import configure_logging
+    from app.services.realtime import WORKER_CHANNELS
     from app.services.worker import Worker
 
     settings = Settings(_env_file=None)
@@ -565,7 +566,7 @@ async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
         loop.add_signal_handler(signum, stop.set)
     probe = StallProbe()
     async with contextlib.AsyncExitStack() as stack:
-        runtime = await open_runtime(stack, settings)
+        runtime = await open_runtime(stack, settings, channels=WORKER_CHANNELS)  # as cmd_worker
         provider = runtime.provider
         if provider_name == "instant":
             provider = InstantProvider(settings.local_provider_delay_ms / 1000)

@@ -39,7 +39,7 @@ import asyncpg
 from app.config import Settings
 from app.services import imaging, job_objects, job_progress, jobs
 from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
-from app.services.realtime import JOBS_CHANNEL, Hub
+from app.services.realtime import QUEUE_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
 log = logging.getLogger("atelier.worker")
@@ -150,12 +150,13 @@ class Worker:
         return None
 
     async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake the loop when a job is queued (a new one, a retry, one handed back) or the
+        hub asks to resync (it reconnected, and may have missed one)."""
         assert self.hub is not None
-        async with self.hub.subscribe(JOBS_CHANNEL) as sub:
+        async with self.hub.subscribe(QUEUE_CHANNEL) as sub:
             while not stop.is_set():
-                event = await sub.get()
-                if event is not None and event.get("status") in ("pending", None):
-                    self._wake.set()  # a new or handed-back job, or a resync
+                if await sub.get() is not None:
+                    self._wake.set()
 
     async def _claim_batch(self) -> int:
         """Claim what the free slots (at most WORKER_CLAIM_BATCH) can take and start it.
