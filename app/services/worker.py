@@ -47,6 +47,12 @@ log = logging.getLogger("atelier.worker")
 # After a job ends with more work waiting, the next claim waits this long for other slots
 # to free up (unless a quarter of the batch is free already), so one claim takes several.
 CLAIM_GATHER_SECONDS = 0.005
+# Answers checked, stored and completed at once. Enough to keep the imaging pool, the
+# storage pool and the completing statements busy; beyond it an answer waits here, on one
+# cheap future, instead of costing the loop a hand-off to a pool whose queue is long
+# already: 1,000 answers arriving together (bench/inflight_memory) started 1,000 of those
+# hand-offs in a few loop turns.
+STORING_AT_ONCE = 16
 
 
 def new_worker_id() -> str:
@@ -93,6 +99,7 @@ class Worker:
         # The last claim filled every slot it asked for (or none was free): more may be ready.
         self._more_ready = False
         self._gathering: asyncio.TimerHandle | None = None
+        self._storing = asyncio.Semaphore(STORING_AT_ONCE)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -308,7 +315,8 @@ class Worker:
         # Progress 60 is written only if storing takes a while; else the completion says it.
         answered = job_progress.Answered(self.pool, attempt.id, attempt.number, result.model)
         try:
-            await self._store(attempt, result.model, result.data, params, answered)
+            async with self._storing:
+                await self._store(attempt, result.model, result.data, params, answered)
         finally:
             answered.cancel()
 

@@ -1,7 +1,8 @@
-"""A job's progress while the worker stores its image: 60 (answered) is written on its own
+"""While the worker stores an image: a job's progress, 60 (answered), is written on its own
 only when storing takes a while, else announced by the statement that completes the job;
 either way every step is announced once, in order (tests/generation/test_job_events.py
-follows the quick case through the API's stream)."""
+follows the quick case through the API's stream). Many answers at once are stored
+STORING_AT_ONCE at a time, the others waiting their turn at 60."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from app.db import pool as db_pool
 from app.services.providers.local import MODEL, LocalProvider
 from app.services.realtime import JOBS_CHANNEL, Hub
 from app.services.storage.base import Storage
-from app.services.worker import Worker
+from app.services.worker import STORING_AT_ONCE, Worker
 from tests.support.generations import add_user
 from tests.support.polling import wait_until
 from tests.worker.conftest import (
@@ -41,10 +42,15 @@ class HeldStorage:
         self.name = f"held-{inner.name}"
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
+        self.held = 0  # puts waiting right now
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         self.holding.set()
-        await self.release.wait()
+        self.held += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.held -= 1
         await self.inner.put(key, data, content_type)
 
     def __getattr__(self, name: str) -> Any:
@@ -90,4 +96,29 @@ async def test_a_slow_store_shows_the_answer_at_60_and_each_step_is_announced_on
 
     assert done[job_id]["status"] == "completed"
     assert [(n["status"], n["progress"]) for n in seen if n["id"] == str(job_id)] == STEPS
+    await assert_invariants(pool, storage)
+
+
+async def test_answers_beyond_storing_at_once_wait_their_turn_and_all_complete(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings], storage: Storage, hub: Hub
+) -> None:
+    count = STORING_AT_ONCE + 8
+    settings = make_settings(worker_concurrency=count, worker_poll_seconds=0.1)
+    user = await add_user(pool, "user_alice", credits=count)
+    held = HeldStorage(storage)
+    worker = Worker(settings, pool, LocalProvider(), held, hub)
+    async with worker_running(worker):
+        job_ids = [await submit(pool, settings, storage, user, f"a kite {i}") for i in range(count)]
+
+        async def all_answered() -> bool:
+            rows = [await job_row(pool, job_id) for job_id in job_ids]
+            return all(row["progress"] == 60 for row in rows)
+
+        await wait_until(all_answered, "every job answered (60) while the store holds")
+        await wait_until(lambda: held.held == STORING_AT_ONCE, "the first ones storing")
+        assert held.held == STORING_AT_ONCE
+        held.release.set()
+        done = await wait_for_end(pool, job_ids)
+
+    assert {row["status"] for row in done.values()} == {"completed"}
     await assert_invariants(pool, storage)
