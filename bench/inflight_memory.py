@@ -5,8 +5,10 @@ One worker process (as `atelier worker` runs) with WORKER_CONCURRENCY=1000 and
 LOCAL_PROVIDER_DELAY_MS=5000, started before the jobs exist; then 1,000 jobs are queued in
 one transaction, so the worker claims them all together. Inside the worker a probe task
 sleeps 10 ms in a loop and records how late it wakes: the worst lateness is the longest
-time the event loop was busy and could not run anything else. RSS is the worker's VmHWM
-(the kernel's peak) next to its RSS once started and idle.
+time the event loop was busy and could not run anything else. The worst one is shown with
+what the loop's thread did meanwhile: its own CPU, and how long it waited for a core (the
+rest it was blocked, mostly on the GIL). RSS is the worker's VmHWM (the kernel's peak)
+next to its RSS once started and idle.
 
 Providers: `local` is PROVIDER=local (sleep 5 s, then the Pillow dev render, ~25 ms of CPU
 each, in threads); `instant` sleeps 5 s and answers a small fixed PNG, leaving only the
