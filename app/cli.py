@@ -124,13 +124,14 @@ async def _worker(settings: Settings) -> None:
     from contextlib import AsyncExitStack
 
     from app.main import open_runtime, run_worker
+    from app.services.realtime import WORKER_CHANNELS
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(stack, settings)
+        runtime = await open_runtime(stack, settings, channels=WORKER_CHANNELS)
         await run_worker(runtime, settings, stop)
 
 

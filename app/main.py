@@ -44,7 +44,7 @@ from app.services.billing import StripeApi
 from app.services.clerk_events import ClerkEvents
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
-from app.services.realtime import Hub
+from app.services.realtime import ALL_CHANNELS, Hub
 from app.services.storage.base import SignedStorage, Storage
 from app.services.storage.factory import build_storage
 from app.services.storage.local import LocalStorage
@@ -84,10 +84,14 @@ class Runtime:
 
 
 async def open_runtime(
-    stack: AsyncExitStack, settings: Settings, metrics: Metrics | None = None
+    stack: AsyncExitStack,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    channels: tuple[str, ...] = ALL_CHANNELS,
 ) -> Runtime:
     """Open the pool, storage, the provider and the realtime hub; `stack` closes them.
-    `metrics`: where the provider reports latency, errors and fallbacks (the API's /metrics)."""
+    `metrics`: where the provider reports latency, errors and fallbacks (the API's /metrics);
+    `channels`: what the hub listens to (a process running only a worker: WORKER_CHANNELS)."""
     url = await asyncio.to_thread(db_pool.database_url, settings)
     listen_url = await asyncio.to_thread(db_pool.database_url, settings, direct=True)
     pool = await db_pool.create_pool(settings, url)
@@ -96,7 +100,7 @@ async def open_runtime(
     stack.push_async_callback(storage.aclose)
     provider = build_provider(settings, metrics)
     stack.push_async_callback(provider.aclose)
-    hub = Hub(lambda: db_pool.connect(settings, listen_url))
+    hub = Hub(lambda: db_pool.connect(settings, listen_url), channels)
     await hub.start()
     stack.push_async_callback(hub.stop)
     decoders = imaging.Decoders(settings.imaging_workers)

@@ -308,9 +308,18 @@ def wait_ready(server: Child, base_url: str) -> None:
 
 
 def start_worker(
-    db: BenchDatabase, provider: str, *, probe: bool = False, **env_changes: str
+    db: BenchDatabase,
+    provider: str,
+    *,
+    probe: bool = False,
+    profile: Path | None = None,
+    **env_changes: str,
 ) -> Child:
+    """A measured worker process; with `profile`, run under cProfile, which writes that
+    file when the worker exits after SIGTERM (as `stop()` sends)."""
     args = [sys.executable, "-m", "bench.common", "worker", "--provider", provider]
+    if profile is not None:
+        args[1:1] = ["-m", "cProfile", "-o", str(profile.resolve())]
     if probe:
         args.append("--probe")
     child = Child(args, child_env(db, **env_changes), db.workdir, f"worker-{provider}")
@@ -363,6 +372,13 @@ def machine_line() -> str:
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time a process has used so far (all its threads)."""
     fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process's main thread (the event loop's, in a worker),
+    without its other threads (storage and imaging pools, the log writer)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -480,34 +496,66 @@ class InstantProvider:
         pass
 
 
+def _run_delay(fd: int) -> float:
+    """Seconds this thread has spent runnable but waiting for a core, from its schedstat
+    (opened on /proc/thread-self/schedstat): "cpu-time run-delay timeslices" in ns."""
+    return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+
+
 @dataclass
 class StallProbe:
     """Sleeps `interval` seconds in a loop and records how late each wake-up was: how long
-    the event loop was busy with something else (a stall) when it should have woken up."""
+    the event loop was busy with something else (a stall) when it should have woken up.
+
+    For each sleep it also records what the loop's thread did meanwhile: its CPU time (the
+    loop busy: a long callback, a garbage collection) and how long it waited for a core
+    (the kernel's run delay: other work on the machine). What is left of a stall is time
+    the thread was blocked, in this process mostly waiting for the GIL that a thread of its
+    own held (Pillow in the render or imaging pools)."""
 
     interval: float = 0.010
     lateness: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+    queued: list[float] = field(default_factory=list)
 
     async def run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(self.interval)
-            self.lateness.append(time.perf_counter() - before - self.interval)
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        try:
+            while True:
+                before = time.perf_counter()
+                cpu_before = time.thread_time()
+                delay_before = _run_delay(fd)
+                await asyncio.sleep(self.interval)
+                self.lateness.append(time.perf_counter() - before - self.interval)
+                self.busy.append(time.thread_time() - cpu_before)
+                self.queued.append(_run_delay(fd) - delay_before)
+        finally:
+            os.close(fd)
 
     def summary(self) -> dict[str, float]:
         if not self.lateness:
             return {}
+        worst = max(range(len(self.lateness)), key=self.lateness.__getitem__)
+        blocked = [
+            late - min(late, busy + queued)
+            for late, busy, queued in zip(self.lateness, self.busy, self.queued, strict=True)
+        ]
         return {
-            "stall_worst_ms": max(self.lateness) * 1000,
+            "stall_worst_ms": self.lateness[worst] * 1000,
+            "stall_worst_cpu_ms": self.busy[worst] * 1000,
+            "stall_worst_queued_ms": self.queued[worst] * 1000,
             "stall_p99_ms": percentile(self.lateness, 0.99) * 1000,
             "stall_p50_ms": percentile(self.lateness, 0.50) * 1000,
             "stall_samples": float(len(self.lateness)),
+            "loop_cpu_worst_ms": max(self.busy) * 1000,
+            "blocked_worst_ms": max(blocked) * 1000,
         }
 
 
 async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
     from app.main import open_runtime
     from app.observability import configure_logging
+    from app.services.realtime import WORKER_CHANNELS
     from app.services.worker import Worker
 
     settings = Settings(_env_file=None)
@@ -518,7 +566,7 @@ async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
         loop.add_signal_handler(signum, stop.set)
     probe = StallProbe()
     async with contextlib.AsyncExitStack() as stack:
-        runtime = await open_runtime(stack, settings)
+        runtime = await open_runtime(stack, settings, channels=WORKER_CHANNELS)  # as cmd_worker
         provider = runtime.provider
         if provider_name == "instant":
             provider = InstantProvider(settings.local_provider_delay_ms / 1000)

@@ -5,8 +5,10 @@ One worker process (as `atelier worker` runs) with WORKER_CONCURRENCY=1000 and
 LOCAL_PROVIDER_DELAY_MS=5000, started before the jobs exist; then 1,000 jobs are queued in
 one transaction, so the worker claims them all together. Inside the worker a probe task
 sleeps 10 ms in a loop and records how late it wakes: the worst lateness is the longest
-time the event loop was busy and could not run anything else. RSS is the worker's VmHWM
-(the kernel's peak) next to its RSS once started and idle.
+time the event loop was busy and could not run anything else. The worst one is shown with
+what the loop's thread did meanwhile: its own CPU, and how long it waited for a core (the
+rest it was blocked, mostly on the GIL). RSS is the worker's VmHWM (the kernel's peak)
+next to its RSS once started and idle.
 
 Providers: `local` is PROVIDER=local (sleep 5 s, then the Pillow dev render, ~25 ms of CPU
 each, in threads); `instant` sleeps 5 s and answers a small fixed PNG, leaving only the
@@ -117,6 +119,12 @@ def run_provider(db: BenchDatabase, provider: str, jobs: int, pool: int) -> dict
         "worker peak RSS (VmHWM)": f"{stats['peak_rss_mib']:.0f} MiB",
         "peak above idle, per job": f"{extra * 1024 / jobs:.0f} KiB",
         "worst event-loop stall": f"{stats['stall_worst_ms']:.1f} ms",
+        "  of which: loop CPU / waiting for a core": (
+            f"{stats['stall_worst_cpu_ms']:.1f} / {stats['stall_worst_queued_ms']:.1f} ms"
+        ),
+        "most loop CPU in one sleep / most blocked (GIL)": (
+            f"{stats['loop_cpu_worst_ms']:.1f} / {stats['blocked_worst_ms']:.1f} ms"
+        ),
         "event-loop stall p99 / p50": (
             f"{stats['stall_p99_ms']:.1f} / {stats['stall_p50_ms']:.2f} ms "
             f"({int(stats['stall_samples'])} samples of a 10 ms sleep)"

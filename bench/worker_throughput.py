@@ -33,6 +33,7 @@ from bench.common import (  # noqa: E402
     cpu_seconds,
     create_users,
     enqueue,
+    loop_cpu_seconds,
     machine_line,
     percentile,
     postmaster_pid,
@@ -121,21 +122,29 @@ async def _paced(db: BenchDatabase, user_id: str, rate: float, seconds: float) -
 
 
 def run_provider(
-    db: BenchDatabase, provider: str, jobs: int, paced_seconds: float
+    db: BenchDatabase, provider: str, jobs: int, paced_seconds: float, profile: Path | None
 ) -> dict[str, str]:
     user_id = f"bench_{provider}"
     asyncio.run(_setup_user(db, user_id))
     asyncio.run(_backlog(db, user_id, jobs))
     started = time.perf_counter()
     postmaster = postmaster_pid(db)
-    worker = start_worker(db, provider, PROVIDER="local", LOCAL_PROVIDER_DELAY_MS="0")
+    worker = start_worker(
+        db,
+        provider,
+        profile=profile.with_suffix(f".{provider}{profile.suffix}") if profile else None,
+        PROVIDER="local",
+        LOCAL_PROVIDER_DELAY_MS="0",
+    )
     try:
         # CPU from the worker's "ready" (imports and start-up done) to the last job: less
         # sensitive to other load on the machine than the rates.
         worker_cpu = cpu_seconds(worker.pid)
+        loop_cpu = loop_cpu_seconds(worker.pid)
         pg_cpu = tree_cpu_seconds(postmaster) if postmaster else float("nan")
         asyncio.run(_wait_done(db, user_id, "backlog", jobs))
         worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+        loop_cpu = loop_cpu_seconds(worker.pid) - loop_cpu
         pg_cpu = (tree_cpu_seconds(postmaster) if postmaster else float("nan")) - pg_cpu
         drained = time.perf_counter() - started
         backlog = asyncio.run(_phase_numbers(db, user_id, "backlog"))
@@ -153,8 +162,9 @@ def run_provider(
     return {
         "jobs/s (backlog, steady)": f"{backlog['rate']:.1f}",
         f"backlog of {jobs} drained in (incl. start)": f"{drained:.2f} s",
-        "CPU per job (backlog): worker / postgres": (
-            f"{worker_cpu * 1000 / jobs:.2f} / {pg_cpu * 1000 / jobs:.2f} ms"
+        "CPU per job (backlog): worker / its loop thread / postgres": (
+            f"{worker_cpu * 1000 / jobs:.2f} / {loop_cpu * 1000 / jobs:.2f} / "
+            f"{pg_cpu * 1000 / jobs:.2f} ms"
         ),
         "paced rate (half of that)": f"{rate:.1f} jobs/s x {submitted} jobs",
         "submit→completed p50 (paced)": f"{paced['p50_ms']:.1f} ms",
@@ -182,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--providers", default="instant,local", help="comma-separated: instant, local"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the worker under cProfile, writing FILE with the provider's name added "
+        "before the suffix (e.g. worker.instant.prof); CPU figures then include its overhead",
+    )
     args = parser.parse_args(argv)
     with bench_database() as db:
         facts = asyncio.run(server_facts(db.url))
@@ -192,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             "one worker process, WORKER_CONCURRENCY=16, DB_POOL_MAX_SIZE=20"
         )
         for provider in args.providers.split(","):
-            numbers = run_provider(db, provider.strip(), args.jobs, args.paced_seconds)
+            numbers = run_provider(
+                db, provider.strip(), args.jobs, args.paced_seconds, args.profile
+            )
             print_table(f"worker throughput: provider={provider}", list(numbers.items()))
     return 0
 

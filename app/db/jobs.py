@@ -226,16 +226,20 @@ async def complete(
     width: int,
     height: int,
     pack_id: UUID | None,
+    announce_answered: bool = False,
 ) -> bool:
     """Mark the job completed and record its image, fenced on the attempt: one statement,
     all or nothing (False, and nothing written, when the attempt no longer holds the job).
 
-    It also announces progress 90 (stored) before the trigger announces 100: a NOTIFY sent
-    while the statement runs is queued ahead of the ones its AFTER triggers send at its end,
-    and all of them go out at commit, in that order. The row itself goes from 60 to 100, as
-    before it did within a millisecond; one statement instead of a progress write and a
-    four-statement transaction. `pack_id` is kept only if that pack (the job owner's) still
-    exists; the lock keeps it from going between this look and the foreign key's check.
+    It also announces progress 90 (stored), preceded by 60 (answered) when
+    `announce_answered` (the worker skipped that write: storing was quick), before the
+    trigger announces 100: a NOTIFY sent while the statement runs is queued ahead of the
+    ones its AFTER triggers send at its end, and all of them go out at commit, in that
+    order (the steps' VALUES are scanned in the order written, against the one row of
+    `done`). The row itself goes from 60 (or 10) to 100, as before it did within a
+    millisecond; one statement instead of a progress write and a four-statement
+    transaction. `pack_id` is kept only if that pack (the job owner's) still exists; the
+    lock keeps it from going between this look and the foreign key's check.
     """
     row = await conn.fetchrow(
         """
@@ -247,8 +251,9 @@ async def complete(
             RETURNING id, user_id, prompt
         ), stored AS (
             SELECT pg_notify('atelier_jobs', json_build_object(
-                'id', id, 'user_id', user_id, 'status', 'running', 'progress', 90)::text)
-            FROM done
+                'id', id, 'user_id', user_id, 'status', 'running', 'progress', step)::text)
+            FROM done, (VALUES (60), (90)) AS steps(step)
+            WHERE step = 90 OR $11
         ), image AS (
             INSERT INTO generated_images (
                 id, user_id, image_url, prompt, storage_key, job_id, model, visibility,
@@ -271,6 +276,7 @@ async def complete(
         height,
         pack_id,
         attempt,
+        announce_answered,
     )
     assert row is not None
     return bool(row["images"] == 1)

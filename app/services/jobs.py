@@ -66,10 +66,11 @@ async def complete(
     png: imaging.Png,
     model: str,
     params: dict[str, Any],
+    answered_shown: bool = True,
 ) -> None:
     """Record the stored image and mark the job completed (announcing progress 90, then
-    100), in one statement; LostLease (and nothing written) if the attempt no longer holds
-    the job."""
+    100, and 60 first unless `answered_shown`: it was written already), in one statement;
+    LostLease (and nothing written) if the attempt no longer holds the job."""
     image_id = uuid.uuid4()
     url = imaging.canonical_url(settings, key, image_id)
     pack_id = params.get("pack_id")
@@ -86,6 +87,7 @@ async def complete(
             width=png.width,
             height=png.height,
             pack_id=UUID(pack_id) if pack_id else None,
+            announce_answered=not answered_shown,
         )
     if not completed:
         raise LostLease

@@ -23,8 +23,11 @@ import asyncpg
 
 log = logging.getLogger("atelier.realtime")
 
-JOBS_CHANNEL = "atelier_jobs"
-FEED_CHANNEL = "atelier_feed"
+JOBS_CHANNEL = "atelier_jobs"  # every change of a job: its streams
+FEED_CHANNEL = "atelier_feed"  # the public gallery's changes
+QUEUE_CHANNEL = "atelier_queue"  # a job was queued: what wakes an idle worker
+ALL_CHANNELS = (JOBS_CHANNEL, FEED_CHANNEL, QUEUE_CHANNEL)
+WORKER_CHANNELS = (QUEUE_CHANNEL,)  # all that a process running only a worker listens to
 RESYNC: dict[str, Any] = {"resync": True}  # sent after a reconnect or an overflow
 _QUEUE_SIZE = 64
 
@@ -80,7 +83,7 @@ class Hub:
     def __init__(
         self,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
-        channels: tuple[str, ...] = (JOBS_CHANNEL, FEED_CHANNEL),
+        channels: tuple[str, ...] = ALL_CHANNELS,
         reconnect_seconds: float = 1.0,
     ) -> None:
         self._connect = connect

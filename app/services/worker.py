@@ -12,8 +12,9 @@ refunded, whatever the provider, the storage or this process does in between:
   forever cannot hold a lease for hours; running out of time is a retryable failure.
 
 Writes per job are few, since each is a round trip and a commit: the claim (many jobs at
-once, progress 10), progress 60 with the model, and one statement that completes the job,
-records its image and announces 90 then 100. One heartbeat statement renews the leases of
+once, progress 10) and one statement that completes the job, records its image and
+announces 60, 90 and 100; progress 60 is written on its own only when storing the image
+takes a while (`app.services.job_progress`). One heartbeat statement renews the leases of
 every running attempt. A finished job wakes the loop to claim again only when the last claim
 was limited by free slots (a queue that was empty sends a NOTIFY when it fills), and
 finished jobs are gathered for a few milliseconds so one claim takes several.
@@ -36,14 +37,9 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.services import imaging, job_objects, jobs
-from app.services.providers.base import (
-    ImageProvider,
-    ImageRequest,
-    ProgressHook,
-    ProviderError,
-)
-from app.services.realtime import JOBS_CHANNEL, Hub
+from app.services import imaging, job_objects, job_progress, jobs
+from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
+from app.services.realtime import QUEUE_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
 log = logging.getLogger("atelier.worker")
@@ -51,6 +47,12 @@ log = logging.getLogger("atelier.worker")
 # After a job ends with more work waiting, the next claim waits this long for other slots
 # to free up (unless a quarter of the batch is free already), so one claim takes several.
 CLAIM_GATHER_SECONDS = 0.005
+# Answers checked, stored and completed at once. Enough to keep the imaging pool, the
+# storage pool and the completing statements busy; beyond it an answer waits here, on one
+# cheap future, instead of costing the loop a hand-off to a pool whose queue is long
+# already: 1,000 answers arriving together (bench/inflight_memory) started 1,000 of those
+# hand-offs in a few loop turns.
+STORING_AT_ONCE = 16
 
 
 def new_worker_id() -> str:
@@ -97,6 +99,7 @@ class Worker:
         # The last claim filled every slot it asked for (or none was free): more may be ready.
         self._more_ready = False
         self._gathering: asyncio.TimerHandle | None = None
+        self._storing = asyncio.Semaphore(STORING_AT_ONCE)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -154,12 +157,13 @@ class Worker:
         return None
 
     async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake the loop when a job is queued (a new one, a retry, one handed back) or the
+        hub asks to resync (it reconnected, and may have missed one)."""
         assert self.hub is not None
-        async with self.hub.subscribe(JOBS_CHANNEL) as sub:
+        async with self.hub.subscribe(QUEUE_CHANNEL) as sub:
             while not stop.is_set():
-                event = await sub.get()
-                if event is not None and event.get("status") in ("pending", None):
-                    self._wake.set()  # a new or handed-back job, or a resync
+                if await sub.get() is not None:
+                    self._wake.set()
 
     async def _claim_batch(self) -> int:
         """Claim what the free slots (at most WORKER_CLAIM_BATCH) can take and start it.
@@ -185,8 +189,10 @@ class Worker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        if not self._tasks:
-            self._wake.set()  # the last one: look once more before going idle
+        if not self._tasks and self.hub is None:
+            # The last one: look once more before going idle. With a hub there is no need:
+            # the last claim found the queue empty, and every job queued since said so.
+            self._wake.set()
         elif self._more_ready:
             free = self.settings.worker_concurrency - len(self._tasks)
             if free * 4 >= min(self.settings.worker_claim_batch, self.settings.worker_concurrency):
@@ -291,7 +297,7 @@ class Worker:
             kind=job["kind"],
             references=references,
             model=job["model"],
-            on_progress=self._provider_progress(attempt),
+            on_progress=job_progress.provider_hook(self.pool, attempt.id, attempt.number),
         )
         started = time.perf_counter()
         try:
@@ -306,9 +312,25 @@ class Worker:
         log.info(
             "job %s: %s answered in %.2fs", attempt.id, result.model, time.perf_counter() - started
         )
-        await self._progress(attempt, 60, model=result.model)
+        # Progress 60 is written only if storing takes a while; else the completion says it.
+        answered = job_progress.Answered(self.pool, attempt.id, attempt.number, result.model)
         try:
-            png = await self.decoders.run(imaging.to_png, result.data)
+            async with self._storing:
+                await self._store(attempt, result.model, result.data, params, answered)
+        finally:
+            answered.cancel()
+
+    async def _store(
+        self,
+        attempt: _Attempt,
+        model: str,
+        data: bytes,
+        params: dict[str, Any],
+        answered: job_progress.Answered,
+    ) -> None:
+        """Check and store the provider's answer, then complete the job."""
+        try:
+            png = await self.decoders.run(imaging.to_png, data)
         except (imaging.NotAnImage, imaging.TooManyPixels) as exc:
             await self._fail(attempt, f"the provider's answer is not a usable image: {exc}")
             return
@@ -320,7 +342,7 @@ class Worker:
         except StorageError as exc:
             await self._retry_or_fail(attempt, f"storage unavailable: {exc}")
             return
-        # Stored: progress 90 is announced by the statement that completes the job.
+        # Stored: the statement that completes the job announces 90 (and 60 if not yet).
         try:
             await jobs.complete(
                 self.pool,
@@ -329,29 +351,13 @@ class Worker:
                 attempt.number,
                 key=key,
                 png=png,
-                model=result.model,
+                model=model,
                 params=params,
+                answered_shown=await answered.settle(),
             )
         except jobs.LostLease:
             await job_objects.discard_if_orphaned(self.pool, self.storage, attempt.id, key)
             raise
-
-    def _provider_progress(self, attempt: _Attempt) -> ProgressHook:
-        """What the provider reports (0..1) as the job's progress between 10 (claimed) and 60
-        (answered), written only when it moves forward, each write fenced as every other."""
-        shown = 10
-
-        async def report(fraction: float) -> None:
-            nonlocal shown
-            progress = min(59, 10 + int(fraction * 50))
-            if progress > shown:
-                shown = progress
-                await self._progress(attempt, progress)
-
-        return report
-
-    async def _progress(self, attempt: _Attempt, progress: int, model: str | None = None) -> None:
-        await jobs.set_progress(self.pool, attempt.id, attempt.number, progress, model)
 
     async def _fail(self, attempt: _Attempt, reason: str) -> None:
         """Failed for good: marked and refunded, in one transaction."""
