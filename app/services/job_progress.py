@@ -13,6 +13,7 @@ Every write is fenced on the attempt, as the worker's others are (`app.services.
 from __future__ import annotations
 
 import asyncio
+import logging
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +23,8 @@ from app.services.providers.base import ProgressHook
 
 # How long storing the answer may take before its progress (60) is written on its own.
 ANSWERED_AFTER_SECONDS = 0.1
+
+log = logging.getLogger("atelier.worker")
 
 
 def provider_hook(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> ProgressHook:
@@ -46,18 +49,24 @@ class Answered:
 
     def __init__(self, pool: asyncpg.Pool, job_id: UUID, attempt: int, model: str) -> None:
         self._write = (pool, job_id, attempt, model)
-        self._task: asyncio.Task[bool] | None = None
+        self._task: asyncio.Task[bool | None] | None = None
         self._timer = asyncio.get_running_loop().call_later(ANSWERED_AFTER_SECONDS, self._start)
 
     def _start(self) -> None:
         self._task = asyncio.create_task(self._written())
 
-    async def _written(self) -> bool:
+    async def _written(self) -> bool | None:
+        """True once written, False if the job is gone from this attempt, None if the write
+        failed otherwise: it is optional (the completion announces 60 when it was not
+        written), so a database hiccup here must not cost the stored answer."""
         pool, job_id, attempt, model = self._write
         try:
             await jobs.set_progress(pool, job_id, attempt, 60, model)
         except jobs.LostLease:
             return False
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("job %s: progress 60 not written (%r); the completion says it", job_id, exc)
+            return None
         return True
 
     async def settle(self) -> bool:
@@ -66,9 +75,10 @@ class Answered:
         self._timer.cancel()
         if self._task is None:
             return False
-        if not await asyncio.shield(self._task):
+        written = await asyncio.shield(self._task)
+        if written is False:
             raise jobs.LostLease
-        return True
+        return written is True
 
     def cancel(self) -> None:
         """No 60 from now on (the attempt ends, one way or another). A write under way
@@ -79,6 +89,6 @@ class Answered:
             self._task.add_done_callback(_retrieve)
 
 
-def _retrieve(task: asyncio.Task[bool]) -> None:
+def _retrieve(task: asyncio.Task[bool | None]) -> None:
     if not task.cancelled():
         task.exception()

@@ -114,15 +114,16 @@ async def fail(pool: asyncpg.Pool, job_id: UUID, attempt: int, reason: str) -> b
 
 async def retry_or_fail(
     pool: asyncpg.Pool, settings: Settings, job_id: UUID, attempt: int, reason: str
-) -> None:
-    """Queue the job again after a backoff that doubles per attempt; after MAX_ATTEMPTS
-    attempts, fail and refund it instead."""
+) -> float | None:
+    """Queue the job again after a backoff that doubles per attempt, and return the backoff
+    in seconds; after MAX_ATTEMPTS attempts, fail and refund it instead (None)."""
     if attempt >= settings.max_attempts:
         await fail(pool, job_id, attempt, f"gave up after {attempt} attempts: {reason}")
-        return
-    delay = min(settings.retry_base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+        return None
+    delay: float = min(settings.retry_base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
     async with pool.acquire() as conn:
         await jobs_db.release(conn, job_id, attempt, delay_seconds=delay, error=reason)
+    return delay
 
 
 async def exists(pool: asyncpg.Pool, job_id: UUID) -> bool:

@@ -312,13 +312,14 @@ class Worker:
         log.info(
             "job %s: %s answered in %.2fs", attempt.id, result.model, time.perf_counter() - started
         )
-        # Progress 60 is written only if storing takes a while; else the completion says it.
-        answered = job_progress.Answered(self.pool, attempt.id, attempt.number, result.model)
-        try:
-            async with self._storing:
+        async with self._storing:
+            # Progress 60 is written only if storing takes a while (else the completion says
+            # it), counted from when storing starts: answers waiting for a slot write nothing.
+            answered = job_progress.Answered(self.pool, attempt.id, attempt.number, result.model)
+            try:
                 await self._store(attempt, result.model, result.data, params, answered)
-        finally:
-            answered.cancel()
+            finally:
+                answered.cancel()
 
     async def _store(
         self,
@@ -364,7 +365,13 @@ class Worker:
         await jobs.fail(self.pool, attempt.id, attempt.number, reason)
 
     async def _retry_or_fail(self, attempt: _Attempt, reason: str) -> None:
-        await jobs.retry_or_fail(self.pool, self.settings, attempt.id, attempt.number, reason)
+        delay = await jobs.retry_or_fail(
+            self.pool, self.settings, attempt.id, attempt.number, reason
+        )
+        if delay is not None:
+            # A job waiting for its backoff sends no NOTIFY (it could not be claimed yet):
+            # this worker wakes itself when it is due, the others find it by their poll.
+            asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         try:

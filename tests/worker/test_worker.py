@@ -688,3 +688,37 @@ async def test_a_reference_deleted_before_the_job_runs_fails_it_at_once_and_refu
     assert "no longer exists" in job["error_message"]
     assert await ledger_of(pool, row["id"]) == [("edit", -1), ("refund", 1)]
     await assert_invariants(pool, storage)
+
+
+async def test_a_job_waiting_for_its_backoff_is_taken_again_when_due_not_at_the_next_poll(
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    gemini: FakeGemini,
+) -> None:
+    """A retry waiting for its backoff sends no NOTIFY (it could not be claimed yet, and
+    would wake every idle worker for nothing); the worker that put it back wakes itself
+    when it is due, long before its poll (an hour here) or its reaper's round."""
+    settings = gemini_settings(
+        make_settings,
+        gemini,
+        gemini_models=[FIRST],
+        worker_poll_seconds=3600.0,
+        job_lease_seconds=600.0,  # its reaper, which also wakes the loop, every 150 s
+        retry_base_seconds=0.5,
+        max_attempts=3,
+    )
+    gemini.script("*", server_error(503), image_reply(png_for_prompt("a kite")))
+    user = await add_user(pool, ALICE)
+    # Queued before the worker starts (it has no hub, so hears no NOTIFY): its first round
+    # takes the job; the retry is what is under test.
+    job_id = await submit(pool, settings, storage, user, "a kite")
+    worker = Worker(settings, pool, build_provider(settings), storage)
+    async with worker_running(worker):
+        # Not a speed requirement: without the wake the retry waits for the worker's next
+        # periodic round, its reaper's, 150 s later.
+        done = await wait_for_end(pool, [job_id], seconds=10)
+
+    assert (done[job_id]["status"], done[job_id]["attempts"]) == ("completed", 2)
+    assert len(gemini.calls) == 2
+    await assert_invariants(pool, storage)
