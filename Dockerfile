@@ -16,6 +16,7 @@ WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ENV=production \
+    LOG_JSON=true \
     DATA_DIR=/home/atelier/data
 USER atelier
 EXPOSE 8000

@@ -114,7 +114,7 @@ def worker_app() -> FastAPI:
     from app.serving import HeadLimitedHttpToolsProtocol
 
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.logs_as_json)
     # Read per connection, and this process serves none before its app is built.
     HeadLimitedHttpToolsProtocol.max_head_bytes = settings.max_header_bytes
     return create_app(settings)
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.logs_as_json)
     code: int = args.func(settings, args)
     return code
 

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
-    # None: JSON unless stderr is a terminal (observability.configure_logging decides).
+    # None: JSON in production; elsewhere JSON unless stderr is a terminal (see logs_as_json).
     log_json: bool | None = None
 
     # Database: unset DATABASE_URL means an embedded PostgreSQL in DATA_DIR/pg.
@@ -288,6 +288,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"CHECKOUT_RETURN_ORIGINS: {item!r} is not an http(s) origin")
             origins.append(origin)
         return origins
+
+    @property
+    def logs_as_json(self) -> bool | None:
+        """LOG_JSON when set; JSON in production (a container run with a terminal, `-t`,
+        still feeds a log collector); else None: observability chooses by the terminal."""
+        if self.log_json is not None:
+            return self.log_json
+        return True if self.env == "production" else None
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -24,8 +24,11 @@ def byte_size(count: int) -> str:
     return exact
 
 
+_SINGULAR = {"characters": "character", "entries": "entry", "items": "item"}
+
+
 def _length_message(bound: str, limit: int, actual: int | None, unit: str) -> str:
-    plural = unit if limit != 1 else unit[:-1]
+    plural = unit if limit != 1 else _SINGULAR.get(unit, unit)
     got = f" (got {actual:,})" if actual is not None else ""
     return f"at {bound} {limit:,} {plural}{got}"
 

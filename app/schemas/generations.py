@@ -123,7 +123,8 @@ class Job(BaseModel):
     progress: int = Field(
         ge=0,
         le=100,
-        description="0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).",
+        description="0 → 10 → 60 → 90 → 100; never decreases for a job this service runs (a "
+        "retry keeps what was reached; the mobile app writes its own jobs' progress).",
     )
     kind: JobKind | None
     prompt: str | None = Field(description="What the generation was asked for.")
@@ -136,8 +137,9 @@ class Job(BaseModel):
         ge=0, description="Attempts started so far; 0 until a worker takes the job."
     )
     retry_at: datetime | None = Field(
-        description="Set while the job waits to be tried again after a failed attempt: when "
-        "the next attempt may start (`error` says why the last one failed)."
+        description="Set while the job waits to be tried again, after a failed attempt or "
+        "handed back by a worker that stopped: when the next attempt may start (`error` "
+        "says why the last one failed, if it did)."
     )
     image: JobImage | None = Field(description="The result, once completed.")
     created_at: datetime

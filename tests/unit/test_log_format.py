@@ -98,3 +98,16 @@ def test_log_json_when_set_wins_over_the_stream() -> None:
     [entry] = json_lines(_through_a_terminal(True))
     assert entry["msg"] == "the worker took 2 job(s)"
     assert _through_a_pipe(False) == "INFO atelier.test.logformat: the worker took 2 job(s)\n"
+
+
+def test_production_logs_json_even_at_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container run with a terminal (`docker run -t`, `tty: true`) still feeds a log
+    collector: ENV=production means JSON unless LOG_JSON says otherwise."""
+    monkeypatch.delenv("LOG_JSON", raising=False)
+    # model_construct: production's other checks (DATABASE_URL, R2, …) are not the point
+    production = Settings.model_construct(env="production", log_json=None)
+    assert production.logs_as_json is True
+    [entry] = json_lines(_through_a_terminal(production.logs_as_json))
+    assert entry["msg"] == "the worker took 2 job(s)"
+    assert Settings.model_construct(env="production", log_json=False).logs_as_json is False
+    assert Settings(_env_file=None).logs_as_json is None  # development: by the stream

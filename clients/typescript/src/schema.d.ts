@@ -1471,7 +1471,7 @@ export interface components {
             status: "pending" | "running" | "completed" | "failed";
             /**
              * Progress
-             * @description 0 → 10 → 60 → 90 → 100; never decreases (a retry keeps what was reached).
+             * @description 0 → 10 → 60 → 90 → 100; never decreases for a job this service runs (a retry keeps what was reached; the mobile app writes its own jobs' progress).
              */
             progress: number;
             /** Kind */
@@ -1498,7 +1498,7 @@ export interface components {
             attempts: number;
             /**
              * Retry At
-             * @description Set while the job waits to be tried again after a failed attempt: when the next attempt may start (`error` says why the last one failed).
+             * @description Set while the job waits to be tried again, after a failed attempt or handed back by a worker that stopped: when the next attempt may start (`error` says why the last one failed, if it did).
              */
             retry_at: string | null;
             /** @description The result, once completed. */
