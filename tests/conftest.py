@@ -29,6 +29,7 @@ from app.main import create_app
 from app.services import devauth
 from app.services.storage.base import Storage
 from app.services.storage.factory import build_storage
+from tests.fakes.stripe_api import StripeApiServer
 
 RUN_ID = uuid.uuid4().hex[:8]
 _counter = itertools.count()
@@ -247,6 +248,14 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[StripeApiServer]:
+    """The loopback Stripe stand-in, selling the billing tests' two prices
+    (tests/billing/conftest.py's PRODUCTS)."""
+    with StripeApiServer({"price_50": "payment", "price_pro": "subscription"}) as server:
+        yield server
 
 
 @pytest.fixture

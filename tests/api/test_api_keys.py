@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -16,6 +15,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from tests.fakes.running import running
 from tests.support.auth import assert_unauthorized, bearer
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
@@ -28,14 +28,6 @@ async def make_key(client: httpx.AsyncClient, headers: dict[str, str], name: str
     response = await client.post("/v1/api-keys", json={"name": name}, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://atelier.test") as c:
-            yield c
 
 
 async def test_a_key_is_shown_once_and_only_its_hash_is_stored(
@@ -104,7 +96,7 @@ async def test_a_revoked_key_is_refused_at_once_here_and_within_the_ttl_elsewher
     ttl = 1.0
     here = create_app(make_settings(api_key_cache_seconds=ttl))
     there = create_app(make_settings(api_key_cache_seconds=ttl, worker_in_process=False))
-    async with serving(here) as a, serving(there) as b:
+    async with running(here) as a, running(there) as b:
         created = await make_key(a, auth_headers(ALICE))
         key = created["key"]
         assert (await a.get("/v1/me", headers=bearer(key))).status_code == 200
@@ -179,7 +171,7 @@ async def test_last_use_is_written_at_most_once_a_minute(
     make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
     app = create_app(make_settings(api_key_cache_seconds=0, worker_in_process=False))
-    async with serving(app) as client:
+    async with running(app) as client:
         created = await make_key(client, auth_headers(ALICE))
         key, key_id = created["key"], created["id"]
 
@@ -232,7 +224,7 @@ async def test_an_administrators_key_cannot_use_the_admin_routes(
 ) -> None:
     """Keys are for servers: minting credits or taking images down needs the person."""
     application = create_app(make_settings(admin_user_ids=[ALICE], worker_in_process=False))
-    async with serving(application) as client:
+    async with running(application) as client:
         key = (await make_key(client, auth_headers(ALICE)))["key"]
         grant = {"delta": 1000, "reason": "from a leaked key"}
         by_key = await client.post(

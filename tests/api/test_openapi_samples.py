@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from app.config import Settings
@@ -39,6 +38,7 @@ from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
 from tests.billing.conftest import billing_changes
+from tests.fakes.running import running_settings
 from tests.fakes.stripe_api import StripeApiServer
 from tests.generation.conftest import image_bytes
 from tests.support.packs import create_pack, make_set
@@ -67,12 +67,6 @@ RETURN_ORIGIN = "https://app.example.com"
 def spec() -> dict[str, Any]:
     document: dict[str, Any] = create_app(Settings(_env_file=None)).openapi()
     return document
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeApiServer]:
-    with StripeApiServer({"price_50": "payment", "price_pro": "subscription"}) as server:
-        yield server
 
 
 def _changes(stripe_url: str) -> dict[str, Any]:
@@ -202,25 +196,14 @@ async def test_every_sample_request_succeeds_against_a_seeded_app(
     settings = make_settings(**_changes(stripe_api.url))
     tokens = {"ATELIER_TOKEN": dev_token(USER), "METRICS_TOKEN": METRICS_TOKEN}
     headers = {"Authorization": f"Bearer {tokens['ATELIER_TOKEN']}"}
-    seeding = create_app(settings)
-    async with (
-        seeding.router.lifespan_context(seeding),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=seeding), base_url="http://atelier.test"
-        ) as client,
-    ):
+    async with running_settings(settings) as client:
         ids = await _seed(client, headers)
     # The worker is off now: the samples' jobs stay pending, so no webhook is delivered.
-    app: FastAPI = create_app(settings.model_copy(update={"worker_in_process": False}))
+    replaying = settings.model_copy(update={"worker_in_process": False})
     requests = [r for r in sample_requests(spec) if r.operation_id not in NOT_REPLAYED]
     assert len(requests) == len(sample_requests(spec)) - len(NOT_REPLAYED)
     failed = []
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://atelier.test"
-        ) as client,
-    ):
+    async with running_settings(replaying) as client:
         for request in _in_order(requests):
             response = await _replay(client, request, ids, tokens)
             if response.status_code not in _successes(spec, request):

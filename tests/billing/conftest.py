@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -18,12 +18,6 @@ PRODUCTS = [
     {"id": "credits_50", "price_id": "price_50", "credits": 50, "mode": "payment"},
     {"id": "pro", "price_id": "price_pro", "credits": 200, "mode": "subscription"},
 ]
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeApiServer]:
-    with StripeApiServer({"price_50": "payment", "price_pro": "subscription"}) as server:
-        yield server
 
 
 def billing_changes(stripe_url: str) -> dict[str, Any]:

@@ -5,8 +5,7 @@ listed."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,23 +16,14 @@ from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
 from app.config import Settings
-from app.main import create_app
 from app.services import outgoing
+from tests.fakes.running import running_settings
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_hooks_alice", "user_hooks_bob"
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://atelier.test") as c:
-            yield c
 
 
 @pytest.fixture
@@ -103,7 +93,7 @@ async def test_a_completed_job_is_delivered_signed_with_the_job_as_get_shows_it(
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver() as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
             assert endpoint["secret"].startswith("whsec_")
             job = await finished_job(client, alice)
@@ -129,7 +119,7 @@ async def test_a_failing_endpoint_is_retried_with_backoff_and_each_attempt_liste
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver(500) as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
             await finished_job(client, alice)
             await received(receiver, 1)
@@ -169,7 +159,7 @@ async def test_a_delivery_gives_up_after_the_last_backoff(
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver(*[503] * 20) as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
             await finished_job(client, alice)
             await received(receiver, 1)
@@ -206,7 +196,7 @@ async def test_only_subscribed_events_are_sent(
     alice = auth_headers(ALICE)
     with WebhookReceiver() as failures, WebhookReceiver() as completions:
         settings = hook_settings(local_provider_fail_rate=1.0, max_attempts=1)
-        async with serving(settings) as client:
+        async with running_settings(settings) as client:
             await register(client, alice, failures.url, ["job.failed"])
             both = await register(client, alice, completions.url, ["job.completed", "job.failed"])
             job = await finished_job(client, alice)
@@ -217,7 +207,7 @@ async def test_only_subscribed_events_are_sent(
             (also,) = await received(completions, 1)
             assert verified(both["secret"], also)["data"]["id"] == job["id"]
     with WebhookReceiver() as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             await register(client, alice, receiver.url, ["job.failed"])
             await register(client, alice, receiver.url, ["job.completed"])
             await finished_job(client, alice)
@@ -230,7 +220,7 @@ async def test_after_a_rotation_deliveries_verify_with_the_new_secret_only(
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver() as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
             rotated = await client.post(
                 f"/v1/webhook-endpoints/{endpoint['id']}/secret", headers=alice
@@ -250,7 +240,7 @@ async def test_a_deleted_endpoint_gets_nothing_more(
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver(*[500] * 10) as dropped, WebhookReceiver() as kept:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, dropped.url, ["job.completed"])
             await finished_job(client, alice)
             await received(dropped, 1)
@@ -289,7 +279,7 @@ async def test_a_deleted_endpoint_gets_nothing_more(
 async def test_insecure_or_private_urls_are_refused(
     make_settings: Callable[..., Settings], auth_headers: Headers, url: str
 ) -> None:
-    async with serving(make_settings(worker_in_process=False)) as client:
+    async with running_settings(make_settings(worker_in_process=False)) as client:
         response = await client.post(
             "/v1/webhook-endpoints",
             json={"url": url, "events": ["job.completed"]},
@@ -302,10 +292,10 @@ async def test_http_to_loopback_needs_development(
     hook_settings: Callable[..., Settings], auth_headers: Headers
 ) -> None:
     body = {"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]}
-    async with serving(hook_settings(env="test", worker_in_process=False)) as client:
+    async with running_settings(hook_settings(env="test", worker_in_process=False)) as client:
         refused = await client.post("/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE))
         assert_problem(refused, 422)
-    async with serving(
+    async with running_settings(
         hook_settings(webhooks_allow_private=False, worker_in_process=False)
     ) as client:
         allowed = await client.post("/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE))
@@ -325,7 +315,7 @@ async def test_http_to_loopback_needs_development(
 async def test_an_endpoint_needs_known_events_and_a_usable_url(
     make_settings: Callable[..., Settings], auth_headers: Headers, body: dict[str, Any]
 ) -> None:
-    async with serving(make_settings(worker_in_process=False)) as client:
+    async with running_settings(make_settings(worker_in_process=False)) as client:
         response = await client.post(
             "/v1/webhook-endpoints", json=body, headers=auth_headers(ALICE)
         )
@@ -335,7 +325,7 @@ async def test_an_endpoint_needs_known_events_and_a_usable_url(
 async def test_another_users_endpoint_is_a_404_and_unchanged(
     make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
-    async with serving(make_settings(worker_in_process=False)) as client:
+    async with running_settings(make_settings(worker_in_process=False)) as client:
         endpoint = await register(client, auth_headers(BOB), "https://8.8.8.8/h", ["job.failed"])
         before = await db.fetchrow("SELECT * FROM webhook_endpoints")
         alice = auth_headers(ALICE)
@@ -354,9 +344,11 @@ async def test_the_url_is_checked_again_at_send_time(
     to send, and records why."""
     alice = auth_headers(ALICE)
     with WebhookReceiver() as receiver:
-        async with serving(hook_settings(worker_in_process=False)) as client:
+        async with running_settings(hook_settings(worker_in_process=False)) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
-        async with serving(hook_settings(env="test", webhooks_allow_private=False)) as client:
+        async with running_settings(
+            hook_settings(env="test", webhooks_allow_private=False)
+        ) as client:
             await finished_job(client, alice)
             await wait_until(lambda: _attempts(db, 1), "the refused attempt to be recorded")
             (refused,) = await deliveries(client, alice, endpoint["id"])
@@ -371,7 +363,7 @@ async def test_an_erased_users_endpoints_and_deliveries_are_deleted(
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver(*[500] * 10) as receiver:
-        async with serving(hook_settings()) as client:
+        async with running_settings(hook_settings()) as client:
             await register(client, alice, receiver.url, ["job.completed"])
             await finished_job(client, alice)
             await wait_until(lambda: _attempts(db, 1), "an attempt to be recorded")
