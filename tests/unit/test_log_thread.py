@@ -29,12 +29,14 @@ class RecordingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
         self.writers: set[str] = set()
+        self.writes = 0
         self.open = threading.Event()
         self.open.set()
 
     def write(self, text: str) -> int:
         self.open.wait(30)
         self.writers.add(threading.current_thread().name)
+        self.writes += 1
         return super().write(text)
 
 
@@ -112,3 +114,21 @@ def test_after_stop_lines_are_written_directly(stderr: RecordingStream) -> None:
     log.info("late line")
     assert stderr.getvalue() == "INFO atelier.test.logthread: late line\n"
     assert stderr.writers == {threading.current_thread().name}
+
+
+def test_a_burst_is_written_in_a_few_writes_in_order(stderr: RecordingStream) -> None:
+    """The log thread writes what gathered while it was busy with one write, not one a line
+    (each write to a pipe wakes its reader): held back here by a stderr that hangs, 500
+    lines gather and go out in order in a few writes."""
+    configure(stderr, False)
+    stderr.open.clear()
+    log.info("first line")  # the log thread takes it and hangs in its write
+    for i in range(500):
+        log.info("line %d", i)
+    stderr.open.set()
+    stop_logging()
+    lines = stderr.getvalue().splitlines()
+    assert lines == ["INFO atelier.test.logthread: first line"] + [
+        f"INFO atelier.test.logthread: line {i}" for i in range(500)
+    ]
+    assert stderr.writes <= 5, stderr.writes
