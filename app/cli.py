@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import signal
 import sys
@@ -88,25 +87,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             **common,
         )
         return 0
-    app = create_app(settings)
-    freeze_startup_objects()
     uvicorn.run(
-        app,
+        create_app(settings),
         # httptools with a cap on each request's head (uvicorn sets none for httptools).
         http=http_protocol(settings.max_header_bytes),
         **common,
     )
     return 0
-
-
-def freeze_startup_objects() -> None:
-    """Keep what the process built to serve (imported modules, the app's routes, models and
-    validators) out of the garbage collector's full collections: they live as long as the
-    process, and walking them is most of a full collection's cost in a request's time (on a
-    30-item gallery page, about half of the collector's 32 µs a request: bench/reads.py).
-    What is garbage already is collected first, so nothing unreachable is kept."""
-    gc.collect()
-    gc.freeze()
 
 
 def _hand_to_workers(settings: Settings) -> None:
@@ -130,9 +117,7 @@ def worker_app() -> FastAPI:
     configure_logging(settings.log_level, settings.logs_as_json)
     # Read per connection, and this process serves none before its app is built.
     HeadLimitedHttpToolsProtocol.max_head_bytes = settings.max_header_bytes
-    app = create_app(settings)
-    freeze_startup_objects()
-    return app
+    return create_app(settings)
 
 
 async def _worker(settings: Settings) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
@@ -231,6 +231,46 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+def _add_routes(app: FastAPI, router: APIRouter) -> None:
+    """The router's routes, each added to the app as a route of its own, as include_router
+    did before FastAPI 0.165: the app's responses (413, 500), operation ids and dependency
+    overrides apply, and each app has its own route objects. FastAPI 0.165's include_router
+    keeps an included router as one route that matches each request through a per-request
+    context of its routes: about 60 µs of a `/v1/me` and 200 µs of a gallery page's CPU
+    (bench/app_cpu.py). A route's path, tags, responses and dependencies already hold its
+    router's."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"{route!r}: only API routes are added this way")
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            response_model=route.response_model,
+            status_code=route.status_code,
+            tags=route.tags,
+            dependencies=route.dependencies,
+            summary=route.summary,
+            description=route.description,
+            response_description=route.response_description,
+            responses=route.responses,
+            deprecated=route.deprecated,
+            methods=route.methods,
+            operation_id=route.operation_id,
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=route.include_in_schema,
+            response_class=route.response_class,
+            name=route.name,
+            route_class_override=type(route),
+            callbacks=route.callbacks,
+            openapi_extra=route.openapi_extra,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package
@@ -242,8 +282,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
-        # For routes added to the app itself; the routers list them too (see below).
-        responses=errors.responses(*errors.ANY_OPERATION),
+        responses=errors.responses(413, 500),
         # FastAPI's native OpenTelemetry asks for the global providers on every request (about
         # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
         # installed to provide one, and metrics are Prometheus (app.observability).
@@ -268,12 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_keys.router,
         webhook_endpoints.router,
     ):
-        # The routes themselves, not include_router: FastAPI 0.165 keeps an included router
-        # as one route that matches each request through a per-request context of its
-        # routes, about 60 µs of a /v1/me and 200 µs of a gallery page (bench/reads.py's
-        # in-process A/B). The routers carry everything include_router would add (prefix,
-        # tags, responses with errors.ANY_OPERATION, dependencies).
-        app.router.routes.extend(router.routes)
+        _add_routes(app, router)
     openapi.install(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(

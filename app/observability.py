@@ -62,15 +62,17 @@ class JsonFormatter(logging.Formatter):
             data.update(record.msg)
         else:
             data["msg"] = record.getMessage()
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS:
-                data[key] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             data["exc"] = record.exc_text
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
+        # A copy: another handler of the same record (pytest's) may add attributes to it
+        # from the caller's thread meanwhile. Private ones (a leading _) are not fields.
+        for key, value in tuple(record.__dict__.items()):
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                data[key] = value
         return json.dumps(data, default=str)
 
 

@@ -117,17 +117,18 @@ def run(args: argparse.Namespace) -> int:
     with bench_database() as db:
         (token,) = asyncio.run(users_with_tokens(db, [USER]))
         asyncio.run(seed_images(db, args.images))
-        # `atelier serve`'s defaults, as bench/reads.py starts it.
-        os.environ.update(child_env(db, LOG_JSON="true", LOG_LEVEL=args.log_level))
-        from app.cli import freeze_startup_objects
+        # `atelier serve`'s defaults, as bench/reads.py starts it: none of this shell's
+        # settings, no .env file.
+        environment = child_env(db, LOG_JSON="true", LOG_LEVEL=args.log_level)
+        os.environ.clear()
+        os.environ.update(environment)
         from app.config import Settings
         from app.main import create_app
         from app.observability import configure_logging, stop_logging
 
-        settings = Settings()
+        settings = Settings(_env_file=None)
         configure_logging(settings.log_level, settings.logs_as_json)
-        atelier = create_app(settings)
-        freeze_startup_objects()
+        atelier = create_app(settings)  # its lifespan freezes what startup made, as served
         results: dict[tuple[str, str], float] = {}
         bodies: dict[str, Any] = {}
 
@@ -144,15 +145,7 @@ def run(args: argparse.Namespace) -> int:
         for name, url in (("bare", None), ("bare+db", db.url)):
             bare = create_bare_app(bodies, url, USER)
 
-            async def measure_bare(
-                state: dict[str, Any], bare: Any = bare, name: str = name
-            ) -> None:
-                for path in PATHS:
-                    if name == "bare+db" and path == "/healthz":
-                        continue
-                    results[path, name] = await cpu_per_request(bare, path, None, state, args)
-
-            uvloop.run(with_lifespan(bare, measure_bare))
+            uvloop.run(with_lifespan(bare, _measure_bare(bare, name, results, args)))
     print(f"\n{'path':<22} {'atelier':>10} {'bare':>10} {'bare+db':>10}   CPU µs per request")
     for path in PATHS:
         cells = [results.get((path, name)) for name in ("atelier", "bare", "bare+db")]
