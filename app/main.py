@@ -238,7 +238,8 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     keeps an included router as one route that matches each request through a per-request
     context of its routes: about 60 µs of a `/v1/me` and 200 µs of a gallery page's CPU
     (bench/app_cpu.py). A route's path, tags, responses and dependencies already hold its
-    router's."""
+    router's; every setting of an APIRoute that add_api_route takes is passed on, except
+    `form_limits` (no route sets any)."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"{route!r}: only API routes are added this way")
@@ -268,6 +269,8 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
             route_class_override=type(route),
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
+            strict_content_type=route.strict_content_type,
+            max_body_size=route.max_body_size,
         )
 
 
