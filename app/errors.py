@@ -348,6 +348,12 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unhandled)
 
 
+# What any operation can answer: the body limit's 413 (app.middleware) and the server's own
+# 500. Every router lists them first, as the app's own `responses=` did: app.main adds the
+# routers' routes to the app directly, where an app's `responses=` does not reach.
+ANY_OPERATION = (413, 500)
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the problem+json errors an operation can answer."""
     descriptions = {

@@ -232,46 +232,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _add_routes(app: FastAPI, router: APIRouter) -> None:
-    """The router's routes, each added to the app as a route of its own, as include_router
-    did before FastAPI 0.165: the app's responses (413, 500), operation ids and dependency
-    overrides apply, and each app has its own route objects. FastAPI 0.165's include_router
+    """The router's routes, added to the app as they are. FastAPI 0.165's include_router
     keeps an included router as one route that matches each request through a per-request
     context of its routes: about 60 µs of a `/v1/me` and 200 µs of a gallery page's CPU
-    (bench/app_cpu.py). A route's path, tags, responses and dependencies already hold its
-    router's; every setting of an APIRoute that add_api_route takes is passed on, except
-    `form_limits` (no route sets any)."""
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"{route!r}: only API routes are added this way")
-        app.router.add_api_route(
-            route.path,
-            route.endpoint,
-            response_model=route.response_model,
-            status_code=route.status_code,
-            tags=route.tags,
-            dependencies=route.dependencies,
-            summary=route.summary,
-            description=route.description,
-            response_description=route.response_description,
-            responses=route.responses,
-            deprecated=route.deprecated,
-            methods=route.methods,
-            operation_id=route.operation_id,
-            response_model_include=route.response_model_include,
-            response_model_exclude=route.response_model_exclude,
-            response_model_by_alias=route.response_model_by_alias,
-            response_model_exclude_unset=route.response_model_exclude_unset,
-            response_model_exclude_defaults=route.response_model_exclude_defaults,
-            response_model_exclude_none=route.response_model_exclude_none,
-            include_in_schema=route.include_in_schema,
-            response_class=route.response_class,
-            name=route.name,
-            route_class_override=type(route),
-            callbacks=route.callbacks,
-            openapi_extra=route.openapi_extra,
-            strict_content_type=route.strict_content_type,
-            max_body_size=route.max_body_size,
-        )
+    (bench/app_cpu.py). A route's path, tags, responses (errors.ANY_OPERATION included) and
+    dependencies already hold its router's. Rebuilding each route for each app instead
+    (app.router.add_api_route) costs 140 ms an app, minutes over the test suite.
+
+    The route objects are shared by every app built in the process, so an app's
+    `dependency_overrides` do not reach them: nothing here uses overrides (tests build apps
+    from settings and loopback stand-ins)."""
+    app.router.routes.extend(router.routes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -285,7 +256,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
-        responses=errors.responses(413, 500),
+        # For routes added to the app itself; the routers list them too (_add_routes).
+        responses=errors.responses(*errors.ANY_OPERATION),
         # FastAPI's native OpenTelemetry asks for the global providers on every request (about
         # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
         # installed to provide one, and metrics are Prometheus (app.observability).

@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from app.deps import AdminUser, Conn, Svc, session_only
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.openapi import IDEMPOTENCY_KEY_SCHEMA
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
@@ -20,7 +20,7 @@ from app.services import admin
 router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
-    responses=responses(401, 403, 503),
+    responses=responses(*ANY_OPERATION, 401, 403, 503),
     dependencies=[Depends(session_only)],
 )
 

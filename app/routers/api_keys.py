@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Response
 
 from app.deps import Conn, CurrentUser, Svc, session_only
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyList
 from app.services import api_keys
 
@@ -15,7 +15,7 @@ router = APIRouter(
     prefix="/v1/api-keys",
     tags=["api-keys"],
     dependencies=[Depends(session_only)],
-    responses=responses(401, 403, 503),
+    responses=responses(*ANY_OPERATION, 401, 403, 503),
 )
 
 

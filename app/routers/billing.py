@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import StreamUser, Svc, session_only
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.schemas.billing import (
     CheckoutCreate,
     CheckoutSession,
@@ -24,7 +24,7 @@ router = APIRouter(
     prefix="/v1/billing",
     tags=["billing"],
     dependencies=[Depends(session_only)],
-    responses=responses(401, 403, 503),
+    responses=responses(*ANY_OPERATION, 401, 403, 503),
 )
 
 

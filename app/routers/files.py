@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.services import files
 from app.services.storage.base import SignedStorage
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=responses(*ANY_OPERATION))
 
 _IMAGE_CONTENT: dict[str, dict[str, object]] = {
     media_type: {"schema": {"type": "string", "format": "binary"}}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFil
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
-from app.errors import NotFound, responses
+from app.errors import ANY_OPERATION, NotFound, responses
 from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import JobEvent
@@ -18,7 +18,7 @@ from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, U
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
 
-router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(401, 503))
+router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(*ANY_OPERATION, 401, 503))
 
 
 _RATE_LIMIT_HEADERS = header_docs(

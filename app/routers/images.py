@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from app.deps import Conn, CurrentUser, OptionalUser, Services, StreamUser, Svc
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.openapi import sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import FEED_EVENTS
@@ -20,7 +20,7 @@ from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate,
 from app.services import gallery
 from app.services.realtime import FEED_CHANNEL, Event
 
-router = APIRouter(prefix="/v1", tags=["gallery"], responses=responses(401, 503))
+router = APIRouter(prefix="/v1", tags=["gallery"], responses=responses(*ANY_OPERATION, 401, 503))
 
 
 @router.get(

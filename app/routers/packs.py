@@ -9,14 +9,16 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
 from app.services import pack_export, pack_sets, packs
 
-router = APIRouter(prefix="/v1/packs", tags=["packs"], responses=responses(401, 503))
+router = APIRouter(
+    prefix="/v1/packs", tags=["packs"], responses=responses(*ANY_OPERATION, 401, 503)
+)
 IconsLimit = Annotated[int, Query(ge=1, le=100, description="How many icons to include.")]
 _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Limit="Generations allowed per window (per user)",

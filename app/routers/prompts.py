@@ -7,13 +7,15 @@ from uuid import UUID
 from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.openapi import header_docs
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts
 
-router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=responses(401, 503))
+router = APIRouter(
+    prefix="/v1/prompts", tags=["prompts"], responses=responses(*ANY_OPERATION, 401, 503)
+)
 
 
 @router.get(

@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser, StreamUser, Svc
-from app.errors import responses
+from app.errors import ANY_OPERATION, responses
 from app.schemas.outgoing import (
     WebhookDeliveryList,
     WebhookEndpointCreate,
@@ -16,7 +16,9 @@ from app.schemas.outgoing import (
 )
 from app.services import webhook_endpoints
 
-router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=responses(401, 503))
+router = APIRouter(
+    prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=responses(*ANY_OPERATION, 401, 503)
+)
 
 
 @router.post(

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from app.deps import Svc
-from app.errors import ServiceUnavailable, responses
+from app.errors import ANY_OPERATION, ServiceUnavailable, responses
 from app.schemas.billing import WebhookReceipt
 from app.services import clerk_events, stripe_events, webhooks
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=responses(*ANY_OPERATION))
 
 
 async def stripe_event(request: Request, svc: Svc) -> webhooks.Event:

@@ -9,12 +9,10 @@ import httpx
 from fastapi import FastAPI, Query
 
 from app.config import Settings
-from app.errors import PROBLEM_BASE, PROBLEM_TYPES, Forbidden
+from app.errors import PROBLEM_BASE, PROBLEM_TYPES
 from app.main import create_app
 from app.openapi_examples import operations
-from app.routers import health
 from tests.fakes.running import running
-from tests.support.problems import assert_problem
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -221,22 +219,3 @@ async def test_event_streams_describe_each_event(client: httpx.AsyncClient) -> N
     assert schemas["JobEvent"]["properties"]["data"]["contentSchema"] == {
         "$ref": "#/components/schemas/Job"
     }
-
-
-async def test_each_app_has_routes_of_its_own_and_its_dependency_overrides_apply(
-    settings: Settings,
-) -> None:
-    """app.main adds the routers' routes to each app itself (not through include_router):
-    two apps share no route object, and an app's dependency_overrides reach its routes."""
-    app, other = create_app(settings), create_app(settings)
-    assert not {id(route) for route in app.routes} & {id(route) for route in other.routes}
-
-    async def refused() -> None:
-        raise Forbidden("overridden")
-
-    app.dependency_overrides[health.metrics_access] = refused
-    async with running(app) as client, running(other) as other_client:
-        overridden = await client.get("/metrics")
-        untouched = await other_client.get("/metrics")
-    assert_problem(overridden, 403)
-    assert untouched.status_code == 200
