@@ -242,6 +242,11 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     The route objects are shared by every app built in the process, so an app's
     `dependency_overrides` do not reach them: nothing here uses overrides (tests build apps
     from settings and loopback stand-ins)."""
+    for route in router.routes:
+        listed = getattr(route, "responses", {})
+        if any(status not in listed for status in errors.ANY_OPERATION):
+            # the app's responses= does not reach a route added this way
+            raise RuntimeError(f"{route!r}: its router must list errors.ANY_OPERATION")
     app.router.routes.extend(router.routes)
 
 

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, Query
+import pytest
+from fastapi import APIRouter, FastAPI, Query
 
 from app.config import Settings
-from app.errors import PROBLEM_BASE, PROBLEM_TYPES
-from app.main import create_app
+from app.errors import PROBLEM_BASE, PROBLEM_TYPES, responses
+from app.main import _add_routes, create_app
 from app.openapi_examples import operations
 from tests.fakes.running import running
 
@@ -219,3 +220,16 @@ async def test_event_streams_describe_each_event(client: httpx.AsyncClient) -> N
     assert schemas["JobEvent"]["properties"]["data"]["contentSchema"] == {
         "$ref": "#/components/schemas/Job"
     }
+
+
+def test_a_router_that_does_not_list_413_and_500_is_refused(settings: Settings) -> None:
+    """app.main adds routers' routes to the app as they are, where the app's own 413/500
+    responses do not reach: a router that forgets errors.ANY_OPERATION fails at start."""
+    router = APIRouter(prefix="/v1", responses=responses(401))
+
+    @router.get("/forgetful", operation_id="forgetful")
+    async def forgetful() -> None:
+        """Lists only its 401."""
+
+    with pytest.raises(RuntimeError, match="ANY_OPERATION"):
+        _add_routes(create_app(settings), router)
