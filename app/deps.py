@@ -7,7 +7,8 @@ and the storage and provider interfaces, never app.db or an implementation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import Forbidden, RepeatedHeader, Unauthorized
-from app.observability import Metrics
+from app.observability import Metrics, after_response
 from app.services import api_keys
 from app.services.api_keys import ApiKeys
 from app.services.auth import Identity, TokenVerifier
@@ -72,11 +73,30 @@ async def services(request: Request) -> Services:
     return services_of(request)
 
 
-async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+async def connection(request: Request) -> asyncpg.Connection:
+    """A pooled connection, given back once the answer is sent, as a generator dependency's
+    would be, without its cost (`observability.after_response`). Requests take their turn
+    for one at `db_slots`."""
     svc = services_of(request)
     assert svc.db_slots is not None
-    async with svc.db_slots, svc.pool.acquire() as conn:
-        yield conn
+    await svc.db_slots.acquire()
+    conn: asyncpg.Connection | None = None
+    try:
+        conn = await svc.pool.acquire()
+        after_response(request.scope, functools.partial(_give_back, svc, conn))
+    except BaseException:
+        await _give_back(svc, conn)
+        raise
+    return conn
+
+
+async def _give_back(svc: Services, conn: asyncpg.Connection | None) -> None:
+    assert svc.db_slots is not None
+    try:
+        if conn is not None:
+            await svc.pool.release(conn)  # asyncpg shields it: a cancellation cannot leak it
+    finally:
+        svc.db_slots.release()
 
 
 _bearer = HTTPBearer(
