@@ -15,7 +15,9 @@ from typing import Annotated
 import asyncpg
 import httpx
 from fastapi import Depends, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+from fastapi.security.utils import get_authorization_scheme_param
 
 from app.config import Settings
 from app.errors import Forbidden, RepeatedHeader, Unauthorized
@@ -99,22 +101,6 @@ async def _give_back(svc: Services, conn: asyncpg.Connection | None) -> None:
         svc.db_slots.release()
 
 
-_bearer = HTTPBearer(
-    auto_error=False, description="A Clerk session token (or a dev token), or an API key (atl_…)."
-)
-
-
-def bearer_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    """The bearer token sent, if any. HTTPBearer reads the first Authorization header only,
-    so a request with several (which one would a proxy or a cache have checked?) is a 400."""
-    if len(request.headers.getlist("authorization")) > 1:
-        raise RepeatedHeader("Authorization")
-    return credentials.credentials if credentials is not None else None
-
-
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
 async def _verify(svc: Services, token: str) -> Identity:
     # An API key is recognised by its prefix and never parsed as a JWT.
     if api_keys.is_api_key(token):
@@ -122,14 +108,45 @@ async def _verify(svc: Services, token: str) -> Identity:
     return await svc.verifier.verify(token)
 
 
+def bearer_token(request: Request) -> str | None:
+    """The bearer token sent, if any, read as HTTPBearer reads it. A request with several
+    Authorization headers (which one would a proxy or a cache have checked?) is a 400."""
+    authorization = request.headers.getlist("authorization")
+    if len(authorization) > 1:
+        raise RepeatedHeader("Authorization")
+    scheme, token = get_authorization_scheme_param(authorization[0] if authorization else None)
+    return token if token and scheme.lower() == "bearer" else None
+
+
+class BearerIdentity(SecurityBase):
+    """The caller's verified token (an Identity), as one dependency that is also the
+    OpenAPI security scheme `HTTPBearer` the operations list.
+
+    FastAPI's HTTPBearer and a function verifying what it read were two dependencies, and
+    FastAPI spends ~10 µs a request solving each (bench/app_cpu.py); every authenticated
+    request resolves this one. Without a token: a 401, or None when `required` is false."""
+
+    def __init__(self, *, required: bool) -> None:
+        self.model = HTTPBearerModel(
+            description="A Clerk session token (or a dev token), or an API key (atl_…)."
+        )
+        self.scheme_name = "HTTPBearer"
+        self.required = required
+
+    async def __call__(self, request: Request) -> Identity | None:
+        token = bearer_token(request)
+        if token is None:
+            if self.required:
+                raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
+            return None
+        return await _verify(services_of(request), token)
+
+
 # The dependencies every authenticated request resolves are kept few and flat (the
-# credentials, the identity, the user): each node FastAPI solves costs several µs a request,
-# and /v1/me is measured against a bare handler (bench/reads.py).
-async def identity(request: Request, credentials: Credentials) -> Identity:
-    token = bearer_token(request, credentials)
-    if token is None:
-        raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
-    return await _verify(services_of(request), token)
+# identity, the user): each node FastAPI solves costs ~10 µs a request, and /v1/me is
+# measured against a bare handler (bench/reads.py).
+identity = BearerIdentity(required=True)
+_identity_if_sent = BearerIdentity(required=False)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -173,13 +190,14 @@ CurrentUser = Annotated[User, Depends(current_user)]
 StreamUser = CurrentUser
 
 
-async def optional_user(request: Request, credentials: Credentials) -> User | None:
+async def optional_user(
+    request: Request, who: Annotated[Identity | None, Depends(_identity_if_sent)]
+) -> User | None:
     """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
-    token = bearer_token(request, credentials)
-    if token is None:
+    if who is None:
         return None
     svc = services_of(request)
-    return await svc.users.authenticate(svc.pool, await _verify(svc, token))
+    return await svc.users.authenticate(svc.pool, who)
 
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]

@@ -53,8 +53,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = Headers(scope=scope).get("content-length")
-        declared = int(header) if header is not None and header.isdigit() else None
+        declared = None
+        for name, value in scope["headers"]:  # ASGI names are lower case
+            if name == b"content-length":
+                declared = int(value) if value.isdigit() else None
+                break
         limit: RouteLimit | None = None
         received = 0
 
@@ -81,7 +84,23 @@ def body_too_large(limit: RouteLimit) -> BodyTooLarge:
 
 
 class ProblemCORSMiddleware(CORSMiddleware):
-    """Starlette's CORSMiddleware, with a refused preflight answered in problem+json too."""
+    """Starlette's CORSMiddleware, with a refused preflight answered in problem+json too, and
+    a request that names no Origin (no browser asked across origins: the apps and
+    integrators) passed through with only `Vary: Origin` added, as a raw header: Starlette
+    rebuilds the answer's headers to merge it into one `Vary`, ~10 µs a request."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and all(name != b"origin" for name, _ in scope["headers"]):
+
+            async def send_varying(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [*message.get("headers", ()), (b"vary", b"Origin")]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await self.app(scope, receive, send_varying)
+            return
+        await super().__call__(scope, receive, send)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)

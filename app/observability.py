@@ -352,11 +352,18 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(template, scope["method"], str(status)).observe(elapsed)
-            self.log.info(
-                "%s %s %s",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
-            )
+            if self.log.isEnabledFor(logging.INFO):
+                # made and handled directly: Logger.info would also look up its caller's
+                # frame, a field no formatter here writes (~3 µs a line)
+                line = self.log.makeRecord(
+                    self.log.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "%s %s %s",
+                    (scope["method"], scope["path"], status),
+                    None,
+                    extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
+                )
+                self.log.handle(line)
             request_id_var.reset(token)

@@ -244,6 +244,15 @@ async def test_cors_preflight_is_allowed_for_configured_origins_only(
         assert response.status_code == 200
         assert "access-control-allow-origin" not in response.headers
 
+        # Without an Origin (the apps, integrators) no CORS headers, but a cache is told the
+        # answer varies by Origin, so it cannot give a browser an answer without them.
+        for path in ("/healthz", "/v1/me"):
+            response = await client.get(path)
+            assert not any(name.startswith("access-control-") for name in response.headers)
+            assert "Origin" in response.headers.get_list("vary"), path
+            response = await client.get(path, headers={"Origin": WEB_APP})
+            assert "Origin" in response.headers.get_list("vary"), path
+
 
 async def test_no_cors_headers_without_cors_origins(client: httpx.AsyncClient) -> None:
     preflight = {"Origin": WEB_APP, "Access-Control-Request-Method": "GET"}
