@@ -36,7 +36,8 @@ def after_response(scope: Scope, callback: Callable[[], Awaitable[None]]) -> Non
 
     For what a dependency hands out and must give back (a pooled connection): FastAPI runs a
     generator dependency's exit through a context manager, a cancel scope and an exit stack,
-    about 35 µs a request more than a plain one (bench/app_cpu.py)."""
+    about 35 µs a request more than a plain one (bench/app_cpu.py). HTTP requests only: a
+    websocket route has no such list, and a dependency registering there is refused."""
     callbacks: list[Callable[[], Awaitable[None]]] | None = scope.get(AFTER_RESPONSE_SCOPE_KEY)
     if callbacks is None:
         raise RuntimeError("after_response needs RequestContextMiddleware around the app")
@@ -343,27 +344,34 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            while callbacks:
-                try:
-                    await callbacks.pop()()
-                except Exception:
-                    self.log.exception("A request's clean-up failed")
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status)).observe(elapsed)
-            if self.log.isEnabledFor(logging.INFO):
-                # made and handled directly: Logger.info would also look up its caller's
-                # frame, a field no formatter here writes (~3 µs a line)
-                line = self.log.makeRecord(
-                    self.log.name,
-                    logging.INFO,
-                    __file__,
-                    0,
-                    "%s %s %s",
-                    (scope["method"], scope["path"], status),
-                    None,
-                    extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
-                )
-                self.log.handle(line)
-            request_id_var.reset(token)
+            try:
+                await self._after_response(callbacks)
+            finally:  # a cancellation that reaches the clean-up still gets its line
+                self._record(scope, status, time.perf_counter() - started)
+                request_id_var.reset(token)
+
+    async def _after_response(self, callbacks: list[Callable[[], Awaitable[None]]]) -> None:
+        while callbacks:
+            try:
+                await callbacks.pop()()
+            except Exception:
+                self.log.exception("A request's clean-up failed")
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        self.metrics.requests.labels(template, scope["method"], str(status)).observe(elapsed)
+        if self.log.isEnabledFor(logging.INFO):
+            # made and handled directly: Logger.info would also look up its caller's frame,
+            # a field no formatter here writes (~3 µs a line)
+            line = self.log.makeRecord(
+                self.log.name,
+                logging.INFO,
+                __file__,
+                0,
+                "%s %s %s",
+                (scope["method"], scope["path"], status),
+                None,
+                extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )
+            self.log.handle(line)

@@ -10,8 +10,10 @@ hold some of them).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -47,6 +49,9 @@ async def app(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
     async def fails_in_sql(conn: Conn) -> None:
         await conn.fetchval("SELECT 1/0")
 
+    async def validates(conn: Conn, n: int) -> None:  # `n` missing: a 422, Conn taken first
+        await conn.fetchval("SELECT 1")
+
     async def hangs(conn: Conn) -> None:
         entered.set()
         await asyncio.Event().wait()
@@ -56,6 +61,7 @@ async def app(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
         ("/test/refuses", refuses),
         ("/test/crashes", crashes),
         ("/test/fails-in-sql", fails_in_sql),
+        ("/test/validates", validates),
         ("/test/hangs", hangs),
     ):
         application.add_api_route(path, endpoint, methods=["GET"])
@@ -100,6 +106,7 @@ def _slots_free(app: FastAPI) -> int:
         ("/test/refuses", 404),
         ("/test/crashes", 500),
         ("/test/fails-in-sql", 500),
+        ("/test/validates", 422),
     ],
 )
 async def test_the_connection_goes_back_after_every_kind_of_answer(
@@ -131,6 +138,22 @@ async def test_a_cancelled_request_gives_its_connection_back(
     # and the pool still serves
     async with asyncio.timeout(WAIT):
         assert (await client.get("/test/answers")).json() == {"one": 1}
+
+
+async def test_a_request_cancelled_for_good_gives_back_and_is_still_logged(
+    app: FastAPI, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # anyio's cancellation is level-triggered: every await in the scope is cancelled again,
+    # the clean-up's included. The connection still goes back (asyncpg shields its release)
+    # and the request still gets its access-log line.
+    caplog.set_level(logging.INFO, logger="atelier.access")
+    for _ in range(ROUNDS):
+        with anyio.move_on_after(0.3):
+            await client.get("/test/hangs")
+        assert _in_use(app) == 0
+        assert _slots_free(app) == POOL
+    lines = [r.getMessage() for r in caplog.records if r.name == "atelier.access"]
+    assert lines.count("GET /test/hangs 500") == ROUNDS, lines
 
 
 async def test_without_the_middleware_the_dependency_refuses_and_holds_nothing(
