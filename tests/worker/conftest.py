@@ -126,11 +126,16 @@ class Rounds:
     def __init__(self, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
         self.claims: list[tuple[bool, int]] = []
         self.reaps = 0
+        self.claiming = False
         claim, reap = worker._claim_batch, worker.reap
 
         async def counted_claim() -> int:
-            busy = any(t.get_name().startswith("job-") for t in asyncio.all_tasks())
-            found = await claim()
+            busy = _jobs_running()
+            self.claiming = True
+            try:
+                found = await claim()
+            finally:
+                self.claiming = False
             self.claims.append((busy, found))
             return found
 
@@ -143,9 +148,16 @@ class Rounds:
         monkeypatch.setattr(worker, "reap", counted_reap)
 
     def idle(self) -> bool:
-        """The last claim round began with no job running and found nothing: the worker is
-        in its wait, until a NOTIFY, its next poll or its next reaper round."""
-        return bool(self.claims) and self.claims[-1] == (False, 0)
+        """The worker has claimed at least once, is not claiming now and runs no job: it is
+        in its wait (or on its way there), until a NOTIFY, its next poll or its next reaper
+        round. With a hub, the end of its last job does not start another claim round (the
+        last one left the queue empty, and a job queued since says so), so "the last round
+        found nothing" would only come with the next reaper round."""
+        return bool(self.claims) and not self.claiming and not _jobs_running()
+
+
+def _jobs_running() -> bool:
+    return any(t.get_name().startswith("job-") for t in asyncio.all_tasks())
 
 
 @asynccontextmanager
