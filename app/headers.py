@@ -1,6 +1,10 @@
-"""Security headers on every answer: JSON, problems, streams, files and the docs pages."""
+"""Security headers on every answer (JSON, problems, streams, files and the docs pages), and
+the middlewares' one read of a request header."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 # The API answers JSON, SSE and image bytes: none of them may run, embed or load anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -18,6 +22,17 @@ DOCS_CSP = (
 )
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 HSTS = "max-age=63072000; includeSubDomains"
+
+
+def first_header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
+    """The first value of request header `name` (lower case, as ASGI gives names), read from
+    the scope's raw list: the middlewares look for one header each, per request, without
+    building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            value_bytes: bytes = value
+            return value_bytes
+    return None
 
 
 def security_headers(path: str, *, hsts: bool) -> list[tuple[bytes, bytes]]:

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.messages import byte_size
 from app.errors import BadRequest, BodyTooLarge, problem_response
+from app.headers import first_header
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = None
-        for name, value in scope["headers"]:  # ASGI names are lower case
-            if name == b"content-length":
-                declared = int(value) if value.isdigit() else None
-                break
+        header = first_header(scope, b"content-length")
+        declared = int(header) if header is not None and header.isdigit() else None
         limit: RouteLimit | None = None
         received = 0
 
@@ -90,7 +88,7 @@ class ProblemCORSMiddleware(CORSMiddleware):
     rebuilds the answer's headers to merge it into one `Vary`, ~10 µs a request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and all(name != b"origin" for name, _ in scope["headers"]):
+        if scope["type"] == "http" and first_header(scope, b"origin") is None:
 
             async def send_varying(message: Message) -> None:
                 if message["type"] == "http.response.start":

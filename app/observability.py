@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.headers import first_header
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -310,11 +312,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-                break
+        sent = first_header(scope, b"x-request-id")
+        incoming = sent.decode("latin-1") if sent is not None else None
         request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else self.new_id()
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         callbacks: list[Callable[[], Awaitable[None]]] = []
