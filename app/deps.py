@@ -118,13 +118,11 @@ def bearer_token(request: Request) -> str | None:
     return token if token and scheme.lower() == "bearer" else None
 
 
-class BearerIdentity(SecurityBase):
-    """The caller's verified token (an Identity), as one dependency that is also the
-    OpenAPI security scheme `HTTPBearer` the operations list.
-
-    FastAPI's HTTPBearer and a function verifying what it read were two dependencies, and
-    FastAPI spends ~10 µs a request solving each (bench/app_cpu.py); every authenticated
-    request resolves this one. Without a token: a 401, or None when `required` is false."""
+class _Bearer(SecurityBase):
+    """A dependency that is also the OpenAPI security scheme `HTTPBearer` the operations
+    list, and reads the bearer token itself: FastAPI's HTTPBearer and a function checking
+    what it read were two dependencies, and FastAPI spends 10-25 µs a request solving each
+    (bench/app_cpu.py). Every authenticated request resolves one of these."""
 
     def __init__(self, *, required: bool) -> None:
         self.model = HTTPBearerModel(
@@ -133,20 +131,51 @@ class BearerIdentity(SecurityBase):
         self.scheme_name = "HTTPBearer"
         self.required = required
 
-    async def __call__(self, request: Request) -> Identity | None:
+    async def identity(self, request: Request) -> Identity | None:
+        """The verified token; without one, a 401 or None when not `required`. Verified
+        once per request, however many of these dependencies a route has."""
         token = bearer_token(request)
         if token is None:
             if self.required:
                 raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
             return None
-        return await _verify(services_of(request), token)
+        verified: Identity | None = request.scope.get(_VERIFIED)
+        if verified is None:
+            verified = await _verify(services_of(request), token)
+            request.scope[_VERIFIED] = verified
+        return verified
 
 
-# The dependencies every authenticated request resolves are kept few and flat (the
-# identity, the user): each node FastAPI solves costs ~10 µs a request, and /v1/me is
-# measured against a bare handler (bench/reads.py).
+_VERIFIED = "atelier.identity"  # the request's verified token, in its ASGI scope
+
+
+class BearerIdentity(_Bearer):
+    """The caller's verified token (an Identity): no database work yet."""
+
+    async def __call__(self, request: Request) -> Identity | None:
+        return await self.identity(request)
+
+
+class BearerUser(_Bearer):
+    """The caller (a User). The token is verified first, so a bad one, or one waiting for
+    the JWKS, holds no pooled connection; the user is read on a connection of its own,
+    released before a new user's Clerk lookup and before the route's `Conn` is taken
+    (routes name `CurrentUser` before `Conn`)."""
+
+    async def __call__(self, request: Request) -> User | None:
+        who = await self.identity(request)
+        if who is None:
+            return None
+        svc = services_of(request)
+        return await svc.users.authenticate(svc.pool, who)
+
+
+# The dependencies every authenticated request resolves are kept few and flat: each node
+# FastAPI solves costs 10-25 µs a request, and /v1/me is measured against a bare handler
+# (bench/reads.py). So the token and the user are one node (BearerUser), not a chain.
 identity = BearerIdentity(required=True)
-_identity_if_sent = BearerIdentity(required=False)
+current_user = BearerUser(required=True)
+optional_user = BearerUser(required=False)
 
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -173,31 +202,11 @@ def rate_limited(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
-async def current_user(request: Request, who: Caller) -> User:
-    """The caller. The token is verified first, so a request with a bad token, or one
-    waiting for the JWKS, holds no pooled connection; the user is read on a connection of
-    its own, released before a new user's Clerk lookup and before the route's `Conn` is
-    taken (routes name `CurrentUser` before `Conn`). `who` is a dependency, so a route that
-    also checks `Caller` (session_only, rate_limited) verifies the token once."""
-    svc = services_of(request)
-    return await svc.users.authenticate(svc.pool, who)
-
-
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
 # For long-lived responses: `current_user` already gives its connection back at once.
 StreamUser = CurrentUser
-
-
-async def optional_user(
-    request: Request, who: Annotated[Identity | None, Depends(_identity_if_sent)]
-) -> User | None:
-    """The caller when a token is sent (a bad one is still a 401), else None: anonymous."""
-    if who is None:
-        return None
-    svc = services_of(request)
-    return await svc.users.authenticate(svc.pool, who)
 
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]

@@ -201,6 +201,30 @@ async def test_jwks_is_fetched_once_for_many_requests_with_a_known_kid(
     assert jwks.fetches == 1
 
 
+async def test_a_route_that_needs_the_user_and_the_token_verifies_the_token_once(
+    clerk_settings: ClerkSettings, key: SigningKey
+) -> None:
+    # GET /v1/api-keys: the user (CurrentUser) and, for session_only, the token (Caller).
+    token = session_token(key, "user_2once", email="once@example.test")
+    app = create_app(clerk_settings())
+    async with running_app(app) as client:
+        verifier = app.state.services.verifier
+        verified: list[str] = []
+        verify = verifier.verify
+
+        async def counting(token: str) -> auth.Identity:
+            verified.append(token)
+            identity: auth.Identity = await verify(token)
+            return identity
+
+        verifier.verify = counting
+        response = await client.get("/v1/api-keys", headers=bearer(token))
+        me = await client.get("/v1/me", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    assert me.status_code == 200, me.text
+    assert verified == [token, token]  # one a request
+
+
 async def test_rotated_key_is_picked_up_when_the_refresh_interval_allows(
     clerk_settings: ClerkSettings, key: SigningKey, jwks: JwksServer
 ) -> None:
