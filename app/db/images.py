@@ -36,6 +36,47 @@ async def get_readable(
 _LIST_COLUMNS = ", ".join("i." + c.strip() for c in COLUMNS.split(","))
 
 
+def page_statement(
+    *,
+    viewer: str,
+    owner: str | None,
+    public_only: bool,
+    pack_id: UUID | None,
+    before: tuple[object, UUID] | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """`page`'s statement and its arguments. It names only the filters given (16 shapes at
+    most, each prepared once by asyncpg's statement cache): one statement with a
+    `($n IS NULL OR ...)` for every filter got PostgreSQL's generic plan, which cannot
+    bound an index scan by a parameter that may be NULL, so it read all the live images
+    and sorted them (or, once that cost more, planned anew on every call). Each shape
+    here walks its index (the owner's, the public one, the pack's) newest first and stops
+    at LIMIT (tests/gallery/test_page_plans.py)."""
+    args: list[object] = [viewer, limit]
+    where = ["i.deleted_at IS NULL"]
+    if owner is not None:
+        args.append(owner)
+        where.append(f"i.user_id = ${len(args)}")
+    if public_only:
+        where.append("i.visibility = 'public'")
+    if pack_id is not None:
+        args.append(pack_id)
+        where.append(f"i.pack_id = ${len(args)}")
+    if before is not None:
+        args.extend(before)
+        where.append(f"(i.created_at, i.id) < (${len(args) - 1}, ${len(args)})")
+    sql = f"""
+        SELECT {_LIST_COLUMNS},
+               EXISTS (SELECT 1 FROM image_likes l
+                       WHERE l.image_id = i.id AND l.user_id = $1) AS liked_by_me
+        FROM generated_images i
+        WHERE {" AND ".join(where)}
+        ORDER BY i.created_at DESC, i.id DESC
+        LIMIT $2
+        """
+    return sql, args
+
+
 async def page(
     conn: asyncpg.Connection,
     *,
@@ -51,28 +92,15 @@ async def page(
     `owner`: only that user's images; `public_only`: only public ones; `pack_id`: only that
     pack's icons; `before`: the (created_at, id) of the previous page's last item.
     """
-    rows: list[asyncpg.Record] = await conn.fetch(
-        f"""
-        SELECT {_LIST_COLUMNS},
-               EXISTS (SELECT 1 FROM image_likes l
-                       WHERE l.image_id = i.id AND l.user_id = $1) AS liked_by_me
-        FROM generated_images i
-        WHERE i.deleted_at IS NULL
-          AND ($2::text IS NULL OR i.user_id = $2)
-          AND (NOT $3 OR i.visibility = 'public')
-          AND ($4::uuid IS NULL OR i.pack_id = $4)
-          AND ($5::timestamptz IS NULL OR (i.created_at, i.id) < ($5, $6::uuid))
-        ORDER BY i.created_at DESC, i.id DESC
-        LIMIT $7
-        """,
-        viewer,
-        owner,
-        public_only,
-        pack_id,
-        before[0] if before else None,
-        before[1] if before else None,
-        limit,
+    sql, args = page_statement(
+        viewer=viewer,
+        owner=owner,
+        public_only=public_only,
+        pack_id=pack_id,
+        before=before,
+        limit=limit,
     )
+    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
     return rows
 
 

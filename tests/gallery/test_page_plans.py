@@ -1,0 +1,125 @@
+"""The plans PostgreSQL keeps for a gallery page (app.db.images.page_statement).
+
+asyncpg prepares each statement once per connection, and after five calls PostgreSQL may
+keep a generic plan: one made without the parameters' values. Every shape of the page (the
+owner's, the public feed, a pack's, each with and without a cursor) must have a generic
+plan bounded by its index: the owner's and the public one walked newest first to
+LIMIT with no Sort, a pack's by the pack; never a scan of every image.
+The statement used before (one `($n IS NULL OR ...)` per filter) fails this: its generic
+plan read all the live images and sorted them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.db import images
+
+OWNER, VIEWER = "user_plan_owner", "user_plan_viewer"
+PACK = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
+CURSOR = (datetime(2026, 6, 1, tzinfo=UTC), uuid.UUID("00000000-0000-4000-8000-0000000c0501"))
+
+
+async def seed(db: asyncpg.Connection) -> None:
+    """Enough images of enough users that reading them all costs more than an index."""
+    await db.execute(
+        """
+        INSERT INTO users (id, email, credits)
+        SELECT 'user_plan_' || g, 'plan' || g || '@example.test', 0
+        FROM generate_series(1, 200) g;
+        INSERT INTO users (id, email, credits)
+        VALUES ('user_plan_owner', 'owner@example.test', 0),
+               ('user_plan_viewer', 'viewer@example.test', 0);
+        """
+    )
+    await db.execute(
+        "INSERT INTO icon_packs (id, user_id, name) VALUES ($1, $2, 'plans')", PACK, OWNER
+    )
+    await db.execute(
+        """
+        INSERT INTO generated_images (user_id, image_url, prompt, visibility, pack_id, created_at)
+        SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
+               'https://example.test/' || g, 'p' || g,
+               CASE WHEN g % 10 = 0 THEN 'public' ELSE 'private' END,
+               CASE WHEN g % 100 = 0 THEN $1::uuid END,
+               timestamptz '2026-01-01' + g * interval '1 minute'
+        FROM generate_series(1, 20000) g
+        """,
+        PACK,
+    )
+    await db.execute("ANALYZE users, icon_packs, generated_images, image_likes")
+
+
+def literal(value: object) -> str:
+    """A test-controlled value as an SQL literal of its type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return f"'{value}'::uuid"
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    assert isinstance(value, str) and "'" not in value
+    return f"'{value}'::text"
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += nodes(child)
+    return found
+
+
+INDEXES = {
+    "own": "generated_images_user_created_idx",
+    "public feed": "generated_images_public_created_idx",
+    "a pack": "generated_images_pack_created_idx",
+}
+SHAPES: dict[str, dict[str, Any]] = {
+    "own": {"owner": OWNER, "public_only": False, "pack_id": None},
+    "public feed": {"owner": None, "public_only": True, "pack_id": None},
+    "a pack": {"owner": OWNER, "public_only": False, "pack_id": PACK},
+}
+
+
+@pytest.mark.parametrize("cursor", [None, CURSOR], ids=["first page", "next page"])
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
+    db: asyncpg.Connection, shape: str, cursor: tuple[datetime, uuid.UUID] | None
+) -> None:
+    await seed(db)
+    sql, args = images.page_statement(viewer=VIEWER, before=cursor, limit=31, **SHAPES[shape])
+    # What asyncpg's prepared statement gets once PostgreSQL settles on a generic plan.
+    await db.execute(f"PREPARE page_plan AS {sql}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    explained = await db.fetchval(
+        f"EXPLAIN (FORMAT JSON) EXECUTE page_plan({', '.join(literal(a) for a in args)})"
+    )
+    plan = json.loads(explained)[0]["Plan"]
+    assert plan["Node Type"] == "Limit", plan
+    kinds = [node["Node Type"] for node in nodes(plan)]
+    scans = [n for n in nodes(plan) if n.get("Relation Name") == "generated_images"]
+    index_scans = [n for n in nodes(plan) if n.get("Index Name") in INDEXES.values()]
+    assert "Seq Scan" not in [n["Node Type"] for n in scans], kinds
+    # Bounded: by an index condition, or by the public index's own predicate.
+    assert index_scans and all(
+        "Index Cond" in n or n["Index Name"] == "generated_images_public_created_idx"
+        for n in index_scans
+    ), kinds
+    assert INDEXES[shape] in [n["Index Name"] for n in index_scans], index_scans
+    if shape != "a pack":  # a pack's few icons may be sorted; all images never are
+        assert kinds[:2] == ["Limit", "Index Scan"] and "Sort" not in kinds, kinds
+    # The rows it returns are the page: the same statement run as the app runs it.
+    await db.execute("RESET plan_cache_mode")
+    rows = await images.page(db, viewer=VIEWER, before=cursor, limit=31, **SHAPES[shape])
+    assert 0 < len(rows) <= 31
+    keys = [(r["created_at"], r["id"]) for r in rows]
+    assert keys == sorted(keys, reverse=True)
+    assert cursor is None or all(k < cursor for k in keys)
