@@ -139,14 +139,15 @@ class _Bearer(SecurityBase):
             if self.required:
                 raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
             return None
-        verified: Identity | None = request.scope.get(_VERIFIED)
-        if verified is None:
-            verified = await _verify(services_of(request), token)
-            request.scope[_VERIFIED] = verified
+        memo: tuple[str, Identity] | None = request.scope.get(_VERIFIED)
+        if memo is not None and memo[0] == token:
+            return memo[1]
+        verified = await _verify(services_of(request), token)
+        request.scope[_VERIFIED] = (token, verified)
         return verified
 
 
-_VERIFIED = "atelier.identity"  # the request's verified token, in its ASGI scope
+_VERIFIED = "atelier.identity"  # (token, its Identity) once verified, in the ASGI scope
 
 
 class BearerIdentity(_Bearer):

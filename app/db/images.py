@@ -49,9 +49,10 @@ def page_statement(
     most, each prepared once by asyncpg's statement cache): one statement with a
     `($n IS NULL OR ...)` for every filter got PostgreSQL's generic plan, which cannot
     bound an index scan by a parameter that may be NULL, so it read all the live images
-    and sorted them (or, once that cost more, planned anew on every call). Each shape
-    here walks its index (the owner's, the public one, the pack's) newest first and stops
-    at LIMIT (tests/gallery/test_page_plans.py)."""
+    and sorted them (or, once that cost more, planned anew on every call). Here the
+    owner's page and the public feed walk their index newest first and stop at LIMIT; a
+    pack's page reads the pack's rows, with the owner's index entries, and sorts them
+    (tests/gallery/test_page_plans.py)."""
     args: list[object] = [viewer, limit]
     where = ["i.deleted_at IS NULL"]
     if owner is not None:
