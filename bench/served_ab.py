@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                 # the checkout's own `app` package first on the path, as bench/reads.py runs
                 # `atelier serve` on its defaults
                 env = child_env(db, LOG_JSON="true", LOG_LEVEL="INFO", PYTHONPATH=str(tree))
-                server = Child([str(ATELIER), "serve", "--port", str(port)], env, tree, name)
+                command = [str(ATELIER), "serve", "--port", str(port)]
+                server = Child(command, env, db.workdir, f"serve-{name}")
                 servers[name] = (server, base)
                 wait_ready(server, base)
             runs: dict[tuple[str, str], list[Run]] = {}
