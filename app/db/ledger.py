@@ -110,16 +110,20 @@ async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
 async def page(
     conn: asyncpg.Connection, user_id: str, before_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
+    # A cursor seeks in (user_id, id DESC) with a statement of its own: a shared
+    # `($2 IS NULL OR id < $2)` is only a filter in the generic plan, so a deep page of a
+    # long ledger read every newer entry first (tests/gallery/test_page_plans.py).
+    after = "AND id < $3" if before_id is not None else ""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {_COLUMNS} FROM credit_ledger
-        WHERE user_id = $1 AND ($2::bigint IS NULL OR id < $2)
+        WHERE user_id = $1 {after}
         ORDER BY id DESC
-        LIMIT $3
+        LIMIT $2
         """,
         user_id,
-        before_id,
         limit,
+        *(() if before_id is None else (before_id,)),
     )
     return rows
 

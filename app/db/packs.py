@@ -14,21 +14,21 @@ _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 async def page(
     conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
+    # A cursor seeks in the user's index (a statement of its own), as prompts.page does.
+    after = "AND (p.created_at, p.id) < ($3, $4)" if before else ""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {_P_COLUMNS},
                (SELECT count(*) FROM generated_images i
                 WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
         FROM icon_packs p
-        WHERE p.user_id = $1
-          AND ($2::timestamptz IS NULL OR (p.created_at, p.id) < ($2, $3::uuid))
+        WHERE p.user_id = $1 {after}
         ORDER BY p.created_at DESC, p.id DESC
-        LIMIT $4
+        LIMIT $2
         """,
         user_id,
-        before[0] if before else None,
-        before[1] if before else None,
         limit,
+        *(before or ()),
     )
     return rows
 

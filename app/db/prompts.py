@@ -14,17 +14,20 @@ _FIELDS = ("title", "prompt_text", "thumbnail_url", "secondary_image_url")
 async def page(
     conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
+    # With a cursor, a statement of its own that seeks to it in the user's index (a shared
+    # `($2 IS NULL OR ...)` is only a filter in the generic plan: a deep page read every
+    # newer row first). tests/gallery/test_page_plans.py checks both plans.
+    after = "AND (created_at, id) < ($3, $4)" if before else ""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM custom_prompts
-        WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+        WHERE user_id = $1 {after}
         ORDER BY created_at DESC, id DESC
-        LIMIT $4
+        LIMIT $2
         """,
         user_id,
-        before[0] if before else None,
-        before[1] if before else None,
         limit,
+        *(before or ()),
     )
     return rows
 

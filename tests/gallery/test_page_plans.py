@@ -8,19 +8,25 @@ walked newest first to LIMIT with no Sort; a pack's reads the pack's rows and th
 index entries, and sorts the pack's.
 The statement used before (one `($n IS NULL OR ...)` per filter) fails this: its generic
 plan read all the live images and sorted them.
+
+The other keyset lists (saved prompts, packs, the ledger) read one user's rows; a next page
+must seek to its cursor in the user's index, not read every newer row and filter them out,
+as their generic plans did with a shared `($2 IS NULL OR ...)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
-from app.db import images
+from app.db import images, ledger, packs, prompts
 
 OWNER, VIEWER = "user_plan_owner", "user_plan_viewer"
 PACK = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
@@ -136,3 +142,61 @@ async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
     keys = [(r["created_at"], r["id"]) for r in rows]
     assert keys == sorted(keys, reverse=True)
     assert cursor is None or all(k < cursor for k in keys)
+
+
+async def seed_lists(db: asyncpg.Connection) -> None:
+    """The owner's saved prompts, packs and ledger entries among 200 other users' (20,000
+    of each kind), so that a page's plan has a table worth an index."""
+    await db.execute(
+        """
+        INSERT INTO custom_prompts (user_id, prompt_text, created_at)
+        SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
+               'p' || g, timestamptz '2026-01-01' + g * interval '1 minute'
+        FROM generate_series(1, 20000) g;
+        INSERT INTO icon_packs (user_id, name, created_at)
+        SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
+               'list ' || g, timestamptz '2026-01-01' + g * interval '1 minute'
+        FROM generate_series(1, 20000) g;
+        INSERT INTO credit_ledger (user_id, delta, reason, balance_after)
+        SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
+               1, 'admin', g
+        FROM generate_series(1, 20000) g;
+        ANALYZE custom_prompts, icon_packs, credit_ledger;
+        """
+    )
+
+
+LISTS: dict[str, tuple[str, Callable[..., Awaitable[list[asyncpg.Record]]], object]] = {
+    "saved prompts": ("custom_prompts", prompts.page, CURSOR),
+    "packs": ("icon_packs", packs.page, CURSOR),
+    "the ledger": ("credit_ledger", ledger.page, 10_000),
+}
+
+
+@pytest.mark.parametrize("listing", LISTS)
+async def test_a_next_page_of_a_list_seeks_to_its_cursor_in_the_users_index(
+    db: asyncpg.Connection, listing: str
+) -> None:
+    await seed(db)
+    await seed_lists(db)
+    table, page, cursor = LISTS[listing]
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    with db.query_logger(lambda query: sent.append((query.query, query.args))):
+        rows = await page(db, OWNER, cursor, 21)
+        await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not at once
+    assert len(rows) == 21  # the owner has 400 of each, 200 of them before the cursor
+    ((sql, args),) = sent
+    # The plan the statement the app sent gets once PostgreSQL keeps a generic one.
+    await db.execute(f"PREPARE list_plan AS {sql}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    explained = await db.fetchval(
+        f"EXPLAIN (FORMAT JSON) EXECUTE list_plan({', '.join(literal(a) for a in args)})"
+    )
+    plan = json.loads(explained)[0]["Plan"]
+    kinds = [node["Node Type"] for node in nodes(plan)]
+    assert kinds[:2] == ["Limit", "Index Scan"] and "Sort" not in kinds, kinds
+    scan = plan["Plans"][0]
+    assert scan["Relation Name"] == table, scan
+    # Bounded by the cursor, not only by the user: it starts reading at the cursor.
+    bound = "created_at" if table != "credit_ledger" else "id <"
+    assert "user_id" in scan["Index Cond"] and bound in scan["Index Cond"], scan
