@@ -332,20 +332,25 @@ async def page_for_user(
     before: tuple[datetime, UUID] | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """The caller's jobs that the service made, newest first, after the keyset `before`."""
+    """The caller's jobs that the service made, newest first, after the keyset `before`.
+    The statement names only the filters given: with a cursor it seeks to it in the
+    user's index (a shared `($n IS NULL OR ...)` was only a filter in the generic plan, so
+    a deep page read every newer job first; tests/gallery/test_page_plans.py)."""
+    args: list[object] = [user_id, limit]
+    where = ["j.user_id = $1", "j.kind IS NOT NULL"]
+    if statuses is not None:
+        args.append(statuses)
+        where.append(f"j.status = ANY(${len(args)}::text[])")
+    if before is not None:
+        args.extend(before)
+        where.append(f"(j.created_at, j.id) < (${len(args) - 1}, ${len(args)})")
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         {_VIEW}
-        WHERE j.user_id = $1 AND j.kind IS NOT NULL
-          AND ($2::text[] IS NULL OR j.status = ANY($2::text[]))
-          AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid))
+        WHERE {" AND ".join(where)}
         ORDER BY j.created_at DESC, j.id DESC
-        LIMIT $5
+        LIMIT $2
         """,
-        user_id,
-        statuses,
-        before[0] if before else None,
-        before[1] if before else None,
-        limit,
+        *args,
     )
     return rows

@@ -20,13 +20,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from app.db import images, ledger, packs, prompts
+from app.db import images, jobs, ledger, packs, prompts
 
 OWNER, VIEWER = "user_plan_owner", "user_plan_viewer"
 PACK = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
@@ -145,8 +145,9 @@ async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
 
 
 async def seed_lists(db: asyncpg.Connection) -> None:
-    """The owner's saved prompts, packs and ledger entries among 200 other users' (20,000
-    of each kind), so that a page's plan has a table worth an index."""
+    """The owner's saved prompts, packs, ledger entries and jobs among 200 other users'
+    (20,000 of each kind, the owner's 400 a minute apart from 2026-01-01 00:50 on), so that
+    a page's plan has a table worth an index."""
     await db.execute(
         """
         INSERT INTO custom_prompts (user_id, prompt_text, created_at)
@@ -161,15 +162,30 @@ async def seed_lists(db: asyncpg.Connection) -> None:
         SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
                1, 'admin', g
         FROM generate_series(1, 20000) g;
-        ANALYZE custom_prompts, icon_packs, credit_ledger;
+        INSERT INTO image_generation_jobs (user_id, kind, prompt, created_at)
+        SELECT CASE WHEN g % 50 = 0 THEN 'user_plan_owner' ELSE 'user_plan_' || (g % 200 + 1) END,
+               'generate', 'p' || g, timestamptz '2026-01-01' + g * interval '1 minute'
+        FROM generate_series(1, 20000) g;
+        ANALYZE custom_prompts, icon_packs, credit_ledger, image_generation_jobs;
         """
     )
 
 
+# The owner's rows run from 2026-01-01 to 2026-01-14; this cursor is half way through them.
+MIDDLE = (datetime(2026, 1, 7, 23, 0, tzinfo=UTC), uuid.UUID(int=0))
+
+
+async def jobs_page(
+    conn: asyncpg.Connection, user_id: str, before: tuple[datetime, uuid.UUID], limit: int
+) -> list[asyncpg.Record]:
+    return await jobs.page_for_user(conn, user_id, statuses=None, before=before, limit=limit)
+
+
 LISTS: dict[str, tuple[str, Callable[..., Awaitable[list[asyncpg.Record]]], object]] = {
-    "saved prompts": ("custom_prompts", prompts.page, CURSOR),
-    "packs": ("icon_packs", packs.page, CURSOR),
+    "saved prompts": ("custom_prompts", prompts.page, MIDDLE),
+    "packs": ("icon_packs", packs.page, MIDDLE),
     "the ledger": ("credit_ledger", ledger.page, 10_000),
+    "jobs": ("image_generation_jobs", jobs_page, MIDDLE),
 }
 
 
@@ -184,7 +200,13 @@ async def test_a_next_page_of_a_list_seeks_to_its_cursor_in_the_users_index(
     with db.query_logger(lambda query: sent.append((query.query, query.args))):
         rows = await page(db, OWNER, cursor, 21)
         await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not at once
-    assert len(rows) == 21  # the owner has 400 of each, 200 of them before the cursor
+    assert len(rows) == 21  # the owner has 400 of each, about 200 of them before the cursor
+    if isinstance(cursor, tuple):
+        assert all((r["created_at"], r["id"]) < cursor for r in rows)
+        assert rows[0]["created_at"] > cursor[0] - timedelta(minutes=60)  # the next ones
+    else:
+        assert isinstance(cursor, int)
+        assert all(r["id"] < cursor for r in rows) and rows[0]["id"] > cursor - 60
     ((sql, args),) = sent
     # The plan the statement the app sent gets once PostgreSQL keeps a generic one.
     await db.execute(f"PREPARE list_plan AS {sql}")
@@ -194,9 +216,9 @@ async def test_a_next_page_of_a_list_seeks_to_its_cursor_in_the_users_index(
     )
     plan = json.loads(explained)[0]["Plan"]
     kinds = [node["Node Type"] for node in nodes(plan)]
-    assert kinds[:2] == ["Limit", "Index Scan"] and "Sort" not in kinds, kinds
-    scan = plan["Plans"][0]
-    assert scan["Relation Name"] == table, scan
+    assert kinds[0] == "Limit" and "Sort" not in kinds, kinds
+    (scan,) = [n for n in nodes(plan) if n.get("Relation Name") == table]
+    assert scan["Node Type"] == "Index Scan", kinds
     # Bounded by the cursor, not only by the user: it starts reading at the cursor.
     bound = "created_at" if table != "credit_ledger" else "id <"
     assert "user_id" in scan["Index Cond"] and bound in scan["Index Cond"], scan
