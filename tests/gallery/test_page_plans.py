@@ -146,8 +146,8 @@ async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
 
 async def seed_lists(db: asyncpg.Connection) -> None:
     """The owner's saved prompts, packs, ledger entries and jobs among 200 other users'
-    (20,000 of each kind, the owner's 400 a minute apart from 2026-01-01 00:50 on), so that
-    a page's plan has a table worth an index."""
+    (20,000 of each kind, the owner's 400 fifty minutes apart from 2026-01-01 00:50 on), so
+    that a page's plan has a table worth an index."""
     await db.execute(
         """
         INSERT INTO custom_prompts (user_id, prompt_text, created_at)
