@@ -6,6 +6,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db.where import Where
+
 COLUMNS = (
     "id, user_id, image_url, prompt, storage_key, job_id, model, pack_id, visibility, "
     "likes_count, width, height, created_at"
@@ -36,48 +38,6 @@ async def get_readable(
 _LIST_COLUMNS = ", ".join("i." + c.strip() for c in COLUMNS.split(","))
 
 
-def page_statement(
-    *,
-    viewer: str,
-    owner: str | None,
-    public_only: bool,
-    pack_id: UUID | None,
-    before: tuple[object, UUID] | None,
-    limit: int,
-) -> tuple[str, list[object]]:
-    """`page`'s statement and its arguments. It names only the filters given (16 shapes at
-    most, each prepared once by asyncpg's statement cache): one statement with a
-    `($n IS NULL OR ...)` for every filter got PostgreSQL's generic plan, which cannot
-    bound an index scan by a parameter that may be NULL, so it read all the live images
-    and sorted them (or, once that cost more, planned anew on every call). Here the
-    owner's page and the public feed walk their index newest first and stop at LIMIT; a
-    pack's page reads the pack's rows, with the owner's index entries, and sorts them
-    (tests/gallery/test_page_plans.py)."""
-    args: list[object] = [viewer, limit]
-    where = ["i.deleted_at IS NULL"]
-    if owner is not None:
-        args.append(owner)
-        where.append(f"i.user_id = ${len(args)}")
-    if public_only:
-        where.append("i.visibility = 'public'")
-    if pack_id is not None:
-        args.append(pack_id)
-        where.append(f"i.pack_id = ${len(args)}")
-    if before is not None:
-        args.extend(before)
-        where.append(f"(i.created_at, i.id) < (${len(args) - 1}, ${len(args)})")
-    sql = f"""
-        SELECT {_LIST_COLUMNS},
-               EXISTS (SELECT 1 FROM image_likes l
-                       WHERE l.image_id = i.id AND l.user_id = $1) AS liked_by_me
-        FROM generated_images i
-        WHERE {" AND ".join(where)}
-        ORDER BY i.created_at DESC, i.id DESC
-        LIMIT $2
-        """
-    return sql, args
-
-
 async def page(
     conn: asyncpg.Connection,
     *,
@@ -92,16 +52,33 @@ async def page(
 
     `owner`: only that user's images; `public_only`: only public ones; `pack_id`: only that
     pack's icons; `before`: the (created_at, id) of the previous page's last item.
+
+    Only the filters given are in the statement (`Where`): the owner's page and the public
+    feed walk their index newest first and stop at LIMIT; a pack's page reads the pack's
+    rows, with the owner's index entries, and sorts them (tests/gallery/test_page_plans.py).
     """
-    sql, args = page_statement(
-        viewer=viewer,
-        owner=owner,
-        public_only=public_only,
-        pack_id=pack_id,
-        before=before,
-        limit=limit,
+    where = Where(viewer, limit)
+    where.add("i.deleted_at IS NULL")
+    if owner is not None:
+        where.add("i.user_id = {}", owner)
+    if public_only:
+        where.add("i.visibility = 'public'")
+    if pack_id is not None:
+        where.add("i.pack_id = {}", pack_id)
+    if before is not None:
+        where.add("(i.created_at, i.id) < ({}, {})", *before)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {_LIST_COLUMNS},
+               EXISTS (SELECT 1 FROM image_likes l
+                       WHERE l.image_id = i.id AND l.user_id = $1) AS liked_by_me
+        FROM generated_images i
+        WHERE {where}
+        ORDER BY i.created_at DESC, i.id DESC
+        LIMIT $2
+        """,
+        *where.args,
     )
-    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
     return rows
 
 

@@ -14,6 +14,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db.where import Where
+
 COLUMNS = (
     "id, user_id, status, progress, kind, prompt, params, cost, attempts, model, "
     "input_image_key, output_image_url, error_message, image_id, idempotency_key, "
@@ -332,25 +334,21 @@ async def page_for_user(
     before: tuple[datetime, UUID] | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """The caller's jobs that the service made, newest first, after the keyset `before`.
-    The statement names only the filters given: with a cursor it seeks to it in the
-    user's index (a shared `($n IS NULL OR ...)` was only a filter in the generic plan, so
-    a deep page read every newer job first; tests/gallery/test_page_plans.py)."""
-    args: list[object] = [user_id, limit]
-    where = ["j.user_id = $1", "j.kind IS NOT NULL"]
+    """The caller's jobs that the service made, newest first, after the keyset `before`
+    (only the filters given: `Where`; with a cursor it seeks to it in the user's index)."""
+    where = Where(user_id, limit)
+    where.add("j.user_id = $1 AND j.kind IS NOT NULL")
     if statuses is not None:
-        args.append(statuses)
-        where.append(f"j.status = ANY(${len(args)}::text[])")
+        where.add("j.status = ANY({}::text[])", statuses)
     if before is not None:
-        args.extend(before)
-        where.append(f"(j.created_at, j.id) < (${len(args) - 1}, ${len(args)})")
+        where.add("(j.created_at, j.id) < ({}, {})", *before)
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         {_VIEW}
-        WHERE {" AND ".join(where)}
+        WHERE {where}
         ORDER BY j.created_at DESC, j.id DESC
         LIMIT $2
         """,
-        *args,
+        *where.args,
     )
     return rows

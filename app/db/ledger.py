@@ -11,6 +11,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db.where import Where
+
 _COLUMNS = "id, user_id, delta, reason, job_id, source_id, balance_after, note, created_at"
 
 
@@ -110,20 +112,19 @@ async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
 async def page(
     conn: asyncpg.Connection, user_id: str, before_id: int | None, limit: int
 ) -> list[asyncpg.Record]:
-    # A cursor seeks in (user_id, id DESC) with a statement of its own: a shared
-    # `($2 IS NULL OR id < $2)` is only a filter in the generic plan, so a deep page of a
-    # long ledger read every newer entry first (tests/gallery/test_page_plans.py).
-    after = "AND id < $3" if before_id is not None else ""
+    # With a cursor, it seeks to it in (user_id, id DESC) (`Where`).
+    where = Where(user_id, limit)
+    where.add("user_id = $1")
+    if before_id is not None:
+        where.add("id < {}", before_id)
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {_COLUMNS} FROM credit_ledger
-        WHERE user_id = $1 {after}
+        WHERE {where}
         ORDER BY id DESC
         LIMIT $2
         """,
-        user_id,
-        limit,
-        *(() if before_id is None else (before_id,)),
+        *where.args,
     )
     return rows
 

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db.where import Where
+
 COLUMNS = "id, user_id, name, style_prompt, cover_image_id, created_at, updated_at"
 _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 
@@ -14,21 +16,22 @@ _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 async def page(
     conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
-    # A cursor seeks in the user's index (a statement of its own), as prompts.page does.
-    after = "AND (p.created_at, p.id) < ($3, $4)" if before else ""
+    # With a cursor, it seeks to it in the user's index (`Where`).
+    where = Where(user_id, limit)
+    where.add("p.user_id = $1")
+    if before is not None:
+        where.add("(p.created_at, p.id) < ({}, {})", *before)
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {_P_COLUMNS},
                (SELECT count(*) FROM generated_images i
                 WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
         FROM icon_packs p
-        WHERE p.user_id = $1 {after}
+        WHERE {where}
         ORDER BY p.created_at DESC, p.id DESC
         LIMIT $2
         """,
-        user_id,
-        limit,
-        *(before or ()),
+        *where.args,
     )
     return rows
 

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db.where import Where
+
 COLUMNS = "id, user_id, title, prompt_text, thumbnail_url, secondary_image_url, created_at"
 _FIELDS = ("title", "prompt_text", "thumbnail_url", "secondary_image_url")
 
@@ -14,20 +16,19 @@ _FIELDS = ("title", "prompt_text", "thumbnail_url", "secondary_image_url")
 async def page(
     conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
-    # With a cursor, a statement of its own that seeks to it in the user's index (a shared
-    # `($2 IS NULL OR ...)` is only a filter in the generic plan: a deep page read every
-    # newer row first). tests/gallery/test_page_plans.py checks both plans.
-    after = "AND (created_at, id) < ($3, $4)" if before else ""
+    # With a cursor, it seeks to it in the user's index (`Where`).
+    where = Where(user_id, limit)
+    where.add("user_id = $1")
+    if before is not None:
+        where.add("(created_at, id) < ({}, {})", *before)
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM custom_prompts
-        WHERE user_id = $1 {after}
+        WHERE {where}
         ORDER BY created_at DESC, id DESC
         LIMIT $2
         """,
-        user_id,
-        limit,
-        *(before or ()),
+        *where.args,
     )
     return rows
 

@@ -1,4 +1,4 @@
-"""The plans PostgreSQL keeps for a gallery page (app.db.images.page_statement).
+"""The plans PostgreSQL keeps for a gallery page (app.db.images.page, built with app.db.where).
 
 asyncpg prepares each statement once per connection, and after five calls PostgreSQL may
 keep a generic plan: one made without the parameters' values. Every shape of the page (the
@@ -95,6 +95,29 @@ INDEXES = {
     "public feed": "generated_images_public_created_idx",
     "a pack": "generated_images_pack_created_idx",
 }
+
+
+async def generic_plan(
+    db: asyncpg.Connection, listing: Awaitable[list[asyncpg.Record]]
+) -> tuple[list[asyncpg.Record], dict[str, Any]]:
+    """The rows of `listing` (a call of the app's own function on `db`) and the plan of
+    the statement it sent once PostgreSQL keeps a generic one, as asyncpg's prepared
+    statement does after a few calls."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    with db.query_logger(lambda query: sent.append((query.query, query.args))):
+        rows = await listing
+        await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not at once
+    ((sql, args),) = sent
+    await db.execute(f"PREPARE listing_plan AS {sql}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    explained = await db.fetchval(
+        f"EXPLAIN (FORMAT JSON) EXECUTE listing_plan({', '.join(literal(a) for a in args)})"
+    )
+    await db.execute("RESET plan_cache_mode; DEALLOCATE listing_plan")
+    plan: dict[str, Any] = json.loads(explained)[0]["Plan"]
+    return rows, plan
+
+
 SHAPES: dict[str, dict[str, Any]] = {
     "own": {"owner": OWNER, "public_only": False, "pack_id": None},
     "public feed": {"owner": None, "public_only": True, "pack_id": None},
@@ -108,14 +131,14 @@ async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
     db: asyncpg.Connection, shape: str, cursor: tuple[datetime, uuid.UUID] | None
 ) -> None:
     await seed(db)
-    sql, args = images.page_statement(viewer=VIEWER, before=cursor, limit=31, **SHAPES[shape])
-    # What asyncpg's prepared statement gets once PostgreSQL settles on a generic plan.
-    await db.execute(f"PREPARE page_plan AS {sql}")
-    await db.execute("SET plan_cache_mode = force_generic_plan")
-    explained = await db.fetchval(
-        f"EXPLAIN (FORMAT JSON) EXECUTE page_plan({', '.join(literal(a) for a in args)})"
+    rows, plan = await generic_plan(
+        db, images.page(db, viewer=VIEWER, before=cursor, limit=31, **SHAPES[shape])
     )
-    plan = json.loads(explained)[0]["Plan"]
+    # The rows are the page, newest first, after the cursor.
+    assert 0 < len(rows) <= 31
+    keys = [(r["created_at"], r["id"]) for r in rows]
+    assert keys == sorted(keys, reverse=True)
+    assert cursor is None or all(k < cursor for k in keys)
     assert plan["Node Type"] == "Limit", plan
     kinds = [node["Node Type"] for node in nodes(plan)]
     scans = [n for n in nodes(plan) if n.get("Relation Name") == "generated_images"]
@@ -135,13 +158,6 @@ async def test_every_page_shape_keeps_a_generic_plan_bounded_by_its_index(
     # Walked newest first and stopped at LIMIT: the scan under Limit is the shape's index.
     assert kinds[:2] == ["Limit", "Index Scan"] and "Sort" not in kinds, kinds
     assert plan["Plans"][0]["Index Name"] == INDEXES[shape], plan["Plans"][0]
-    # The rows it returns are the page: the same statement run as the app runs it.
-    await db.execute("RESET plan_cache_mode")
-    rows = await images.page(db, viewer=VIEWER, before=cursor, limit=31, **SHAPES[shape])
-    assert 0 < len(rows) <= 31
-    keys = [(r["created_at"], r["id"]) for r in rows]
-    assert keys == sorted(keys, reverse=True)
-    assert cursor is None or all(k < cursor for k in keys)
 
 
 async def seed_lists(db: asyncpg.Connection) -> None:
@@ -196,10 +212,7 @@ async def test_a_next_page_of_a_list_seeks_to_its_cursor_in_the_users_index(
     await seed(db)
     await seed_lists(db)
     table, page, cursor = LISTS[listing]
-    sent: list[tuple[str, tuple[Any, ...]]] = []
-    with db.query_logger(lambda query: sent.append((query.query, query.args))):
-        rows = await page(db, OWNER, cursor, 21)
-        await asyncio.sleep(0)  # asyncpg calls its query loggers soon after, not at once
+    rows, plan = await generic_plan(db, page(db, OWNER, cursor, 21))
     assert len(rows) == 21  # the owner has 400 of each, about 200 of them before the cursor
     if isinstance(cursor, tuple):
         assert all((r["created_at"], r["id"]) < cursor for r in rows)
@@ -207,14 +220,6 @@ async def test_a_next_page_of_a_list_seeks_to_its_cursor_in_the_users_index(
     else:
         assert isinstance(cursor, int)
         assert all(r["id"] < cursor for r in rows) and rows[0]["id"] > cursor - 60
-    ((sql, args),) = sent
-    # The plan the statement the app sent gets once PostgreSQL keeps a generic one.
-    await db.execute(f"PREPARE list_plan AS {sql}")
-    await db.execute("SET plan_cache_mode = force_generic_plan")
-    explained = await db.fetchval(
-        f"EXPLAIN (FORMAT JSON) EXECUTE list_plan({', '.join(literal(a) for a in args)})"
-    )
-    plan = json.loads(explained)[0]["Plan"]
     kinds = [node["Node Type"] for node in nodes(plan)]
     assert kinds[0] == "Limit" and "Sort" not in kinds, kinds
     (scan,) = [n for n in nodes(plan) if n.get("Relation Name") == table]
