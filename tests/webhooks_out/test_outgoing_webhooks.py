@@ -5,8 +5,10 @@ listed."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import asyncpg
@@ -16,8 +18,9 @@ from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
 from app.config import Settings
-from app.services import outgoing
+from app.services import outgoing, webhook_urls
 from tests.fakes.running import running_settings
+from tests.fakes.tls import TlsServer, ca_file
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
@@ -371,3 +374,58 @@ async def test_an_erased_users_endpoints_and_deliveries_are_deleted(
     assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 0
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Records each POST's Host header and body (on the server: `received`)."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((self.headers["Host"], body))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_an_attempt_connects_to_the_address_its_check_approved_and_checks_tls_by_name(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name is resolved once per attempt (here by a resolver stand-in that
+    says `localhost` is 127.0.0.2), and the attempt connects to that address, not to what
+    the system's resolver says next (127.0.0.1, where nothing listens). The endpoint's TLS
+    certificate (for `localhost`, not 127.0.0.2) is checked against the name."""
+    looked_up: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return ["127.0.0.2"]
+
+    monkeypatch.setattr(webhook_urls, "lookup", resolver)
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file())  # read when the sender's client is built
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.2", 0))
+    listener.listen(8)
+    server = TlsServer(_Recorder, listener)
+    server.received = []  # type: ignore[attr-defined]
+    server.serve_in_thread()
+    port = listener.getsockname()[1]
+    alice = auth_headers(ALICE)
+    try:
+        async with running_settings(hook_settings()) as client:
+            url = f"https://localhost:{port}/hook"
+            endpoint = await register(client, alice, url, ["job.completed"])
+            await finished_job(client, alice)
+            await wait_until(lambda: len(server.received) == 1, "the delivery")  # type: ignore[attr-defined]
+            listed = await deliveries(client, alice, endpoint["id"])
+    finally:
+        server.shutdown()
+        listener.close()
+    ((host, body),) = server.received  # type: ignore[attr-defined]
+    assert host == f"localhost:{port}"
+    assert json.loads(body)["type"] == "job.completed"
+    assert [d["status"] for d in listed] == ["delivered"]
+    assert looked_up == ["localhost", "localhost"]  # at registration, and for the attempt
