@@ -138,7 +138,7 @@ def webhook_handlers(
     the process's own (an erasure makes it forget the user at once)."""
     return {
         "stripe": StripeEvents(settings, stripe_api),
-        "clerk": ClerkEvents(pool, storage, users, directory),
+        "clerk": ClerkEvents(pool, storage, users, directory, stripe_api),
     }
 
 

@@ -49,5 +49,5 @@ async def delete_me(user: StreamUser, svc: Svc) -> Response:
     prompts, packs, jobs and subscription. The ledger keeps its rows without personal data;
     the balance is forfeited. The same sign-in is refused afterwards (401). It needs the
     person signed in: an API key is refused (403), so a leaked key cannot erase an account."""
-    await accounts.erase(svc.pool, svc.storage, svc.users, user.id)
+    await accounts.erase(svc.pool, svc.storage, svc.users, user.id, svc.stripe)
     return Response(status_code=204)

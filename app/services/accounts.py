@@ -17,7 +17,8 @@ import asyncpg
 from app.db import erasure
 from app.db import users as users_db
 from app.errors import Conflict, NotFound
-from app.services import credits
+from app.services import billing, credits
+from app.services.billing import StripeApi
 from app.services.storage.base import (
     Storage,
     StorageError,
@@ -60,10 +61,16 @@ class Erasure:
     objects_left: list[str] = field(default_factory=list)
 
 
-async def erase(pool: asyncpg.Pool, storage: Storage, users: Users, user_id: str) -> Erasure:
+async def erase(
+    pool: asyncpg.Pool, storage: Storage, users: Users, user_id: str, stripe: StripeApi | None
+) -> Erasure:
     """Erase the user: images (rows and objects), uploads, likes given (their images' counts
     drop), prompts, packs, jobs and subscription; the balance is forfeited through the
     ledger; the users row becomes a tombstone, so a still-valid token for the id gets 401.
+
+    A Stripe subscription that still bills is cancelled first (`billing.cancel_for_erasure`):
+    when Stripe cannot be asked that is a 503 and nothing is erased, since the row that names
+    the subscription is about to go.
 
     Idempotent: a second call changes nothing in the database. The database is done first,
     in one transaction that locks the users row (so no write for the user slips in while it
@@ -71,6 +78,7 @@ async def erase(pool: asyncpg.Pool, storage: Storage, users: Users, user_id: str
     after the commit, with no connection held. A storage failure leaves the database erased
     and the objects listed in `objects_left`: call again to retry them.
     """
+    await billing.cancel_for_erasure(pool, stripe, user_id)
     keys: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         # An id with no row yet gets its tombstone at once, so a first request racing this

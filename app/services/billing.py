@@ -197,3 +197,36 @@ async def portal(
         )
     )
     return PortalSession(url=session.url)
+
+
+# Stripe's subscription statuses that will never charge again.
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+async def cancel_for_erasure(pool: asyncpg.Pool, api: StripeApi | None, user_id: str) -> None:
+    """Cancel the user's Stripe subscription at once, before the account is erased: erasure
+    deletes the row that names it, and Stripe would go on charging a customer who no longer
+    has an account. Nothing to do without one, or when it has ended. A 503 when Stripe
+    cannot be asked (or billing is not configured): the caller erases nothing then, and
+    erasing again later tries again."""
+    async with pool.acquire() as conn:
+        row = await subscriptions.get_for_user(conn, user_id)
+    if row is None or not row["stripe_subscription_id"]:
+        return
+    if row["stripe_status"] in ENDED_STATUSES:
+        return
+    subscription_id = str(row["stripe_subscription_id"])
+    await call(_cancel(configured(api), subscription_id))
+    log.info("user %s: Stripe subscription %s cancelled before erasure", user_id, subscription_id)
+
+
+async def _cancel(client: stripe.StripeClient, subscription_id: str) -> None:
+    try:
+        await client.v1.subscriptions.cancel_async(subscription_id)
+    except stripe.InvalidRequestError as exc:
+        # Unknown to Stripe, or ended meanwhile (the row had not heard yet): nothing bills.
+        if exc.code == "resource_missing":
+            return
+        found = await client.v1.subscriptions.retrieve_async(subscription_id)
+        if found.status not in ENDED_STATUSES:
+            raise

@@ -9,9 +9,10 @@ Clerk sends them through Svix; `verified_event` checks the Svix signature and ti
 - `user.updated`: the row's email follows the primary address. With `CLERK_SECRET_KEY` set
   the address is read again from Clerk's Backend API, so an older event that arrives late
   cannot put back an address the user has since replaced.
-- `user.deleted`: the account is erased (app.services.accounts.erase). Objects the store
-  could not delete fail the event, so Svix delivers it again (or `atelier webhooks replay`
-  runs it) and erasing again retries them.
+- `user.deleted`: the account is erased (app.services.accounts.erase), its Stripe
+  subscription cancelled first. Stripe out of reach (nothing is erased then) or objects the
+  store could not delete fail the event, so Svix delivers it again (or `atelier webhooks
+  replay` runs it) and erasing again retries them.
 
 The account functions own their transactions, and erasure deletes stored objects after its
 commit without holding a connection, so they run in `prepare` (which holds no connection)
@@ -31,6 +32,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 from app.config import Settings
 from app.errors import BadRequest, NotFound, ServiceUnavailable
 from app.services import accounts
+from app.services.billing import StripeApi
 from app.services.storage.base import Storage
 from app.services.users import ClerkDirectory, Users, primary_email
 from app.services.webhooks import Event
@@ -75,9 +77,15 @@ def _user_id(data: dict[str, Any]) -> str:
 
 class ClerkEvents:
     def __init__(
-        self, pool: asyncpg.Pool, storage: Storage, users: Users, directory: ClerkDirectory
+        self,
+        pool: asyncpg.Pool,
+        storage: Storage,
+        users: Users,
+        directory: ClerkDirectory,
+        stripe: StripeApi | None,
     ) -> None:
         self._pool = pool
+        self._stripe = stripe
         self._storage = storage
         self._users = users
         self._directory = directory
@@ -113,7 +121,9 @@ class ClerkEvents:
             await accounts.ensure_user(self._pool, self._users, user_id, email)
 
     async def _deleted(self, user_id: str) -> None:
-        erasure = await accounts.erase(self._pool, self._storage, self._users, user_id)
+        erasure = await accounts.erase(
+            self._pool, self._storage, self._users, user_id, self._stripe
+        )
         if erasure.objects_left:
             raise ClerkEventError(
                 f"{len(erasure.objects_left)} stored object(s) of {user_id} could not be "

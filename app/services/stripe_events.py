@@ -24,6 +24,7 @@ import stripe
 
 from app.config import Settings
 from app.db import subscriptions
+from app.db import users as users_db
 from app.errors import BadRequest, ServiceUnavailable
 from app.services import credits
 from app.services.billing import PRO_STATUSES, StripeApi, product_by_id, product_by_price
@@ -168,6 +169,14 @@ class StripeEvents:
         product = product_by_id(self._settings, product_id)
         if product is None or product.mode != "payment":
             raise StripeEventError(f"product {product_id!r} is not a configured credit pack")
+        if await _erased(conn, user_id):
+            log.warning(
+                "checkout session %s was paid for %s, whose account is erased: nothing "
+                "granted; refund it in Stripe",
+                session.get("id"),
+                user_id,
+            )
+            return
         result = await credits.grant(
             conn, user_id, product.credits, "purchase", str(session["id"]), note=product.id
         )
@@ -225,6 +234,17 @@ class StripeEvents:
         customer = _id(invoice.get("customer"))
         user_id = await subscriptions.user_for_customer(conn, customer) if customer else None
         if user_id is None:
+            # Erasure deletes the subscription row (and cancels the subscription first): an
+            # invoice paid before that cancellation can still arrive, for an account now gone.
+            named = _invoice_user(invoice)
+            if named is not None and await _erased(conn, named):
+                log.warning(
+                    "invoice %s was paid for %s, whose account is erased: nothing granted; "
+                    "refund it in Stripe",
+                    invoice.get("id"),
+                    named,
+                )
+                return
             raise StripeEventError(f"invoice {invoice.get('id')}: customer {customer} is unknown")
         await credits.grant(
             conn,
@@ -257,6 +277,21 @@ class StripeEvents:
                 reversal.purchased,
                 reversal.user_id,
             )
+
+
+async def _erased(conn: asyncpg.Connection, user_id: str) -> bool:
+    row = await users_db.get(conn, user_id)
+    return row is not None and row["erased_at"] is not None
+
+
+def _invoice_user(invoice: dict[str, Any]) -> str | None:
+    """The user id Atelier put on the invoice's subscription (its metadata), if any: under
+    `parent.subscription_details` since API version 2025-03-31, `subscription_details`
+    before."""
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or invoice.get("subscription_details") or {}
+    user_id = (details.get("metadata") or {}).get("user_id")
+    return str(user_id) if user_id else None
 
 
 def _prices(invoice: dict[str, Any]) -> list[str]:

@@ -160,7 +160,7 @@ async def test_bad_adjustments_are_problems_and_change_nothing(
     assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE reason = 'admin'") == 0
 
     services = app.state.services
-    await accounts.erase(services.pool, services.storage, services.users, USER)
+    await accounts.erase(services.pool, services.storage, services.users, USER, None)
     assert_problem(await adjust(client, admin, 5), 404)  # an erased account gets nothing
     detail = await client.get(f"/v1/admin/users/{USER}", headers=admin)
     assert detail.json()["erased_at"] is not None and detail.json()["credits"] == 0

@@ -7,7 +7,7 @@ Stripe's JSON objects and list objects, its error shape (`{"error": {"type", "co
 answer with `Idempotent-Replayed: true`; other parameters are an `idempotency_error`).
 
 Endpoints: customers (create, retrieve), checkout sessions (create, retrieve, list by
-payment_intent), billing portal sessions (create), subscriptions (retrieve).
+payment_intent), billing portal sessions (create), subscriptions (retrieve, cancel).
 
 What Stripe does on its side (a buyer pays, a subscription renews, a charge is refunded) is
 driven by the test through methods that change the stand-in's objects and return them, and
@@ -112,6 +112,9 @@ class StripeApiServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 server._handle(self, "POST")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                server._handle(self, "DELETE")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -242,6 +245,8 @@ class StripeApiServer:
                 return self._list_sessions(params)
             if (method, path) == ("POST", "/v1/billing_portal/sessions"):
                 return self._create_portal_session(params)
+            if method == "DELETE" and path.startswith("/v1/subscriptions/"):
+                return self._cancel_subscription(path.removeprefix("/v1/subscriptions/"))
             for prefix, store, kind in (
                 ("/v1/customers/", self.customers, "customer"),
                 ("/v1/checkout/sessions/", self.sessions, "checkout.session"),
@@ -334,6 +339,21 @@ class StripeApiServer:
             "has_more": len(found) > limit,
             "url": "/v1/checkout/sessions",
         }
+
+    def _cancel_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Cancel at once (DELETE /v1/subscriptions/{id}); a canceled one cannot be again."""
+        subscription = self.subscriptions.get(subscription_id)
+        if subscription is None:
+            raise _missing("subscription", subscription_id)
+        if subscription["status"] == "canceled":
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "A canceled subscription can only update its cancellation_details and metadata.",
+            )
+        now = int(time.time())
+        subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        return _copy(subscription)
 
     def _create_portal_session(self, params: dict[str, Any]) -> dict[str, Any]:
         customer = params.get("customer")

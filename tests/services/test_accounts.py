@@ -110,7 +110,7 @@ async def test_user_updated_refuses_a_taken_address_an_unknown_and_an_erased_id(
         await accounts.update_email(services.pool, services.users, USER, "theirs@example.test")
     with pytest.raises(NotFound):
         await accounts.update_email(services.pool, services.users, "user_nobody", "n@x.test")
-    await accounts.erase(services.pool, services.storage, services.users, USER)
+    await accounts.erase(services.pool, services.storage, services.users, USER, None)
     with pytest.raises(NotFound):
         await accounts.update_email(services.pool, services.users, USER, "back@example.test")
     assert await db.fetchval("SELECT email FROM users WHERE id = $1", USER) == (

@@ -65,7 +65,7 @@ def svc(app: FastAPI) -> Any:
 
 async def erase(app: FastAPI, user_id: str, storage: Storage | None = None) -> accounts.Erasure:
     s = svc(app)
-    return await accounts.erase(s.pool, storage or s.storage, s.users, user_id)
+    return await accounts.erase(s.pool, storage or s.storage, s.users, user_id, s.stripe)
 
 
 async def upload(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
