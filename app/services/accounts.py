@@ -56,6 +56,7 @@ class Erasure:
     prompts: int = 0
     jobs: int = 0
     forfeited: int = 0
+    events_scrubbed: int = 0  # stored webhook events about the user (app.db.erasure)
     objects_removed: int = 0
     # Keys or prefixes whose objects could not be deleted; erase again to retry them.
     objects_left: list[str] = field(default_factory=list)
@@ -65,8 +66,9 @@ async def erase(
     pool: asyncpg.Pool, storage: Storage, users: Users, user_id: str, stripe: StripeApi | None
 ) -> Erasure:
     """Erase the user: images (rows and objects), uploads, likes given (their images' counts
-    drop), prompts, packs, jobs and subscription; the balance is forfeited through the
-    ledger; the users row becomes a tombstone, so a still-valid token for the id gets 401.
+    drop), prompts, packs, jobs and subscription, and what stored webhook events said about
+    the user; the balance is forfeited through the ledger; the users row becomes a
+    tombstone, so a still-valid token for the id gets 401.
 
     A Stripe subscription that still bills is cancelled first (`billing.cancel_for_erasure`):
     when Stripe cannot be asked that is a 503 and nothing is erased, since the row that names
@@ -116,6 +118,7 @@ async def _erase_rows(
     likes_given = await erasure.delete_likes_given(conn, user_id)
     images = await erasure.delete_images(conn, user_id)
     keys.extend(r["storage_key"] for r in images if r["storage_key"])
+    events = await erasure.scrub_events(conn, user_id)  # before the subscription row goes
     owned = await erasure.delete_owned(conn, user_id)
     forfeited = 0
     if balance > 0:
@@ -139,6 +142,7 @@ async def _erase_rows(
         prompts=int(owned["prompts"]),
         jobs=int(owned["jobs"]),
         forfeited=forfeited,
+        events_scrubbed=events,
     )
 
 

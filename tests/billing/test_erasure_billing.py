@@ -4,6 +4,7 @@ for ever (they grant nothing)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from tests.billing.conftest import billing_changes, deliver
 from tests.billing.test_stripe_webhooks import balance, bought_pack, ledger, stored, subscribed
 from tests.fakes.running import running_settings
 from tests.fakes.stripe_api import StripeApiServer
-from tests.identity.test_clerk_webhooks import SECRET
+from tests.identity.test_clerk_webhooks import SECRET, clerk_user
 from tests.identity.test_clerk_webhooks import deliver as clerk_deliver
 from tests.support.problems import assert_problem
 
@@ -143,3 +144,67 @@ async def test_clerks_user_deleted_while_stripe_is_down_fails_and_its_redelivery
         assert redelivered.status_code == 200, redelivered.text
     assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", user) is not None
     assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
+
+
+async def events_of(db: asyncpg.Connection) -> dict[str, tuple[Any, bool, str | None]]:
+    rows = await db.fetch("SELECT event_id, payload, processed_at, error FROM webhook_events")
+    return {
+        r["event_id"]: (json.loads(r["payload"]), r["processed_at"] is not None, r["error"])
+        for r in rows
+    }
+
+
+async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    """Clerk's events about the user (its email) and Stripe's about its customer (its
+    payments) keep only `{"erased": true}`, processed, even one that had failed; another
+    user's events are left as they were."""
+    settings = make_settings(
+        **billing_changes(stripe_api.url), clerk_webhook_secret=SECRET, worker_in_process=False
+    )
+    gone, kept = "user_scrubbed", "user_not_scrubbed"
+    async with running_settings(settings) as client:
+        for user in (gone, kept):
+            created = {"type": "user.created", "data": clerk_user(user, f"{user}@example.test")}
+            assert (await clerk_deliver(client, created, msg_id=f"msg_{user}")).status_code == 200
+            session = await bought_pack(client, stripe_api, auth_headers(user))
+            paid = stripe_api.event("checkout.session.completed", session)
+            assert (await deliver(client, paid)).status_code == 200
+        # One of the user's events failed (an unknown product) and waits for a replay.
+        failing = await bought_pack(client, stripe_api, auth_headers(gone))
+        failing["metadata"]["product_id"] = "no_such_product"
+        failed = stripe_api.event("checkout.session.completed", failing)
+        assert_problem(await deliver(client, failed), 500)
+        before = await events_of(db)
+        assert (await client.delete("/v1/me", headers=auth_headers(gone))).status_code == 204
+
+    after = await events_of(db)
+    changed = {event_id for event_id in after if after[event_id] != before[event_id]}
+    assert changed == {
+        event_id for event_id, (payload, _, _) in before.items() if gone in json.dumps(payload)
+    }
+    assert len(changed) == 3
+    assert all(after[event_id] == ({"erased": True}, True, None) for event_id in changed)
+    assert f"msg_{kept}" not in changed and any(kept in json.dumps(p) for p, _, _ in after.values())
+
+
+async def test_the_events_of_an_erased_user_are_found_by_index(db: asyncpg.Connection) -> None:
+    """The statement `scrub_events` runs uses the two indexes of migration 20261130006000, so
+    an erasure does not read every event ever stored."""
+    await db.execute("SET enable_seqscan = off")
+    plan = "\n".join(
+        r[0]
+        for r in await db.fetch(
+            "EXPLAIN UPDATE webhook_events SET payload = '{}'::jsonb"
+            " WHERE (provider = 'clerk' AND payload #>> '{data,id}' = 'u'"
+            "        AND type <> 'user.deleted')"
+            "    OR (provider = 'stripe' AND payload #>> '{data,object,customer}' ="
+            "        (SELECT stripe_customer_id FROM subscriptions WHERE user_id = 'u'))"
+        )
+    )
+    assert "webhook_events_clerk_user_idx" in plan, plan
+    assert "webhook_events_stripe_customer_idx" in plan, plan
