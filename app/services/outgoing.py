@@ -2,11 +2,11 @@
 
 A job that ends enqueues its deliveries in the transaction that ends it (a trigger,
 migration 20261130004000). This loop claims due deliveries (FOR UPDATE SKIP LOCKED, with a
-lease), lets the connection go, checks the URL again (and connects to the address that
-check approved, so DNS cannot point the attempt elsewhere in between), signs the body as
-Standard Webhooks says (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and POSTs it;
-then takes a connection again to record the attempt. A failed attempt is retried on
-RETRY_SCHEDULE, for about a day, then the delivery is `failed`.
+lease), lets the connection go, checks the URL again (and connects only to addresses
+app.services.webhook_urls approves as it connects), signs the body as Standard Webhooks
+says (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and POSTs it; then takes a
+connection again to record the attempt. A failed attempt is retried on RETRY_SCHEDULE, for
+about a day, then the delivery is `failed`.
 """
 
 from __future__ import annotations
@@ -62,15 +62,13 @@ class Sender:
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:
             if self._client is None:
-                # No redirects: a 3xx could point anywhere, past the address checks. No
-                # kept-alive connections: attempts connect to an address (see `pinned`), and
-                # httpx would reuse a connection to it for another name at that address,
-                # whose certificate was then never checked.
+                # No redirects: a 3xx could point anywhere. Connections resolve and check
+                # their host as they are made (webhook_urls.CheckedTransport).
                 self._client = await stack.enter_async_context(
                     httpx.AsyncClient(
                         timeout=self._settings.webhook_timeout_seconds,
                         follow_redirects=False,
-                        limits=httpx.Limits(max_keepalive_connections=0),
+                        transport=webhook_urls.CheckedTransport(self._settings),
                     )
                 )
             while not stop.is_set():
@@ -111,8 +109,8 @@ class Sender:
         error: str | None = None
         started = time.monotonic()
         try:
-            address = await webhook_urls.check(row["url"], self._settings)
-            status_code = await self._post(row, payload, address)
+            await webhook_urls.check(row["url"], self._settings)
+            status_code = await self._post(row, payload)
             if not 200 <= status_code < 300:
                 error = f"the endpoint answered {status_code}"
         except webhook_urls.RefusedUrl as exc:
@@ -133,7 +131,7 @@ class Sender:
                 retry_in_seconds=None if delivered else retry_in(row["attempts"]),
             )
 
-    async def _post(self, row: asyncpg.Record, payload: dict[str, Any], address: str) -> int:
+    async def _post(self, row: asyncpg.Record, payload: dict[str, Any]) -> int:
         assert self._client is not None
         body = json.dumps(payload, separators=(",", ":"))
         msg_id = str(row["id"])
@@ -144,23 +142,5 @@ class Sender:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": Webhook(row["secret"]).sign(msg_id, now, body),
         }
-        request = pinned(self._client, row["url"], address, body, headers)
-        response = await self._client.send(request)
+        response = await self._client.post(row["url"], content=body, headers=headers)
         return response.status_code
-
-
-def pinned(
-    client: httpx.AsyncClient, url: str, address: str, body: str, headers: dict[str, str]
-) -> httpx.Request:
-    """A POST of `body` to `url` (with the client's timeout) that connects to `address`, not
-    to whatever the host resolves to next, while the endpoint still sees its own name: in
-    `Host`, and in TLS, where its certificate is checked against that name (httpx's
-    `sni_hostname` extension)."""
-    named = httpx.URL(url)
-    return client.build_request(
-        "POST",
-        named.copy_with(host=address),
-        content=body,
-        headers={**headers, "host": named.netloc.decode("ascii")},
-        extensions={"sni_hostname": named.raw_host.decode("ascii")},
-    )

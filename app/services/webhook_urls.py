@@ -1,16 +1,22 @@
 """Where outgoing webhooks may go: https only (http to loopback only when ENV=development),
 and never to a private, loopback, link-local or reserved address unless
-WEBHOOKS_ALLOW_PRIVATE=true. Checked at registration and again before every attempt, since
-DNS may change; an attempt connects to the address its check approved (`check` returns it),
-so a name that resolves to a public address for the check and to a private one a moment
-later (DNS rebinding) cannot lead the sender inside."""
+WEBHOOKS_ALLOW_PRIVATE=true. Checked at registration and again before every attempt, and
+enforced where the sender connects: its client's network backend (`CheckedBackend`)
+resolves each connection's host itself and connects only to addresses it approves, so a
+name that resolves to a public address for the check and to a private one a moment later
+(DNS rebinding) cannot lead the sender inside. Through a proxy (HTTPS_PROXY and the like)
+the proxy resolves the name, and is the guard."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
 
 from app.config import Settings
 from app.errors import Unprocessable
@@ -48,30 +54,111 @@ async def _addresses(host: str, port: int) -> list[IpAddress]:
     return [ipaddress.ip_address(address.split("%")[0]) for address in found]
 
 
-async def check(url: str, settings: Settings) -> str:
-    """Raise RefusedUrl (422) unless `url` may receive webhooks now; the address to connect
-    to, one of those this check approved (all of the host's addresses are checked)."""
+async def check(url: str, settings: Settings) -> None:
+    """Raise RefusedUrl (422) unless `url` may receive webhooks now."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
+        # The name as the sender will ask for it: httpx encodes a host with IDNA 2008.
+        host = httpx.URL(url).raw_host.decode("ascii") if parts.hostname else ""
+    except (ValueError, httpx.InvalidURL) as exc:
         raise RefusedUrl("The URL is malformed.") from exc
-    host = parts.hostname
     if parts.scheme not in ("https", "http") or not host:
         raise RefusedUrl("The URL must be https://host/…")
     if parts.username is not None or parts.password is not None:
         raise RefusedUrl("The URL must not carry credentials.")
+    addresses = await _resolved(host, port)
+    if parts.scheme == "http" and not _loopback_in_development(addresses, settings):
+        raise RefusedUrl("Webhooks are sent over https only (http to loopback in development).")
+    _refuse_private(host, addresses, settings)
+
+
+async def approved(host: str, port: int, settings: Settings) -> list[IpAddress]:
+    """The addresses `host` resolves to now, in DNS's order, if webhooks may go to them all;
+    RefusedUrl otherwise."""
+    addresses = await _resolved(host, port)
+    _refuse_private(host, addresses, settings)
+    return addresses
+
+
+async def _resolved(host: str, port: int) -> list[IpAddress]:
     addresses = await _addresses(host, port)
     if not addresses:
         raise RefusedUrl(f"The host {host!r} does not resolve.")
-    development = settings.env == "development"
-    loopback = all(a.is_loopback for a in addresses)
-    if parts.scheme == "http" and not (development and loopback):
-        raise RefusedUrl("Webhooks are sent over https only (http to loopback in development).")
-    if not (settings.webhooks_allow_private or (development and loopback)):
-        refused = [str(a) for a in addresses if not _is_public(a)]
-        if refused:
-            raise RefusedUrl(
-                f"The host {host!r} resolves to a private or reserved address ({refused[0]})."
-            )
-    return str(addresses[0])
+    return addresses
+
+
+def _loopback_in_development(addresses: list[IpAddress], settings: Settings) -> bool:
+    return settings.env == "development" and all(a.is_loopback for a in addresses)
+
+
+def _refuse_private(host: str, addresses: list[IpAddress], settings: Settings) -> None:
+    if settings.webhooks_allow_private or _loopback_in_development(addresses, settings):
+        return
+    refused = [str(a) for a in addresses if not _is_public(a)]
+    if refused:
+        raise RefusedUrl(
+            f"The host {host!r} resolves to a private or reserved address ({refused[0]})."
+        )
+
+
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend for the sender's connections: the host is resolved here,
+    and the connection goes to the first approved address that answers. The URL, `Host`,
+    TLS's server name (and so the certificate's check), the connection pool and cookies all
+    stay with the name."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._network = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await approved(host, port, self._settings)
+        except RefusedUrl as exc:
+            raise httpcore.ConnectError(exc.detail) from exc
+        failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return await self._network.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failed = exc
+        assert failed is not None
+        raise failed
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("Webhooks are not sent over Unix sockets.")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._network.sleep(seconds)
+
+
+class CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with `CheckedBackend` under its connection pool. httpx takes no
+    network backend, so the pool it built is replaced by the same one with it (httpx 0.28:
+    `_pool`; tests/webhooks_out checks that connections really go through the backend)."""
+
+    def __init__(self, settings: Settings) -> None:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's
+        super().__init__(limits=limits)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=CheckedBackend(settings),
+        )

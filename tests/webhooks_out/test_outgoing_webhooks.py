@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -379,7 +379,7 @@ async def test_an_erased_users_endpoints_and_deliveries_are_deleted(
 class _Recorder(BaseHTTPRequestHandler):
     """Records each POST's Host header and body (on the server: `received`)."""
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append((self.headers["Host"], body))  # type: ignore[attr-defined]
         self.send_response(204)
@@ -389,43 +389,107 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-async def test_an_attempt_connects_to_the_address_its_check_approved_and_checks_tls_by_name(
-    hook_settings: Callable[..., Settings],
-    auth_headers: Headers,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """DNS rebinding: the name is resolved once per attempt (here by a resolver stand-in that
-    says `localhost` is 127.0.0.2), and the attempt connects to that address, not to what
-    the system's resolver says next (127.0.0.1, where nothing listens). The endpoint's TLS
-    certificate (for `localhost`, not 127.0.0.2) is checked against the name."""
-    looked_up: list[str] = []
-
-    async def resolver(host: str, port: int) -> list[str]:
-        looked_up.append(host)
-        return ["127.0.0.2"]
-
-    monkeypatch.setattr(webhook_urls, "lookup", resolver)
-    monkeypatch.setenv("SSL_CERT_FILE", ca_file())  # read when the sender's client is built
+@pytest.fixture
+def tls_endpoint() -> Iterator[tuple[TlsServer, int]]:
+    """An HTTPS receiver on 127.0.0.2 (not where the system's resolver puts `localhost`),
+    with the test CA's certificate for `localhost` and 127.0.0.1: (server, port)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.2", 0))
     listener.listen(8)
     server = TlsServer(_Recorder, listener)
     server.received = []  # type: ignore[attr-defined]
     server.serve_in_thread()
-    port = listener.getsockname()[1]
-    alice = auth_headers(ALICE)
     try:
-        async with running_settings(hook_settings()) as client:
-            url = f"https://localhost:{port}/hook"
-            endpoint = await register(client, alice, url, ["job.completed"])
-            await finished_job(client, alice)
-            await wait_until(lambda: len(server.received) == 1, "the delivery")  # type: ignore[attr-defined]
-            listed = await deliveries(client, alice, endpoint["id"])
+        yield server, listener.getsockname()[1]
     finally:
         server.shutdown()
         listener.close()
+
+
+def resolve_as(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
+    """A resolver stand-in: the n-th lookup (of any name) gets answers[n] (the last one
+    after that); returns the names looked up, as they are."""
+    looked_up: list[str] = []
+
+    async def lookup(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return [answers[min(len(looked_up), len(answers)) - 1]]
+
+    monkeypatch.setattr(webhook_urls, "lookup", lookup)
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file())  # read when the sender's client is built
+    return looked_up
+
+
+async def test_a_delivery_connects_to_the_address_it_approved_and_checks_tls_by_name(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_endpoint: tuple[TlsServer, int],
+) -> None:
+    """The sender resolves `localhost` itself as it connects (here a resolver stand-in says
+    127.0.0.2) and connects there, not where the system's resolver would (127.0.0.1, where
+    nothing listens). The endpoint's certificate (for `localhost`, not 127.0.0.2) is
+    checked against the name, which `Host` carries too."""
+    looked_up = resolve_as(monkeypatch, "127.0.0.2")
+    server, port = tls_endpoint
+    alice = auth_headers(ALICE)
+    async with running_settings(hook_settings()) as client:
+        endpoint = await register(
+            client, alice, f"https://localhost:{port}/hook", ["job.completed"]
+        )
+        await finished_job(client, alice)
+        await wait_until(lambda: len(server.received) == 1, "the delivery")  # type: ignore[attr-defined]
+        listed = await deliveries(client, alice, endpoint["id"])
     ((host, body),) = server.received  # type: ignore[attr-defined]
     assert host == f"localhost:{port}"
     assert json.loads(body)["type"] == "job.completed"
     assert [d["status"] for d in listed] == ["delivered"]
-    assert looked_up == ["localhost", "localhost"]  # at registration, and for the attempt
+    # At registration, before the attempt, and as its connection was made.
+    assert looked_up == ["localhost"] * 3
+
+
+async def test_a_certificate_for_another_name_fails_the_attempt(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_endpoint: tuple[TlsServer, int],
+) -> None:
+    resolve_as(monkeypatch, "127.0.0.2")
+    server, port = tls_endpoint
+    alice = auth_headers(ALICE)
+    async with running_settings(hook_settings()) as client:
+        url = f"https://hooks.example.test:{port}/hook"
+        endpoint = await register(client, alice, url, ["job.completed"])
+        await finished_job(client, alice)
+        await wait_until(lambda: _attempts(db, 1), "the failed attempt to be recorded")
+        ((attempt,),) = [d["attempts"] for d in await deliveries(client, alice, endpoint["id"])]
+    assert attempt["status_code"] is None and "CERTIFICATE_VERIFY_FAILED" in attempt["error"]
+    assert server.received == []  # type: ignore[attr-defined]
+
+
+async def test_a_name_that_turns_private_between_the_check_and_the_connection_is_refused(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_endpoint: tuple[TlsServer, int],
+) -> None:
+    """DNS rebinding: the name resolves to a public address at registration and for the
+    check before the attempt, then to a loopback one (where an endpoint listens) as the
+    connection is made. The connection is refused, and the attempt says why; no connection
+    is tried to the public address either (it is never used to connect)."""
+    looked_up = resolve_as(monkeypatch, "93.184.215.14", "93.184.215.14", "127.0.0.2")
+    server, port = tls_endpoint
+    alice = auth_headers(ALICE)
+    strict = hook_settings(env="test", webhooks_allow_private=False)
+    async with running_settings(strict) as client:
+        url = f"https://localhost:{port}/hook"
+        endpoint = await register(client, alice, url, ["job.completed"])
+        await finished_job(client, alice)
+        await wait_until(lambda: _attempts(db, 1), "the refused attempt to be recorded")
+        ((attempt,),) = [d["attempts"] for d in await deliveries(client, alice, endpoint["id"])]
+    assert attempt["status_code"] is None
+    assert "private or reserved address (127.0.0.2)" in attempt["error"]
+    assert server.received == []  # type: ignore[attr-defined]
+    assert looked_up == ["localhost"] * 3
