@@ -448,6 +448,19 @@ async def test_a_delivery_connects_to_the_address_it_approved_and_checks_tls_by_
     assert looked_up == ["localhost"] * 3
 
 
+async def first_attempt(
+    settings: Settings, headers: dict[str, str], db: asyncpg.Connection, url: str
+) -> dict[str, Any]:
+    """The first attempt at delivering a job's end to `url`, once it is recorded."""
+    async with running_settings(settings) as client:
+        endpoint = await register(client, headers, url, ["job.completed"])
+        await finished_job(client, headers)
+        await wait_until(lambda: _attempts(db, 1), "the first attempt to be recorded")
+        ((attempt,),) = [d["attempts"] for d in await deliveries(client, headers, endpoint["id"])]
+    found: dict[str, Any] = attempt
+    return found
+
+
 async def test_a_certificate_for_another_name_fails_the_attempt(
     hook_settings: Callable[..., Settings],
     auth_headers: Headers,
@@ -457,13 +470,8 @@ async def test_a_certificate_for_another_name_fails_the_attempt(
 ) -> None:
     resolve_as(monkeypatch, "127.0.0.2")
     server, port = tls_endpoint
-    alice = auth_headers(ALICE)
-    async with running_settings(hook_settings()) as client:
-        url = f"https://hooks.example.test:{port}/hook"
-        endpoint = await register(client, alice, url, ["job.completed"])
-        await finished_job(client, alice)
-        await wait_until(lambda: _attempts(db, 1), "the failed attempt to be recorded")
-        ((attempt,),) = [d["attempts"] for d in await deliveries(client, alice, endpoint["id"])]
+    url = f"https://hooks.example.test:{port}/hook"
+    attempt = await first_attempt(hook_settings(), auth_headers(ALICE), db, url)
     assert attempt["status_code"] is None and "CERTIFICATE_VERIFY_FAILED" in attempt["error"]
     assert server.received == []  # type: ignore[attr-defined]
 
@@ -481,14 +489,9 @@ async def test_a_name_that_turns_private_between_the_check_and_the_connection_is
     is tried to the public address either (it is never used to connect)."""
     looked_up = resolve_as(monkeypatch, "93.184.215.14", "93.184.215.14", "127.0.0.2")
     server, port = tls_endpoint
-    alice = auth_headers(ALICE)
     strict = hook_settings(env="test", webhooks_allow_private=False)
-    async with running_settings(strict) as client:
-        url = f"https://localhost:{port}/hook"
-        endpoint = await register(client, alice, url, ["job.completed"])
-        await finished_job(client, alice)
-        await wait_until(lambda: _attempts(db, 1), "the refused attempt to be recorded")
-        ((attempt,),) = [d["attempts"] for d in await deliveries(client, alice, endpoint["id"])]
+    url = f"https://localhost:{port}/hook"
+    attempt = await first_attempt(strict, auth_headers(ALICE), db, url)
     assert attempt["status_code"] is None
     assert "private or reserved address (127.0.0.2)" in attempt["error"]
     assert server.received == []  # type: ignore[attr-defined]
