@@ -70,9 +70,9 @@ async def erase(
     the user; the balance is forfeited through the ledger; the users row becomes a
     tombstone, so a still-valid token for the id gets 401.
 
-    A Stripe subscription that still bills is cancelled first (`billing.cancel_for_erasure`):
-    when Stripe cannot be asked that is a 503 and nothing is erased, since the row that names
-    the subscription is about to go.
+    The user's Stripe customer is deleted first, which cancels its subscriptions
+    (`billing.delete_customer_for_erasure`): when Stripe cannot be asked that is a 503 and
+    nothing is erased, since the row that names the customer is about to go.
 
     Idempotent: a second call changes nothing in the database. The database is done first,
     in one transaction that locks the users row (so no write for the user slips in while it
@@ -80,7 +80,7 @@ async def erase(
     after the commit, with no connection held. A storage failure leaves the database erased
     and the objects listed in `objects_left`: call again to retry them.
     """
-    await billing.cancel_for_erasure(pool, stripe, user_id)
+    await billing.delete_customer_for_erasure(pool, stripe, user_id)
     keys: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         # An id with no row yet gets its tombstone at once, so a first request racing this

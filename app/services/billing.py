@@ -199,34 +199,43 @@ async def portal(
     return PortalSession(url=session.url)
 
 
-# Stripe's subscription statuses that will never charge again.
-ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+async def delete_customer_for_erasure(
+    pool: asyncpg.Pool, api: StripeApi | None, user_id: str
+) -> None:
+    """Delete the user's Stripe customer before the account is erased. Stripe cancels every
+    subscription of a deleted customer at once, so nothing goes on charging for an account
+    that is gone (erasure deletes the row that names them, and a subscription the row never
+    heard of is cancelled too), and what Stripe keeps about the person (email, payment
+    methods) goes; the payments stay in Stripe's records.
 
-
-async def cancel_for_erasure(pool: asyncpg.Pool, api: StripeApi | None, user_id: str) -> None:
-    """Cancel the user's Stripe subscription at once, before the account is erased: erasure
-    deletes the row that names it, and Stripe would go on charging a customer who no longer
-    has an account. Nothing to do without one, or when it has ended. A 503 when Stripe
-    cannot be asked (or billing is not configured): the caller erases nothing then, and
-    erasing again later tries again."""
+    Stripe out of reach, or refusing: a 503 and the caller erases nothing (erasing again
+    tries again). Billing not configured here: logged, and the erasure goes on, since no
+    one could ever complete it otherwise."""
     async with pool.acquire() as conn:
         row = await subscriptions.get_for_user(conn, user_id)
-    if row is None or not row["stripe_subscription_id"]:
+    if row is None or not row["stripe_customer_id"]:
         return
-    if row["stripe_status"] in ENDED_STATUSES:
+    customer = str(row["stripe_customer_id"])
+    if api is None:
+        log.error(
+            "user %s is erased without deleting Stripe customer %s: billing is not configured "
+            "here; delete it in Stripe",
+            user_id,
+            customer,
+        )
         return
-    subscription_id = str(row["stripe_subscription_id"])
-    await call(_cancel(configured(api), subscription_id))
-    log.info("user %s: Stripe subscription %s cancelled before erasure", user_id, subscription_id)
+    await call(_delete_customer(api.client, customer))
+    log.info("user %s: Stripe customer %s deleted before erasure", user_id, customer)
 
 
-async def _cancel(client: stripe.StripeClient, subscription_id: str) -> None:
+async def _delete_customer(client: stripe.StripeClient, customer: str) -> None:
     try:
-        await client.v1.subscriptions.cancel_async(subscription_id)
+        await client.v1.customers.delete_async(customer)
     except stripe.InvalidRequestError as exc:
-        # Unknown to Stripe, or ended meanwhile (the row had not heard yet): nothing bills.
-        if exc.code == "resource_missing":
+        if exc.code == "resource_missing":  # deleted already
             return
-        found = await client.v1.subscriptions.retrieve_async(subscription_id)
-        if found.status not in ENDED_STATUSES:
-            raise
+        log.error("Stripe refused to delete customer %s: %s", customer, exc)
+        raise ServiceUnavailable(
+            f"Stripe refused to delete the account's customer ({exc.user_message or exc}); "
+            "nothing was erased."
+        ) from exc

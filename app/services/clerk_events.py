@@ -10,9 +10,9 @@ Clerk sends them through Svix; `verified_event` checks the Svix signature and ti
   the address is read again from Clerk's Backend API, so an older event that arrives late
   cannot put back an address the user has since replaced.
 - `user.deleted`: the account is erased (app.services.accounts.erase), its Stripe
-  subscription cancelled first. Stripe out of reach (nothing is erased then) or objects the
-  store could not delete fail the event, so Svix delivers it again (or `atelier webhooks
-  replay` runs it) and erasing again retries them.
+  customer (and so its subscriptions) deleted first. Stripe out of reach (nothing is erased
+  then) or objects the store could not delete fail the event, so Svix delivers it again (or
+  `atelier webhooks replay` runs it) and erasing again retries them.
 
 The account functions own their transactions, and erasure deletes stored objects after its
 commit without holding a connection, so they run in `prepare` (which holds no connection)

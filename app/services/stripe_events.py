@@ -199,6 +199,10 @@ class StripeEvents:
         if customer is None or not user_id:
             log.info("subscription %s is not an Atelier user's: ignored", subscription.get("id"))
             return
+        if await _erased(conn, user_id):
+            # Erasure deleted the customer, which ended its subscriptions: the row is gone.
+            log.info("subscription %s of erased %s: ignored", subscription.get("id"), user_id)
+            return
         items = (subscription.get("items") or {}).get("data") or []
         price_id = _id(items[0].get("price")) if items else None
         # Since API version 2025-03-31 the period is on the items, before that on the subscription.
@@ -234,8 +238,8 @@ class StripeEvents:
         customer = _id(invoice.get("customer"))
         user_id = await subscriptions.user_for_customer(conn, customer) if customer else None
         if user_id is None:
-            # Erasure deletes the subscription row (and cancels the subscription first): an
-            # invoice paid before that cancellation can still arrive, for an account now gone.
+            # Erasure deletes the subscription row (and the customer first): an invoice paid
+            # just before can still arrive, for an account now gone.
             named = _invoice_user(invoice)
             if named is not None and await _erased(conn, named):
                 log.warning(

@@ -1,26 +1,49 @@
-"""Erasing an account that pays Stripe: its subscription is cancelled before anything is
-erased, and payments Stripe reports for the account afterwards are processed, not failed
-for ever (they grant nothing)."""
+"""Erasing an account that pays Stripe: its Stripe customer is deleted before anything is
+erased (which cancels every subscription it has), and what Stripe reports about the account
+afterwards is processed, not failed for ever (it grants nothing)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from app.config import Settings
 from tests.billing.conftest import billing_changes, deliver
-from tests.billing.test_stripe_webhooks import balance, bought_pack, ledger, stored, subscribed
+from tests.billing.test_stripe_webhooks import (
+    balance,
+    bought_pack,
+    checkout,
+    ledger,
+    stored,
+    subscribed,
+)
 from tests.fakes.running import running_settings
-from tests.fakes.stripe_api import StripeApiServer
+from tests.fakes.stripe_api import SECRET_KEY, StripeApiServer
 from tests.identity.test_clerk_webhooks import SECRET, clerk_user
 from tests.identity.test_clerk_webhooks import deliver as clerk_deliver
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def billing_and_clerk(
+    make_settings: Callable[..., Settings], stripe_api: StripeApiServer
+) -> Settings:
+    return make_settings(
+        **billing_changes(stripe_api.url), clerk_webhook_secret=SECRET, worker_in_process=False
+    )
+
+
+@pytest.fixture
+async def client(billing_and_clerk: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_settings(billing_and_clerk) as client:
+        yield client
 
 
 async def subscribed_row(
@@ -33,85 +56,140 @@ async def subscribed_row(
     return subscription
 
 
-def cancellations(stripe_api: StripeApiServer, subscription_id: str) -> int:
-    return len(stripe_api.requests_to("DELETE", f"/v1/subscriptions/{subscription_id}"))
+def customer_deletions(stripe_api: StripeApiServer, customer_id: str) -> int:
+    return len(stripe_api.requests_to("DELETE", f"/v1/customers/{customer_id}"))
 
 
-async def test_erasing_an_account_cancels_its_stripe_subscription_first(
-    billing: httpx.AsyncClient,
+async def users_row(db: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+
+
+async def test_erasing_an_account_deletes_its_stripe_customer_which_ends_every_subscription(
+    client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
 ) -> None:
-    headers = auth_headers("user_erased_pro")
-    subscription = await subscribed_row(billing, stripe_api, headers)
-    assert (await billing.delete("/v1/me", headers=headers)).status_code == 204
-    assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
-    assert cancellations(stripe_api, subscription["id"]) == 1
-    assert (
-        await db.fetchval(
-            "SELECT count(*) FROM subscriptions WHERE user_id = $1", "user_erased_pro"
-        )
-        == 0
-    )
-    # Erasing again (a retried Clerk event, say) asks Stripe nothing more.
-    assert (await billing.delete("/v1/me", headers=headers)).status_code == 401
-    assert cancellations(stripe_api, subscription["id"]) == 1
+    """One subscription the shared row names, and one it never heard of (its checkout was
+    paid, its event not delivered yet): both end. Erasing again (Clerk's user.deleted after
+    the user's own DELETE /v1/me) asks Stripe nothing more."""
+    user = "user_erased_pro"
+    headers = auth_headers(user)
+    unheard = stripe_api.subscribe(await checkout(client, headers, "pro"))
+    named = await subscribed_row(client, stripe_api, headers)
+    customer = named["customer"]
+    assert unheard["customer"] == customer
+
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    for subscription in (unheard, named):
+        assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
+    assert customer not in stripe_api.customers
+    assert await db.fetchval("SELECT count(*) FROM subscriptions WHERE user_id = $1", user) == 0
+
+    event = {"type": "user.deleted", "data": {"id": user, "object": "user", "deleted": True}}
+    assert (await clerk_deliver(client, event)).status_code == 200
+    assert customer_deletions(stripe_api, customer) == 1
 
 
-async def test_an_erasure_stripe_cannot_confirm_erases_nothing_and_a_retry_completes_it(
-    billing: httpx.AsyncClient,
+@pytest.mark.parametrize(
+    ("status", "says"), [(500, "Stripe is unavailable"), (400, "Stripe refused")]
+)
+async def test_an_erasure_stripe_does_not_confirm_erases_nothing_and_a_retry_completes_it(
+    client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
+    status: int,
+    says: str,
 ) -> None:
-    headers = auth_headers("user_erased_outage")
-    subscription = await subscribed_row(billing, stripe_api, headers)
-    before = await db.fetchrow("SELECT * FROM users WHERE id = $1", "user_erased_outage")
-    stripe_api.fail_with(500)
-    assert_problem(await billing.delete("/v1/me", headers=headers), 503)
+    """An outage (500) or a refusal (400, which is not "no such customer"): a 503 that says
+    which, and the account is left as it was."""
+    user = f"user_erased_{status}"
+    headers = auth_headers(user)
+    subscription = await subscribed_row(client, stripe_api, headers)
+    before = await users_row(db, user)
+    stripe_api.fail_with(status)
+    refused = await client.delete("/v1/me", headers=headers)
     stripe_api.fail_with(None)
-    assert await db.fetchrow("SELECT * FROM users WHERE id = $1", "user_erased_outage") == before
-    assert (await billing.get("/v1/me", headers=headers)).json()["subscription"]["status"] == "Pro"
+    assert_problem(refused, 503)
+    assert says in refused.json()["detail"]
+    assert await users_row(db, user) == before
+    assert (await client.get("/v1/me", headers=headers)).json()["subscription"]["status"] == "Pro"
     assert stripe_api.subscriptions[subscription["id"]]["status"] == "active"
 
-    assert (await billing.delete("/v1/me", headers=headers)).status_code == 204
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
     assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
 
 
-async def test_a_subscription_that_ended_before_its_row_heard_does_not_block_erasure(
-    billing: httpx.AsyncClient, auth_headers: Headers, stripe_api: StripeApiServer
-) -> None:
-    """The row still says active; Stripe refuses to cancel a cancelled subscription (400),
-    and asked again says it has ended: the erasure goes on."""
-    headers = auth_headers("user_erased_ended")
-    subscription = await subscribed_row(billing, stripe_api, headers)
-    stripe_api.update_subscription(subscription["id"], status="canceled")
-    assert (await billing.delete("/v1/me", headers=headers)).status_code == 204
-    assert cancellations(stripe_api, subscription["id"]) == 1
-
-
-async def test_payments_reported_for_an_erased_account_are_processed_and_grant_nothing(
-    billing: httpx.AsyncClient,
+async def test_a_customer_already_deleted_at_stripe_does_not_block_erasure(
+    client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
 ) -> None:
-    """A pack paid, and a plan invoice paid, just before the account was erased: Stripe's
-    events arrive after. Failing them would have Stripe retry them for days and leave them
-    failed for ever; they are processed (with a warning to refund), granting nothing."""
+    user = "user_erased_customer_gone"
+    headers = auth_headers(user)
+    subscription = await subscribed_row(client, stripe_api, headers)
+    # Deleted in Stripe's dashboard, say: Stripe then answers 404 `resource_missing`.
+    async with httpx.AsyncClient() as dashboard:
+        gone = await dashboard.delete(
+            f"{stripe_api.url}/v1/customers/{subscription['customer']}",
+            headers={"Authorization": f"Bearer {SECRET_KEY}"},
+        )
+    assert gone.status_code == 200, gone.text
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    assert customer_deletions(stripe_api, subscription["customer"]) == 2
+    row = await users_row(db, user)
+    assert row is not None and row["erased_at"] is not None
+
+
+async def test_without_stripe_configured_an_erasure_goes_on_and_says_what_is_left(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shared row names a Stripe customer (another deployment, or the mobile app, made
+    it) but this one has no Stripe key: the erasure cannot delete it, and must not be stuck
+    for ever; it goes on and logs the customer to delete by hand."""
+    user = "user_erased_no_stripe"
+    headers = auth_headers(user)
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+        await db.execute(
+            "INSERT INTO subscriptions (user_id, stripe_customer_id) VALUES ($1, 'cus_elsewhere')",
+            user,
+        )
+        assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    row = await users_row(db, user)
+    assert row is not None and row["erased_at"] is not None
+    assert any("cus_elsewhere" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+async def test_what_stripe_reports_for_an_erased_account_is_processed_and_grants_nothing(
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    """A pack paid and a plan invoice paid just before the account was erased, and the
+    subscription's end that the erasure caused: Stripe's events arrive after. Failing them
+    would have Stripe retry them for days and leave them failed for ever; they are processed
+    (a paid one with a warning to refund it), granting nothing."""
     user = "user_erased_paying"
     headers = auth_headers(user)
-    session = await bought_pack(billing, stripe_api, headers)
-    subscription = await subscribed_row(billing, stripe_api, headers)
+    session = await bought_pack(client, stripe_api, headers)
+    subscription = await subscribed_row(client, stripe_api, headers)
     invoice = stripe_api.invoice(subscription["id"])
-    assert (await billing.delete("/v1/me", headers=headers)).status_code == 204
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    ended = stripe_api.subscriptions[subscription["id"]]
 
     for event in (
         stripe_api.event("checkout.session.completed", session),
         stripe_api.event("invoice.paid", invoice),
+        stripe_api.event("customer.subscription.deleted", ended),
     ):
-        answer = await deliver(billing, event)
+        answer = await deliver(client, event)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outcome"] == "processed"
         row = await stored(db, event["id"])
@@ -121,27 +199,23 @@ async def test_payments_reported_for_an_erased_account_are_processed_and_grant_n
 
 
 async def test_clerks_user_deleted_while_stripe_is_down_fails_and_its_redelivery_erases(
-    make_settings: Callable[..., Settings],
+    client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
 ) -> None:
-    settings = make_settings(
-        **billing_changes(stripe_api.url), clerk_webhook_secret=SECRET, worker_in_process=False
-    )
     user = "user_erased_by_clerk"
     headers = auth_headers(user)
     event = {"type": "user.deleted", "data": {"id": user, "object": "user", "deleted": True}}
-    async with running_settings(settings) as client:
-        subscription = await subscribed_row(client, stripe_api, headers)
-        stripe_api.fail_with(503)
-        assert_problem(await clerk_deliver(client, event, msg_id="msg_erase_once"), 500)
-        stripe_api.fail_with(None)
-        assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", user) is None
-        assert (await client.get("/v1/me", headers=headers)).status_code == 200
+    subscription = await subscribed_row(client, stripe_api, headers)
+    stripe_api.fail_with(503)
+    assert_problem(await clerk_deliver(client, event, msg_id="msg_erase_once"), 500)
+    stripe_api.fail_with(None)
+    assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", user) is None
+    assert (await client.get("/v1/me", headers=headers)).status_code == 200
 
-        redelivered = await clerk_deliver(client, event, msg_id="msg_erase_once")
-        assert redelivered.status_code == 200, redelivered.text
+    redelivered = await clerk_deliver(client, event, msg_id="msg_erase_once")
+    assert redelivered.status_code == 200, redelivered.text
     assert await db.fetchval("SELECT erased_at FROM users WHERE id = $1", user) is not None
     assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
 
@@ -155,7 +229,7 @@ async def events_of(db: asyncpg.Connection) -> dict[str, tuple[Any, bool, str | 
 
 
 async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
-    make_settings: Callable[..., Settings],
+    client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
@@ -163,24 +237,20 @@ async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
     """Clerk's events about the user (its email) and Stripe's about its customer (its
     payments) keep only `{"erased": true}`, processed, even one that had failed; another
     user's events are left as they were."""
-    settings = make_settings(
-        **billing_changes(stripe_api.url), clerk_webhook_secret=SECRET, worker_in_process=False
-    )
     gone, kept = "user_scrubbed", "user_not_scrubbed"
-    async with running_settings(settings) as client:
-        for user in (gone, kept):
-            created = {"type": "user.created", "data": clerk_user(user, f"{user}@example.test")}
-            assert (await clerk_deliver(client, created, msg_id=f"msg_{user}")).status_code == 200
-            session = await bought_pack(client, stripe_api, auth_headers(user))
-            paid = stripe_api.event("checkout.session.completed", session)
-            assert (await deliver(client, paid)).status_code == 200
-        # One of the user's events failed (an unknown product) and waits for a replay.
-        failing = await bought_pack(client, stripe_api, auth_headers(gone))
-        failing["metadata"]["product_id"] = "no_such_product"
-        failed = stripe_api.event("checkout.session.completed", failing)
-        assert_problem(await deliver(client, failed), 500)
-        before = await events_of(db)
-        assert (await client.delete("/v1/me", headers=auth_headers(gone))).status_code == 204
+    for user in (gone, kept):
+        created = {"type": "user.created", "data": clerk_user(user, f"{user}@example.test")}
+        assert (await clerk_deliver(client, created, msg_id=f"msg_{user}")).status_code == 200
+        session = await bought_pack(client, stripe_api, auth_headers(user))
+        paid = stripe_api.event("checkout.session.completed", session)
+        assert (await deliver(client, paid)).status_code == 200
+    # One of the user's events failed (an unknown product) and waits for a replay.
+    failing = await bought_pack(client, stripe_api, auth_headers(gone))
+    failing["metadata"]["product_id"] = "no_such_product"
+    failed = stripe_api.event("checkout.session.completed", failing)
+    assert_problem(await deliver(client, failed), 500)
+    before = await events_of(db)
+    assert (await client.delete("/v1/me", headers=auth_headers(gone))).status_code == 204
 
     after = await events_of(db)
     changed = {event_id for event_id in after if after[event_id] != before[event_id]}

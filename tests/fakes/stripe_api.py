@@ -7,7 +7,8 @@ Stripe's JSON objects and list objects, its error shape (`{"error": {"type", "co
 answer with `Idempotent-Replayed: true`; other parameters are an `idempotency_error`).
 
 Endpoints: customers (create, retrieve), checkout sessions (create, retrieve, list by
-payment_intent), billing portal sessions (create), subscriptions (retrieve, cancel).
+payment_intent), billing portal sessions (create), subscriptions (retrieve), customers
+(delete, which cancels their subscriptions).
 
 What Stripe does on its side (a buyer pays, a subscription renews, a charge is refunded) is
 driven by the test through methods that change the stand-in's objects and return them, and
@@ -245,8 +246,8 @@ class StripeApiServer:
                 return self._list_sessions(params)
             if (method, path) == ("POST", "/v1/billing_portal/sessions"):
                 return self._create_portal_session(params)
-            if method == "DELETE" and path.startswith("/v1/subscriptions/"):
-                return self._cancel_subscription(path.removeprefix("/v1/subscriptions/"))
+            if method == "DELETE" and path.startswith("/v1/customers/"):
+                return self._delete_customer(path.removeprefix("/v1/customers/"))
             for prefix, store, kind in (
                 ("/v1/customers/", self.customers, "customer"),
                 ("/v1/checkout/sessions/", self.sessions, "checkout.session"),
@@ -340,20 +341,17 @@ class StripeApiServer:
             "url": "/v1/checkout/sessions",
         }
 
-    def _cancel_subscription(self, subscription_id: str) -> dict[str, Any]:
-        """Cancel at once (DELETE /v1/subscriptions/{id}); a canceled one cannot be again."""
-        subscription = self.subscriptions.get(subscription_id)
-        if subscription is None:
-            raise _missing("subscription", subscription_id)
-        if subscription["status"] == "canceled":
-            raise StripeError(
-                400,
-                "invalid_request_error",
-                "A canceled subscription can only update its cancellation_details and metadata.",
-            )
+    def _delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """Delete the customer (DELETE /v1/customers/{id}): as Stripe does, its subscriptions
+        are cancelled at once, and the id is unknown afterwards."""
+        if customer_id not in self.customers:
+            raise _missing("customer", customer_id)
+        del self.customers[customer_id]
         now = int(time.time())
-        subscription.update(status="canceled", canceled_at=now, ended_at=now)
-        return _copy(subscription)
+        for subscription in self.subscriptions.values():
+            if subscription["customer"] == customer_id and subscription["status"] != "canceled":
+                subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        return {"id": customer_id, "object": "customer", "deleted": True}
 
     def _create_portal_session(self, params: dict[str, Any]) -> dict[str, Any]:
         customer = params.get("customer")
