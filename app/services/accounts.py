@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from app.db import erasure
+from app.db import subscriptions as subscriptions_db
 from app.db import users as users_db
 from app.errors import Conflict, NotFound
 from app.services import billing, credits
@@ -80,7 +81,7 @@ async def erase(
     after the commit, with no connection held. A storage failure leaves the database erased
     and the objects listed in `objects_left`: call again to retry them.
     """
-    await billing.delete_customer_for_erasure(pool, stripe, user_id)
+    customer = await billing.delete_customer_for_erasure(pool, stripe, user_id)
     keys: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         # An id with no row yet gets its tombstone at once, so a first request racing this
@@ -96,8 +97,15 @@ async def erase(
             elif row["erased_at"] is not None:
                 result = Erasure(user_id, erased_now=False)
             else:
+                await _no_new_customer(conn, user_id, customer)
                 result = await _erase_rows(conn, user_id, int(row["credits"]), keys)
     users.forget(user_id)
+    # After the commit, in a statement of its own: event processing locks an event's row
+    # and then the user's, the reverse of the erasure's order. Every call scrubs (a retry
+    # finishes what a failure left), Stripe's events only while the customer is known.
+    async with pool.acquire() as conn:
+        scrubbed = await erasure.scrub_events(conn, user_id, customer)
+    result = dataclasses.replace(result, events_scrubbed=scrubbed)
     removed, left = await _delete_objects(storage, user_id, keys)
     outcome = dataclasses.replace(result, objects_removed=removed, objects_left=left)
     log.info(
@@ -112,13 +120,20 @@ async def erase(
     return outcome
 
 
+async def _no_new_customer(conn: asyncpg.Connection, user_id: str, deleted: str | None) -> None:
+    """A first checkout that made a Stripe customer after it was looked up for deletion would
+    leave one that no row names: refuse (409), and the next call deletes it."""
+    row = await subscriptions_db.get_for_user(conn, user_id)
+    if row is not None and row["stripe_customer_id"] not in (None, deleted):
+        raise Conflict("A checkout began while the account was being erased: erase it again.")
+
+
 async def _erase_rows(
     conn: asyncpg.Connection, user_id: str, balance: int, keys: list[str]
 ) -> Erasure:
     likes_given = await erasure.delete_likes_given(conn, user_id)
     images = await erasure.delete_images(conn, user_id)
     keys.extend(r["storage_key"] for r in images if r["storage_key"])
-    events = await erasure.scrub_events(conn, user_id)  # before the subscription row goes
     owned = await erasure.delete_owned(conn, user_id)
     forfeited = 0
     if balance > 0:
@@ -142,7 +157,6 @@ async def _erase_rows(
         prompts=int(owned["prompts"]),
         jobs=int(owned["jobs"]),
         forfeited=forfeited,
-        events_scrubbed=events,
     )
 
 

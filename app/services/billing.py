@@ -201,7 +201,7 @@ async def portal(
 
 async def delete_customer_for_erasure(
     pool: asyncpg.Pool, api: StripeApi | None, user_id: str
-) -> None:
+) -> str | None:
     """Delete the user's Stripe customer before the account is erased. Stripe cancels every
     subscription of a deleted customer at once, so nothing goes on charging for an account
     that is gone (erasure deletes the row that names them, and a subscription the row never
@@ -210,11 +210,11 @@ async def delete_customer_for_erasure(
 
     Stripe out of reach, or refusing: a 503 and the caller erases nothing (erasing again
     tries again). Billing not configured here: logged, and the erasure goes on, since no
-    one could ever complete it otherwise."""
+    one could ever complete it otherwise. Returns the customer's id, if there was one."""
     async with pool.acquire() as conn:
         row = await subscriptions.get_for_user(conn, user_id)
     if row is None or not row["stripe_customer_id"]:
-        return
+        return None
     customer = str(row["stripe_customer_id"])
     if api is None:
         log.error(
@@ -223,9 +223,10 @@ async def delete_customer_for_erasure(
             user_id,
             customer,
         )
-        return
+        return customer
     await call(_delete_customer(api.client, customer))
     log.info("user %s: Stripe customer %s deleted before erasure", user_id, customer)
+    return customer
 
 
 async def _delete_customer(client: stripe.StripeClient, customer: str) -> None:

@@ -108,11 +108,17 @@ class Sender:
         status_code: int | None = None
         error: str | None = None
         started = time.monotonic()
+        deadline = self._settings.webhook_timeout_seconds
         try:
-            await webhook_urls.check(row["url"], self._settings)
-            status_code = await self._post(row, payload)
+            # One deadline for the whole attempt, DNS lookups and every address tried
+            # included, well inside the lease (another sender would take the delivery over).
+            async with asyncio.timeout(deadline):
+                await webhook_urls.check(row["url"], self._settings)
+                status_code = await self._post(row, payload)
             if not 200 <= status_code < 300:
                 error = f"the endpoint answered {status_code}"
+        except TimeoutError:
+            error = f"the attempt took longer than {deadline:g} s"
         except webhook_urls.RefusedUrl as exc:
             error = exc.detail
         except httpx.HTTPError as exc:

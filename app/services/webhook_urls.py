@@ -4,8 +4,9 @@ WEBHOOKS_ALLOW_PRIVATE=true. Checked at registration and again before every atte
 enforced where the sender connects: its client's network backend (`CheckedBackend`)
 resolves each connection's host itself and connects only to addresses it approves, so a
 name that resolves to a public address for the check and to a private one a moment later
-(DNS rebinding) cannot lead the sender inside. Through a proxy (HTTPS_PROXY and the like)
-the proxy resolves the name, and is the guard."""
+(DNS rebinding) cannot lead the sender inside. The sender connects directly, whatever
+HTTPS_PROXY says (httpx reads it only for a client without a transport of its own), so this
+check always applies."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ afterwards is processed, not failed for ever (it grants nothing)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.db import erasure
 from tests.billing.conftest import billing_changes, deliver
 from tests.billing.test_stripe_webhooks import (
     balance,
@@ -24,8 +26,10 @@ from tests.billing.test_stripe_webhooks import (
 )
 from tests.fakes.running import running_settings
 from tests.fakes.stripe_api import SECRET_KEY, StripeApiServer
+from tests.gallery.test_page_plans import generic_plan
 from tests.identity.test_clerk_webhooks import SECRET, clerk_user
 from tests.identity.test_clerk_webhooks import deliver as clerk_deliver
+from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -83,7 +87,7 @@ async def test_erasing_an_account_deletes_its_stripe_customer_which_ends_every_s
     assert (await client.delete("/v1/me", headers=headers)).status_code == 204
     for subscription in (unheard, named):
         assert stripe_api.subscriptions[subscription["id"]]["status"] == "canceled"
-    assert customer not in stripe_api.customers
+    assert stripe_api.customers[customer].get("deleted") is True
     assert await db.fetchval("SELECT count(*) FROM subscriptions WHERE user_id = $1", user) == 0
 
     event = {"type": "user.deleted", "data": {"id": user, "object": "user", "deleted": True}}
@@ -263,18 +267,42 @@ async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
 
 
 async def test_the_events_of_an_erased_user_are_found_by_index(db: asyncpg.Connection) -> None:
-    """The statement `scrub_events` runs uses the two indexes of migration 20261130006000, so
-    an erasure does not read every event ever stored."""
+    """The statement `scrub_events` sends, planned generically as asyncpg's prepared
+    statement ends up, uses the two indexes of migration 20261130006000, so an erasure does
+    not read every event ever stored (the table is small here: sequential scans are off)."""
     await db.execute("SET enable_seqscan = off")
-    plan = "\n".join(
-        r[0]
-        for r in await db.fetch(
-            "EXPLAIN UPDATE webhook_events SET payload = '{}'::jsonb"
-            " WHERE (provider = 'clerk' AND payload #>> '{data,id}' = 'u'"
-            "        AND type <> 'user.deleted')"
-            "    OR (provider = 'stripe' AND payload #>> '{data,object,customer}' ="
-            "        (SELECT stripe_customer_id FROM subscriptions WHERE user_id = 'u'))"
-        )
+    _, plan = await generic_plan(db, erasure.scrub_events(db, "user_x", "cus_x"))
+    used = json.dumps(plan)
+    assert "webhook_events_clerk_user_idx" in used, plan
+    assert "webhook_events_stripe_customer_idx" in used, plan
+
+
+async def test_a_customer_made_while_the_account_is_erased_stops_the_erasure(
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    """A first checkout records a new Stripe customer after the erasure looked the old one
+    up (and while Stripe deletes it): no row would name the new one once the erasure is
+    done, so the erasure is refused (409) and changes nothing; the next one deletes it."""
+    user = "user_erased_racing"
+    headers = auth_headers(user)
+    subscription = await subscribed_row(client, stripe_api, headers)
+    before = await users_row(db, user)
+    stripe_api.hold_requests(1.0)
+    erasing = asyncio.create_task(client.delete("/v1/me", headers=headers))
+    await wait_until(
+        lambda: customer_deletions(stripe_api, subscription["customer"]) == 1,
+        "the erasure to ask Stripe to delete the customer",
     )
-    assert "webhook_events_clerk_user_idx" in plan, plan
-    assert "webhook_events_stripe_customer_idx" in plan, plan
+    await db.execute(
+        "UPDATE subscriptions SET stripe_customer_id = 'cus_made_meanwhile' WHERE user_id = $1",
+        user,
+    )
+    refused = await erasing
+    stripe_api.hold_requests(0)
+    assert_problem(refused, 409)
+    assert await users_row(db, user) == before
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    assert customer_deletions(stripe_api, "cus_made_meanwhile") == 1

@@ -288,7 +288,7 @@ class StripeApiServer:
                     param=required,
                 )
         customer = params.get("customer")
-        if customer is not None and customer not in self.customers:
+        if customer is not None and self.customers.get(customer, {"deleted": True}).get("deleted"):
             raise _missing("customer", customer, "customer")
         price = params["line_items"][0]["price"]
         if price not in self.prices:
@@ -343,10 +343,12 @@ class StripeApiServer:
 
     def _delete_customer(self, customer_id: str) -> dict[str, Any]:
         """Delete the customer (DELETE /v1/customers/{id}): as Stripe does, its subscriptions
-        are cancelled at once, and the id is unknown afterwards."""
-        if customer_id not in self.customers:
+        are cancelled at once; retrieving it answers `deleted: true`, deleting it again or
+        using it is `resource_missing`."""
+        if self.customers.get(customer_id, {"deleted": True}).get("deleted"):
             raise _missing("customer", customer_id)
-        del self.customers[customer_id]
+        # Stripe keeps a deleted customer's id: retrieving it answers this stub.
+        self.customers[customer_id] = {"id": customer_id, "object": "customer", "deleted": True}
         now = int(time.time())
         for subscription in self.subscriptions.values():
             if subscription["customer"] == customer_id and subscription["status"] != "canceled":

@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -97,12 +97,13 @@ INDEXES = {
 }
 
 
-async def generic_plan(
-    db: asyncpg.Connection, listing: Awaitable[list[asyncpg.Record]]
-) -> tuple[list[asyncpg.Record], dict[str, Any]]:
-    """The rows of `listing` (a call of the app's own function on `db`) and the plan of
-    the statement it sent once PostgreSQL keeps a generic one, as asyncpg's prepared
-    statement does after a few calls."""
+T = TypeVar("T")
+
+
+async def generic_plan(db: asyncpg.Connection, listing: Awaitable[T]) -> tuple[T, dict[str, Any]]:
+    """What `listing` (a call of the app's own function on `db`, sending one statement)
+    returned, and the plan of that statement once PostgreSQL keeps a generic one, as
+    asyncpg's prepared statement does after a few calls."""
     sent: list[tuple[str, tuple[Any, ...]]] = []
     with db.query_logger(lambda query: sent.append((query.query, query.args))):
         rows = await listing

@@ -4,6 +4,7 @@ listed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Callable, Iterator
@@ -431,6 +432,8 @@ async def test_a_delivery_connects_to_the_address_it_approved_and_checks_tls_by_
     nothing listens). The endpoint's certificate (for `localhost`, not 127.0.0.2) is
     checked against the name, which `Host` carries too."""
     looked_up = resolve_as(monkeypatch, "127.0.0.2")
+    # Not through a proxy, whatever the environment says (nothing listens there).
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     server, port = tls_endpoint
     alice = auth_headers(ALICE)
     async with running_settings(hook_settings()) as client:
@@ -496,3 +499,28 @@ async def test_a_name_that_turns_private_between_the_check_and_the_connection_is
     assert "private or reserved address (127.0.0.2)" in attempt["error"]
     assert server.received == []  # type: ignore[attr-defined]
     assert looked_up == ["localhost"] * 3
+
+
+async def test_an_attempt_ends_within_its_deadline_lookups_included(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolver that answers the connection's lookup only after 30 s: the attempt ends at
+    WEBHOOK_TIMEOUT_SECONDS (well inside the delivery's lease) and says so."""
+    lookups = 0
+
+    async def slow_lookup(host: str, port: int) -> list[str]:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 3:  # registration, the check before the attempt, then the connection
+            await asyncio.sleep(30)
+        return ["127.0.0.2"]
+
+    monkeypatch.setattr(webhook_urls, "lookup", slow_lookup)
+    settings = hook_settings(webhook_timeout_seconds=1)
+    attempt = await first_attempt(settings, auth_headers(ALICE), db, "https://localhost:9/hook")
+    assert attempt["status_code"] is None
+    assert attempt["error"] == "the attempt took longer than 1 s"
+    assert attempt["duration_ms"] < 5000
