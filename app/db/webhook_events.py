@@ -96,3 +96,15 @@ async def unprocessed(
         limit,
     )
     return rows
+
+
+async def scrub(conn: asyncpg.Connection, provider: str, event_id: str) -> None:
+    """Keep only `{"erased": true}` of the event (it is about an erased account)."""
+    await conn.execute(
+        """
+        UPDATE webhook_events SET payload = '{"erased": true}'::jsonb
+        WHERE provider = $1 AND event_id = $2
+        """,
+        provider,
+        event_id,
+    )

@@ -23,7 +23,7 @@ import asyncpg
 import stripe
 
 from app.config import Settings
-from app.db import subscriptions
+from app.db import subscriptions, webhook_events
 from app.db import users as users_db
 from app.errors import BadRequest, ServiceUnavailable
 from app.services import credits
@@ -155,6 +155,11 @@ class StripeEvents:
             await self._invoice(conn, _object(event))
         elif event.type in REVERSAL_EVENTS:
             await self._reversal(conn, event, fetched.session)
+        # An event about an erased account (the subscription's end or `customer.deleted`
+        # that the erasure caused, a payment made just before) keeps nothing of what it said.
+        subject = _subject(_object(event))
+        if subject is not None and await _erased(conn, subject):
+            await webhook_events.scrub(conn, event.provider, event.id)
 
     async def _purchase(self, conn: asyncpg.Connection, session: dict[str, Any]) -> None:
         """A paid credit pack's session: its credits, once per session id."""
@@ -286,6 +291,14 @@ class StripeEvents:
 async def _erased(conn: asyncpg.Connection, user_id: str) -> bool:
     row = await users_db.get(conn, user_id)
     return row is not None and row["erased_at"] is not None
+
+
+def _subject(obj: dict[str, Any]) -> str | None:
+    """The Atelier user an event's object is about, as Atelier marked it at Stripe: the
+    metadata of customers, sessions and subscriptions, a session's client reference, an
+    invoice's subscription."""
+    user_id = (obj.get("metadata") or {}).get("user_id") or obj.get("client_reference_id")
+    return str(user_id) if user_id else _invoice_user(obj)
 
 
 def _invoice_user(invoice: dict[str, Any]) -> str | None:

@@ -177,14 +177,16 @@ async def test_what_stripe_reports_for_an_erased_account_is_processed_and_grants
     db: asyncpg.Connection,
 ) -> None:
     """A pack paid and a plan invoice paid just before the account was erased, and the
-    subscription's end that the erasure caused: Stripe's events arrive after. Failing them
-    would have Stripe retry them for days and leave them failed for ever; they are processed
-    (a paid one with a warning to refund it), granting nothing."""
+    subscription's end and the customer's deletion that the erasure caused: Stripe's events
+    arrive after. Failing them would have Stripe retry them for days and leave them failed
+    for ever; they are processed (a paid one with a warning to refund it), granting nothing,
+    and keep nothing of what they said."""
     user = "user_erased_paying"
     headers = auth_headers(user)
     session = await bought_pack(client, stripe_api, headers)
     subscription = await subscribed_row(client, stripe_api, headers)
     invoice = stripe_api.invoice(subscription["id"])
+    customer = dict(stripe_api.customers[subscription["customer"]])
     assert (await client.delete("/v1/me", headers=headers)).status_code == 204
     ended = stripe_api.subscriptions[subscription["id"]]
 
@@ -192,12 +194,18 @@ async def test_what_stripe_reports_for_an_erased_account_is_processed_and_grants
         stripe_api.event("checkout.session.completed", session),
         stripe_api.event("invoice.paid", invoice),
         stripe_api.event("customer.subscription.deleted", ended),
+        stripe_api.event("customer.deleted", customer),  # with the email it had
     ):
         answer = await deliver(client, event)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outcome"] == "processed"
         row = await stored(db, event["id"])
         assert row is not None and row["processed_at"] is not None and row["error"] is None
+        # What it said about the erased account is not kept either.
+        payload = await db.fetchval(
+            "SELECT payload FROM webhook_events WHERE event_id = $1", event["id"]
+        )
+        assert json.loads(payload) == {"erased": True}
     assert await balance(db, user) == 0
     assert [reason for reason, _, _ in await ledger(db, user)] == ["signup", "admin"]
 
