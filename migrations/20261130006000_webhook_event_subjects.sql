@@ -8,3 +8,7 @@ CREATE INDEX IF NOT EXISTS webhook_events_clerk_user_idx
 
 CREATE INDEX IF NOT EXISTS webhook_events_stripe_customer_idx
     ON webhook_events ((payload #>> '{data,object,customer}')) WHERE provider = 'stripe';
+
+-- `customer.*` events: their object is the customer itself.
+CREATE INDEX IF NOT EXISTS webhook_events_stripe_object_idx
+    ON webhook_events ((payload #>> '{data,object,id}')) WHERE provider = 'stripe';

@@ -124,7 +124,7 @@ async def _no_new_customer(conn: asyncpg.Connection, user_id: str, deleted: str 
     """A first checkout that made a Stripe customer after it was looked up for deletion would
     leave one that no row names: refuse (409), and the next call deletes it."""
     row = await subscriptions_db.get_for_user(conn, user_id)
-    if row is not None and row["stripe_customer_id"] not in (None, deleted):
+    if row is not None and (row["stripe_customer_id"] or None) not in (None, deleted):
         raise Conflict("A checkout began while the account was being erased: erase it again.")
 
 

@@ -297,18 +297,24 @@ def _subject(obj: dict[str, Any]) -> str | None:
     """The Atelier user an event's object is about, as Atelier marked it at Stripe: the
     metadata of customers, sessions and subscriptions, a session's client reference, an
     invoice's subscription."""
-    user_id = (obj.get("metadata") or {}).get("user_id") or obj.get("client_reference_id")
-    return str(user_id) if user_id else _invoice_user(obj)
+    metadata = obj.get("metadata")
+    user_id = (metadata.get("user_id") if isinstance(metadata, dict) else None) or obj.get(
+        "client_reference_id"
+    )
+    return str(user_id) if isinstance(user_id, str) and user_id else _invoice_user(obj)
 
 
 def _invoice_user(invoice: dict[str, Any]) -> str | None:
     """The user id Atelier put on the invoice's subscription (its metadata), if any: under
     `parent.subscription_details` since API version 2025-03-31, `subscription_details`
     before."""
-    parent = invoice.get("parent") or {}
-    details = parent.get("subscription_details") or invoice.get("subscription_details") or {}
-    user_id = (details.get("metadata") or {}).get("user_id")
-    return str(user_id) if user_id else None
+    parent = invoice.get("parent")
+    details = (parent.get("subscription_details") if isinstance(parent, dict) else None) or (
+        invoice.get("subscription_details")
+    )
+    metadata = details.get("metadata") if isinstance(details, dict) else None
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return str(user_id) if isinstance(user_id, str) and user_id else None
 
 
 def _prices(invoice: dict[str, Any]) -> list[str]:

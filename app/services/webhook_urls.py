@@ -121,15 +121,20 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        ends = None if timeout is None else loop.time() + timeout
         try:
             addresses = await approved(host, port, self._settings)
         except RefusedUrl as exc:
             raise httpcore.ConnectError(exc.detail) from exc
         failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in addresses:
+        for left, address in zip(range(len(addresses), 0, -1), addresses, strict=True):
+            # The connect timeout is shared out: an address that never answers leaves the
+            # others their turn before the attempt's own deadline (outgoing.Sender).
+            share = None if ends is None else max(ends - loop.time(), 0.0) / left
             try:
                 return await self._network.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
+                    str(address), port, share, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failed = exc

@@ -147,6 +147,19 @@ async def test_a_customer_already_deleted_at_stripe_does_not_block_erasure(
     assert row is not None and row["erased_at"] is not None
 
 
+async def test_an_empty_customer_id_in_the_shared_row_is_no_customer(
+    client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """The mobile app may leave '' where no customer is: nothing to delete, nothing raced."""
+    user = "user_erased_empty_customer"
+    headers = auth_headers(user)
+    assert (await client.get("/v1/me", headers=headers)).status_code == 200
+    await db.execute(
+        "INSERT INTO subscriptions (user_id, stripe_customer_id) VALUES ($1, '')", user
+    )
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+
+
 async def test_without_stripe_configured_an_erasure_goes_on_and_says_what_is_left(
     make_settings: Callable[..., Settings],
     auth_headers: Headers,
@@ -256,6 +269,10 @@ async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
         session = await bought_pack(client, stripe_api, auth_headers(user))
         paid = stripe_api.event("checkout.session.completed", session)
         assert (await deliver(client, paid)).status_code == 200
+        # A customer's own event: its object is the customer (with the email it had).
+        customer = dict(stripe_api.customers[session["customer"]], email=f"{user}@example.test")
+        updated = stripe_api.event("customer.updated", customer)
+        assert (await deliver(client, updated)).status_code == 200
     # One of the user's events failed (an unknown product) and waits for a replay.
     failing = await bought_pack(client, stripe_api, auth_headers(gone))
     failing["metadata"]["product_id"] = "no_such_product"
@@ -269,20 +286,21 @@ async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
     assert changed == {
         event_id for event_id, (payload, _, _) in before.items() if gone in json.dumps(payload)
     }
-    assert len(changed) == 3
+    assert len(changed) == 4
     assert all(after[event_id] == ({"erased": True}, True, None) for event_id in changed)
     assert f"msg_{kept}" not in changed and any(kept in json.dumps(p) for p, _, _ in after.values())
 
 
 async def test_the_events_of_an_erased_user_are_found_by_index(db: asyncpg.Connection) -> None:
     """The statement `scrub_events` sends, planned generically as asyncpg's prepared
-    statement ends up, uses the two indexes of migration 20261130006000, so an erasure does
+    statement ends up, uses the three indexes of migration 20261130006000, so an erasure does
     not read every event ever stored (the table is small here: sequential scans are off)."""
     await db.execute("SET enable_seqscan = off")
     _, plan = await generic_plan(db, erasure.scrub_events(db, "user_x", "cus_x"))
     used = json.dumps(plan)
     assert "webhook_events_clerk_user_idx" in used, plan
     assert "webhook_events_stripe_customer_idx" in used, plan
+    assert "webhook_events_stripe_object_idx" in used, plan
 
 
 async def test_a_customer_made_while_the_account_is_erased_stops_the_erasure(

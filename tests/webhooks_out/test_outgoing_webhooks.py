@@ -524,3 +524,25 @@ async def test_an_attempt_ends_within_its_deadline_lookups_included(
     assert attempt["status_code"] is None
     assert attempt["error"] == "the attempt took longer than 1 s"
     assert attempt["duration_ms"] < 5000
+
+
+async def test_an_address_that_refuses_leaves_the_next_one_its_turn(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_endpoint: tuple[TlsServer, int],
+) -> None:
+    """The name resolves to two addresses, in this order: nothing listens at the first
+    (127.0.0.3), the endpoint at the second. The delivery reaches it."""
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file())
+
+    async def two_addresses(host: str, port: int) -> list[str]:
+        return ["127.0.0.3", "127.0.0.2"]
+
+    monkeypatch.setattr(webhook_urls, "lookup", two_addresses)
+    server, port = tls_endpoint
+    alice = auth_headers(ALICE)
+    async with running_settings(hook_settings()) as client:
+        await register(client, alice, f"https://localhost:{port}/hook", ["job.completed"])
+        await finished_job(client, alice)
+        await wait_until(lambda: len(server.received) == 1, "the delivery")  # type: ignore[attr-defined]
