@@ -42,12 +42,14 @@ async def list_credit_ledger(
     status_code=204,
     response_class=Response,
     dependencies=[Depends(session_only)],
-    responses=responses(401, 403),
+    responses=responses(401, 403, 409),
 )
 async def delete_me(user: StreamUser, svc: Svc) -> Response:
     """Delete the caller's account for good: images (and their files), uploads, likes,
     prompts, packs, jobs and subscription. The ledger keeps its rows without personal data;
     the balance is forfeited. The same sign-in is refused afterwards (401). It needs the
-    person signed in: an API key is refused (403), so a leaked key cannot erase an account."""
+    person signed in: an API key is refused (403), so a leaked key cannot erase an account.
+    The Stripe customer is deleted first, ending any subscription: 503 when Stripe cannot
+    do it, 409 when a checkout began meanwhile (nothing is erased then; try again)."""
     await accounts.erase(svc.pool, svc.storage, svc.users, user.id, svc.stripe)
     return Response(status_code=204)

@@ -75,7 +75,8 @@ async def erase(
     (`billing.delete_customer_for_erasure`): when Stripe cannot be asked that is a 503 and
     nothing is erased, since the row that names the customer is about to go.
 
-    Idempotent: a second call changes nothing in the database. The database is done first,
+    Idempotent: a second call changes nothing in the database but stored events about the
+    user that arrived since (scrubbed again). The database is done first,
     in one transaction that locks the users row (so no write for the user slips in while it
     runs, and any that tries afterwards is refused by the database); the objects are deleted
     after the commit, with no connection held. A storage failure leaves the database erased

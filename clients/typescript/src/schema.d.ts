@@ -105,6 +105,8 @@ export interface paths {
          *     prompts, packs, jobs and subscription. The ledger keeps its rows without personal data;
          *     the balance is forfeited. The same sign-in is refused afterwards (401). It needs the
          *     person signed in: an API key is refused (403), so a leaked key cannot erase an account.
+         *     The Stripe customer is deleted first, ending any subscription: 503 when Stripe cannot
+         *     do it, 409 when a checkout began meanwhile (nothing is erased then; try again).
          */
         delete: operations["delete_me"];
         options?: never;
@@ -3484,6 +3486,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem403"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem409"];
                 };
             };
             /** @description Request body too large */
