@@ -1,6 +1,6 @@
 -- An erasure scrubs the stored incoming events that name the erased user (their emails,
 -- names and addresses): Clerk's by the user id they carry, Stripe's by the user's customer
--- (app.db.erasure.scrub_events). These indexes find them without reading the whole table,
+-- (app.db.webhook_events.scrub_about_user). These indexes find them without reading the whole table,
 -- which only grows.
 
 CREATE INDEX IF NOT EXISTS webhook_events_clerk_user_idx

@@ -66,26 +66,3 @@ async def delete_owned(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record
     )
     assert row is not None
     return row
-
-
-async def scrub_events(conn: asyncpg.Connection, user_id: str, customer: str | None) -> int:
-    """Replace the payloads of the stored incoming events about the user (Clerk's, by the id
-    in their data; Stripe's, by the user's `customer`, the customer's own events included)
-    with `{"erased": true}`, and count them as processed: what they said about the user
-    (emails, names, addresses) goes, and nothing is left to replay for an account that no
-    longer exists. Clerk's `user.deleted` names only the id. Run it outside the erasure's
-    transaction (see accounts.erase)."""
-    status = await conn.execute(
-        """
-        UPDATE webhook_events
-        SET payload = '{"erased": true}'::jsonb,
-            processed_at = COALESCE(processed_at, now()),
-            error = NULL
-        WHERE (provider = 'clerk' AND payload #>> '{data,id}' = $1 AND type <> 'user.deleted')
-           OR (provider = 'stripe' AND payload #>> '{data,object,customer}' = $2)
-           OR (provider = 'stripe' AND payload #>> '{data,object,id}' = $2)
-        """,
-        user_id,
-        customer,
-    )
-    return int(status.split()[-1])

@@ -98,13 +98,35 @@ async def unprocessed(
     return rows
 
 
+# What an event about an erased account keeps of its payload.
+_ERASED = """'{"erased": true}'::jsonb"""
+
+
 async def scrub(conn: asyncpg.Connection, provider: str, event_id: str) -> None:
     """Keep only `{"erased": true}` of the event (it is about an erased account)."""
     await conn.execute(
-        """
-        UPDATE webhook_events SET payload = '{"erased": true}'::jsonb
-        WHERE provider = $1 AND event_id = $2
-        """,
+        f"UPDATE webhook_events SET payload = {_ERASED} WHERE provider = $1 AND event_id = $2",
         provider,
         event_id,
     )
+
+
+async def scrub_about_user(conn: asyncpg.Connection, user_id: str, customer: str | None) -> int:
+    """Keep only `{"erased": true}` of the stored events about an erased user (Clerk's, by
+    the id in their data; Stripe's, by the user's `customer`, the customer's own events
+    included), and count them as processed: what they said about the user (emails, names,
+    addresses) goes, and nothing is left to replay for an account that no longer exists.
+    Clerk's `user.deleted` names only the id. How many; run it after the erasure's commit
+    (see accounts.erase)."""
+    status = await conn.execute(
+        f"""
+        UPDATE webhook_events
+        SET payload = {_ERASED}, processed_at = COALESCE(processed_at, now()), error = NULL
+        WHERE (provider = 'clerk' AND payload #>> '{{data,id}}' = $1 AND type <> 'user.deleted')
+           OR (provider = 'stripe' AND payload #>> '{{data,object,customer}}' = $2)
+           OR (provider = 'stripe' AND payload #>> '{{data,object,id}}' = $2)
+        """,
+        user_id,
+        customer,
+    )
+    return int(status.split()[-1])

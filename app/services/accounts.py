@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from app.db import erasure
+from app.db import erasure, webhook_events
 from app.db import subscriptions as subscriptions_db
 from app.db import users as users_db
 from app.errors import Conflict, NotFound
@@ -57,7 +57,7 @@ class Erasure:
     prompts: int = 0
     jobs: int = 0
     forfeited: int = 0
-    events_scrubbed: int = 0  # stored webhook events about the user (app.db.erasure)
+    events_scrubbed: int = 0  # stored webhook events about the user (app.db.webhook_events)
     objects_removed: int = 0
     # Keys or prefixes whose objects could not be deleted; erase again to retry them.
     objects_left: list[str] = field(default_factory=list)
@@ -105,10 +105,11 @@ async def erase(
     # and then the user's, the reverse of the erasure's order. Every call scrubs (a retry
     # finishes what a failure left), Stripe's events only while the customer is known.
     async with pool.acquire() as conn:
-        scrubbed = await erasure.scrub_events(conn, user_id, customer)
-    result = dataclasses.replace(result, events_scrubbed=scrubbed)
+        scrubbed = await webhook_events.scrub_about_user(conn, user_id, customer)
     removed, left = await _delete_objects(storage, user_id, keys)
-    outcome = dataclasses.replace(result, objects_removed=removed, objects_left=left)
+    outcome = dataclasses.replace(
+        result, events_scrubbed=scrubbed, objects_removed=removed, objects_left=left
+    )
     log.info(
         "erased %s (now: %s): %d image(s), %d like(s), %d object(s); %d left",
         user_id,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.db import erasure
+from app.db import webhook_events
 from tests.billing.conftest import billing_changes, deliver
 from tests.billing.test_stripe_webhooks import (
     balance,
@@ -292,11 +292,11 @@ async def test_erasure_scrubs_what_stored_webhook_events_said_about_the_user(
 
 
 async def test_the_events_of_an_erased_user_are_found_by_index(db: asyncpg.Connection) -> None:
-    """The statement `scrub_events` sends, planned generically as asyncpg's prepared
+    """The statement `scrub_about_user` sends, planned generically as asyncpg's prepared
     statement ends up, uses the three indexes of migration 20261130006000, so an erasure does
     not read every event ever stored (the table is small here: sequential scans are off)."""
     await db.execute("SET enable_seqscan = off")
-    _, plan = await generic_plan(db, erasure.scrub_events(db, "user_x", "cus_x"))
+    _, plan = await generic_plan(db, webhook_events.scrub_about_user(db, "user_x", "cus_x"))
     used = json.dumps(plan)
     assert "webhook_events_clerk_user_idx" in used, plan
     assert "webhook_events_stripe_customer_idx" in used, plan
