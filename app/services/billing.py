@@ -206,7 +206,8 @@ async def delete_customer_for_erasure(
     subscription of a deleted customer at once, so nothing goes on charging for an account
     that is gone (erasure deletes the row that names them, and a subscription the row never
     heard of is cancelled too), and what Stripe keeps about the person (email, payment
-    methods) goes; the payments stay in Stripe's records.
+    methods) goes; the payments stay in Stripe's records. Its open Checkout Sessions are
+    expired before that, so none of them can still be paid.
 
     Stripe out of reach, or refusing: a 503 and the caller erases nothing (erasing again
     tries again). Billing not configured here: logged, and the erasure goes on, since no
@@ -229,14 +230,36 @@ async def delete_customer_for_erasure(
     return customer
 
 
+async def _expire_open_checkouts(client: stripe.StripeClient, customer: str) -> None:
+    """Expire the customer's open Checkout Sessions (every one Atelier makes names the
+    customer), so nobody pays for an account that is going: its payment would grant
+    nothing. Listed first, then expired, since an expired one leaves the `open` list the
+    pages walk. One that completed or expired meanwhile is past paying for already.
+
+    Left open: a checkout begun between this list and the customer's deletion a moment
+    later (one request of the same person racing their own erasure)."""
+    listed = await client.v1.checkout.sessions.list_async(
+        params={"customer": customer, "status": "open", "limit": 100}
+    )
+    found = [session.id async for session in listed.auto_paging_iter()]
+    for session_id in found:
+        try:
+            await client.v1.checkout.sessions.expire_async(session_id)
+        except stripe.InvalidRequestError as exc:
+            log.info("Checkout Session %s was not expired: %s", session_id, exc)
+    if found:
+        log.info("customer %s: %d open Checkout Session(s) expired", customer, len(found))
+
+
 async def _delete_customer(client: stripe.StripeClient, customer: str) -> None:
     try:
+        await _expire_open_checkouts(client, customer)
         await client.v1.customers.delete_async(customer)
     except stripe.InvalidRequestError as exc:
         if exc.code == "resource_missing":  # deleted already
             return
         log.error("Stripe refused to delete customer %s: %s", customer, exc)
         raise ServiceUnavailable(
-            f"Stripe refused to delete the account's customer ({exc.user_message or exc}); "
+            f"Stripe refused to close the account's customer ({exc.user_message or exc}); "
             "nothing was erased."
         ) from exc

@@ -25,7 +25,7 @@ from tests.billing.test_stripe_webhooks import (
     subscribed,
 )
 from tests.fakes.running import running_settings
-from tests.fakes.stripe_api import SECRET_KEY, StripeApiServer
+from tests.fakes.stripe_api import SECRET_KEY, SessionClosed, StripeApiServer
 from tests.gallery.test_page_plans import generic_plan
 from tests.identity.test_clerk_webhooks import SECRET, clerk_user
 from tests.identity.test_clerk_webhooks import deliver as clerk_deliver
@@ -93,6 +93,45 @@ async def test_erasing_an_account_deletes_its_stripe_customer_which_ends_every_s
     event = {"type": "user.deleted", "data": {"id": user, "object": "user", "deleted": True}}
     assert (await clerk_deliver(client, event)).status_code == 200
     assert customer_deletions(stripe_api, customer) == 1
+
+
+async def test_erasure_expires_the_accounts_open_checkouts_so_none_can_be_paid(
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+) -> None:
+    """Two checkouts left open in the app and 101 more for the customer (more than one page
+    of Stripe's list) are expired before the customer goes; a paid one stays as it was."""
+    user = "user_erased_open_checkouts"
+    headers = auth_headers(user)
+    paid = stripe_api.pay(await checkout(client, headers))
+    pack, pro = await checkout(client, headers), await checkout(client, headers, "pro")
+    customer = paid["customer"]
+    async with httpx.AsyncClient(
+        base_url=stripe_api.url, headers={"Authorization": f"Bearer {SECRET_KEY}"}
+    ) as dashboard:
+        for _ in range(101):
+            made = await dashboard.post(
+                "/v1/checkout/sessions",
+                data={
+                    "mode": "payment",
+                    "customer": customer,
+                    "line_items[0][price]": stripe_api.sessions[pack]["_price"],
+                    "success_url": "https://example.test/done",
+                },
+            )
+            assert made.status_code == 200, made.text
+    others = [s for s in stripe_api.sessions if s not in (paid["id"], pack, pro)]
+    assert len(others) == 101
+
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    for session_id in (pack, pro, *others):
+        assert stripe_api.sessions[session_id]["status"] == "expired", session_id
+        with pytest.raises(SessionClosed):
+            stripe_api.pay(session_id)
+    assert stripe_api.sessions[paid["id"]]["status"] == "complete"
+    assert len(stripe_api.requests_to("GET", "/v1/checkout/sessions")) == 2  # two pages
+    assert stripe_api.customers[customer].get("deleted") is True
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ Stripe's JSON objects and list objects, its error shape (`{"error": {"type", "co
 "message", "param"}}`), and idempotency keys (the same key and parameters replay the first
 answer with `Idempotent-Replayed: true`; other parameters are an `idempotency_error`).
 
-Endpoints: customers (create, retrieve), checkout sessions (create, retrieve, list by
-payment_intent), billing portal sessions (create), subscriptions (retrieve), customers
-(delete, which cancels their subscriptions).
+Endpoints: customers (create, retrieve, delete, which cancels their subscriptions),
+checkout sessions (create, retrieve, list by payment_intent, customer and status, expire),
+billing portal sessions (create), subscriptions (retrieve).
 
 What Stripe does on its side (a buyer pays, a subscription renews, a charge is refunded) is
 driven by the test through methods that change the stand-in's objects and return them, and
@@ -35,6 +35,8 @@ SECRET_KEY = "sk_test_atelier_stripe_fake"
 WEBHOOK_SECRET = "whsec_atelier_test_secret"
 API_VERSION = "2026-10-28.endive"
 PERIOD_SECONDS = 30 * 24 * 3600
+# What GET /v1/checkout/sessions filters by, of what Stripe offers.
+FILTERS = ("payment_intent", "customer", "status")
 
 
 def sign(payload: str, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
@@ -69,6 +71,11 @@ def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 def _copy(obj: dict[str, Any]) -> dict[str, Any]:
     copied: dict[str, Any] = json.loads(json.dumps(obj))
     return copied
+
+
+class SessionClosed(Exception):
+    """A buyer tried to pay a Checkout Session that is not open (expired or complete):
+    Stripe's page says so and takes no payment."""
 
 
 class StripeError(Exception):
@@ -246,6 +253,10 @@ class StripeApiServer:
                 return self._list_sessions(params)
             if (method, path) == ("POST", "/v1/billing_portal/sessions"):
                 return self._create_portal_session(params)
+            if method == "POST" and path.startswith("/v1/checkout/sessions/"):
+                session_id, _, action = path.removeprefix("/v1/checkout/sessions/").partition("/")
+                if action == "expire":
+                    return self._expire_session(session_id)
             if method == "DELETE" and path.startswith("/v1/customers/"):
                 return self._delete_customer(path.removeprefix("/v1/customers/"))
             for prefix, store, kind in (
@@ -328,11 +339,17 @@ class StripeApiServer:
         return {k: v for k, v in session.items() if not k.startswith("_")}
 
     def _list_sessions(self, params: dict[str, Any]) -> dict[str, Any]:
+        """GET /v1/checkout/sessions: newest first, filtered by `payment_intent`, `customer`
+        and `status`, a page of `limit` after `starting_after`."""
         found = [
             {k: v for k, v in s.items() if not k.startswith("_")}
-            for s in self.sessions.values()
-            if "payment_intent" not in params or s["payment_intent"] == params["payment_intent"]
+            for s in reversed(self.sessions.values())
+            if all(s[name] == params[name] for name in FILTERS if name in params)
         ]
+        after = params.get("starting_after")
+        if after is not None:
+            ids = [s["id"] for s in found]
+            found = found[ids.index(after) + 1 :] if after in ids else []
         limit = int(params.get("limit", 10))
         return {
             "object": "list",
@@ -340,6 +357,20 @@ class StripeApiServer:
             "has_more": len(found) > limit,
             "url": "/v1/checkout/sessions",
         }
+
+    def _expire_session(self, session_id: str) -> dict[str, Any]:
+        """POST /v1/checkout/sessions/{id}/expire: only an open session can be expired."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise _missing("checkout.session", session_id)
+        if session["status"] != "open":
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "Only Checkout Sessions with a status in [open] can be expired.",
+            )
+        session.update(status="expired", url=None)
+        return {k: v for k, v in session.items() if not k.startswith("_")}
 
     def _delete_customer(self, customer_id: str) -> dict[str, Any]:
         """Delete the customer (DELETE /v1/customers/{id}): as Stripe does, its subscriptions
@@ -376,7 +407,7 @@ class StripeApiServer:
         """The buyer pays a credit pack: the session completes, paid, with a payment intent
         and its charge. Returns the session as Stripe would send it."""
         with self._lock:
-            session = self.sessions[session_id]
+            session = self._payable(session_id)
             payment_intent = self._new_id("pi")
             charge = {
                 "id": self._new_id("ch"),
@@ -392,6 +423,12 @@ class StripeApiServer:
             session.update(status="complete", payment_status="paid", payment_intent=payment_intent)
             session["_charge"] = charge["id"]
             return {k: v for k, v in session.items() if not k.startswith("_")}
+
+    def _payable(self, session_id: str) -> dict[str, Any]:
+        session = self.sessions[session_id]
+        if session["status"] != "open":
+            raise SessionClosed(f"Checkout Session {session_id} is {session['status']}")
+        return session
 
     def charge_of(self, session_id: str) -> dict[str, Any]:
         with self._lock:
@@ -422,7 +459,7 @@ class StripeApiServer:
     def subscribe(self, session_id: str, status: str = "active") -> dict[str, Any]:
         """The buyer completes a subscription checkout: a subscription in `status`."""
         with self._lock:
-            session = self.sessions[session_id]
+            session = self._payable(session_id)
             now = int(time.time())
             subscription_id = self._new_id("sub")
             subscription = {
