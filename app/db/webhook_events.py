@@ -100,6 +100,30 @@ async def unprocessed(
 
 # What an event about an erased account keeps of its payload.
 _ERASED = """'{"erased": true}'::jsonb"""
+# What a processed event keeps of its payload once WEBHOOK_EVENT_PAYLOAD_DAYS have passed.
+_EXPIRED = """'{"expired": true}'::jsonb"""
+
+
+async def expire_payloads(conn: asyncpg.Connection, days: int, limit: int) -> int:
+    """Keep only `{"expired": true}` of up to `limit` events processed more than `days`
+    ago, oldest first: their id still turns a redelivery away, what they said (emails,
+    names, addresses) goes. Rows another sweep holds are skipped. How many."""
+    status = await conn.execute(
+        f"""
+        UPDATE webhook_events SET payload = {_EXPIRED}
+        WHERE (provider, event_id) IN (
+            SELECT provider, event_id FROM webhook_events
+            WHERE processed_at < now() - make_interval(days => $1)
+              AND payload <> {_EXPIRED} AND payload <> {_ERASED}
+            ORDER BY processed_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        """,
+        days,
+        limit,
+    )
+    return int(status.split()[-1])
 
 
 async def scrub(conn: asyncpg.Connection, provider: str, event_id: str) -> None:

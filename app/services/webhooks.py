@@ -132,3 +132,27 @@ async def replay(
         else:
             results.append(ReplayResult(event.provider, event.id, event.type, outcome, None))
     return results
+
+
+# Rows one statement of the sweep changes: each batch is a short transaction of its own.
+EXPIRE_BATCH = 1000
+
+
+async def expire_payloads(pool: asyncpg.Pool, days: int) -> int:
+    """Drop the payloads of events processed more than `days` ago (WEBHOOK_EVENT_PAYLOAD_DAYS;
+    0 keeps them), in batches; the worker runs this hourly. Replay only needs events that did
+    not complete, and a redelivery is turned away by the event's id, which stays. How many."""
+    if days <= 0:
+        return 0
+    total = 0
+    while True:
+        async with pool.acquire() as conn:
+            done = await webhook_events.expire_payloads(conn, days, EXPIRE_BATCH)
+        total += done
+        if done < EXPIRE_BATCH:
+            break
+    if total:
+        log.info(
+            "dropped the payloads of %d webhook events processed over %d days ago", total, days
+        )
+    return total

@@ -37,7 +37,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.services import imaging, job_objects, job_progress, jobs
+from app.services import imaging, job_objects, job_progress, jobs, webhooks
 from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
 from app.services.realtime import QUEUE_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
@@ -53,6 +53,8 @@ CLAIM_GATHER_SECONDS = 0.005
 # already: 1,000 answers arriving together (bench/inflight_memory) started 1,000 of those
 # hand-offs in a few loop turns.
 STORING_AT_ONCE = 16
+# How often a worker runs `sweep`.
+SWEEP_EVERY_SECONDS = 3600.0
 
 
 def new_worker_id() -> str:
@@ -107,7 +109,7 @@ class Worker:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
-        next_reap = 0.0
+        next_reap = next_sweep = 0.0
         log.info("worker %s started", self.worker_id)
         reap_every = max(1.0, self.settings.job_lease_seconds / 4)
         try:
@@ -118,6 +120,9 @@ class Worker:
                 if time.monotonic() >= next_reap:
                     await self._guard(self.reap())
                     next_reap = time.monotonic() + reap_every
+                if time.monotonic() >= next_sweep:
+                    await self._guard(self.sweep())
+                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
                 if stop.is_set():
                     break  # the signal came while reaping: claim nothing more
                 await self._guard(self._claim_batch())
@@ -385,3 +390,8 @@ class Worker:
     async def reap(self) -> int:
         """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
         return await jobs.reap(self.pool, self.settings.max_attempts)
+
+    async def sweep(self) -> int:
+        """Housekeeping that only needs doing now and then (at start, then hourly): drop the
+        payloads of incoming webhook events past WEBHOOK_EVENT_PAYLOAD_DAYS."""
+        return await webhooks.expire_payloads(self.pool, self.settings.webhook_event_payload_days)
