@@ -109,7 +109,8 @@ class Worker:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
-        next_reap = next_sweep = 0.0
+        sweeps = asyncio.create_task(self._sweep_hourly(), name=f"sweeps {self.worker_id}")
+        next_reap = 0.0
         log.info("worker %s started", self.worker_id)
         reap_every = max(1.0, self.settings.job_lease_seconds / 4)
         try:
@@ -120,9 +121,6 @@ class Worker:
                 if time.monotonic() >= next_reap:
                     await self._guard(self.reap())
                     next_reap = time.monotonic() + reap_every
-                if time.monotonic() >= next_sweep:
-                    await self._guard(self.sweep())
-                    next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
                 if stop.is_set():
                     break  # the signal came while reaping: claim nothing more
                 await self._guard(self._claim_batch())
@@ -146,6 +144,7 @@ class Worker:
                 listener.cancel()
             if self._gathering is not None:
                 self._gathering.cancel()
+            sweeps.cancel()
             await self._drain()
             leases.cancel()
             log.info("worker %s stopped", self.worker_id)
@@ -392,6 +391,13 @@ class Worker:
         return await jobs.reap(self.pool, self.settings.max_attempts)
 
     async def sweep(self) -> int:
-        """Housekeeping that only needs doing now and then (at start, then hourly): drop the
-        payloads of incoming webhook events past WEBHOOK_EVENT_PAYLOAD_DAYS."""
+        """Housekeeping that only needs doing now and then: drop the payloads of incoming
+        webhook events past WEBHOOK_EVENT_PAYLOAD_DAYS."""
         return await webhooks.expire_payloads(self.pool, self.settings.webhook_event_payload_days)
+
+    async def _sweep_hourly(self) -> None:
+        """`sweep` at start and then hourly, beside the claim loop: a first sweep through a
+        large backlog must not hold back the jobs."""
+        while True:
+            await self._guard(self.sweep())
+            await asyncio.sleep(SWEEP_EVERY_SECONDS)
