@@ -20,6 +20,7 @@ import httpcore
 import httpx
 
 from app.config import Settings
+from app.core.executors import BlockingPool
 from app.errors import Unprocessable
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,9 +38,19 @@ def _is_public(address: IpAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+# Webhook hosts are looked up in threads of their own. Anyone may register a name whose
+# DNS answers slowly (up to the resolver's own timeout, ~30 s); the event loop's
+# getaddrinfo runs in a small shared pool (the default executor, or libuv's four threads
+# under uvloop) that the database pool's new connections and the providers' clients wait
+# on too. Here a slow name holds one of these threads and delays only other lookups for
+# webhooks; an attempt still ends at its deadline (outgoing.Sender).
+DNS_THREADS = 4
+_resolver = BlockingPool(DNS_THREADS, "webhook-dns")
+
+
 async def lookup(host: str, port: int) -> list[str]:
     """The addresses DNS gives for `host` now (the system's resolver)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await _resolver.run(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
 
 
