@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import asyncpg
 import stripe
@@ -206,8 +206,8 @@ async def delete_customer_for_erasure(
     subscription of a deleted customer at once, so nothing goes on charging for an account
     that is gone (erasure deletes the row that names them, and a subscription the row never
     heard of is cancelled too), and what Stripe keeps about the person (email, payment
-    methods) goes; the payments stay in Stripe's records. Its open Checkout Sessions are
-    expired before that, so none of them can still be paid.
+    methods) goes; the payments stay in Stripe's records. Before that its Checkout Sessions
+    are closed (`_close_checkouts`).
 
     Stripe out of reach, or refusing: a 503 and the caller erases nothing (erasing again
     tries again). Billing not configured here: logged, and the erasure goes on, since no
@@ -230,30 +230,62 @@ async def delete_customer_for_erasure(
     return customer
 
 
-async def _expire_open_checkouts(client: stripe.StripeClient, customer: str) -> None:
-    """Expire the customer's open Checkout Sessions (every one Atelier makes names the
-    customer), so nobody pays for an account that is going: its payment would grant
-    nothing. Listed first, then expired, since an expired one leaves the `open` list the
-    pages walk. One that completed or expired meanwhile is past paying for already.
+async def _close_checkouts(client: stripe.StripeClient, customer: str) -> None:
+    """Stop what the customer's Checkout Sessions (every one Atelier makes names the
+    customer) could still charge for an account that is going, where a payment would
+    grant nothing:
+    - open ones are expired; one Stripe will not expire that is still open stops the
+      erasure (a 503), so erasing again tries again;
+    - completed ones whose money has not arrived (a voucher or a bank debit: `unpaid` until
+      it does) have their payment intent cancelled; one Stripe will not cancel any more
+      (already processing) is logged as an error, to refund when it arrives.
+    Each list is read whole before anything changes, since what changes leaves it.
 
-    Left open: a checkout begun between this list and the customer's deletion a moment
+    Left open: a checkout begun between these lists and the customer's deletion a moment
     later (one request of the same person racing their own erasure)."""
-    listed = await client.v1.checkout.sessions.list_async(
-        params={"customer": customer, "status": "open", "limit": 100}
-    )
-    found = [session.id async for session in listed.auto_paging_iter()]
-    for session_id in found:
+    for session in await _sessions(client, customer, "open"):
         try:
-            await client.v1.checkout.sessions.expire_async(session_id)
+            await client.v1.checkout.sessions.expire_async(session.id)
         except stripe.InvalidRequestError as exc:
-            log.info("Checkout Session %s was not expired: %s", session_id, exc)
-    if found:
-        log.info("customer %s: %d open Checkout Session(s) expired", customer, len(found))
+            now = await client.v1.checkout.sessions.retrieve_async(session.id)
+            if now.status == "open":
+                log.error("Stripe refused to expire Checkout Session %s: %s", session.id, exc)
+                raise ServiceUnavailable(
+                    "Stripe refused to expire an open checkout of the account "
+                    f"({exc.user_message or exc}); nothing was erased."
+                ) from exc
+            log.info("Checkout Session %s was %s before it could be expired", now.id, now.status)
+    for session in await _sessions(client, customer, "complete"):
+        intent = session.payment_intent
+        if session.payment_status != "unpaid" or not isinstance(intent, str):
+            continue
+        try:
+            await client.v1.payment_intents.cancel_async(intent)
+        except stripe.InvalidRequestError as exc:
+            log.error(
+                "customer %s is being erased, but Stripe did not cancel payment intent %s of "
+                "Checkout Session %s (%s): if it succeeds, refund it",
+                customer,
+                intent,
+                session.id,
+                exc.user_message or exc,
+            )
+        else:
+            log.info("customer %s: payment intent %s cancelled", customer, intent)
+
+
+async def _sessions(
+    client: stripe.StripeClient, customer: str, status: Literal["open", "complete"]
+) -> list[stripe.checkout.Session]:
+    listed = await client.v1.checkout.sessions.list_async(
+        params={"customer": customer, "status": status, "limit": 100}
+    )
+    return [session async for session in listed.auto_paging_iter()]
 
 
 async def _delete_customer(client: stripe.StripeClient, customer: str) -> None:
     try:
-        await _expire_open_checkouts(client, customer)
+        await _close_checkouts(client, customer)
         await client.v1.customers.delete_async(customer)
     except stripe.InvalidRequestError as exc:
         if exc.code == "resource_missing":  # deleted already

@@ -145,6 +145,7 @@ class Worker:
             if self._gathering is not None:
                 self._gathering.cancel()
             sweeps.cancel()
+            await asyncio.gather(sweeps, return_exceptions=True)
             await self._drain()
             leases.cancel()
             log.info("worker %s stopped", self.worker_id)

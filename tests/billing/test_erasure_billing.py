@@ -25,7 +25,7 @@ from tests.billing.test_stripe_webhooks import (
     subscribed,
 )
 from tests.fakes.running import running_settings
-from tests.fakes.stripe_api import SECRET_KEY, SessionClosed, StripeApiServer
+from tests.fakes.stripe_api import SECRET_KEY, StripeApiServer
 from tests.gallery.test_page_plans import generic_plan
 from tests.identity.test_clerk_webhooks import SECRET, clerk_user
 from tests.identity.test_clerk_webhooks import deliver as clerk_deliver
@@ -95,17 +95,24 @@ async def test_erasing_an_account_deletes_its_stripe_customer_which_ends_every_s
     assert customer_deletions(stripe_api, customer) == 1
 
 
-async def test_erasure_expires_the_accounts_open_checkouts_so_none_can_be_paid(
+async def test_erasure_closes_the_accounts_checkouts_and_no_one_elses(
     client: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two checkouts left open in the app and 101 more for the customer (more than one page
-    of Stripe's list) are expired before the customer goes; a paid one stays as it was."""
+    of Stripe's list) are expired; of two paid with a delayed method (`unpaid` until the
+    money arrives) the one still waiting for the buyer is cancelled and the one already
+    processing is logged to refund; a paid one and another user's open one stay as they
+    were."""
     user = "user_erased_open_checkouts"
     headers = auth_headers(user)
     paid = stripe_api.pay(await checkout(client, headers))
+    waiting = stripe_api.pay_later(await checkout(client, headers))
+    processing = stripe_api.pay_later(await checkout(client, headers), status="processing")
     pack, pro = await checkout(client, headers), await checkout(client, headers, "pro")
+    someone_elses = await checkout(client, auth_headers("user_not_erased"))
     customer = paid["customer"]
     async with httpx.AsyncClient(
         base_url=stripe_api.url, headers={"Authorization": f"Bearer {SECRET_KEY}"}
@@ -121,17 +128,52 @@ async def test_erasure_expires_the_accounts_open_checkouts_so_none_can_be_paid(
                 },
             )
             assert made.status_code == 200, made.text
-    others = [s for s in stripe_api.sessions if s not in (paid["id"], pack, pro)]
+    before = {s["id"] for s in (paid, waiting, processing)} | {pack, pro, someone_elses}
+    others = [s for s in stripe_api.sessions if s not in before]
     assert len(others) == 101
 
     assert (await client.delete("/v1/me", headers=headers)).status_code == 204
     for session_id in (pack, pro, *others):
         assert stripe_api.sessions[session_id]["status"] == "expired", session_id
-        with pytest.raises(SessionClosed):
-            stripe_api.pay(session_id)
+    assert stripe_api.sessions[someone_elses]["status"] == "open"
     assert stripe_api.sessions[paid["id"]]["status"] == "complete"
-    assert len(stripe_api.requests_to("GET", "/v1/checkout/sessions")) == 2  # two pages
+    intents = stripe_api.payment_intents
+    assert intents[waiting["payment_intent"]]["status"] == "canceled"
+    assert intents[processing["payment_intent"]]["status"] == "processing"
+    assert any(
+        r.levelname == "ERROR" and processing["payment_intent"] in r.getMessage()
+        for r in caplog.records
+    )
+    listed = stripe_api.requests_to("GET", "/v1/checkout/sessions")
+    assert [(q["customer"], q["status"]) for q in listed] == [
+        (customer, "open"),
+        (customer, "open"),  # the second page
+        (customer, "complete"),
+    ]
     assert stripe_api.customers[customer].get("deleted") is True
+
+
+async def test_a_checkout_stripe_will_not_expire_stops_the_erasure(
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+) -> None:
+    user = "user_erased_unexpired"
+    headers = auth_headers(user)
+    session_id = await checkout(client, headers)
+    customer = stripe_api.sessions[session_id]["customer"]
+    stripe_api.fail_with(400, f"/v1/checkout/sessions/{session_id}/expire")
+    refused = await client.delete("/v1/me", headers=headers)
+    stripe_api.fail_with(None)
+    assert "expire an open checkout" in assert_problem(refused, 503)["detail"]
+    row = await users_row(db, user)
+    assert row is not None and row["erased_at"] is None
+    assert stripe_api.sessions[session_id]["status"] == "open"
+    assert not stripe_api.customers[customer].get("deleted")
+
+    assert (await client.delete("/v1/me", headers=headers)).status_code == 204
+    assert stripe_api.sessions[session_id]["status"] == "expired"
 
 
 @pytest.mark.parametrize(

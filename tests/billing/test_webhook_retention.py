@@ -134,8 +134,11 @@ async def test_the_sweep_reads_only_events_that_still_hold_a_payload(
     db: asyncpg.Connection,
 ) -> None:
     """The statement the sweep sends, planned generically as asyncpg's prepared statement
-    ends up, finds its rows by migration 20261201000000's index (sequential scans off: the
-    table is small here)."""
+    ends up, finds its rows by migration 20261201000000's index and changes them by their
+    ctid (sequential scans off: the table is small here)."""
     await db.execute("SET enable_seqscan = off")
     _, plan = await generic_plan(db, webhook_events.expire_payloads(db, 30, 1000))
+    scan = [p for p in plan["Plans"] if p["Parent Relationship"] == "Outer"]
+    assert [p["Node Type"] for p in scan] == ["Tid Scan"], plan
     assert "webhook_events_payload_kept_idx" in json.dumps(plan), plan
+    assert "Seq Scan" not in json.dumps(plan), plan

@@ -8,7 +8,7 @@ answer with `Idempotent-Replayed: true`; other parameters are an `idempotency_er
 
 Endpoints: customers (create, retrieve, delete, which cancels their subscriptions),
 checkout sessions (create, retrieve, list by payment_intent, customer and status, expire),
-billing portal sessions (create), subscriptions (retrieve).
+payment intents (cancel), billing portal sessions (create), subscriptions (retrieve).
 
 What Stripe does on its side (a buyer pays, a subscription renews, a charge is refunded) is
 driven by the test through methods that change the stand-in's objects and return them, and
@@ -35,6 +35,10 @@ SECRET_KEY = "sk_test_atelier_stripe_fake"
 WEBHOOK_SECRET = "whsec_atelier_test_secret"
 API_VERSION = "2026-10-28.endive"
 PERIOD_SECONDS = 30 * 24 * 3600
+# The statuses a PaymentIntent can be cancelled in.
+CANCELABLE = frozenset(
+    {"requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"}
+)
 # What GET /v1/checkout/sessions filters by, of what Stripe offers.
 FILTERS = ("payment_intent", "customer", "status")
 
@@ -107,10 +111,12 @@ class StripeApiServer:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        self.payment_intents: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self._idempotent: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = {}
         self._key_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._fail_status: int | None = None
+        self._fail_prefix = ""
         self._delay = 0.0
         server = self
 
@@ -140,10 +146,12 @@ class StripeApiServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def fail_with(self, status: int | None) -> None:
-        """Answer every API request with this status, as an outage would (None: recover)."""
+    def fail_with(self, status: int | None, path_prefix: str = "") -> None:
+        """Answer every API request (under `path_prefix`) with this status, as an outage
+        would (None: recover)."""
         with self._lock:
             self._fail_status = status
+            self._fail_prefix = path_prefix
 
     def hold_requests(self, seconds: float) -> None:
         """Take `seconds` over each request (to let concurrent requests overlap)."""
@@ -179,7 +187,7 @@ class StripeApiServer:
         headers: dict[str, str] = {"Request-Id": f"req_{secrets.token_hex(7)}"}
         with self._lock:
             self.requests.append((method, parts.path, params))
-            fail = self._fail_status
+            fail = self._fail_status if parts.path.startswith(self._fail_prefix) else None
         try:
             if fail is not None:
                 raise StripeError(fail, "api_error", "The stand-in is having an outage.")
@@ -253,6 +261,10 @@ class StripeApiServer:
                 return self._list_sessions(params)
             if (method, path) == ("POST", "/v1/billing_portal/sessions"):
                 return self._create_portal_session(params)
+            if method == "POST" and path.startswith("/v1/payment_intents/"):
+                intent_id, _, action = path.removeprefix("/v1/payment_intents/").partition("/")
+                if action == "cancel":
+                    return self._cancel_payment_intent(intent_id)
             if method == "POST" and path.startswith("/v1/checkout/sessions/"):
                 session_id, _, action = path.removeprefix("/v1/checkout/sessions/").partition("/")
                 if action == "expire":
@@ -402,6 +414,40 @@ class StripeApiServer:
         }
 
     # -- what happens at Stripe: driven by the test --------------------------------------
+
+    def pay_later(self, session_id: str, status: str = "requires_action") -> dict[str, Any]:
+        """The buyer chooses a delayed payment method (a voucher, a bank debit): the session
+        completes `unpaid`, its payment intent in `status` until the money arrives."""
+        with self._lock:
+            session = self._payable(session_id)
+            payment_intent = self._new_id("pi")
+            self.payment_intents[payment_intent] = {
+                "id": payment_intent,
+                "object": "payment_intent",
+                "amount": session["amount_total"],
+                "customer": session["customer"],
+                "status": status,
+            }
+            session.update(
+                status="complete", payment_status="unpaid", payment_intent=payment_intent
+            )
+            return {k: v for k, v in session.items() if not k.startswith("_")}
+
+    def _cancel_payment_intent(self, intent_id: str) -> dict[str, Any]:
+        """POST /v1/payment_intents/{id}/cancel: as Stripe, only before it is processing."""
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise _missing("payment_intent", intent_id)
+        if intent["status"] not in CANCELABLE:
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "You cannot cancel this PaymentIntent because it has a status of "
+                f"{intent['status']}.",
+                code="payment_intent_unexpected_state",
+            )
+        intent["status"] = "canceled"
+        return dict(intent)
 
     def pay(self, session_id: str) -> dict[str, Any]:
         """The buyer pays a credit pack: the session completes, paid, with a payment intent
