@@ -63,6 +63,15 @@ async def lock(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
     )
 
 
+async def hold(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+    """The user's row, held against an erasure (which takes `lock`) until the caller's
+    transaction ends, as a write to the row would hold it; waits for an erasure under way,
+    then reads what it committed."""
+    return await conn.fetchrow(
+        "SELECT id, erased_at FROM users WHERE id = $1 FOR NO KEY UPDATE", user_id
+    )
+
+
 async def insert_tombstone(conn: asyncpg.Connection, user_id: str, email: str) -> bool:
     """Take the id for an erased user who has no row yet; False when a row exists."""
     status = await conn.execute(

@@ -289,7 +289,10 @@ class StripeEvents:
 
 
 async def _erased(conn: asyncpg.Connection, user_id: str) -> bool:
-    row = await users_db.get(conn, user_id)
+    """Whether the account is erased, its row held until the event's transaction ends: an
+    erasure under way is waited for (the subscription's end its deletion of the customer
+    causes can arrive while it runs), and none can start before what the event writes."""
+    row = await users_db.hold(conn, user_id)
     return row is not None and row["erased_at"] is not None
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.db import webhook_events
+from app.services import accounts
 from tests.billing.conftest import billing_changes, deliver
 from tests.billing.test_stripe_webhooks import (
     balance,
@@ -413,3 +414,50 @@ async def test_a_customer_made_while_the_account_is_erased_stops_the_erasure(
     assert await users_row(db, user) == before
     assert (await client.delete("/v1/me", headers=headers)).status_code == 204
     assert customer_deletions(stripe_api, "cus_made_meanwhile") == 1
+
+
+async def test_the_subscriptions_end_arriving_during_the_erasure_waits_for_it_and_is_ignored(
+    client: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleting the customer makes Stripe send `customer.subscription.deleted` at once, and
+    it may arrive while the erasure's transaction runs: it waits for that transaction (the
+    user's row is locked) and then finds the account erased, a 200, rather than a write
+    refused for an erased id (a 500 until Stripe's retry)."""
+    user = "user_erased_event_racing"
+    headers = auth_headers(user)
+    subscription = await subscribed_row(client, stripe_api, headers)
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    check = accounts._no_new_customer
+
+    async def paused(*args: Any) -> None:  # inside the erasure's transaction, row locked
+        await check(*args)
+        inside.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(accounts, "_no_new_customer", paused)
+    erasing = asyncio.create_task(client.delete("/v1/me", headers=headers))
+    await asyncio.wait_for(inside.wait(), 30)
+    ended = stripe_api.event(
+        "customer.subscription.deleted", stripe_api.subscriptions[subscription["id"]]
+    )
+    delivering = asyncio.create_task(deliver(client, ended))
+
+    async def waiting_on_a_lock() -> bool:
+        return bool(
+            await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+
+    await wait_until(waiting_on_a_lock, "the event to wait for the erasure's transaction")
+    go_on.set()
+    assert (await erasing).status_code == 204
+    answer = await delivering
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outcome"] == "processed"
+    assert await db.fetchval("SELECT count(*) FROM subscriptions WHERE user_id = $1", user) == 0
