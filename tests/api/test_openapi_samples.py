@@ -12,8 +12,6 @@ tests/api/test_contract.py reads its events over loopback.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +35,7 @@ from app.schemas.api_keys import API_KEY_EXAMPLE
 from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
+from app.services import webhook_urls
 from tests.billing.conftest import billing_changes
 from tests.fakes.running import running_settings
 from tests.fakes.stripe_api import StripeApiServer
@@ -175,15 +174,12 @@ def _in_order(requests: list[SampleRequest]) -> list[SampleRequest]:
 async def offline_example_com(monkeypatch: pytest.MonkeyPatch) -> None:
     """example.com (the endpoint URL of the docs) resolves to its public address, as it does
     online: this machine has no DNS. Nothing is sent to it (no job ends during the replay)."""
-    loop = asyncio.get_running_loop()
-    resolve = loop.getaddrinfo
+    resolve = webhook_urls.lookup
 
-    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == "example.com":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
-        return await resolve(host, port, *args, **kwargs)
+    async def lookup(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"] if host == "example.com" else await resolve(host, port)
 
-    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(webhook_urls, "lookup", lookup)
 
 
 async def test_every_sample_request_succeeds_against_a_seeded_app(
