@@ -21,7 +21,7 @@ from starlette.routing import compile_path
 
 from app.core import messages
 from app.headers import security_headers
-from app.observability import REQUEST_ID_SCOPE_KEY
+from app.observability import REQUEST_ID_SCOPE_KEY, carried_headers
 
 log = logging.getLogger("atelier.errors")
 
@@ -197,6 +197,9 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    carried = carried_headers.get()
+    if carried:  # e.g. a 402 after the request was counted: the caller's RateLimit-* too
+        headers = {**carried, **(headers or {})}
     return JSONResponse(body, status_code=body["status"], headers=headers, media_type=PROBLEM_JSON)
 
 

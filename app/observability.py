@@ -26,6 +26,13 @@ from app.headers import first_header
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+# Headers every answer to the current request carries once they are known, problems
+# included (errors.problem_response): the caller's RateLimit-* fields once the request was
+# counted (rate_limits). A fresh dict per request, filled in place, so code running in a
+# copy of the request's context fills the same one.
+carried_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "carried_headers", default=None
+)
 # Where the request id also lives, for code that runs after the middleware's context is gone
 # (Starlette's 500 handler).
 REQUEST_ID_SCOPE_KEY = "atelier.request_id"
@@ -319,6 +326,7 @@ class RequestContextMiddleware:
         callbacks: list[Callable[[], Awaitable[None]]] = []
         scope[AFTER_RESPONSE_SCOPE_KEY] = callbacks
         token = request_id_var.set(request_id)
+        carried = carried_headers.set({})
         started = time.perf_counter()
         status = 500
 
@@ -348,6 +356,7 @@ class RequestContextMiddleware:
             finally:  # a cancellation that reaches the clean-up still gets its line
                 self._record(scope, status, time.perf_counter() - started)
                 request_id_var.reset(token)
+                carried_headers.reset(carried)
 
     async def _after_response(self, callbacks: list[Callable[[], Awaitable[None]]]) -> None:
         while callbacks:

@@ -189,6 +189,14 @@ def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def with_headers(
+    entries: dict[int | str, dict[str, Any]], headers: dict[str, dict[str, Any]]
+) -> dict[int | str, dict[str, Any]]:
+    """`entries` (errors.responses(...)) whose answers may carry `headers` too: problems
+    that come after a request was counted carry its RateLimit-* fields."""
+    return {status: {**entry, "headers": headers} for status, entry in entries.items()}
+
+
 def sse_events(description: str, *models: type[BaseModel]) -> dict[str, Any]:
     """The 200 response of a server-sent event stream whose events are `models` (each with
     `event`, maybe `id`, and `data` given parsed), as OpenAPI 3.2's `itemSchema` says."""

@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import ANY_OPERATION, NotFound, responses
-from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, sse_events
+from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, sse_events, with_headers
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import JobEvent
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
@@ -61,7 +61,8 @@ _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
             "headers": _JOB_HEADERS,
         },
         202: {"headers": _JOB_HEADERS},
-        **responses(400, 402, 404, 409, 422),
+        **responses(400),
+        **with_headers(responses(402, 404, 409, 422), _RATE_LIMIT_HEADERS),
         **_RATE_LIMITED,
     },
 )
@@ -183,7 +184,12 @@ async def stream_job_events(
     operation_id="create_upload",
     status_code=201,
     response_model=Upload,
-    responses={201: {"headers": _RATE_LIMIT_HEADERS}, **responses(413, 422), **_RATE_LIMITED},
+    responses={
+        201: {"headers": _RATE_LIMIT_HEADERS},
+        **responses(413),
+        **with_headers(responses(422), _RATE_LIMIT_HEADERS),
+        **_RATE_LIMITED,
+    },
     dependencies=[Depends(rate_limited("uploads"))],
 )
 async def create_upload(

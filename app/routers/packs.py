@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
 from app.errors import ANY_OPERATION, responses
-from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs
+from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, with_headers
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
@@ -145,7 +145,8 @@ async def remove_pack_icon(
             "headers": _SET_HEADERS,
         },
         202: {"description": "Charged and queued: one job per prompt", "headers": _SET_HEADERS},
-        **responses(400, 402, 404, 422),
+        **responses(400),
+        **with_headers(responses(402, 404, 422), _RATE_LIMIT_HEADERS),
         **_SET_RATE_LIMITED,
     },
 )

@@ -31,6 +31,7 @@ from limits.errors import StorageError
 
 from app.config import Settings
 from app.errors import TooManyRequests, Unprocessable
+from app.observability import carried_headers
 
 log = logging.getLogger("atelier.rate_limits")
 
@@ -158,6 +159,9 @@ class RateLimiter:
             reset_seconds=max(0, math.ceil(stats.reset_time - time.time())),
             window_seconds=item.get_expiry(),
         )
+        carried = carried_headers.get()
+        if carried is not None:  # every answer from now on says where the caller stands
+            carried.update(quota.headers())
         if not allowed:
             raise RateLimited(scope, item, quota)
         return quota

@@ -3696,6 +3696,14 @@ export interface operations {
             /** @description Not enough credits (`balance` and `cost` say by how much) */
             402: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3705,6 +3713,14 @@ export interface operations {
             /** @description Not found, or not yours */
             404: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3714,6 +3730,14 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3732,6 +3756,14 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4097,6 +4129,14 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5956,6 +5996,14 @@ export interface operations {
             /** @description Not enough credits (`balance` and `cost` say by how much) */
             402: {
                 headers: {
+                    /** @description Generations allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Generations left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted generation leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5965,6 +6013,14 @@ export interface operations {
             /** @description Not found, or not yours */
             404: {
                 headers: {
+                    /** @description Generations allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Generations left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted generation leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5983,6 +6039,14 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
+                    /** @description Generations allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Generations left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted generation leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
