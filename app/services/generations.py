@@ -29,7 +29,7 @@ from app.services.users import User, Users
 
 TERMINAL = frozenset({"completed", "failed"})
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d{1,4})(?:$|[,;\s])")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)(?:$|[,;\s])")
 
 
 class Context(Protocol):

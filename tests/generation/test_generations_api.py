@@ -212,10 +212,12 @@ async def test_prefer_wait_answers_200_with_the_finished_job_and_a_fetchable_ima
     assert decode(fetched.content).size == (512, 512)
 
 
+@pytest.mark.parametrize("asked", ["600", "99999999999999999999"])
 async def test_prefer_wait_over_the_maximum_is_capped(
-    client: httpx.AsyncClient, auth_headers: Headers
+    client: httpx.AsyncClient, auth_headers: Headers, asked: str
 ) -> None:
-    response = await generate(client, {**auth_headers(ALICE), "Prefer": "respond-async, wait=600"})
+    prefer = f"respond-async, wait={asked}"
+    response = await generate(client, {**auth_headers(ALICE), "Prefer": prefer})
 
     assert response.status_code == 200, response.text
     assert response.headers["preference-applied"] == "wait=60"
