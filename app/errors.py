@@ -266,6 +266,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405:
         body["detail"] = f"{request.method} is not allowed here."
         headers["Allow"] = allowed_methods(request)
+    elif exc.status_code == 404 and detail == "Not Found":  # no route matched
+        body["detail"] = "There is nothing at this path; see /openapi.json."
     return problem_response(body, headers or None)
 
 

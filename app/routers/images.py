@@ -74,9 +74,14 @@ KEEPALIVE_SECONDS = 15.0
 _RESYNC_FRAME = format_sse_event(event="resync", data_str="{}")
 
 
+def _compact(data: dict[str, object]) -> str:
+    """JSON as the other events' data is written (pydantic's): no spaces."""
+    return json.dumps(data, separators=(",", ":"))
+
+
 def _shared_frame(event: Event, name: str, data: dict[str, object]) -> bytes:
     """The frame every stream sends for `event`: encoded once, on the event."""
-    return event.once(name, lambda: format_sse_event(event=name, data_str=json.dumps(data)))
+    return event.once(name, lambda: format_sse_event(event=name, data_str=_compact(data)))
 
 
 async def _feed_frame(svc: Services, event: dict[str, Any], viewer: str) -> bytes | None:
@@ -113,7 +118,7 @@ async def _feed_stream(
         # An id on `ready` too: a client that reconnects after seeing only `likes` or
         # `removed` (which carry none) still sends Last-Event-ID, and so learns to resync.
         yield format_sse_event(
-            event="ready", data_str=json.dumps({"user_id": user_id}), id=f"ready-{uuid4()}"
+            event="ready", data_str=_compact({"user_id": user_id}), id=f"ready-{uuid4()}"
         )
         if last_event_id is not None:
             yield _RESYNC_FRAME

@@ -209,7 +209,10 @@ class PackUpdate(BaseModel):
         default=None, json_schema_extra=without_default
     )
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = None
-    cover_image_id: UUID | None = None
+    cover_image_id: UUID | None = Field(
+        default=None,
+        description="Any of the caller's images, in the pack or not (another user's is a 404).",
+    )
 
 
 class Pack(BaseModel):

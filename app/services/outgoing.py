@@ -36,6 +36,8 @@ log = logging.getLogger("atelier.outgoing")
 RETRY_SCHEDULE: tuple[float, ...] = (5, 30, 120, 600, 3600, 4 * 3600, 8 * 3600, 10 * 3600)
 BATCH = 20
 MAX_ERROR_LENGTH = 500
+# What a receiver sees the deliveries come from (a firewall rule or a log filter can match it).
+USER_AGENT = "Atelier-Webhooks/1.0"
 
 
 def retry_in(attempts_before: int) -> float | None:
@@ -69,6 +71,7 @@ class Sender:
                         timeout=self._settings.webhook_timeout_seconds,
                         follow_redirects=False,
                         transport=webhook_urls.CheckedTransport(self._settings),
+                        headers={"User-Agent": USER_AGENT},
                     )
                 )
             while not stop.is_set():

@@ -71,6 +71,7 @@ async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None
     for path in ("/nope", "/v1/nope", "/v1/me/extra"):
         body = assert_problem(await client.get(path), 404)
         assert body["title"] == "Not found"
+        assert body["detail"] == "There is nothing at this path; see /openapi.json."
 
 
 async def test_unknown_route_asking_for_html_still_gets_problem_json(

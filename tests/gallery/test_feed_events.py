@@ -419,7 +419,7 @@ async def test_a_thousand_clients_connecting_and_leaving_keep_memory_and_connect
             assert liked.status_code == 200, liked.text
             async with asyncio.timeout(DEADLINE_SECONDS):
                 await asyncio.gather(*(c.read_until(b"event: likes") for c in clients))
-            expected = f'"likes_count": {wave + 1}}}'.encode()
+            expected = f'"likes_count":{wave + 1}}}'.encode()
             assert all(expected in c.received for c in clients), clients[0].received[-400:]
 
             await asyncio.gather(*(c.close() for c in clients))

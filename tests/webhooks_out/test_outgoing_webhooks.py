@@ -112,6 +112,7 @@ async def test_a_completed_job_is_delivered_signed_with_the_job_as_get_shows_it(
             assert sent_url.split("?")[0] == shown_url.split("?")[0]
             assert payload["data"] == shown
             assert message.headers["webhook-id"]
+            assert message.headers["user-agent"] == outgoing.USER_AGENT
             listed = await deliveries(client, alice, endpoint["id"])
             assert [(d["type"], d["status"]) for d in listed] == [("job.completed", "delivered")]
             assert [a["status_code"] for a in listed[0]["attempts"]] == [200]

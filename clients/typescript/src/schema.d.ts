@@ -2004,7 +2004,10 @@ export interface components {
             name?: string;
             /** Style Prompt */
             style_prompt?: string | null;
-            /** Cover Image Id */
+            /**
+             * Cover Image Id
+             * @description Any of the caller's images, in the pack or not (another user's is a 404).
+             */
             cover_image_id?: string | null;
         };
         /**
