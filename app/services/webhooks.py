@@ -16,6 +16,7 @@ Verifying the signature is the route's job (a dependency), before anything is st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,6 +137,19 @@ async def replay(
 
 # Rows one statement of the sweep changes: each batch is a short transaction of its own.
 EXPIRE_BATCH = 1000
+SWEEP_EVERY_SECONDS = 3600.0
+
+
+async def expire_payloads_hourly(pool: asyncpg.Pool, days: int) -> None:
+    """`expire_payloads` at once and then hourly, for ever: the worker runs it in a task
+    beside its claim loop, so a first sweep through a large backlog holds no job back. A
+    failure is logged; the next hour tries again."""
+    while True:
+        try:
+            await expire_payloads(pool, days)
+        except Exception:
+            log.exception("dropping old webhook payloads failed; trying again in an hour")
+        await asyncio.sleep(SWEEP_EVERY_SECONDS)
 
 
 async def expire_payloads(pool: asyncpg.Pool, days: int) -> int:
@@ -149,7 +163,9 @@ async def expire_payloads(pool: asyncpg.Pool, days: int) -> int:
         async with pool.acquire() as conn:
             done = await webhook_events.expire_payloads(conn, days, EXPIRE_BATCH)
         total += done
-        if done < EXPIRE_BATCH:
+        # Until a batch finds nothing: one can change fewer than it picked (a row updated
+        # meanwhile is locked at a version the statement does not see), and more may be left.
+        if done == 0:
             break
     if total:
         log.info(

@@ -53,8 +53,6 @@ CLAIM_GATHER_SECONDS = 0.005
 # already: 1,000 answers arriving together (bench/inflight_memory) started 1,000 of those
 # hand-offs in a few loop turns.
 STORING_AT_ONCE = 16
-# How often a worker runs `sweep`.
-SWEEP_EVERY_SECONDS = 3600.0
 
 
 def new_worker_id() -> str:
@@ -109,7 +107,10 @@ class Worker:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
-        sweeps = asyncio.create_task(self._sweep_hourly(), name=f"sweeps {self.worker_id}")
+        sweeps = asyncio.create_task(
+            webhooks.expire_payloads_hourly(self.pool, self.settings.webhook_event_payload_days),
+            name=f"sweeps {self.worker_id}",
+        )
         next_reap = 0.0
         log.info("worker %s started", self.worker_id)
         reap_every = max(1.0, self.settings.job_lease_seconds / 4)
@@ -390,15 +391,3 @@ class Worker:
     async def reap(self) -> int:
         """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
         return await jobs.reap(self.pool, self.settings.max_attempts)
-
-    async def sweep(self) -> int:
-        """Housekeeping that only needs doing now and then: drop the payloads of incoming
-        webhook events past WEBHOOK_EVENT_PAYLOAD_DAYS."""
-        return await webhooks.expire_payloads(self.pool, self.settings.webhook_event_payload_days)
-
-    async def _sweep_hourly(self) -> None:
-        """`sweep` at start and then hourly, beside the claim loop: a first sweep through a
-        large backlog must not hold back the jobs."""
-        while True:
-            await self._guard(self.sweep())
-            await asyncio.sleep(SWEEP_EVERY_SECONDS)
