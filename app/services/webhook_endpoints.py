@@ -5,6 +5,7 @@ The URL is checked (app.services.webhook_urls, a DNS lookup) before a connection
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import uuid
@@ -34,7 +35,11 @@ def new_secret() -> str:
 async def create(
     pool: asyncpg.Pool, settings: Settings, user: User, body: WebhookEndpointCreate
 ) -> WebhookEndpointWithSecret:
-    await webhook_urls.check(body.url, settings)
+    try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
+        async with asyncio.timeout(settings.webhook_timeout_seconds):
+            await webhook_urls.check(body.url, settings)
+    except TimeoutError:
+        raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
     secret = new_secret()
     events: list[str] = sorted(set(body.events))
     async with pool.acquire() as conn:

@@ -11,6 +11,7 @@ check always applies."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ import httpcore
 import httpx
 
 from app.config import Settings
-from app.core.executors import BlockingPool
+from app.core.executors import DaemonPool
 from app.errors import Unprocessable
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,16 +43,37 @@ def _is_public(address: IpAddress) -> bool:
 # DNS answers slowly (up to the resolver's own timeout, ~30 s); the event loop's
 # getaddrinfo runs in a small shared pool (the default executor, or libuv's four threads
 # under uvloop) that the database pool's new connections and the providers' clients wait
-# on too. Here a slow name holds one of these threads and delays only other lookups for
-# webhooks; an attempt still ends at its deadline (outgoing.Sender).
-DNS_THREADS = 4
-_resolver = BlockingPool(DNS_THREADS, "webhook-dns")
+# on too. Here a slow name holds one of these threads, one however many deliveries wait
+# for it (lookups of one name at one time are shared), and delays only other webhooks'
+# lookups; an attempt still ends at its deadline (outgoing.Sender). Daemon threads: a
+# lookup still hanging never holds up the process's exit.
+DNS_THREADS = 8
+_resolver = DaemonPool(DNS_THREADS, "webhook-dns")
+_in_flight: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
 
 
 async def lookup(host: str, port: int) -> list[str]:
     """The addresses DNS gives for `host` now (the system's resolver)."""
-    infos = await _resolver.run(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    key = (host, port)
+    shared = _in_flight.get(key)
+    if shared is None or shared.get_loop() is not asyncio.get_running_loop():
+        shared = asyncio.ensure_future(_resolver.run(_getaddrinfo, host, port))
+        _in_flight[key] = shared
+        shared.add_done_callback(functools.partial(_landed, key))
+    # A caller that gives up (its deadline) leaves the lookup to the others waiting for it.
+    return await asyncio.shield(shared)
+
+
+def _getaddrinfo(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+def _landed(key: tuple[str, int], done: asyncio.Future[list[str]]) -> None:
+    if _in_flight.get(key) is done:
+        del _in_flight[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: every caller may have given up before it came
 
 
 async def _addresses(host: str, port: int) -> list[IpAddress]:

@@ -1,44 +1,104 @@
 """A webhook host whose DNS answers slowly (anyone can register one) holds threads of the
 sender's own resolver pool, never the event loop's getaddrinfo, which the database pool's
-new connections and the providers' clients wait on."""
+new connections and the providers' clients wait on; lookups of one name at one time share
+one thread; a registration does not wait for the resolver's own timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from app.config import Settings
 from app.services import webhook_urls
+from tests.fakes.running import running_settings
+from tests.support.problems import assert_problem
 
-SLOW = "slow-dns.hooks.test"
+SLOW = ".slow-dns.hooks.test"
+
+
+class HangingResolver:
+    """socket.getaddrinfo, except that names ending in SLOW hang until `release` (then
+    fail as a resolver timeout does), each lookup noted with the thread it ran in."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.asked: list[tuple[str, threading.Thread]] = []
+        self._resolve = socket.getaddrinfo
+
+    def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(SLOW):
+            self.asked.append((host, threading.current_thread()))
+            self.release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return self._resolve(host, *args, **kwargs)
+
+
+@pytest.fixture
+def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingResolver]:
+    resolver = HangingResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    try:
+        yield resolver
+    finally:
+        resolver.release.set()
 
 
 async def test_slow_webhook_lookups_leave_the_loops_resolver_free(
-    monkeypatch: pytest.MonkeyPatch,
+    hanging: HangingResolver,
 ) -> None:
-    """Sixteen lookups of a name whose resolver hangs (more than the loop's default
-    executor has threads): the loop still resolves another name at once."""
-    release = threading.Event()
-    resolve = socket.getaddrinfo
-
-    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == SLOW:
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return resolve(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolver)
-    stuck = [asyncio.create_task(webhook_urls.lookup(SLOW, 443)) for _ in range(16)]
+    """Sixteen names whose resolver hangs (more than the loop's default executor has
+    threads on a small machine): each hangs in a daemon thread of the webhook pool, which
+    never holds up the process's exit, and the loop still resolves another name at once."""
+    stuck = [asyncio.create_task(webhook_urls.lookup(f"n{n}{SLOW}", 443)) for n in range(16)]
     try:
         await asyncio.sleep(0.1)  # the lookups have taken their threads
         loop = asyncio.get_running_loop()
         found = await asyncio.wait_for(loop.getaddrinfo("localhost", 5432), 5)
         assert found
         assert not any(task.done() for task in stuck)
+        assert hanging.asked, "no lookup started"
+        for _, thread in hanging.asked:
+            assert thread.name.startswith("webhook-dns") and thread.daemon, thread
     finally:
-        release.set()
+        hanging.release.set()
         ended = await asyncio.gather(*stuck, return_exceptions=True)
     assert all(isinstance(result, socket.gaierror) for result in ended), ended
+
+
+async def test_lookups_of_one_name_at_one_time_share_one_thread(
+    hanging: HangingResolver,
+) -> None:
+    """Ten deliveries due for one hanging name ask the resolver once; one that gives up
+    (its attempt's deadline) leaves the lookup to the others."""
+    name = f"shared{SLOW}"
+    waiting = [asyncio.create_task(webhook_urls.lookup(name, 443)) for _ in range(10)]
+    await asyncio.sleep(0.1)
+    waiting[0].cancel()
+    hanging.release.set()
+    ended = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(ended[0], asyncio.CancelledError)
+    assert all(isinstance(result, socket.gaierror) for result in ended[1:]), ended
+    assert [host for host, _ in hanging.asked] == [name]
+
+
+async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
+    hanging: HangingResolver,
+    make_settings: Callable[..., Settings],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
+    async with running_settings(settings) as client:
+        answer = await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": f"https://hook{SLOW}/in", "events": ["job.completed"]},
+            headers=auth_headers("user_dns_hangs"),
+        )
+        body = assert_problem(answer, 422)
+        assert body["detail"] == "The host did not resolve in time."
+        listed = await client.get("/v1/webhook-endpoints", headers=auth_headers("user_dns_hangs"))
+        assert listed.json()["items"] == []
