@@ -62,7 +62,7 @@ _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
         },
         202: {"headers": _JOB_HEADERS},
         **responses(400),
-        **with_headers(responses(402, 404, 409, 422), _RATE_LIMIT_HEADERS),
+        **with_headers(responses(401, 402, 404, 409, 422, 503), _RATE_LIMIT_HEADERS),
         **_RATE_LIMITED,
     },
 )
@@ -187,7 +187,7 @@ async def stream_job_events(
     responses={
         201: {"headers": _RATE_LIMIT_HEADERS},
         **responses(413),
-        **with_headers(responses(422), _RATE_LIMIT_HEADERS),
+        **with_headers(responses(401, 422, 503), _RATE_LIMIT_HEADERS),
         **_RATE_LIMITED,
     },
     dependencies=[Depends(rate_limited("uploads"))],

@@ -146,7 +146,7 @@ async def remove_pack_icon(
         },
         202: {"description": "Charged and queued: one job per prompt", "headers": _SET_HEADERS},
         **responses(400),
-        **with_headers(responses(402, 404, 422), _RATE_LIMIT_HEADERS),
+        **with_headers(responses(401, 402, 404, 422, 503), _RATE_LIMIT_HEADERS),
         **_SET_RATE_LIMITED,
     },
 )

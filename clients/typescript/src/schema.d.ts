@@ -3690,6 +3690,14 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3804,6 +3812,14 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4114,6 +4130,14 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4177,6 +4201,14 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5990,6 +6022,14 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description Generations allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Generations left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted generation leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6087,6 +6127,14 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
+                    /** @description Generations allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Generations left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted generation leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
