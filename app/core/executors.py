@@ -80,9 +80,9 @@ class DaemonPool:
             if future.cancelled():  # a read of its state only: its caller has moved on
                 continue
             try:
-                outcome: tuple[Any, Exception | None] = (call(), None)
-            except Exception as exc:  # the caller's to handle
-                outcome = (None, exc)
+                outcome: tuple[Any, BaseException | None] = (call(), None)
+            except BaseException as exc:  # every call is answered: the thread lives on
+                outcome = (None, _deliverable(exc))
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits
                 loop.call_soon_threadsafe(_settle, future, *outcome)
 
@@ -90,7 +90,17 @@ class DaemonPool:
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+def _deliverable(exc: BaseException) -> BaseException:
+    """What a future can carry to the caller: not StopIteration (futures refuse it), nor
+    SystemExit or KeyboardInterrupt, which would stop the caller's event loop."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    wrapped = RuntimeError(f"{type(exc).__name__} in a pool thread")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
     if error is not None:

@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpcore
@@ -49,19 +50,33 @@ def _is_public(address: IpAddress) -> bool:
 # lookup still hanging never holds up the process's exit.
 DNS_THREADS = 8
 _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
-_in_flight: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
+
+
+@dataclass
+class _Lookup:
+    answer: asyncio.Future[list[str]]
+    waiting: int = 0
+
+
+_in_flight: dict[tuple[str, int], _Lookup] = {}
 
 
 async def lookup(host: str, port: int) -> list[str]:
     """The addresses DNS gives for `host` now (the system's resolver)."""
     key = (host, port)
     shared = _in_flight.get(key)
-    if shared is None or shared.get_loop() is not asyncio.get_running_loop():
-        shared = asyncio.ensure_future(_resolver.run(_getaddrinfo, host, port))
+    if shared is None or shared.answer.get_loop() is not asyncio.get_running_loop():
+        shared = _Lookup(asyncio.ensure_future(_resolver.run(_getaddrinfo, host, port)))
         _in_flight[key] = shared
-        shared.add_done_callback(functools.partial(_landed, key))
-    # A caller that gives up (its deadline) leaves the lookup to the others waiting for it.
-    return await asyncio.shield(shared)
+        shared.answer.add_done_callback(functools.partial(_landed, key))
+    shared.waiting += 1
+    try:
+        # A caller that gives up (its deadline) leaves the lookup to the others waiting.
+        return await asyncio.shield(shared.answer)
+    finally:
+        shared.waiting -= 1
+        if shared.waiting == 0 and not shared.answer.done():
+            shared.answer.cancel()  # no one waits: one still queued is never run
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -70,7 +85,8 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
 
 
 def _landed(key: tuple[str, int], done: asyncio.Future[list[str]]) -> None:
-    if _in_flight.get(key) is done:
+    shared = _in_flight.get(key)
+    if shared is not None and shared.answer is done:
         del _in_flight[key]
     if not done.cancelled():
         done.exception()  # retrieved: every caller may have given up before it came

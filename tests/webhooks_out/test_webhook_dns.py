@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.core.executors import DaemonPool
 from app.services import webhook_urls
 from tests.fakes.running import running_settings
+from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
 SLOW = ".slow-dns.hooks.test"
@@ -37,6 +39,14 @@ class HangingResolver:
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return self._resolve(host, *args, **kwargs)
 
+    async def busy(self, threads: int) -> None:
+        """Until `threads` lookups hang."""
+
+        def hanging() -> bool:
+            return len(self.asked) >= threads
+
+        await wait_until(hanging, f"{threads} lookups to hang")
+
 
 @pytest.fixture
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingResolver]:
@@ -56,12 +66,12 @@ async def test_slow_webhook_lookups_leave_the_loops_resolver_free(
     never holds up the process's exit, and the loop still resolves another name at once."""
     stuck = [asyncio.create_task(webhook_urls.lookup(f"n{n}{SLOW}", 443)) for n in range(16)]
     try:
-        await asyncio.sleep(0.1)  # the lookups have taken their threads
+        await hanging.busy(webhook_urls.DNS_THREADS)
         loop = asyncio.get_running_loop()
         found = await asyncio.wait_for(loop.getaddrinfo("localhost", 5432), 5)
         assert found
         assert not any(task.done() for task in stuck)
-        assert hanging.asked, "no lookup started"
+        assert len(hanging.asked) == webhook_urls.DNS_THREADS  # the rest wait their turn
         for _, thread in hanging.asked:
             assert thread.name.startswith("webhook-dns") and thread.daemon, thread
     finally:
@@ -84,6 +94,46 @@ async def test_lookups_of_one_name_at_one_time_share_one_thread(
     assert isinstance(ended[0], asyncio.CancelledError)
     assert all(isinstance(result, socket.gaierror) for result in ended[1:]), ended
     assert [host for host, _ in hanging.asked] == [name]
+
+
+async def test_a_lookup_everyone_gave_up_on_before_its_turn_is_never_run(
+    hanging: HangingResolver,
+) -> None:
+    """Registrations of slow names that end at their deadline leave no backlog behind:
+    with every thread hanging, five more lookups are given up while queued, and once the
+    threads are free none of them reaches the resolver."""
+    busy = [
+        asyncio.create_task(webhook_urls.lookup(f"busy{n}{SLOW}", 443))
+        for n in range(webhook_urls.DNS_THREADS)
+    ]
+    await hanging.busy(webhook_urls.DNS_THREADS)
+    queued = [asyncio.create_task(webhook_urls.lookup(f"late{n}{SLOW}", 443)) for n in range(5)]
+    await asyncio.sleep(0)  # each has queued its call
+    for task in queued:
+        task.cancel()
+    await asyncio.gather(*queued, return_exceptions=True)
+    hanging.release.set()
+    await asyncio.gather(*busy, return_exceptions=True)
+    # The freed threads skip the given-up calls; one more lookup shows they have been by.
+    assert await webhook_urls.lookup("localhost", 443)
+    assert not [host for host, _ in hanging.asked if host.startswith("late")]
+
+
+async def test_a_pool_thread_answers_every_call_and_lives_on() -> None:
+    """A call that raises what a future cannot carry (StopIteration) or what would stop the
+    caller's loop (SystemExit) is answered with a RuntimeError, and the thread goes on."""
+    pool = DaemonPool(1, "test-daemon")
+
+    def stop() -> None:
+        raise StopIteration
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    for call in (stop, leave):
+        with pytest.raises(RuntimeError, match="in a pool thread"):
+            await asyncio.wait_for(pool.run(call), 5)
+    assert await asyncio.wait_for(pool.run(lambda: 42), 5) == 42
 
 
 async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
