@@ -44,6 +44,19 @@ async def generate(
     )
 
 
+async def style_missing_upload(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> httpx.Response:
+    """A submission refused after it was counted: its source is an upload that does not
+    exist (a 404)."""
+    missing = {"upload_key": f"uploads/{ALICE}/nothing.png"}
+    return await client.post(
+        "/v1/generations",
+        json={"prompt": "a fox", "kind": "style", "reference": missing},
+        headers=headers,
+    )
+
+
 async def sign_in(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
     response = await client.get("/v1/me", headers=headers)
     assert response.status_code == 200, response.text
@@ -246,13 +259,7 @@ async def test_a_refused_submission_still_counts_but_a_bad_token_counts_for_no_o
     alice = auth_headers(ALICE)
     async with running(create_app(limited(rate_limit_generations="1/minute"))) as client:
         assert_problem(await client.post("/v1/generations", json={"prompt": "x"}), 401)
-        missing = {"upload_key": f"uploads/{ALICE}/nothing.png"}
-        answer = await client.post(
-            "/v1/generations",
-            json={"prompt": "a fox", "kind": "style", "reference": missing},
-            headers=alice,
-        )
-        assert_problem(answer, 404)
+        assert_problem(await style_missing_upload(client, alice), 404)
         assert_rate_limited(await generate(client, alice), limit=1)
     assert await job_count(db) == 0
 
@@ -270,12 +277,7 @@ async def test_a_problem_after_the_request_was_counted_says_where_the_caller_sta
         broke = await generate(client, alice)
         assert_problem(broke, 402)
         assert quota(broke)[:2] == (5, 3)
-        missing = {"upload_key": f"uploads/{ALICE}/nothing.png"}
-        unknown = await client.post(
-            "/v1/generations",
-            json={"prompt": "a fox", "kind": "style", "reference": missing},
-            headers=alice,
-        )
+        unknown = await style_missing_upload(client, alice)
         assert_problem(unknown, 404)
         assert quota(unknown)[:2] == (5, 2)
         not_an_image = await upload(client, alice, b"plain text, not an image")
