@@ -18,10 +18,11 @@ from app.openapi_samples import add_samples
 
 # The event models `sse_events` named, added to the document's components by name.
 _EVENT_MODELS: dict[str, type[BaseModel]] = {}
+_FORM_SCHEMAS: dict[str, dict[str, Any]] = {}  # multipart bodies a route reads itself
 # Marks a stream's media type for `document_problems`, which puts `sse_events`' item schema in
 # place of FastAPI's generic one (FastAPI merges a route's `responses` into its own).
 _EVENTS_KEY = "x-atelier-item-schema"
-_UNPARSABLE = (
+UNPARSABLE_BODY = (
     "The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart"
 )
 
@@ -147,7 +148,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation and "400" not in responses and 400 not in responses:
-                responses["400"] = {"description": _UNPARSABLE}
+                responses["400"] = {"description": UNPARSABLE_BODY}
             for status, response in responses.items():
                 if str(status)[:1] in ("4", "5"):
                     response["content"] = _problem_content(int(status))
@@ -158,7 +159,11 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     for name, problem in _problem_schemas().items():
         schemas.setdefault(name, problem)
     restore_examples(schemas)
-    _add_event_models(schemas, json.dumps(schema))
+    document = json.dumps(schema)
+    _add_event_models(schemas, document)
+    for name, form in _FORM_SCHEMAS.items():
+        if f'"{SCHEMAS}{name}"' in document:
+            schemas.setdefault(name, form)
     # FastAPI's validation schemas are left unused now (the first refers to the second).
     for name in ("HTTPValidationError", "ValidationError"):
         entry = schemas.pop(name, None)
@@ -195,6 +200,15 @@ def with_headers(
     """`entries` (errors.responses(...)) whose answers may carry `headers` too: problems
     that come after a request was counted carry its RateLimit-* fields."""
     return {status: {**entry, "headers": headers} for status, entry in entries.items()}
+
+
+def multipart_body(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its multipart body itself, once its
+    dependencies have run (FastAPI reads a declared `File` before any of them): the body is
+    documented as FastAPI would document it, its schema the component `name`."""
+    _FORM_SCHEMAS[name] = schema
+    content = {"multipart/form-data": {"schema": {"$ref": SCHEMAS + name}}}
+    return {"requestBody": {"content": content, "required": True}}
 
 
 def sse_events(description: str, *models: type[BaseModel]) -> dict[str, Any]:

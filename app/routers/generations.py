@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import UploadFile
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import ANY_OPERATION, NotFound, responses
-from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, sse_events, with_headers
+from app.openapi import (
+    IDEMPOTENCY_KEY_SCHEMA,
+    UNPARSABLE_BODY,
+    header_docs,
+    multipart_body,
+    sse_events,
+    with_headers,
+)
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import JobEvent
 from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, Upload
@@ -179,6 +189,44 @@ async def stream_job_events(
             yield ServerSentEvent(event="job", data=job, id=str(job.progress))
 
 
+_UPLOAD_FORM = multipart_body(
+    "Body_create_upload",
+    {
+        "properties": {
+            "file": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "title": "File",
+                "description": "A PNG, JPEG or WEBP image",
+            }
+        },
+        "type": "object",
+        "required": ["file"],
+        "title": "Body_create_upload",
+    },
+)
+
+
+@asynccontextmanager
+async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
+    """The file part `name` of the request's multipart body, read only now. A route that
+    declared it as a `File` parameter would have it read before its dependencies: a body of
+    up to MAX_UPLOAD_BYTES received and spooled for a caller then refused (401, 429)."""
+    form = await request.form(max_files=1)  # more than one file: a 400 that says so
+    try:
+        part = form.get(name)
+        if not isinstance(part, UploadFile):
+            kind, message = (
+                ("missing", "Field required")
+                if part is None
+                else ("value_error", "must be a file part, not a text field")
+            )
+            raise RequestValidationError([{"type": kind, "loc": ("body", name), "msg": message}])
+        yield part
+    finally:
+        await form.close()
+
+
 @router.post(
     "/uploads",
     operation_id="create_upload",
@@ -187,18 +235,25 @@ async def stream_job_events(
     responses={
         201: {"headers": _RATE_LIMIT_HEADERS},
         **responses(413),
-        **with_headers(responses(401, 422, 503), _RATE_LIMIT_HEADERS),
+        **with_headers(
+            {**responses(400, 401, 422, 503), 400: {"description": UNPARSABLE_BODY}},
+            _RATE_LIMIT_HEADERS,
+        ),
         **_RATE_LIMITED,
     },
     dependencies=[Depends(rate_limited("uploads"))],
+    openapi_extra=_UPLOAD_FORM,
 )
 async def create_upload(
-    file: Annotated[UploadFile, File(description="A PNG, JPEG or WEBP image")],
+    request: Request,
     user: StreamUser,  # no pooled connection held while the image is checked and stored
     svc: Svc,
 ) -> Upload:
     """Store an image to style or edit. Its type is judged by content; metadata is removed.
 
     Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
+    The body is read once the token is checked and the upload counted: a request refused
+    for either is answered before its image is received.
     """
-    return await uploads.store(svc.settings, svc.storage, svc.decoders, user, file)
+    async with _file_part(request, "file") as file:
+        return await uploads.store(svc.settings, svc.storage, svc.decoders, user, file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from app.config import Settings
 from app.core.messages import byte_size

@@ -24,6 +24,7 @@ from app.main import create_app
 from app.services import rate_limits
 from tests.fakes.running import running
 from tests.generation.conftest import balance, image_bytes, job_count, spend_rows, upload
+from tests.generation.test_uploads import pulled_while_posting
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 from tests.support.serve import free_port
@@ -221,6 +222,10 @@ async def test_uploads_over_the_limit_are_429_and_store_nothing(
         body = assert_rate_limited(await upload(client, alice, png), limit=2)
         assert "2 uploads per minute" in body["detail"]
         assert len(stored_uploads(data_dir)) == 2
+        # Refused before its body is received: a large one is not read first.
+        refused, pulled = await pulled_while_posting(client, alice, 8 * 1024 * 1024, True)
+        assert_rate_limited(refused, limit=2)
+        assert pulled < 256 * 1024
 
         assert (await upload(client, bob, png)).status_code == 201
     assert len(stored_uploads(data_dir)) == 3

@@ -161,6 +161,10 @@ BAD_REQUESTS: dict[str, dict[str, object]] = {
         "content": b"--b--\r\n",
         "headers": {"Content-Type": "multipart/form-data; boundary=b"},
     },
+    "multipart-text-file": {"files": {"file": (None, "not a file")}},
+    "multipart-two-files": {
+        "files": [("file", ("a.png", image_bytes("PNG"))), ("file", ("b.png", image_bytes("PNG")))]
+    },
 }
 
 

@@ -166,6 +166,22 @@ async def test_an_upload_needs_a_file_and_a_user(
     )
 
 
+async def test_an_upload_from_a_stranger_is_401_before_its_body_is_read(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    """Its image is not received and spooled first: FastAPI reads a declared File before the
+    route's dependencies, so the body is read in the route, once the token is checked."""
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        answer, pulled = await pulled_while_posting(client, headers, 8 * MIB, True)
+
+        body = assert_problem(answer, 401)
+        assert pulled < 256 * KIB, (headers, pulled, body)
+    # The same upload with a valid token is read (and refused as no image at all).
+    answer, pulled = await pulled_while_posting(client, auth_headers(ALICE), 8 * MIB, True)
+    assert_problem(answer, 422)
+    assert pulled > 8 * MIB
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 async def test_metadata_is_stripped_from_the_stored_copy(
     app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, fmt: str

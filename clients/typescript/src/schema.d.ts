@@ -235,6 +235,8 @@ export interface paths {
          * @description Store an image to style or edit. Its type is judged by content; metadata is removed.
          *
          *     Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
+         *     The body is read once the token is checked and the upload counted: a request refused
+         *     for either is answered before its image is received.
          */
         post: operations["create_upload"];
         delete?: never;
@@ -1125,14 +1127,6 @@ export interface components {
         ApiKeyList: {
             /** Items */
             items: components["schemas"]["ApiKey"][];
-        };
-        /** Body_create_upload */
-        Body_create_upload: {
-            /**
-             * File
-             * @description A PNG, JPEG or WEBP image
-             */
-            file: string;
         };
         /**
          * CheckoutCreate
@@ -3179,6 +3173,14 @@ export interface components {
             event: "resync";
             data: string;
         };
+        /** Body_create_upload */
+        Body_create_upload: {
+            /**
+             * File
+             * @description A PNG, JPEG or WEBP image
+             */
+            file: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -4121,6 +4123,14 @@ export interface operations {
             /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
             400: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
