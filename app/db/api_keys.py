@@ -41,6 +41,12 @@ async def list_for(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Recor
     return rows
 
 
+async def get(conn: asyncpg.Connection, key_id: uuid.UUID, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2", key_id, user_id
+    )
+
+
 async def delete(conn: asyncpg.Connection, key_id: uuid.UUID, user_id: str) -> bytes | None:
     """Delete the user's key; its hash (to forget it from caches), None when it is not theirs."""
     found: bytes | None = await conn.fetchval(

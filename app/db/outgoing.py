@@ -46,6 +46,16 @@ async def endpoints_for(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.
     return rows
 
 
+async def endpoint(
+    conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND user_id = $2",
+        endpoint_id,
+        user_id,
+    )
+
+
 async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
     """Delete the user's endpoint and its deliveries; False when it is not theirs."""
     status = await conn.execute(

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Response
 
 from app.deps import Conn, CurrentUser, Svc, session_only
 from app.errors import ANY_OPERATION, responses
-from app.schemas.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyList
+from app.openapi import header_docs
+from app.schemas.api_keys import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyList
 from app.services import api_keys
 
 router = APIRouter(
@@ -24,18 +25,33 @@ router = APIRouter(
     operation_id="create_api_key",
     status_code=201,
     response_model=ApiKeyCreated,
-    responses=responses(422),
+    responses={
+        201: {"headers": header_docs(Location="The key: `/v1/api-keys/{id}`")},
+        **responses(422),
+    },
 )
-async def create_api_key(body: ApiKeyCreate, user: CurrentUser, conn: Conn) -> ApiKeyCreated:
+async def create_api_key(
+    body: ApiKeyCreate, user: CurrentUser, conn: Conn, response: Response
+) -> ApiKeyCreated:
     """Make a key for a server: send it as `Authorization: Bearer atl_…`; it acts as you and
     spends your credits. `key` is shown in this answer only. 403 when called with a key."""
-    return await api_keys.create(conn, user, body.name)
+    created = await api_keys.create(conn, user, body.name)
+    response.headers["Location"] = f"/v1/api-keys/{created.id}"
+    return created
 
 
 @router.get("", operation_id="list_api_keys", response_model=ApiKeyList)
 async def list_api_keys(user: CurrentUser, conn: Conn) -> ApiKeyList:
     """The caller's keys, newest first (without the keys themselves)."""
     return ApiKeyList(items=await api_keys.list_keys(conn, user))
+
+
+@router.get(
+    "/{key_id}", operation_id="get_api_key", response_model=ApiKey, responses=responses(404, 422)
+)
+async def get_api_key(key_id: UUID, user: CurrentUser, conn: Conn) -> ApiKey:
+    """One of the caller's keys (without the key itself)."""
+    return await api_keys.get(conn, user, key_id)
 
 
 @router.delete(

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser, StreamUser, Svc
 from app.errors import ANY_OPERATION, responses
+from app.openapi import header_docs
 from app.schemas.outgoing import (
     WebhookDeliveryList,
+    WebhookEndpoint,
     WebhookEndpointCreate,
     WebhookEndpointList,
     WebhookEndpointWithSecret,
@@ -26,21 +28,37 @@ router = APIRouter(
     operation_id="create_webhook_endpoint",
     status_code=201,
     response_model=WebhookEndpointWithSecret,
-    responses=responses(422),
+    responses={
+        201: {"headers": header_docs(Location="The endpoint: `/v1/webhook-endpoints/{id}`")},
+        **responses(422),
+    },
 )
 async def create_webhook_endpoint(
-    body: WebhookEndpointCreate, user: StreamUser, svc: Svc
+    body: WebhookEndpointCreate, user: StreamUser, svc: Svc, response: Response
 ) -> WebhookEndpointWithSecret:
     """Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
     (`data`: the job as GET /v1/jobs/{id} shows it), signed per Standard Webhooks with
     `secret`, retried with backoff for about a day. 422: not https, or a private address."""
-    return await webhook_endpoints.create(svc.pool, svc.settings, user, body)
+    created = await webhook_endpoints.create(svc.pool, svc.settings, user, body)
+    response.headers["Location"] = f"/v1/webhook-endpoints/{created.id}"
+    return created
 
 
 @router.get("", operation_id="list_webhook_endpoints", response_model=WebhookEndpointList)
 async def list_webhook_endpoints(user: CurrentUser, conn: Conn) -> WebhookEndpointList:
     """The caller's endpoints (without their secrets)."""
     return WebhookEndpointList(items=await webhook_endpoints.list_endpoints(conn, user))
+
+
+@router.get(
+    "/{endpoint_id}",
+    operation_id="get_webhook_endpoint",
+    response_model=WebhookEndpoint,
+    responses=responses(404, 422),
+)
+async def get_webhook_endpoint(endpoint_id: UUID, user: CurrentUser, conn: Conn) -> WebhookEndpoint:
+    """One of the caller's endpoints (without its secret)."""
+    return await webhook_endpoints.get(conn, user, endpoint_id)
 
 
 @router.delete(

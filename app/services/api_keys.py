@@ -104,6 +104,13 @@ async def list_keys(conn: asyncpg.Connection, user: User) -> list[ApiKey]:
     return [ApiKey.model_validate(dict(r)) for r in await api_keys_db.list_for(conn, user.id)]
 
 
+async def get(conn: asyncpg.Connection, user: User, key_id: uuid.UUID) -> ApiKey:
+    row = await api_keys_db.get(conn, key_id, user.id)
+    if row is None:
+        raise NotFound("No such API key.")
+    return ApiKey.model_validate(dict(row))
+
+
 async def revoke(conn: asyncpg.Connection, keys: ApiKeys, user: User, key_id: uuid.UUID) -> None:
     """Delete the key; this process forgets it at once. Another user's key is a 404."""
     digest = await api_keys_db.delete(conn, key_id, user.id)

@@ -54,6 +54,13 @@ async def list_endpoints(conn: asyncpg.Connection, user: User) -> list[WebhookEn
     return [WebhookEndpoint.model_validate(dict(r)) for r in rows]
 
 
+async def get(conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    row = await outgoing_db.endpoint(conn, endpoint_id, user.id)
+    if row is None:
+        raise NotFound("No such webhook endpoint.")
+    return WebhookEndpoint.model_validate(dict(row))
+
+
 async def delete(conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID) -> None:
     """Delete the endpoint and its deliveries: nothing more is sent to it."""
     if not await outgoing_db.delete_endpoint(conn, endpoint_id, user.id):

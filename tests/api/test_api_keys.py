@@ -27,6 +27,7 @@ ALICE, BOB = "user_keys_alice", "user_keys_bob"
 async def make_key(client: httpx.AsyncClient, headers: dict[str, str], name: str = "ci") -> Any:
     response = await client.post("/v1/api-keys", json={"name": name}, headers=headers)
     assert response.status_code == 201, response.text
+    assert response.headers["Location"] == f"/v1/api-keys/{response.json()['id']}"
     return response.json()
 
 
@@ -43,6 +44,8 @@ async def test_a_key_is_shown_once_and_only_its_hash_is_stored(
     assert [k["id"] for k in listed] == [created["id"]]
     assert "key" not in listed[0] and listed[0]["prefix"] == created["prefix"]
     assert listed[0]["last_used_at"] is None
+    one = await client.get(f"/v1/api-keys/{created['id']}", headers=auth_headers(ALICE))
+    assert one.status_code == 200 and one.json() == listed[0]
 
     row = await db.fetchrow("SELECT * FROM api_keys WHERE id = $1", created["id"])
     assert row is not None and row["key_hash"] == hashlib.sha256(key.encode()).digest()
@@ -114,6 +117,9 @@ async def test_a_revoked_key_is_refused_at_once_here_and_within_the_ttl_elsewher
         assert time.monotonic() - revoked_at < ttl + 1.0
         listed = (await a.get("/v1/api-keys", headers=auth_headers(ALICE))).json()["items"]
         assert listed == []
+        assert_problem(
+            await a.get(f"/v1/api-keys/{created['id']}", headers=auth_headers(ALICE)), 404
+        )
 
 
 async def test_another_users_key_cannot_be_deleted(

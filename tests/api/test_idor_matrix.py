@@ -183,8 +183,14 @@ CASES: list[Case] = [
     # stored files: a signed link opens only the key it was signed for
     Case("GET", "/files/{key}", _files_path, status=403),
     # API keys
+    Case("GET", "/v1/api-keys/{key_id}", lambda v: f"/v1/api-keys/{v.api_key}"),
     Case("DELETE", "/v1/api-keys/{key_id}", lambda v: f"/v1/api-keys/{v.api_key}"),
     # outgoing-webhook endpoints
+    Case(
+        "GET",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}",
+    ),
     Case(
         "DELETE",
         "/v1/webhook-endpoints/{endpoint_id}",

@@ -54,6 +54,12 @@ async def register(
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
+    location = response.headers["Location"]
+    assert location == f"/v1/webhook-endpoints/{body['id']}"
+    # What the endpoint's own address shows: the same, without the secret.
+    shown = await client.get(location, headers=headers)
+    assert shown.status_code == 200, shown.text
+    assert shown.json() == {k: v for k, v in body.items() if k != "secret"}
     return body
 
 
@@ -254,6 +260,8 @@ async def test_a_deleted_endpoint_gets_nothing_more(
             assert response.status_code == 204
             listed = await client.get("/v1/webhook-endpoints", headers=alice)
             assert listed.json()["items"] == []
+            gone = await client.get(f"/v1/webhook-endpoints/{endpoint['id']}", headers=alice)
+            assert_problem(gone, 404)
             await register(client, alice, kept.url, ["job.completed"])
             await make_due(db)
             await finished_job(client, alice)

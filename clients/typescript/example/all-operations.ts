@@ -137,7 +137,13 @@ export async function everyOperation(): Promise<void> {
   if (made.data) {
     const key: string = made.data.key;
     void key;
-    await api.DELETE("/v1/api-keys/{key_id}", { params: { path: { key_id: made.data.id } } }); // delete_api_key
+    const path = { params: { path: { key_id: made.data.id } } };
+    const shown = await api.GET("/v1/api-keys/{key_id}", path); // get_api_key
+    if (shown.data) {
+      const lastUsed: string | null | undefined = shown.data.last_used_at;
+      void lastUsed;
+    }
+    await api.DELETE("/v1/api-keys/{key_id}", path); // delete_api_key
   }
 
   // outgoing webhooks
@@ -148,6 +154,7 @@ export async function everyOperation(): Promise<void> {
   await api.GET("/v1/webhook-endpoints"); // list_webhook_endpoints
   if (endpoint.data) {
     const hook = { params: { path: { endpoint_id: endpoint.data.id } } };
+    await api.GET("/v1/webhook-endpoints/{endpoint_id}", hook); // get_webhook_endpoint
     await api.POST("/v1/webhook-endpoints/{endpoint_id}/secret", hook); // rotate_webhook_endpoint_secret
     await api.GET("/v1/webhook-endpoints/{endpoint_id}/deliveries", hook); // list_webhook_deliveries
     await api.DELETE("/v1/webhook-endpoints/{endpoint_id}", hook); // delete_webhook_endpoint
