@@ -23,8 +23,14 @@ from app.config import Settings
 from app.main import create_app
 from app.services import rate_limits
 from tests.fakes.running import running
-from tests.generation.conftest import balance, image_bytes, job_count, spend_rows, upload
-from tests.generation.test_uploads import pulled_while_posting
+from tests.generation.conftest import (
+    balance,
+    image_bytes,
+    job_count,
+    pulled_while_posting,
+    spend_rows,
+    upload,
+)
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 from tests.support.serve import free_port

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -121,3 +121,36 @@ async def upload(
     return await client.post(
         "/v1/uploads", files={"file": (filename, data, content_type)}, headers=headers
     )
+
+
+BOUNDARY = "atelier-test-boundary"
+
+
+async def pulled_while_posting(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    total: int,
+    declare_length: bool,
+) -> tuple[httpx.Response, int]:
+    """POST a multipart upload of `total` bytes, streamed in 64 KiB pieces; returns the
+    answer and how many bytes the app pulled from the stream before answering."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.png"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    payload = b"\x89PNG\r\n\x1a\n" + b"\x00" * (total - 8)
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        pieces = [head] + [payload[i : i + 64 * 1024] for i in range(0, total, 64 * 1024)] + [tail]
+        for piece in pieces:
+            pulled += len(piece)
+            yield piece
+
+    request_headers = {**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    if declare_length:
+        request_headers["Content-Length"] = str(len(head) + total + len(tail))
+    response = await client.post("/v1/uploads", content=body(), headers=request_headers)
+    return response, pulled

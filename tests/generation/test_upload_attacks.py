@@ -19,8 +19,14 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app.services.imaging import Decoders
-from tests.generation.conftest import decode, image_bytes, png_bomb, storage_of, upload
-from tests.generation.test_uploads import pulled_while_posting
+from tests.generation.conftest import (
+    decode,
+    image_bytes,
+    png_bomb,
+    pulled_while_posting,
+    storage_of,
+    upload,
+)
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 

@@ -7,7 +7,7 @@ import functools
 import io
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,7 @@ from tests.generation.conftest import (
     image_bytes,
     job_count,
     png_bomb,
+    pulled_while_posting,
     storage_of,
     upload,
 )
@@ -36,7 +37,6 @@ from tests.support.problems import assert_problem
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_alice", "user_bob"
 KIB, MIB = 1024, 1024 * 1024
-BOUNDARY = "atelier-test-boundary"
 
 png_bomb_20k = functools.cache(png_bomb)
 
@@ -62,36 +62,6 @@ def with_metadata(fmt: str) -> bytes:
         extra["pnginfo"] = info
     image.save(out, fmt, **extra)
     return out.getvalue()
-
-
-async def pulled_while_posting(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    total: int,
-    declare_length: bool,
-) -> tuple[httpx.Response, int]:
-    """POST a multipart upload of `total` bytes, streamed in 64 KiB pieces; returns the
-    answer and how many bytes the app pulled from the stream before answering."""
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.png"'
-        "\r\nContent-Type: image/png\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
-    payload = b"\x89PNG\r\n\x1a\n" + b"\x00" * (total - 8)
-    pulled = 0
-
-    async def body() -> AsyncIterator[bytes]:
-        nonlocal pulled
-        pieces = [head] + [payload[i : i + 64 * KIB] for i in range(0, total, 64 * KIB)] + [tail]
-        for piece in pieces:
-            pulled += len(piece)
-            yield piece
-
-    request_headers = {**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    if declare_length:
-        request_headers["Content-Length"] = str(len(head) + total + len(tail))
-    response = await client.post("/v1/uploads", content=body(), headers=request_headers)
-    return response, pulled
 
 
 # -- types, by content ----------------------------------------------------------------------
