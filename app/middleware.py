@@ -38,6 +38,12 @@ class BodyLimitMiddleware:
     limit lives here. It is applied when the app first reads the body, after routing, so
     `route_limits` (route path template → its limit) can raise it for a route such as
     uploads; a body without a Content-Length (chunked) is counted as it is read.
+
+    An answer sent before the body was all received (a 401 or 429 to an upload, which reads
+    its body last; a 413) says `Connection: close`, and uvicorn closes once it is sent. A
+    client that sent `Expect: 100-continue` and so holds its body back then knows the
+    connection will not be read further, rather than reusing it and having its next
+    request taken for the rest of this body.
     """
 
     def __init__(
@@ -58,9 +64,10 @@ class BodyLimitMiddleware:
         declared = int(header) if header is not None and header.isdigit() else None
         limit: RouteLimit | None = None
         received = 0
+        whole = False  # the body's last piece has arrived
 
         async def limited_receive() -> Message:
-            nonlocal limit, received
+            nonlocal limit, received, whole
             if limit is None:
                 template = getattr(scope.get("route"), "path", None)
                 limit = self.route_limits.get(template or "", self.default)
@@ -71,9 +78,20 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit.read:
                     raise body_too_large(limit)
+                whole = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        if not declared and first_header(scope, b"transfer-encoding") is None:
+            await self.app(scope, limited_receive, send)  # no body: nothing to leave unread
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and not whole:
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_closing)
 
 
 def body_too_large(limit: RouteLimit) -> BodyTooLarge:

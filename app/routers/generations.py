@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import ANY_OPERATION, NotFound, responses
@@ -211,8 +212,16 @@ _UPLOAD_FORM = multipart_body(
 async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
     """The file part `name` of the request's multipart body, read only now. A route that
     declared it as a `File` parameter would have it read before its dependencies: a body of
-    up to MAX_UPLOAD_BYTES received and spooled for a caller then refused (401, 429)."""
-    form = await request.form(max_files=1)  # more than one file: a 400 that says so
+    up to MAX_UPLOAD_BYTES received and spooled for a caller then refused (401, 429).
+    Reading fails as FastAPI's own reading does: a 413 (the body limit) or a 400 for
+    multipart that does not parse (more than one file included), and a 400 for anything
+    else, such as a client that left mid-body (no 500, no error logged)."""
+    try:
+        form = await request.form(max_files=1)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        raise HTTPException(400, "There was an error parsing the body") from exc
     try:
         part = form.get(name)
         if not isinstance(part, UploadFile):
@@ -234,9 +243,8 @@ async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
     response_model=Upload,
     responses={
         201: {"headers": _RATE_LIMIT_HEADERS},
-        **responses(413),
         **with_headers(
-            {**responses(400, 401, 422, 503), 400: {"description": UNPARSABLE_BODY}},
+            {**responses(400, 401, 413, 422, 503), 400: {"description": UNPARSABLE_BODY}},
             _RATE_LIMIT_HEADERS,
         ),
         **_RATE_LIMITED,
@@ -253,7 +261,7 @@ async def create_upload(
 
     Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
     The body is read once the token is checked and the upload counted: a request refused
-    for either is answered before its image is received.
+    for either is answered before its image is received (a 413 comes after the count).
     """
     async with _file_part(request, "file") as file:
         return await uploads.store(svc.settings, svc.storage, svc.decoders, user, file)

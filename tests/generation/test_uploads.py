@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from starlette.datastructures import FormData
 
 from app.config import Settings
 from app.main import create_app
@@ -134,6 +135,40 @@ async def test_an_upload_needs_a_file_and_a_user(
     assert_problem(
         await client.post("/v1/uploads", files={"file": ("a.png", image_bytes("PNG"))}), 401
     )
+
+
+async def test_a_text_field_named_file_is_a_422_that_says_so(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    response = await client.post(
+        "/v1/uploads", files={"file": (None, "not a file")}, headers=auth_headers(ALICE)
+    )
+    body = assert_problem(response, 422)
+    assert body["detail"] == "file: must be a file part, not a text field"
+
+
+async def test_the_route_closes_the_form_it_read_whatever_the_answer(
+    client: httpx.AsyncClient, auth_headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body is read by the route itself now, so closing what it spooled (over 1 MiB is
+    a temporary file) is the route's job too: once per request, stored or refused."""
+    closed: list[bool] = []
+    close = FormData.close
+
+    async def counted_close(self: FormData) -> None:
+        closed.append(True)
+        await close(self)
+
+    monkeypatch.setattr(FormData, "close", counted_close)
+    headers = auth_headers(ALICE)
+    assert (await upload(client, headers, image_bytes("PNG"))).status_code == 201
+    assert len(closed) == 1
+    assert_problem(await upload(client, headers, b"\x00" * (2 * MIB)), 422)  # not an image
+    assert len(closed) == 2
+    assert_problem(
+        await client.post("/v1/uploads", files={"file": (None, "x")}, headers=headers), 422
+    )
+    assert len(closed) == 3
 
 
 async def test_an_upload_from_a_stranger_is_401_before_its_body_is_read(

@@ -236,7 +236,7 @@ export interface paths {
          *
          *     Per-user rate limit (`RATE_LIMIT_UPLOADS`): over it, 429 with `Retry-After`, nothing stored.
          *     The body is read once the token is checked and the upload counted: a request refused
-         *     for either is answered before its image is received.
+         *     for either is answered before its image is received (a 413 comes after the count).
          */
         post: operations["create_upload"];
         delete?: never;
@@ -4165,6 +4165,14 @@ export interface operations {
             /** @description Request body too large */
             413: {
                 headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds: `30;w=60` */
+                    "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
                 content: {
