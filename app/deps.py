@@ -137,7 +137,9 @@ class _Bearer(SecurityBase):
         token = bearer_token(request)
         if token is None:
             if self.required:
-                raise Unauthorized("Send 'Authorization: Bearer <session token>'.", sent=False)
+                raise Unauthorized(
+                    "Send 'Authorization: Bearer <session token or API key>'.", sent=False
+                )
             return None
         memo: tuple[str, Identity] | None = request.scope.get(_VERIFIED)
         if memo is not None and memo[0] == token:

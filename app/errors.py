@@ -7,6 +7,7 @@ rewritten to say problem+json in `app.openapi`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -279,7 +280,12 @@ def _jsonable_error(error: Any) -> dict[str, Any]:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [_jsonable_error(e) for e in exc.errors()]
+    return problem_response(validation_problem(exc.errors()))
+
+
+def validation_problem(raised: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `validation` problem of the errors pydantic (or a route) raised for a request."""
+    errors = [_jsonable_error(e) for e in raised]
     first = errors[0] if errors else None
     if first is None:
         detail = "Invalid request"
@@ -290,14 +296,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         detail = "The body must be a JSON object, sent as Content-Type: application/json."
     else:
         detail = f"{messages.field_name(first['loc'])}: {first['msg']}"
-    body = {
+    return {
         "type": PROBLEM_BASE + "validation",
         "title": "Invalid request",
         "status": 422,
         "detail": detail,
         "errors": errors,
     }
-    return problem_response(body)
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Literal, get_args
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
-from app.openapi_examples import EVENT_STREAM, SCHEMAS, add_examples
+from app.openapi_examples import EVENT_STREAM, SCHEMAS, add_examples, app_models, component_names
 from app.openapi_samples import add_samples
 
 # The event models `sse_events` named, added to the document's components by name.
@@ -23,7 +23,8 @@ _FORM_SCHEMAS: dict[str, dict[str, Any]] = {}  # multipart bodies a route reads 
 # place of FastAPI's generic one (FastAPI merges a route's `responses` into its own).
 _EVENTS_KEY = "x-atelier-item-schema"
 UNPARSABLE_BODY = (
-    "The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart"
+    "The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart "
+    "(JSON that does not parse, or is not an object, is a 422 `validation` problem)"
 )
 
 
@@ -82,20 +83,6 @@ def _add_event_models(schemas: dict[str, Any], document: str) -> None:
         schemas.setdefault(model.__name__, schema)
 
 
-def _app_models(base: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
-    for model in base.__subclasses__():
-        if model.__module__.startswith("app."):
-            yield model
-        yield from _app_models(model)
-
-
-def _component_names(model: type[BaseModel]) -> set[str]:
-    """The names pydantic may give the model's component: its own, or module and name when
-    two models share a name, either maybe with FastAPI's -Input/-Output."""
-    names = {model.__name__, f"{model.__module__}.{model.__qualname__}".replace(".", "__")}
-    return {name + suffix for name in names for suffix in ("", "-Input", "-Output")}
-
-
 def _fits(model: type[BaseModel], component: dict[str, Any]) -> bool:
     properties = set(component.get("properties", {}))
     modes: tuple[Literal["validation", "serialization"], ...] = ("validation", "serialization")
@@ -116,8 +103,8 @@ def restore_examples(
     pydantic names its component, and whose properties it has; a name that fits no model or
     several is an error rather than another model's examples."""
     claims: dict[str, list[type[BaseModel]]] = {}
-    for model in _app_models() if models is None else models:
-        for name in _component_names(model) & schemas.keys():
+    for model in app_models() if models is None else models:
+        for name in component_names(model) & schemas.keys():
             claims.setdefault(name, []).append(model)
     for name, claimants in claims.items():
         fitting = [model for model in claimants if _fits(model, schemas[name])]

@@ -9,14 +9,16 @@ text of each event stream. `app.openapi_samples` builds the curl samples from al
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
+from uuid import UUID
 
 import limits
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.config import Settings
+from app.core.messages import missing_file_part
 from app.errors import (
     ABOUT_BLANK,
-    PROBLEM_BASE,
     PROBLEM_JSON,
     PROBLEM_TYPES,
     UNHANDLED_PROBLEM,
@@ -32,6 +34,7 @@ from app.errors import (
     ServiceUnavailable,
     Unauthorized,
     Unprocessable,
+    validation_problem,
 )
 from app.middleware import RouteLimit, body_too_large
 from app.schemas.api_keys import API_KEY_EXAMPLE
@@ -40,7 +43,8 @@ from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.me import LEDGER_PAGE_CURSOR_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
-from app.services.rate_limits import Quota, RateLimited
+from app.services.rate_limits import Quota, RateLimited, Scope
+from app.services.webhook_urls import RefusedUrl
 from app.services.webhooks import WebhookFailed
 
 EVENT_STREAM = "text/event-stream"
@@ -98,16 +102,133 @@ NOT_FOUND = {
 WEBHOOK_SIGNATURES = {"/webhooks/stripe": "Stripe-Signature", "/webhooks/clerk": "svix-signature"}
 
 
+def app_models(base: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
+    """Every pydantic model defined under app/."""
+    for model in base.__subclasses__():
+        if model.__module__.startswith("app."):
+            yield model
+        yield from app_models(model)
+
+
+def component_names(model: type[BaseModel]) -> set[str]:
+    """The names pydantic may give the model's component: its own, or module and name when
+    two models share a name, either maybe with FastAPI's -Input/-Output."""
+    names = {model.__name__, f"{model.__module__}.{model.__qualname__}".replace(".", "__")}
+    return {name + suffix for name in names for suffix in ("", "-Input", "-Output")}
+
+
 def _first(table: dict[str, str], path: str) -> str:
     """The value of the longest key of `table` that `path` starts with."""
     return table[max((key for key in table if path.startswith(key)), key=len)]
 
 
-def _rate_limited() -> RateLimited:
-    item = limits.parse(Settings.model_fields["rate_limit_generations"].default)
+def _rate_limited(operation_id: str) -> RateLimited:
+    scope: Scope = "uploads" if operation_id == "create_upload" else "generations"
+    item = limits.parse(Settings.model_fields[f"rate_limit_{scope}"].default)
     window = item.get_expiry()
     quota = Quota(limit=item.amount, remaining=0, reset_seconds=12, window_seconds=window)
-    return RateLimited("generations", item, quota)
+    return RateLimited(scope, item, quota)
+
+
+def _unprocessable(operation_id: str) -> Unprocessable | None:
+    """The operation's own `unprocessable` problem, as its service raises it (None when it
+    raises none)."""
+    export_limit = Settings.model_fields["pack_export_max_icons"].default
+    key = PARAMETER_EXAMPLES["idempotency-key"]
+    raised = {
+        "create_generation": Unprocessable("An edit needs a source image in `reference`."),
+        "create_upload": Unprocessable(
+            "Only PNG, JPEG and WEBP images are accepted (judged by content)."
+        ),
+        "update_prompt": Unprocessable("prompt_text cannot be cleared; send a new text instead."),
+        "update_pack": Unprocessable("name cannot be cleared."),
+        "create_pack_generations": Unprocessable(
+            "This Idempotency-Key was used with a different request body.", idempotency_key=key
+        ),
+        "export_pack": Unprocessable(
+            f"This pack has more than {export_limit} icons, the most one export holds.",
+            limit=export_limit,
+        ),
+        "admin_adjust_credits": Unprocessable("A credit adjustment of 0 changes nothing."),
+        "admin_get_stats": Unprocessable("Give either `days` or `since`, not both."),
+        "create_checkout_session": Unprocessable(
+            "No product 'credits_5000'; see GET /v1/billing/products."
+        ),
+        "create_billing_portal_session": Unprocessable(
+            "return_url must be an absolute URL on an allowed origin."
+        ),
+        "create_webhook_endpoint": RefusedUrl("The host did not resolve in time."),
+    }
+    return raised.get(operation_id)
+
+
+def _body_model(spec: dict[str, Any], schema: dict[str, Any]) -> type[BaseModel] | None:
+    """The app model a request body's component was made from (an optional body's too)."""
+    schema = next((s for s in schema.get("anyOf", []) if "$ref" in s), schema)
+    name = schema.get("$ref", "").removeprefix(SCHEMAS)
+    properties = set(spec["components"]["schemas"].get(name, {}).get("properties", {}))
+    found = [
+        model
+        for model in app_models()
+        if name in component_names(model) and set(model.model_fields) == properties
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _parameter_error(parameter: dict[str, Any]) -> list[dict[str, Any]]:
+    """What pydantic says of a value the parameter's schema refuses: a UUID that is not one,
+    a number over its maximum or not a number, a text too long or that its pattern refuses;
+    nothing when the schema refuses none of those."""
+    schema = parameter.get("schema", {})
+    schema = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+    adapter: TypeAdapter[Any]
+    value: object
+    if schema.get("format") == "uuid":
+        adapter, value = TypeAdapter(UUID), "not-a-uuid"
+    elif "maximum" in schema:
+        adapter, value = (
+            TypeAdapter(Annotated[int, Field(le=schema["maximum"])]),
+            schema["maximum"] + 1,
+        )
+    elif schema.get("type") == "integer":
+        adapter, value = TypeAdapter(int), "soon"
+    elif "maxLength" in schema:
+        limit = schema["maxLength"]
+        adapter, value = TypeAdapter(Annotated[str, Field(max_length=limit)]), "x" * (limit + 1)
+    elif "pattern" in schema:
+        adapter, value = TypeAdapter(Annotated[str, Field(pattern=schema["pattern"])]), "a b"
+    else:
+        return []
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        where = parameter["in"]
+        return [{**e, "loc": (where, parameter["name"], *e["loc"])} for e in exc.errors()]
+    return []
+
+
+def _validation(spec: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
+    """The operation's `validation` problem, made as errors.validation_problem makes it from
+    what pydantic (or the upload route) says of a body or parameter it refuses."""
+    content = operation.get("requestBody", {}).get("content", {})
+    if "multipart/form-data" in content:
+        form = resolve(spec, content["multipart/form-data"]["schema"])
+        name = form["required"][0]
+        missing = {"type": "missing", "loc": ("body", name), "msg": missing_file_part(name)}
+        return validation_problem([missing])
+    model = _body_model(spec, content.get("application/json", {}).get("schema", {}))
+    wrong: list[dict[str, Any]] = [{}, {"unexpected": True}]  # a field missing, or one too many
+    wrong += [{name: [None]} for name in model.model_fields] if model is not None else []
+    for body in wrong if model is not None else ():
+        try:
+            model.model_validate(body)  # type: ignore[union-attr]
+        except ValidationError as exc:
+            return validation_problem([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+    for parameter in operation.get("parameters", []):
+        errors = _parameter_error(parameter)
+        if errors:
+            return validation_problem(errors)
+    return None
 
 
 def _bad_request(path: str, operation: dict[str, Any]) -> BadRequest:
@@ -127,10 +248,13 @@ def _payload_too_large(max_body: int) -> PayloadTooLarge:
     return PayloadTooLarge(str(raised.detail), limit=raised.limit)
 
 
-def problem_examples(path: str, operation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def problem_examples(
+    spec: dict[str, Any], path: str, operation: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """The problem bodies an operation can answer, one per problem `type`, as the error
-    classes render them: a 404 names the operation's resource, a 400 its likely mistake, and
-    only a webhook answers `webhook-failed`."""
+    classes render them: a 404 names the operation's resource, a 400 its likely mistake, a
+    422 what its own body or parameters refuse, and only a webhook answers
+    `webhook-failed`."""
     max_body = Settings.model_fields["max_body_bytes"].default
     max_header = Settings.model_fields["max_header_bytes"].default
     raised = [
@@ -142,8 +266,7 @@ def problem_examples(path: str, operation: dict[str, Any]) -> dict[str, dict[str
         MethodNotAllowed("PUT is not allowed here."),
         Conflict("This email address already belongs to another account."),
         _payload_too_large(max_body),
-        Unprocessable("An edit needs a source image in `reference`."),
-        _rate_limited(),
+        _rate_limited(operation.get("operationId", "")),
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),
     ]
@@ -151,22 +274,14 @@ def problem_examples(path: str, operation: dict[str, Any]) -> dict[str, dict[str
         raised.append(RepeatedHeader("Authorization"))
     if path.startswith("/webhooks/"):
         raised.append(WebhookFailed("The event could not be applied; it will be retried."))
+    unprocessable = _unprocessable(operation.get("operationId", ""))
+    if unprocessable is not None:
+        raised.append(unprocessable)
     bodies = {body["type"]: body for body in (error.to_problem() for error in raised)}
-    # As errors._validation_error and errors._unhandled write them.
-    bodies[PROBLEM_BASE + "validation"] = {
-        "type": PROBLEM_BASE + "validation",
-        "title": "Invalid request",
-        "status": 422,
-        "detail": "body.prompt: String should have at most 2000 characters",
-        "errors": [
-            {
-                "loc": ["body", "prompt"],
-                "msg": "String should have at most 2000 characters",
-                "type": "string_too_long",
-            }
-        ],
-    }
-    bodies[ABOUT_BLANK] = dict(UNHANDLED_PROBLEM)
+    validation = _validation(spec, operation)
+    if validation is not None:
+        bodies[validation["type"]] = validation
+    bodies[ABOUT_BLANK] = dict(UNHANDLED_PROBLEM)  # as errors._unhandled writes it
     return bodies
 
 
@@ -230,7 +345,7 @@ def add_examples(spec: dict[str, Any]) -> dict[str, Any]:
                 example = _parameter_example(operation["operationId"], parameter["name"])
                 if example is not None:
                     parameter["example"] = example
-        problems = problem_examples(path, operation)
+        problems = problem_examples(spec, path, operation)
         for status, response in operation.get("responses", {}).items():
             content = response.get("content", {})
             if PROBLEM_JSON in content and int(status) in PROBLEM_TYPES:

@@ -23,7 +23,7 @@ from app.openapi_examples import EVENT_STREAM, is_file, media_example, operation
 
 BASE_URL = "http://127.0.0.1:8000"
 # What the shell puts in a header that must be new on every call.
-NEW_UUID = "$(uuidgen)"
+NEW_KEY = "$(openssl rand -hex 16)"  # openssl is there where uuidgen often is not
 # Sent where accepted though optional: a retried call is then applied once.
 IDEMPOTENCY_KEY = "Idempotency-Key"
 # The variable holding an operation's bearer token where it is not the user's.
@@ -82,7 +82,7 @@ class SampleRequest:
     path: str  # the template, e.g. /v1/images/{image_id}
     path_params: dict[str, str] = field(default_factory=dict)
     query: list[tuple[str, str]] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)  # NEW_UUID: a fresh uuid
+    headers: list[tuple[str, str]] = field(default_factory=list)  # NEW_KEY: a fresh key
     token: str | None = None  # the variable holding the bearer token; None: no token
     body: Any = _NO_BODY  # JSON
     files: list[str] = field(default_factory=list)  # multipart fields, each FILE_NAME
@@ -106,7 +106,7 @@ class SampleRequest:
         """The headers an HTTP client sends, `token` as the bearer token, JSON's and
         multipart's Content-Type aside (the client sets them)."""
         sent = {
-            name: str(uuid.uuid4()) if value == NEW_UUID else value for name, value in self.headers
+            name: str(uuid.uuid4()) if value == NEW_KEY else value for name, value in self.headers
         }
         if self.token is not None and token is not None:
             sent["Authorization"] = f"Bearer {token}"
@@ -149,7 +149,7 @@ def sample_request(
     for parameter in operation.get("parameters", []):
         name, where, value = parameter["name"], parameter["in"], parameter.get("example")
         if where == "header" and header_name(name) == IDEMPOTENCY_KEY:
-            headers.append((IDEMPOTENCY_KEY, NEW_UUID))
+            headers.append((IDEMPOTENCY_KEY, NEW_KEY))
         elif where == "path":
             path_params[name] = str(value)
         elif not parameter.get("required"):
@@ -193,7 +193,7 @@ def sample_request(
 
 def _header_option(name: str, value: str) -> str:
     header = f"{name}: {value}"
-    # Double quotes where the shell is meant to expand something ($ATELIER_TOKEN, $(uuidgen)).
+    # Double quotes where the shell is meant to expand something ($ATELIER_TOKEN, NEW_KEY).
     return f'-H "{header}"' if "$" in value else f"-H {shlex.quote(header)}"
 
 

@@ -74,3 +74,8 @@ def field_name(loc: Sequence[Any]) -> str:
     if where in ("query", "path", "header", "cookie") and path:
         return f"{path} ({where} parameter)"
     return ".".join(parts)
+
+
+def missing_file_part(name: str) -> str:
+    """The message of a multipart body without its file part `name`."""
+    return f"Field required: send the image as a multipart/form-data part '{name}'"

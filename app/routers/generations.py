@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from app.core import messages
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
 from app.errors import ANY_OPERATION, NotFound, responses
 from app.openapi import (
@@ -36,7 +37,7 @@ _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Limit="Requests of this kind allowed per window (per user)",
     RateLimit_Remaining="Requests left in the current window",
     RateLimit_Reset="Seconds until the oldest counted request leaves the window",
-    RateLimit_Policy="The limit and its window in seconds: `30;w=60`",
+    RateLimit_Policy="The limit and its window in seconds, such as `30;w=60`",
 )
 _JOB_HEADERS = {
     **header_docs(
@@ -226,7 +227,7 @@ async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
         part = form.get(name)
         if not isinstance(part, UploadFile):
             kind, message = (
-                ("missing", "Field required")
+                ("missing", messages.missing_file_part(name))
                 if part is None
                 else ("value_error", "must be a file part, not a text field")
             )

@@ -24,7 +24,7 @@ _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Limit="Generations allowed per window (per user)",
     RateLimit_Remaining="Generations left in the current window",
     RateLimit_Reset="Seconds until the oldest counted generation leaves the window",
-    RateLimit_Policy="The limit and its window in seconds: `30;w=60`",
+    RateLimit_Policy="The limit and its window in seconds, such as `30;w=60`",
 )
 _SET_HEADERS = {
     **header_docs(

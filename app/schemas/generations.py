@@ -89,7 +89,10 @@ class GenerationCreate(BaseModel):
         default=None, description="Required for `style` and `edit`: the source image."
     )
     model: Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9._-]+$")] | None = Field(
-        default=None, description="A preferred model, tried first; others follow on failure."
+        default=None,
+        description="A preferred model, tried first when the provider offers it (Gemini: one "
+        "of `GEMINI_MODELS`); others follow on failure. A model the provider does not offer "
+        "is not tried, and the job's `model` then says which one answered.",
     )
     visibility: Literal["private", "public"] = "private"
     pack_id: UUID | None = Field(
@@ -128,7 +131,10 @@ class Job(BaseModel):
     )
     kind: JobKind | None
     prompt: str | None = Field(description="What the generation was asked for.")
-    model: str | None = Field(description="The model that answered (once one has).")
+    model: str | None = Field(
+        description="The model asked for (`model` of the request, if any) until one answers; "
+        "then the model that answered."
+    )
     error: str | None = Field(
         description="Why the job failed (its credits were refunded); while it waits for a "
         "retry (`retry_at` set), why its last attempt failed."

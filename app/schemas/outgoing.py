@@ -54,7 +54,9 @@ class WebhookEndpointCreate(BaseModel):
     )
 
     url: Annotated[SafeStr, Field(min_length=1, max_length=2000)] = Field(
-        description="An https URL on a public address; each delivery is a POST to it."
+        description="An https URL on a public address; each delivery is a POST to it. In "
+        "development (`ENV=development`, the service's default), a host that resolves only "
+        "to loopback is accepted too, over http or https."
     )
     events: list[EventType] = Field(
         min_length=1, max_length=2, description="The events to send: job.completed, job.failed."

@@ -164,7 +164,7 @@ async def download(
     row = await images.get_readable(conn, image_id, viewer or "")
     if row is None and viewer is None:
         raise Unauthorized(
-            "This image is not public: send 'Authorization: Bearer <session token>'.",
+            "This image is not public: send 'Authorization: Bearer <session token or API key>'.",
             sent=False,
         )
     if row is None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import uuid4
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from jsonschema import Draft202012Validator
 
 from app.config import Settings
@@ -37,9 +40,9 @@ def operations(spec: Spec) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{method.upper()} {path}", operation
 
 
-def answerable(path: str, operation: dict[str, Any], status: str) -> set[str]:
+def answerable(spec: Spec, path: str, operation: dict[str, Any], status: str) -> set[str]:
     """The problem types of `status` that the operation can answer."""
-    return set(PROBLEM_TYPES[int(status)]) & set(problem_examples(path, operation))
+    return set(PROBLEM_TYPES[int(status)]) & set(problem_examples(spec, path, operation))
 
 
 def _has_example(spec: Spec, media: dict[str, Any]) -> bool:
@@ -70,7 +73,7 @@ def lacking_examples(spec: Spec) -> list[str]:
                     continue  # bytes: the curl sample saves them (-OJ)
                 if media_type == PROBLEM_JSON:
                     shown = {e["value"]["type"] for e in media.get("examples", {}).values()}
-                    if not shown or shown != answerable(path, operation, status):
+                    if not shown or shown != answerable(spec, path, operation, status):
                         missing.append(f"{label}: {status} lacks an example of a problem type")
                 elif not _has_example(spec, media):
                     missing.append(f"{label}: no example of its {status} {media_type} answer")
@@ -200,7 +203,7 @@ def test_problem_examples_fit_the_operation(spec: Spec) -> None:
     assert "cursor" in ledger["bad-request"]["detail"]
     # no token, so no repeated Authorization header to refuse
     assert list(_problems(spec, "/webhooks/clerk", "post", "400")) == ["bad-request"]
-    too_large = problem_examples("/healthz", {})[PROBLEM_BASE + "headers-too-large"]
+    too_large = problem_examples(spec, "/healthz", {})[PROBLEM_BASE + "headers-too-large"]
     assert too_large["detail"].endswith(" of 32768 bytes.")  # MAX_HEADER_BYTES' default
 
 
@@ -237,3 +240,67 @@ def test_an_example_its_schema_refuses_is_named(spec: Spec) -> None:
     assert any(e.startswith("GET /v1/jobs parameter limit: 0 is less than") for e in errors)
     assert any(e.startswith("GET /v1/jobs/{job_id}/events 200") for e in errors), errors
     assert len(errors) >= 3
+
+
+def _validation_examples(spec: Spec) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, method, operation in paths_and_operations(spec):
+        media = operation["responses"].get("422", {}).get("content", {}).get(PROBLEM_JSON, {})
+        example = media.get("examples", {}).get("validation")
+        if example is not None:
+            yield path, method, example["value"]
+
+
+async def test_each_validation_example_is_what_the_operation_answers(
+    spec: Spec,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    """The 422 `validation` examples are made from the operation's own models and parameters:
+    sending what each says is wrong (a body without its field, an id that is no UUID, a
+    number over its maximum) gets that very problem from the app."""
+    admin = "user_examples_admin"
+    app.state.settings.admin_user_ids.append(admin)  # the admin routes' examples too
+    headers = auth_headers(admin)
+    replayed = 0
+    for path, method, example in _validation_examples(spec):
+        (error,) = example["errors"][:1]
+        where, name = error["loc"][0], error["loc"][1]
+        if where == "body" and error["type"] == "missing":
+            request: dict[str, Any] = {"json": {}}
+            if "file" == name:
+                request = {"files": {"other": ("a.txt", b"x")}}
+        elif where == "body":
+            continue  # a field too many or of a wrong type: made from the model alone
+        else:
+            bad = {"uuid_parsing": "not-a-uuid", "int_parsing": "soon"}.get(error["type"])
+            values = {name: bad if bad is not None else _over(error)}
+            request = {"params": values} if where == "query" else {}
+            if where == "header":
+                request = {"headers": values}
+        url = path
+        for parameter in ("job_id", "image_id", "prompt_id", "pack_id", "set_id", "key_id"):
+            value = "not-a-uuid" if (where, name) == ("path", parameter) else str(uuid4())
+            url = url.replace("{" + parameter + "}", value)
+        for parameter in ("endpoint_id",):
+            value = "not-a-uuid" if (where, name) == ("path", parameter) else str(uuid4())
+            url = url.replace("{" + parameter + "}", value)
+        url = url.replace("{user_id}", "u" * 256 if name == "user_id" else "user_x")
+        url = url.replace("{key}", "generations/x.png")
+        request_headers = {**headers, **request.pop("headers", {})}
+        response = await client.request(method.upper(), url, headers=request_headers, **request)
+        assert response.status_code == 422, (method, path, response.text)
+        answer = response.json()  # other required parameters left out may add errors
+        shown = len(example["errors"])
+        assert {**answer, "errors": answer["errors"][:shown]} == example, (method, path)
+        replayed += 1
+    assert replayed >= 30
+
+
+def _over(error: dict[str, Any]) -> str:
+    """A value just over the limit an error names: a text of `(got N)` characters, or a
+    number one over `less than or equal to N`."""
+    msg = error["msg"]
+    if "(got " in msg:
+        return "x" * int(msg.split("(got ")[1].rstrip(")").replace(",", ""))
+    return str(int(msg.rsplit(" ", 1)[-1]) + 1)

@@ -3,11 +3,11 @@ its `x-codeSamples` (`app.openapi_samples`), is sent to a seeded app and gets a 
 success.
 
 The sample's example ids are swapped for the seeded rows' ids (in the path and the JSON
-body), its `$ATELIER_TOKEN` for a real token, `$(uuidgen)` for a new uuid; nothing else is
-changed. Not replayed: the samples labelled as illustrations (a webhook's made-up signature,
-a made-up signed /files URL: they cannot succeed by design), and GET /v1/feed/events, which
-never ends, so an in-process client (which reads a whole body) cannot receive it;
-tests/api/test_contract.py reads its events over loopback.
+body), its `$ATELIER_TOKEN` for a real token, `$(openssl rand -hex 16)` for a new key;
+nothing else is changed. Not replayed: the samples labelled as illustrations (a webhook's
+made-up signature, a made-up signed /files URL: they cannot succeed by design), and
+GET /v1/feed/events, which never ends, so an in-process client (which reads a whole body)
+cannot receive it; tests/api/test_contract.py reads its events over loopback.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.openapi import restore_examples
 from app.openapi_examples import PARAMETER_EXAMPLES
 from app.openapi_samples import (
     ILLUSTRATIONS,
-    NEW_UUID,
+    NEW_KEY,
     SampleRequest,
     header_name,
     render_curl,
@@ -218,9 +218,9 @@ def test_samples_send_what_a_first_call_needs_and_no_more(spec: dict[str, Any]) 
     assert samples["metrics"].token == "METRICS_TOKEN"
     assert samples["healthz"].token is None
     for keyed in ("create_generation", "create_pack_generations", "admin_adjust_credits"):
-        assert samples[keyed].headers == [("Idempotency-Key", NEW_UUID)], keyed
+        assert samples[keyed].headers == [("Idempotency-Key", NEW_KEY)], keyed
     generation = render_curl(samples["create_generation"])
-    assert '-H "Idempotency-Key: $(uuidgen)"' in generation
+    assert '-H "Idempotency-Key: $(openssl rand -hex 16)"' in generation
     assert '-H "Authorization: Bearer $ATELIER_TOKEN"' in generation
     assert "-F file=@icon.png" in render_curl(samples["create_upload"])
     assert header_name("last-event-id") == "Last-Event-ID"

@@ -870,7 +870,8 @@ export interface paths {
          * Create Webhook Endpoint
          * @description Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
          *     (`data`: the job as GET /v1/jobs/{id} shows it), signed per Standard Webhooks with
-         *     `secret`, retried with backoff for about a day. 422: not https, or a private address.
+         *     `secret`, retried with backoff for about a day. 422: not https, or a private address
+         *     (in development, loopback is allowed, over http too).
          */
         post: operations["create_webhook_endpoint"];
         delete?: never;
@@ -1280,7 +1281,7 @@ export interface components {
             reference?: components["schemas"]["UploadReference"] | components["schemas"]["ImageReference"] | null;
             /**
              * Model
-             * @description A preferred model, tried first; others follow on failure.
+             * @description A preferred model, tried first when the provider offers it (Gemini: one of `GEMINI_MODELS`); others follow on failure. A model the provider does not offer is not tried, and the job's `model` then says which one answered.
              */
             model?: string | null;
             /**
@@ -1487,7 +1488,7 @@ export interface components {
             prompt: string | null;
             /**
              * Model
-             * @description The model that answered (once one has).
+             * @description The model asked for (`model` of the request, if any) until one answers; then the model that answered.
              */
             model: string | null;
             /**
@@ -2545,7 +2546,7 @@ export interface components {
         WebhookEndpointCreate: {
             /**
              * Url
-             * @description An https URL on a public address; each delivery is a POST to it.
+             * @description An https URL on a public address; each delivery is a POST to it. In development (`ENV=development`, the service's default), a host that resolves only to loopback is accepted too, over http or https.
              */
             url: string;
             /**
@@ -3657,7 +3658,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3680,7 +3681,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3706,7 +3707,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3723,7 +3724,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3740,7 +3741,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3757,7 +3758,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3783,7 +3784,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3802,7 +3803,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3828,7 +3829,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4120,7 +4121,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4128,7 +4129,7 @@ export interface operations {
                     "application/json": components["schemas"]["Upload"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     /** @description Requests of this kind allowed per window (per user) */
@@ -4137,7 +4138,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4154,7 +4155,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4171,7 +4172,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4188,7 +4189,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4207,7 +4208,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4233,7 +4234,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted request leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4681,7 +4682,7 @@ export interface operations {
                     "application/json": components["schemas"]["ImageItem"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5099,7 +5100,7 @@ export interface operations {
                     "application/json": components["schemas"]["Prompt"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5332,7 +5333,7 @@ export interface operations {
                     "application/json": components["schemas"]["Prompt"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5506,7 +5507,7 @@ export interface operations {
                     "application/json": components["schemas"]["Pack"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5745,7 +5746,7 @@ export interface operations {
                     "application/json": components["schemas"]["Pack"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5833,7 +5834,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6007,7 +6008,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6028,7 +6029,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6054,7 +6055,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6071,7 +6072,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6088,7 +6089,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6114,7 +6115,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6133,7 +6134,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6159,7 +6160,7 @@ export interface operations {
                     "RateLimit-Remaining"?: string;
                     /** @description Seconds until the oldest counted generation leaves the window */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds: `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6879,7 +6880,7 @@ export interface operations {
                     "application/json": components["schemas"]["CheckoutSession"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6975,7 +6976,7 @@ export interface operations {
                     "application/json": components["schemas"]["PortalSession"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7250,7 +7251,7 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyCreated"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7565,7 +7566,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookEndpointWithSecret"];
                 };
             };
-            /** @description The body could not be parsed: not UTF-8, not JSON, not an object, or broken multipart */
+            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
