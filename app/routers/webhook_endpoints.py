@@ -37,9 +37,10 @@ async def create_webhook_endpoint(
     body: WebhookEndpointCreate, user: StreamUser, svc: Svc, response: Response
 ) -> WebhookEndpointWithSecret:
     """Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
-    (`data`: the job as GET /v1/jobs/{id} shows it), signed per Standard Webhooks with
-    `secret`, retried with backoff for about a day. 422: not https, or a private address
-    (in development, loopback is allowed, over http too)."""
+    (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
+    signed per Standard Webhooks with `secret`, retried with backoff for about a day.
+    422: not https, or a private address (in development, loopback is allowed, over http
+    too)."""
     created = await webhook_endpoints.create(svc.pool, svc.settings, user, body)
     response.headers["Location"] = f"/v1/webhook-endpoints/{created.id}"
     return created

@@ -89,22 +89,26 @@ class Sender:
         jobs: dict[Any, asyncpg.Record | None] = {}
         async with self._pool.acquire() as conn:
             claimed = await outgoing_db.claim_due(conn, BATCH, self._lease_seconds)
-            for row in claimed:
-                if row["payload"] is None:
-                    jobs[row["id"]] = await jobs_db.get_view(conn, row["job_id"], row["user_id"])
+            for row in claimed:  # read again at every attempt: see _payload
+                jobs[row["id"]] = await jobs_db.get_view(conn, row["job_id"], row["user_id"])
         # No connection is held from here until the attempts are recorded.
         await asyncio.gather(*(self._send(row, jobs.get(row["id"])) for row in claimed))
         return len(claimed)
 
     async def _payload(self, row: asyncpg.Record, job: asyncpg.Record | None) -> dict[str, Any]:
-        if row["payload"] is not None:
-            stored: dict[str, Any] = row["payload"]
-            return stored
-        data = None
+        """The event as first sent (its `type` and `timestamp` stay), with `data` the job as
+        GET /v1/jobs/{id} shows it now: a retry a day later carries an image URL signed for
+        it, not one that expired an hour after the first attempt."""
+        first: dict[str, Any] = row["payload"] or {
+            "type": row["type"],
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": None,
+        }
+        data = first["data"]
         if job is not None:
             schema = await generations.to_schema(job, self._storage, self._settings)
             data = schema.model_dump(mode="json")
-        return {"type": row["type"], "timestamp": datetime.now(UTC).isoformat(), "data": data}
+        return {"type": first["type"], "timestamp": first["timestamp"], "data": data}
 
     async def _send(self, row: asyncpg.Record, job: asyncpg.Record | None) -> None:
         payload = await self._payload(row, job)

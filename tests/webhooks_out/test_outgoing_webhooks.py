@@ -165,6 +165,34 @@ async def test_a_failing_endpoint_is_retried_with_backoff_and_each_attempt_liste
             assert done["delivered_at"] is not None and done["next_attempt_at"] is None
 
 
+async def test_a_retry_carries_the_job_as_it_is_then_under_the_first_events_time(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """`data` is read again for every attempt (a retry hours later gets an image URL signed
+    then, not one that expired); the event's id, type and timestamp stay those of the first."""
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(500) as receiver:
+        async with running_settings(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            job = await finished_job(client, alice)
+            (first,) = await received(receiver, 1)
+            sent = verified(endpoint["secret"], first)
+            assert sent["data"]["image"]["url"] == job["image"]["url"]
+            await wait_until(lambda: _attempts(db, 1), "the failed attempt to be recorded")
+            # Meanwhile the image is deleted: the job shows none any more.
+            image = job["image"]["id"]
+            assert (await client.delete(f"/v1/images/{image}", headers=alice)).status_code == 204
+            shown = (await client.get(f"/v1/jobs/{job['id']}", headers=alice)).json()
+            assert shown["image"] is None
+
+            await make_due(db)
+            _, second = await received(receiver, 2)
+            resent = verified(endpoint["secret"], second)
+            assert resent["data"] == shown
+            assert (resent["type"], resent["timestamp"]) == (sent["type"], sent["timestamp"])
+            assert second.headers["webhook-id"] == first.headers["webhook-id"]
+
+
 async def test_a_delivery_gives_up_after_the_last_backoff(
     hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:

@@ -869,9 +869,10 @@ export interface paths {
         /**
          * Create Webhook Endpoint
          * @description Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
-         *     (`data`: the job as GET /v1/jobs/{id} shows it), signed per Standard Webhooks with
-         *     `secret`, retried with backoff for about a day. 422: not https, or a private address
-         *     (in development, loopback is allowed, over http too).
+         *     (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
+         *     signed per Standard Webhooks with `secret`, retried with backoff for about a day.
+         *     422: not https, or a private address (in development, loopback is allowed, over http
+         *     too).
          */
         post: operations["create_webhook_endpoint"];
         delete?: never;
