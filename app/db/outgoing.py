@@ -7,7 +7,10 @@ from typing import Any
 
 import asyncpg
 
-_ENDPOINT = "id, user_id, url, events, created_at"
+_ENDPOINT = (
+    "id, user_id, url, events, created_at, CASE WHEN previous_secret_expires_at > now() "
+    "THEN previous_secret_expires_at END AS previous_secret_expires_at"
+)
 _DELIVERY = (
     "id, endpoint_id, type, job_id, status, attempts, next_attempt_at, last_status, "
     "last_error, delivered_at, created_at"
@@ -65,17 +68,26 @@ async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user
 
 
 async def set_secret(
-    conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str, secret: str
+    conn: asyncpg.Connection,
+    endpoint_id: uuid.UUID,
+    user_id: str,
+    secret: str,
+    overlap_seconds: float,
 ) -> asyncpg.Record | None:
+    """A new secret; the one it replaces still signs for `overlap_seconds`."""
     return await conn.fetchrow(
         f"""
-        UPDATE webhook_endpoints SET secret = $3
+        UPDATE webhook_endpoints
+        SET previous_secret = secret,
+            previous_secret_expires_at = now() + make_interval(secs => $4),
+            secret = $3
         WHERE id = $1 AND user_id = $2
         RETURNING {_ENDPOINT}
         """,
         endpoint_id,
         user_id,
         secret,
+        overlap_seconds,
     )
 
 
@@ -131,7 +143,9 @@ async def claim_due(
         FROM due, webhook_endpoints e
         WHERE d.id = due.id AND e.id = d.endpoint_id
         RETURNING d.id, d.type, d.job_id, d.payload, d.attempts, d.created_at,
-                  e.url, e.secret, e.user_id
+                  e.url, e.secret, e.user_id,
+                  CASE WHEN e.previous_secret_expires_at > now()
+                       THEN e.previous_secret END AS previous_secret
         """,
         limit,
         lease_seconds,

@@ -19,6 +19,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "url": "https://example.com/hooks",
     "events": ["job.completed", "job.failed"],
     "created_at": "2026-05-03T14:25:40.019Z",
+    "previous_secret_expires_at": None,
 }
 DELIVERY_EXAMPLE: dict[str, Any] = {
     "id": "e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e",
@@ -70,6 +71,10 @@ class WebhookEndpoint(BaseModel):
     url: str
     events: list[str]
     created_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="After a rotation, until when the replaced secret still signs each "
+        "delivery beside the new one (a day); null otherwise.",
+    )
 
 
 class WebhookEndpointWithSecret(WebhookEndpoint):

@@ -153,7 +153,13 @@ class Sender:
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(row["secret"]).sign(msg_id, now, body),
+            # Space-separated, one per secret: the new one and, for a day after a rotation,
+            # the one it replaced (Standard Webhooks: a receiver accepts any that verifies).
+            "webhook-signature": " ".join(
+                Webhook(secret).sign(msg_id, now, body)
+                for secret in (row["secret"], row["previous_secret"])
+                if secret is not None
+            ),
         }
         response = await self._client.post(row["url"], content=body, headers=headers)
         return response.status_code

@@ -25,6 +25,9 @@ from app.services import webhook_urls
 from app.services.users import User
 
 DELIVERIES_LISTED = 100
+# After a rotation the old secret signs beside the new one this long, so receivers can
+# switch without refusing a delivery meanwhile.
+SECRET_OVERLAP_SECONDS = 24 * 3600
 
 
 def new_secret() -> str:
@@ -70,9 +73,10 @@ async def delete(conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID) -
 async def rotate_secret(
     conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID
 ) -> WebhookEndpointWithSecret:
-    """A new secret, used from the next attempt on (pending deliveries included)."""
+    """A new secret, used from the next attempt on (pending deliveries included); the one it
+    replaces signs beside it for SECRET_OVERLAP_SECONDS."""
     secret = new_secret()
-    row = await outgoing_db.set_secret(conn, endpoint_id, user.id, secret)
+    row = await outgoing_db.set_secret(conn, endpoint_id, user.id, secret, SECRET_OVERLAP_SECONDS)
     if row is None:
         raise NotFound("No such webhook endpoint.")
     return WebhookEndpointWithSecret(**dict(row), secret=secret)

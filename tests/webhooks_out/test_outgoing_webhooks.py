@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -254,24 +255,57 @@ async def test_only_subscribed_events_are_sent(
             assert json.loads(only.body)["type"] == "job.completed"
 
 
-async def test_after_a_rotation_deliveries_verify_with_the_new_secret_only(
-    hook_settings: Callable[..., Settings], auth_headers: Headers
+async def test_after_a_rotation_both_secrets_verify_for_a_day_then_the_new_one_only(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
     alice = auth_headers(ALICE)
     with WebhookReceiver() as receiver:
         async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
-            rotated = await client.post(
-                f"/v1/webhook-endpoints/{endpoint['id']}/secret", headers=alice
-            )
+            assert endpoint["previous_secret_expires_at"] is None
+            url = f"/v1/webhook-endpoints/{endpoint['id']}"
+            rotated = await client.post(f"{url}/secret", headers=alice)
             assert rotated.status_code == 200, rotated.text
             new_secret = rotated.json()["secret"]
             assert new_secret.startswith("whsec_") and new_secret != endpoint["secret"]
+            overlap = datetime.fromisoformat(rotated.json()["previous_secret_expires_at"])
+            left = overlap - datetime.now(UTC)
+            assert timedelta(hours=23, minutes=59) < left <= timedelta(hours=24)
+            shown = (await client.get(url, headers=alice)).json()
+            assert (
+                shown["previous_secret_expires_at"] == rotated.json()["previous_secret_expires_at"]
+            )
+
+            # During the overlap: one signature by each secret, and a receiver still on the
+            # old one verifies, as does one that switched.
             await finished_job(client, alice)
             (message,) = await received(receiver, 1)
+            assert len(message.headers["webhook-signature"].split(" ")) == 2
             assert verified(new_secret, message)["type"] == "job.completed"
+            assert verified(endpoint["secret"], message)["type"] == "job.completed"
+
+            # Once it lapses, the new secret alone signs.
+            await db.execute(
+                "UPDATE webhook_endpoints SET previous_secret_expires_at = now() WHERE id = $1",
+                uuid.UUID(endpoint["id"]),
+            )
+            assert (await client.get(url, headers=alice)).json()[
+                "previous_secret_expires_at"
+            ] is None
+            await finished_job(client, alice)
+            _, later = await received(receiver, 2)
+            assert len(later.headers["webhook-signature"].split(" ")) == 1
+            assert verified(new_secret, later)["type"] == "job.completed"
             with pytest.raises(WebhookVerificationError):
-                verified(endpoint["secret"], message)
+                verified(endpoint["secret"], later)
+
+            # A second rotation keeps only the secret it replaces, not the one before it.
+            again = (await client.post(f"{url}/secret", headers=alice)).json()
+            await finished_job(client, alice)
+            _, _, third = await received(receiver, 3)
+            assert verified(again["secret"], third) and verified(new_secret, third)
+            with pytest.raises(WebhookVerificationError):
+                verified(endpoint["secret"], third)
 
 
 async def test_a_deleted_endpoint_gets_nothing_more(

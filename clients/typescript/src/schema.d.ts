@@ -2516,7 +2516,8 @@ export interface components {
          *         "job.completed",
          *         "job.failed"
          *       ],
-         *       "created_at": "2026-05-03T14:25:40.019Z"
+         *       "created_at": "2026-05-03T14:25:40.019Z",
+         *       "previous_secret_expires_at": null
          *     }
          */
         WebhookEndpoint: {
@@ -2534,6 +2535,11 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Previous Secret Expires At
+             * @description After a rotation, until when the replaced secret still signs each delivery beside the new one (a day); null otherwise.
+             */
+            previous_secret_expires_at: string | null;
         };
         /**
          * WebhookEndpointCreate
@@ -2567,7 +2573,8 @@ export interface components {
          *             "job.completed",
          *             "job.failed"
          *           ],
-         *           "created_at": "2026-05-03T14:25:40.019Z"
+         *           "created_at": "2026-05-03T14:25:40.019Z",
+         *           "previous_secret_expires_at": null
          *         }
          *       ]
          *     }
@@ -2586,6 +2593,7 @@ export interface components {
          *         "job.failed"
          *       ],
          *       "created_at": "2026-05-03T14:25:40.019Z",
+         *       "previous_secret_expires_at": null,
          *       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="
          *     }
          */
@@ -2604,6 +2612,11 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Previous Secret Expires At
+             * @description After a rotation, until when the replaced secret still signs each delivery beside the new one (a day); null otherwise.
+             */
+            previous_secret_expires_at: string | null;
             /**
              * Secret
              * @description `whsec_…`: verifies each delivery's `webhook-signature` (Standard Webhooks). Shown when the endpoint is made and when the secret is rotated.
