@@ -275,7 +275,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def _jsonable_error(error: Any) -> dict[str, Any]:
     # `msg` in the sender's terms (characters of text, not "items"); `type` stays pydantic's.
     message = messages.validation_message(error)
-    return {"loc": list(error.get("loc", ())), "msg": message, "type": error.get("type")}
+    # A union member's tag is named as its key (schemas.generations.Reference): said once.
+    raw = list(error.get("loc", ()))
+    loc = [part for i, part in enumerate(raw) if i == 0 or part != raw[i - 1]]
+    return {"loc": loc, "msg": message, "type": error.get("type")}
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

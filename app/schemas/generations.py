@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.schemas.common import Page, SafeStr, TextStr
 
@@ -65,6 +65,30 @@ class ImageReference(BaseModel):
     image_id: UUID = Field(description="One of your images, or a public one.")
 
 
+def _reference_kind(value: Any) -> str | None:
+    """Which reference a value is, by the one key it has, so a mistake is reported against
+    that kind alone (a plain union reported it against both: `image_id: "nope"` said
+    `upload_key` was missing). None (neither key, or both) is the `reference` error."""
+    if isinstance(value, BaseModel):
+        return "image_id" if isinstance(value, ImageReference) else "upload_key"
+    if not isinstance(value, dict):
+        return None
+    keys = {"upload_key", "image_id"} & value.keys()
+    return keys.pop() if len(keys) == 1 else None
+
+
+# The tags are the keys, and errors.py drops a loc part that repeats the one before it, so an
+# error reads `reference.image_id`, not `reference.image_id.image_id`.
+Reference = Annotated[
+    Annotated[UploadReference, Tag("upload_key")] | Annotated[ImageReference, Tag("image_id")],
+    Discriminator(
+        _reference_kind,
+        custom_error_type="reference",
+        custom_error_message='must be {"upload_key": …} or {"image_id": …}',
+    ),
+]
+
+
 class GenerationCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -85,7 +109,7 @@ class GenerationCreate(BaseModel):
 
     prompt: Annotated[TextStr, Field(min_length=1, max_length=2000)]
     kind: JobKind = "generate"
-    reference: UploadReference | ImageReference | None = Field(
+    reference: Reference | None = Field(
         default=None, description="Required for `style` and `edit`: the source image."
     )
     model: Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9._-]+$")] | None = Field(

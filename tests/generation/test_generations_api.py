@@ -98,6 +98,28 @@ async def test_a_missing_reference_is_named_with_its_kind(
         assert problem["detail"] == f"{detail} needs a source image in `reference`."
 
 
+@pytest.mark.parametrize(
+    ("reference", "detail"),
+    [
+        ({"image_id": "nope"}, "reference.image_id: Input should be a valid UUID"),
+        ({"upload_key": ""}, "reference.upload_key: must not be empty"),
+        ({}, 'reference: must be {"upload_key": …} or {"image_id": …}'),
+        ({"upload_key": "a", "image_id": str(uuid.uuid4())}, "reference: must be {"),
+        ("uploads/x.png", 'reference: must be {"upload_key": …}'),
+    ],
+)
+async def test_a_bad_reference_is_named_for_the_kind_it_is(
+    queued: httpx.AsyncClient, auth_headers: Headers, reference: Any, detail: str
+) -> None:
+    """Told apart by its key: an image id that is no UUID is not reported as a missing
+    upload key (a plain union reported both kinds' errors, the wrong one first)."""
+    body = {"prompt": "a fox", "kind": "style", "reference": reference}
+    response = await queued.post("/v1/generations", json=body, headers=auth_headers(ALICE))
+    problem = assert_problem(response, 422)
+    assert problem["detail"].startswith(detail), problem
+    assert all("Reference" not in ".".join(map(str, e["loc"])) for e in problem["errors"])
+
+
 async def test_a_prompt_of_2000_characters_is_accepted(
     queued: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:

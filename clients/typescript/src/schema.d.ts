@@ -1279,7 +1279,7 @@ export interface components {
              * Reference
              * @description Required for `style` and `edit`: the source image.
              */
-            reference?: components["schemas"]["UploadReference"] | components["schemas"]["ImageReference"] | null;
+            reference?: (components["schemas"]["UploadReference"] | components["schemas"]["ImageReference"]) | null;
             /**
              * Model
              * @description A preferred model, tried first when the provider offers it (Gemini: one of `GEMINI_MODELS`); others follow on failure. A model the provider does not offer is not tried, and the job's `model` then says which one answered.
