@@ -39,11 +39,14 @@ class BodyLimitMiddleware:
     `route_limits` (route path template → its limit) can raise it for a route such as
     uploads; a body without a Content-Length (chunked) is counted as it is read.
 
-    An answer sent before the body was all received (a 401 or 429 to an upload, which reads
-    its body last; a 413) says `Connection: close`, and uvicorn closes once it is sent. A
-    client that sent `Expect: 100-continue` and so holds its body back then knows the
-    connection will not be read further, rather than reusing it and having its next
-    request taken for the rest of this body.
+    A request sent with `Expect: 100-continue` that is answered before its body was asked
+    for (a 401 or 429 to an upload, which reads its body last; a 413 by Content-Length) gets
+    `Connection: close`, and uvicorn closes once it is sent: the client, holding its body
+    back, then knows the connection will not be read further, rather than reusing it and
+    having its next request taken for the rest of this body. Only then: a client already
+    sending its body (no `Expect`) must be left to finish, or closing under it resets the
+    connection and loses the answer (Node's fetch saw EPIPE instead of the 401), so for it
+    uvicorn reads and discards the rest as usual.
     """
 
     def __init__(
@@ -64,29 +67,30 @@ class BodyLimitMiddleware:
         declared = int(header) if header is not None and header.isdigit() else None
         limit: RouteLimit | None = None
         received = 0
-        whole = False  # the body's last piece has arrived
+        asked = False  # the app asked for the body (uvicorn then sends `100 Continue`)
 
         async def limited_receive() -> Message:
-            nonlocal limit, received, whole
+            nonlocal limit, received, asked
             if limit is None:
                 template = getattr(scope.get("route"), "path", None)
                 limit = self.route_limits.get(template or "", self.default)
             if declared is not None and declared > limit.read:
                 raise body_too_large(limit)
+            asked = True
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit.read:
                     raise body_too_large(limit)
-                whole = not message.get("more_body", False)
             return message
 
-        if not declared and first_header(scope, b"transfer-encoding") is None:
-            await self.app(scope, limited_receive, send)  # no body: nothing to leave unread
+        expect = first_header(scope, b"expect")
+        if expect is None or expect.lower() != b"100-continue":
+            await self.app(scope, limited_receive, send)
             return
 
         async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and not whole:
+            if message["type"] == "http.response.start" and not asked:
                 headers = [*message.get("headers", ()), (b"connection", b"close")]
                 message = {**message, "headers": headers}
             await send(message)

@@ -23,8 +23,8 @@ _FORM_SCHEMAS: dict[str, dict[str, Any]] = {}  # multipart bodies a route reads 
 # place of FastAPI's generic one (FastAPI merges a route's `responses` into its own).
 _EVENTS_KEY = "x-atelier-item-schema"
 UNPARSABLE_BODY = (
-    "The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart "
-    "(JSON that does not parse, or is not an object, is a 422 `validation` problem)"
+    "The body could not be read: bytes that are not text, JSON nested too deeply, or broken "
+    "multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem)"
 )
 
 

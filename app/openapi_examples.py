@@ -239,12 +239,19 @@ def _bad_request(path: str, operation: dict[str, Any]) -> BadRequest:
         return BadRequest("The cursor is not one this API handed out.")
     if "idempotency-key" in names:
         return BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-    return BadRequest("The body could not be parsed.")
+    if operation.get("operationId") == "create_upload":  # Starlette's words, as answered
+        return BadRequest("Too many files. Maximum number of files is 1.")
+    return BadRequest("The body is not valid UTF-8 text, so it cannot be JSON.")
 
 
-def _payload_too_large(max_body: int) -> PayloadTooLarge:
-    """The 413 as `BodyLimitMiddleware` raises it (errors renders its `limit` alongside)."""
-    raised = body_too_large(RouteLimit(max_body, max_body, "The request body"))
+def _payload_too_large(operation_id: str) -> PayloadTooLarge:
+    """The 413 as `BodyLimitMiddleware` raises it (errors renders its `limit` alongside), with
+    the upload route's own limit as app.main sets it."""
+    limit = Settings.model_fields["max_body_bytes"].default
+    what = "The request body"
+    if operation_id == "create_upload":
+        limit, what = Settings.model_fields["max_upload_bytes"].default, "Uploads"
+    raised = body_too_large(RouteLimit(limit, limit, what))
     return PayloadTooLarge(str(raised.detail), limit=raised.limit)
 
 
@@ -255,7 +262,6 @@ def problem_examples(
     classes render them: a 404 names the operation's resource, a 400 its likely mistake, a
     422 what its own body or parameters refuse, and only a webhook answers
     `webhook-failed`."""
-    max_body = Settings.model_fields["max_body_bytes"].default
     max_header = Settings.model_fields["max_header_bytes"].default
     raised = [
         _bad_request(path, operation),
@@ -265,7 +271,7 @@ def problem_examples(
         NotFound(_first(NOT_FOUND, path)),
         MethodNotAllowed("PUT is not allowed here."),
         Conflict("This email address already belongs to another account."),
-        _payload_too_large(max_body),
+        _payload_too_large(operation.get("operationId", "")),
         _rate_limited(operation.get("operationId", "")),
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),

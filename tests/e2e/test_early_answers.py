@@ -4,12 +4,14 @@ The upload route reads its body only after the token is checked and the upload c
 (app/routers/generations.py), so a stranger's 401 comes before the image. These tests
 check what a client sees on the wire then: an answer that says `Connection: close` (a
 client holding its body back for `Expect: 100-continue` must not reuse the connection),
-and a client that leaves mid-body costing the server no error.
+while a client already sending its body is left to finish and gets its answer on a
+connection it can reuse, and a client that leaves mid-body costs the server no error.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +70,25 @@ def test_a_strangers_upload_held_back_for_100_continue_gets_a_401_and_a_closed_c
     assert b"connection: close" in rest.partition(b"\r\n\r\n")[0].lower(), raw[:600]
     assert b"100 Continue" not in raw  # the body was never asked for
     assert closed, "the server kept the connection open, waiting for the body"
+
+
+def test_a_stranger_sending_the_whole_body_at_once_gets_its_401_and_a_usable_connection(
+    served: tuple[str, int],
+) -> None:
+    """No `Expect`: the client is already writing its 9 MB when the 401 is sent. The server
+    must not close under it (the reset would lose the answer: a client sees EPIPE, as Node's
+    fetch did), but read and discard the rest, and keep the connection for the next request."""
+    body = b"\x00" * (9 * MIB)
+    with socket.create_connection(served, timeout=30) as sock:
+        sending = threading.Thread(target=sock.sendall, args=(upload_head(len(body)) + body,))
+        sending.start()
+        sending.join(timeout=60)
+        assert not sending.is_alive(), "the server stopped reading the body"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: atelier.test\r\nConnection: close\r\n\r\n")
+        raw, _ = answer_then_close(sock)
+    assert raw.startswith(b"HTTP/1.1 401 Unauthorized"), raw[:300]
+    assert b"connection: close" not in raw.partition(b"\r\n\r\n")[0].lower()
+    assert b"HTTP/1.1 200 OK" in raw, raw[-500:]  # the same connection answered again
 
 
 def test_a_client_leaving_mid_upload_costs_no_error(

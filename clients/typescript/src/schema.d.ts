@@ -4143,7 +4143,7 @@ export interface operations {
                     "application/json": components["schemas"]["Upload"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     /** @description Requests of this kind allowed per window (per user) */
@@ -4696,7 +4696,7 @@ export interface operations {
                     "application/json": components["schemas"]["ImageItem"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5114,7 +5114,7 @@ export interface operations {
                     "application/json": components["schemas"]["Prompt"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5347,7 +5347,7 @@ export interface operations {
                     "application/json": components["schemas"]["Prompt"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5521,7 +5521,7 @@ export interface operations {
                     "application/json": components["schemas"]["Pack"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5760,7 +5760,7 @@ export interface operations {
                     "application/json": components["schemas"]["Pack"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5848,7 +5848,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6894,7 +6894,7 @@ export interface operations {
                     "application/json": components["schemas"]["CheckoutSession"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -6990,7 +6990,7 @@ export interface operations {
                     "application/json": components["schemas"]["PortalSession"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7265,7 +7265,7 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyCreated"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7580,7 +7580,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookEndpointWithSecret"];
                 };
             };
-            /** @description The body could not be read: not UTF-8 text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
                     [name: string]: unknown;
