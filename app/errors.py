@@ -275,9 +275,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def _jsonable_error(error: Any) -> dict[str, Any]:
     # `msg` in the sender's terms (characters of text, not "items"); `type` stays pydantic's.
     message = messages.validation_message(error)
-    # A union member's tag is named as its key (schemas.generations.Reference): said once.
-    raw = list(error.get("loc", ()))
-    loc = [part for i, part in enumerate(raw) if i == 0 or part != raw[i - 1]]
+    # A union member's tag is no place in the request (messages.TAG_PREFIX).
+    loc = [
+        part
+        for part in error.get("loc", ())
+        if not (isinstance(part, str) and part.startswith(messages.TAG_PREFIX))
+    ]
     return {"loc": loc, "msg": message, "type": error.get("type")}
 
 

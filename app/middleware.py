@@ -39,14 +39,16 @@ class BodyLimitMiddleware:
     `route_limits` (route path template → its limit) can raise it for a route such as
     uploads; a body without a Content-Length (chunked) is counted as it is read.
 
-    A request sent with `Expect: 100-continue` that is answered before its body was asked
-    for (a 401 or 429 to an upload, which reads its body last; a 413 by Content-Length) gets
-    `Connection: close`, and uvicorn closes once it is sent: the client, holding its body
-    back, then knows the connection will not be read further, rather than reusing it and
-    having its next request taken for the rest of this body. Only then: a client already
-    sending its body (no `Expect`) must be left to finish, or closing under it resets the
-    connection and loses the answer (Node's fetch saw EPIPE instead of the 401), so for it
-    uvicorn reads and discards the rest as usual.
+    An answer sent before the body was all read (a 401 or 429 to an upload, which reads its
+    body last; a 413) says `Connection: close`, and uvicorn closes once it is sent, unless
+    uvicorn may read and discard the rest: a declared length within the route's limit, from
+    a client already sending it. That client must be left to finish (closing under it
+    resets the connection and loses the answer: Node's fetch saw EPIPE instead of the
+    401), and what it sends is bounded. Closed are: a 413 (uvicorn would otherwise read a
+    body of any size to its end), a declared length over the limit, a chunked body (no
+    bound), and a client that sent `Expect: 100-continue` and was never asked for its body
+    (it holds the body back, and must not reuse the connection: its next request would be
+    taken for the rest of this body).
     """
 
     def __init__(
@@ -59,38 +61,55 @@ class BodyLimitMiddleware:
         self.default = RouteLimit(max_body_bytes, max_body_bytes, "The request body")
         self.route_limits = dict(route_limits or {})
 
+    def _limit(self, scope: Scope) -> RouteLimit:
+        template = getattr(scope.get("route"), "path", None)
+        return self.route_limits.get(template or "", self.default)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         header = first_header(scope, b"content-length")
         declared = int(header) if header is not None and header.isdigit() else None
+        chunked = first_header(scope, b"transfer-encoding") is not None
         limit: RouteLimit | None = None
         received = 0
         asked = False  # the app asked for the body (uvicorn then sends `100 Continue`)
+        whole = False  # its last piece has arrived
+        refused = False  # a 413 was raised
 
         async def limited_receive() -> Message:
-            nonlocal limit, received, asked
+            nonlocal limit, received, asked, whole, refused
             if limit is None:
-                template = getattr(scope.get("route"), "path", None)
-                limit = self.route_limits.get(template or "", self.default)
+                limit = self._limit(scope)
             if declared is not None and declared > limit.read:
+                refused = True
                 raise body_too_large(limit)
             asked = True
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit.read:
+                    refused = True
                     raise body_too_large(limit)
+                whole = not message.get("more_body", False)
             return message
 
-        expect = first_header(scope, b"expect")
-        if expect is None or expect.lower() != b"100-continue":
-            await self.app(scope, limited_receive, send)
+        if not declared and not chunked:
+            await self.app(scope, limited_receive, send)  # no body: nothing left unread
             return
+        expect = first_header(scope, b"expect")
+        waiting = expect is not None and expect.lower() == b"100-continue"
+
+        def drained() -> bool:
+            """Whether uvicorn may read and discard what the app left unread: only a declared
+            length within the route's limit, from a client that is sending it."""
+            if refused or declared is None or (waiting and not asked):
+                return False
+            return declared <= (limit or self._limit(scope)).read
 
         async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and not asked:
+            if message["type"] == "http.response.start" and not whole and not drained():
                 headers = [*message.get("headers", ()), (b"connection", b"close")]
                 message = {**message, "headers": headers}
             await send(message)

@@ -79,3 +79,9 @@ def field_name(loc: Sequence[Any]) -> str:
 def missing_file_part(name: str) -> str:
     """The message of a multipart body without its file part `name`."""
     return f"Field required: send the image as a multipart/form-data part '{name}'"
+
+
+# Starts the tag of a member of a discriminated union (schemas.generations.Reference): a tag
+# is no place in a request, so errors leave it out of `loc` (field and header names cannot
+# hold a ":").
+TAG_PREFIX = "tag:"

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.core.messages import TAG_PREFIX
 from app.schemas.common import Page, SafeStr, TextStr
 
 JobStatus = Literal["pending", "running", "completed", "failed"]
@@ -70,17 +71,18 @@ def _reference_kind(value: Any) -> str | None:
     that kind alone (a plain union reported it against both: `image_id: "nope"` said
     `upload_key` was missing). None (neither key, or both) is the `reference` error."""
     if isinstance(value, BaseModel):
-        return "image_id" if isinstance(value, ImageReference) else "upload_key"
+        return _IMAGE if isinstance(value, ImageReference) else _UPLOAD
     if not isinstance(value, dict):
         return None
     keys = {"upload_key", "image_id"} & value.keys()
-    return keys.pop() if len(keys) == 1 else None
+    return (_IMAGE if "image_id" in keys else _UPLOAD) if len(keys) == 1 else None
 
 
-# The tags are the keys, and errors.py drops a loc part that repeats the one before it, so an
-# error reads `reference.image_id`, not `reference.image_id.image_id`.
+# pydantic puts a union member's tag in an error's loc; errors.py leaves tags (TAG_PREFIX)
+# out, so an error reads `reference.image_id`, where the sender put it.
+_UPLOAD, _IMAGE = TAG_PREFIX + "upload_key", TAG_PREFIX + "image_id"
 Reference = Annotated[
-    Annotated[UploadReference, Tag("upload_key")] | Annotated[ImageReference, Tag("image_id")],
+    Annotated[UploadReference, Tag(_UPLOAD)] | Annotated[ImageReference, Tag(_IMAGE)],
     Discriminator(
         _reference_kind,
         custom_error_type="reference",

@@ -91,6 +91,24 @@ def test_a_stranger_sending_the_whole_body_at_once_gets_its_401_and_a_usable_con
     assert b"HTTP/1.1 200 OK" in raw, raw[-500:]  # the same connection answered again
 
 
+@pytest.mark.parametrize("path", ["/v1/generations", "/v1/uploads"])
+def test_a_body_declared_over_the_limit_is_a_413_and_the_connection_is_closed(
+    served: tuple[str, int], auth_headers: Callable[..., dict[str, str]], path: str
+) -> None:
+    """The server does not go on to read (and discard) 300 MiB after its 413."""
+    authorization = auth_headers("user_sends_too_much")["Authorization"]
+    head = upload_head(300 * MIB, f"Authorization: {authorization}").replace(
+        b"/v1/uploads", path.encode()
+    )
+    with socket.create_connection(served, timeout=10) as sock:
+        sock.sendall(head + b"\x00" * MIB)
+        raw, closed = answer_then_close(sock)
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large", raw[:300]
+    assert b"connection: close" in rest.partition(b"\r\n\r\n")[0].lower(), raw[:600]
+    assert closed, "the server kept reading the body after its 413"
+
+
 def test_a_client_leaving_mid_upload_costs_no_error(
     served: tuple[str, int], auth_headers: Callable[..., dict[str, str]], tmp_path: Path
 ) -> None:
