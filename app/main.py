@@ -293,12 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         middleware.BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        # An upload may be as large as MAX_UPLOAD_BYTES, plus the multipart framing.
-        route_limits={
-            "/v1/uploads": middleware.RouteLimit(
-                settings.max_upload_bytes + 64 * 1024, settings.max_upload_bytes, "Uploads"
-            )
-        },
+        route_limits={"/v1/uploads": middleware.upload_limit(settings.max_upload_bytes)},
     )
     if settings.allowed_origins:
         app.add_middleware(

@@ -58,8 +58,12 @@ class BodyLimitMiddleware:
         route_limits: Mapping[str, RouteLimit] | None = None,
     ) -> None:
         self.app = app
-        self.default = RouteLimit(max_body_bytes, max_body_bytes, "The request body")
+        self.default = self.default_limit(max_body_bytes)
         self.route_limits = dict(route_limits or {})
+
+    @staticmethod
+    def default_limit(max_body_bytes: int) -> RouteLimit:
+        return RouteLimit(max_body_bytes, max_body_bytes, "The request body")
 
     def _limit(self, scope: Scope) -> RouteLimit:
         template = getattr(scope.get("route"), "path", None)
@@ -115,6 +119,11 @@ class BodyLimitMiddleware:
             await send(message)
 
         await self.app(scope, limited_receive, send_closing)
+
+
+def upload_limit(max_upload_bytes: int) -> RouteLimit:
+    """POST /v1/uploads's own limit: MAX_UPLOAD_BYTES of image, plus the multipart framing."""
+    return RouteLimit(max_upload_bytes + 64 * 1024, max_upload_bytes, "Uploads")
 
 
 def body_too_large(limit: RouteLimit) -> BodyTooLarge:

@@ -7,13 +7,20 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
-from app.openapi_examples import EVENT_STREAM, SCHEMAS, add_examples, app_models, component_names
+from app.openapi_examples import (
+    EVENT_STREAM,
+    SCHEMAS,
+    add_examples,
+    app_models,
+    component_names,
+    fits,
+)
 from app.openapi_samples import add_samples
 
 # The event models `sse_events` named, added to the document's components by name.
@@ -83,15 +90,6 @@ def _add_event_models(schemas: dict[str, Any], document: str) -> None:
         schemas.setdefault(model.__name__, schema)
 
 
-def _fits(model: type[BaseModel], component: dict[str, Any]) -> bool:
-    properties = set(component.get("properties", {}))
-    modes: tuple[Literal["validation", "serialization"], ...] = ("validation", "serialization")
-    return any(
-        set(model.model_json_schema(mode=mode).get("properties", {})) == properties
-        for mode in modes
-    )
-
-
 def restore_examples(
     schemas: dict[str, Any], models: Iterable[type[BaseModel]] | None = None
 ) -> None:
@@ -107,7 +105,7 @@ def restore_examples(
         for name in component_names(model) & schemas.keys():
             claims.setdefault(name, []).append(model)
     for name, claimants in claims.items():
-        fitting = [model for model in claimants if _fits(model, schemas[name])]
+        fitting = [model for model in claimants if fits(model, schemas[name])]
         if len(fitting) != 1:
             named = ", ".join(f"{m.__module__}.{m.__qualname__}" for m in claimants)
             raise RuntimeError(

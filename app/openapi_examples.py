@@ -9,7 +9,7 @@ text of each event stream. `app.openapi_samples` builds the curl samples from al
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import limits
@@ -36,7 +36,7 @@ from app.errors import (
     Unprocessable,
     validation_problem,
 )
-from app.middleware import RouteLimit, body_too_large
+from app.middleware import BodyLimitMiddleware, body_too_large, upload_limit
 from app.schemas.api_keys import API_KEY_EXAMPLE
 from app.schemas.gallery import CURSOR_EXAMPLE, PACK_ID_EXAMPLE, PROMPT_ID_EXAMPLE
 from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
@@ -117,6 +117,16 @@ def component_names(model: type[BaseModel]) -> set[str]:
     return {name + suffix for name in names for suffix in ("", "-Input", "-Output")}
 
 
+def fits(model: type[BaseModel], component: dict[str, Any]) -> bool:
+    """Whether the component has the model's properties (as validated or as serialized)."""
+    properties = set(component.get("properties", {}))
+    modes: tuple[Literal["validation", "serialization"], ...] = ("validation", "serialization")
+    return any(
+        set(model.model_json_schema(mode=mode).get("properties", {})) == properties
+        for mode in modes
+    )
+
+
 def _first(table: dict[str, str], path: str) -> str:
     """The value of the longest key of `table` that `path` starts with."""
     return table[max((key for key in table if path.startswith(key)), key=len)]
@@ -166,11 +176,9 @@ def _body_model(spec: dict[str, Any], schema: dict[str, Any]) -> type[BaseModel]
     """The app model a request body's component was made from (an optional body's too)."""
     schema = next((s for s in schema.get("anyOf", []) if "$ref" in s), schema)
     name = schema.get("$ref", "").removeprefix(SCHEMAS)
-    properties = set(spec["components"]["schemas"].get(name, {}).get("properties", {}))
+    component = spec["components"]["schemas"].get(name, {})
     found = [
-        model
-        for model in app_models()
-        if name in component_names(model) and set(model.model_fields) == properties
+        model for model in app_models() if name in component_names(model) and fits(model, component)
     ]
     return found[0] if len(found) == 1 else None
 
@@ -217,13 +225,15 @@ def _validation(spec: dict[str, Any], operation: dict[str, Any]) -> dict[str, An
         missing = {"type": "missing", "loc": ("body", name), "msg": missing_file_part(name)}
         return validation_problem([missing])
     model = _body_model(spec, content.get("application/json", {}).get("schema", {}))
-    wrong: list[dict[str, Any]] = [{}, {"unexpected": True}]  # a field missing, or one too many
-    wrong += [{name: [None]} for name in model.model_fields] if model is not None else []
-    for body in wrong if model is not None else ():
-        try:
-            model.model_validate(body)  # type: ignore[union-attr]
-        except ValidationError as exc:
-            return validation_problem([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+    if model is not None:
+        # a field missing, one too many, or one of a wrong type
+        wrong = [{}, {"unexpected": True}, *({name: [None]} for name in model.model_fields)]
+        for body in wrong:
+            try:
+                model.model_validate(body)
+            except ValidationError as exc:
+                errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+                return validation_problem(errors)
     for parameter in operation.get("parameters", []):
         errors = _parameter_error(parameter)
         if errors:
@@ -247,11 +257,10 @@ def _bad_request(path: str, operation: dict[str, Any]) -> BadRequest:
 def _payload_too_large(operation_id: str) -> PayloadTooLarge:
     """The 413 as `BodyLimitMiddleware` raises it (errors renders its `limit` alongside), with
     the upload route's own limit as app.main sets it."""
-    limit = Settings.model_fields["max_body_bytes"].default
-    what = "The request body"
+    limit = BodyLimitMiddleware.default_limit(Settings.model_fields["max_body_bytes"].default)
     if operation_id == "create_upload":
-        limit, what = Settings.model_fields["max_upload_bytes"].default, "Uploads"
-    raised = body_too_large(RouteLimit(limit, limit, what))
+        limit = upload_limit(Settings.model_fields["max_upload_bytes"].default)
+    raised = body_too_large(limit)
     return PayloadTooLarge(str(raised.detail), limit=raised.limit)
 
 

@@ -91,13 +91,6 @@ async def set_secret(
     )
 
 
-async def endpoint_exists(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT true FROM webhook_endpoints WHERE id = $1 AND user_id = $2", endpoint_id, user_id
-    )
-    return found is not None
-
-
 async def deliveries_for(
     conn: asyncpg.Connection, endpoint_id: uuid.UUID, limit: int
 ) -> list[asyncpg.Record]:

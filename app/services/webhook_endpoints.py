@@ -87,7 +87,7 @@ async def deliveries(
 ) -> list[WebhookDelivery]:
     """The endpoint's newest deliveries, each with every attempt made."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        if not await outgoing_db.endpoint_exists(conn, endpoint_id, user.id):
+        if await outgoing_db.endpoint(conn, endpoint_id, user.id) is None:
             raise NotFound("No such webhook endpoint.")
         rows = await outgoing_db.deliveries_for(conn, endpoint_id, DELIVERIES_LISTED)
     return [
