@@ -77,3 +77,17 @@ def test_the_image_install_step_produces_a_working_atelier(tmp_path: Path) -> No
         timeout=60,
     )
     assert str(venv) in where.stdout
+
+
+def test_dev_py_test_runs_the_suite_in_processes_unless_told_otherwise() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "dev.py")
+    assert spec is not None and spec.loader is not None
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    default = dev._workers([])
+    assert default[:1] == ["-n"] and 2 <= int(default[1]) <= 8, default
+    assert dev._workers(["-m", "db", "-q"]) == default
+    for chosen in (["-n", "0"], ["-n0"], ["--numprocesses=3"], ["-p", "no:xdist"]):
+        assert dev._workers([*chosen, "tests/api"]) == [], chosen
