@@ -18,7 +18,7 @@ from app.db.where import Where
 
 COLUMNS = (
     "id, user_id, status, progress, kind, prompt, params, cost, attempts, model, "
-    "input_image_key, output_image_url, error_message, image_id, idempotency_key, "
+    "input_image_key, output_image_url, error_message, error_code, image_id, idempotency_key, "
     "request_hash, created_at, updated_at, completed_at, available_at"
 )
 _J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
@@ -115,7 +115,7 @@ async def claim(
         UPDATE image_generation_jobs j
         SET status = 'running', attempts = j.attempts + 1, worker_id = $1,
             lease_until = now() + make_interval(secs => $3), progress = GREATEST(j.progress, 10),
-            error_message = NULL, updated_at = now()
+            error_message = NULL, error_code = NULL, updated_at = now()
         FROM ready WHERE j.id = ready.id
         RETURNING {_J_COLUMNS}
         """,
@@ -169,40 +169,43 @@ async def release(
     *,
     delay_seconds: float,
     error: str | None,
+    error_code: str | None,
 ) -> bool:
     """Hand the job back to the queue (a retry later, or a graceful shutdown), keeping its
-    progress; `error` says why the attempt failed until the next one starts."""
+    progress; `error` and its code say why the attempt failed until the next one starts."""
     status = await conn.execute(
         """
         UPDATE image_generation_jobs
         SET status = 'pending', lease_until = NULL, worker_id = NULL,
             available_at = now() + make_interval(secs => $3), error_message = $4,
-            updated_at = now()
+            error_code = $5, updated_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'running'
         """,
         job_id,
         attempt,
         delay_seconds,
         error,
+        error_code,
     )
     return bool(status == "UPDATE 1")
 
 
 async def mark_failed(
-    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, error: str
+    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, error: str, error_code: str
 ) -> bool:
     """running → failed (fenced on `attempt`; None for the reaper, which checks the lease)."""
     status = await conn.execute(
         """
         UPDATE image_generation_jobs
-        SET status = 'failed', error_message = $3, lease_until = NULL, updated_at = now(),
-            completed_at = now()
+        SET status = 'failed', error_message = $3, error_code = $4, lease_until = NULL,
+            updated_at = now(), completed_at = now()
         WHERE id = $1 AND status = 'running'
           AND ($2::int IS NULL AND lease_until < now() OR attempts = $2)
         """,
         job_id,
         attempt,
         error,
+        error_code,
     )
     return bool(status == "UPDATE 1")
 
@@ -305,7 +308,7 @@ async def requeue_expired(conn: asyncpg.Connection, job_id: UUID, attempt: int) 
         UPDATE image_generation_jobs
         SET status = 'pending', lease_until = NULL, worker_id = NULL,
             available_at = now(), error_message = 'the worker running it stopped responding',
-            updated_at = now()
+            error_code = 'worker_lost', updated_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'running' AND lease_until < now()
         """,
         job_id,

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.core.job_errors import MEANINGS, JobErrorCode
 from app.core.messages import TAG_PREFIX
 from app.schemas.common import Page, SafeStr, TextStr
 
@@ -35,6 +36,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "prompt": "a watercolor fox, flat icon",
     "model": "gemini-3.1-flash-image",
     "error": None,
+    "error_code": None,
     "attempts": 1,
     "retry_at": None,
     "image": JOB_IMAGE_EXAMPLE,
@@ -51,6 +53,15 @@ PENDING_JOB_EXAMPLE: dict[str, Any] = {
     "image": None,
     "updated_at": "2026-05-04T09:12:03.418Z",
     "completed_at": None,
+}
+FAILED_JOB_EXAMPLE: dict[str, Any] = {
+    **JOB_EXAMPLE,
+    "status": "failed",
+    "progress": 10,
+    "model": None,
+    "error": "the image was blocked by the model's safety filters (finishReason IMAGE_SAFETY)",
+    "error_code": "content_refused",
+    "image": None,
 }
 
 
@@ -142,7 +153,9 @@ class JobImage(BaseModel):
 
 
 class Job(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE, PENDING_JOB_EXAMPLE]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [JOB_EXAMPLE, PENDING_JOB_EXAMPLE, FAILED_JOB_EXAMPLE]}
+    )
 
     id: UUID
     status: JobStatus = Field(
@@ -163,7 +176,14 @@ class Job(BaseModel):
     )
     error: str | None = Field(
         description="Why the job failed (its credits were refunded); while it waits for a "
-        "retry (`retry_at` set), why its last attempt failed."
+        "retry (`retry_at` set), why its last attempt failed. Words for a person, which may "
+        "change: branch on `error_code`."
+    )
+    error_code: JobErrorCode | None = Field(
+        description="`error` as a code, set with it by this service's worker (a job the "
+        "mobile app ran itself has none): "
+        + "; ".join(f"`{code}`: {meaning}" for code, meaning in MEANINGS.items())
+        + ". A job that gave up after its last attempt keeps that attempt's code.",
     )
     attempts: int = Field(
         ge=0, description="Attempts started so far; 0 until a worker takes the job."

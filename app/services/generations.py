@@ -247,6 +247,7 @@ async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -
         prompt=row["prompt"],
         model=row["model"],
         error=row["error_message"],
+        error_code=row["error_code"],
         attempts=row["attempts"],
         # A pending job that has had an attempt is waiting for its retry (or was handed
         # back by a worker that stopped: then at once).

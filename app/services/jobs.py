@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
+from app.core.job_errors import Failure
 from app.db import jobs as jobs_db
 from app.services import credits, imaging
 
@@ -94,35 +95,41 @@ async def complete(
 
 
 async def _fail_and_refund(
-    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, reason: str
+    conn: asyncpg.Connection, job_id: UUID, attempt: int | None, failure: Failure
 ) -> bool:
     """Failed for good: mark it and refund its debit, in one transaction. `attempt` fences
     the write (None for the reaper: then the lease must have run out). False if the job was
     not this caller's to fail, and then nothing is refunded."""
     async with conn.transaction():
-        if not await jobs_db.mark_failed(conn, job_id, attempt, reason[:MAX_ERROR_LENGTH]):
+        reason = failure.reason[:MAX_ERROR_LENGTH]
+        if not await jobs_db.mark_failed(conn, job_id, attempt, reason, failure.code):
             return False
         await credits.refund(conn, job_id)
         return True
 
 
-async def fail(pool: asyncpg.Pool, job_id: UUID, attempt: int, reason: str) -> bool:
+async def fail(pool: asyncpg.Pool, job_id: UUID, attempt: int, failure: Failure) -> bool:
     """The attempt ends the job as failed, refunded (see `_fail_and_refund`)."""
     async with pool.acquire() as conn:
-        return await _fail_and_refund(conn, job_id, attempt, reason)
+        return await _fail_and_refund(conn, job_id, attempt, failure)
 
 
 async def retry_or_fail(
-    pool: asyncpg.Pool, settings: Settings, job_id: UUID, attempt: int, reason: str
+    pool: asyncpg.Pool, settings: Settings, job_id: UUID, attempt: int, failure: Failure
 ) -> float | None:
     """Queue the job again after a backoff that doubles per attempt, and return the backoff
-    in seconds; after MAX_ATTEMPTS attempts, fail and refund it instead (None)."""
+    in seconds; after MAX_ATTEMPTS attempts, fail and refund it instead (None), under the
+    code of this last attempt's failure."""
     if attempt >= settings.max_attempts:
-        await fail(pool, job_id, attempt, f"gave up after {attempt} attempts: {reason}")
+        final = Failure(failure.code, f"gave up after {attempt} attempts: {failure.reason}")
+        await fail(pool, job_id, attempt, final)
         return None
     delay: float = min(settings.retry_base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    reason = failure.reason[:MAX_ERROR_LENGTH]
     async with pool.acquire() as conn:
-        await jobs_db.release(conn, job_id, attempt, delay_seconds=delay, error=reason)
+        await jobs_db.release(
+            conn, job_id, attempt, delay_seconds=delay, error=reason, error_code=failure.code
+        )
     return delay
 
 
@@ -135,7 +142,9 @@ async def exists(pool: asyncpg.Pool, job_id: UUID) -> bool:
 async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
     """Put the job back in the queue at once (the worker is shutting down)."""
     async with pool.acquire() as conn:
-        return await jobs_db.release(conn, job_id, attempt, delay_seconds=0, error=None)
+        return await jobs_db.release(
+            conn, job_id, attempt, delay_seconds=0, error=None, error_code=None
+        )
 
 
 async def reap(pool: asyncpg.Pool, max_attempts: int) -> int:
@@ -149,7 +158,8 @@ async def reap(pool: asyncpg.Pool, max_attempts: int) -> int:
         for row in await jobs_db.expired(conn, REAP_BATCH):
             if row["attempts"] >= max_attempts:
                 reason = f"gave up after {row['attempts']} attempts: the worker stopped responding"
-                if await _fail_and_refund(conn, row["id"], None, reason):
+                failure = Failure("worker_lost", reason)
+                if await _fail_and_refund(conn, row["id"], None, failure):
                     count += 1
             elif await jobs_db.requeue_expired(conn, row["id"], row["attempts"]):
                 count += 1

@@ -225,6 +225,12 @@ CASES = [
         denied(),
     ),
     Case(
+        "set_error_code_on_own_app_job",
+        f"UPDATE image_generation_jobs SET error_code = 'worker_lost' "
+        f"WHERE id = '{IDS['alice_app_job']}'",
+        denied(),
+    ),
+    Case(
         "set_attempts_on_own_app_job",
         f"UPDATE image_generation_jobs SET attempts = 3 WHERE id = '{IDS['alice_app_job']}'",
         denied(),

@@ -496,6 +496,7 @@ async def test_a_provider_answer_that_is_not_an_image_fails_the_job_and_refunds_
     assert job["status"] == "failed"
     assert job["image"] is None
     assert "not a usable image" in job["error"]
+    assert job["error_code"] == "unusable_image"
     assert len(calls) == 1  # a final failure: not retried, no other model asked
     assert await db.fetchval("SELECT count(*) FROM generated_images") == 0
     debit, refund = await spend_rows(db, ALICE)

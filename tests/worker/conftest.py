@@ -60,7 +60,7 @@ async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
         row = await conn.fetchrow(
             """
             SELECT id, user_id, status, progress, attempts, worker_id, lease_until, model,
-                   error_message, image_id, output_image_url, available_at
+                   error_message, error_code, image_id, output_image_url, available_at
             FROM image_generation_jobs WHERE id = $1
             """,
             job_id,

@@ -29,6 +29,7 @@ from app.db import jobs
 from app.main import create_app
 from app.schemas.generations import GenerationCreate, UploadReference
 from app.services import credits, generations
+from app.services.providers.base import ImageRequest, ImageResult
 from app.services.providers.factory import build_provider
 from app.services.providers.local import LocalProvider
 from app.services.realtime import Hub
@@ -39,6 +40,8 @@ from tests.fakes.flaky_storage import FlakyStorage
 from tests.fakes.gemini import (
     API_KEY,
     FakeGemini,
+    Reply,
+    bad_request,
     finished_without_image,
     held,
     image_reply,
@@ -153,8 +156,9 @@ async def test_a_stale_attempt_cannot_write_once_another_attempt_took_the_job(
         assert await jobs.extend_leases(conn, [(job_id, 1)], 60) == set()
         assert not await jobs.set_progress(conn, job_id, 1, 60, "model-of-attempt-1")
         assert not await complete(conn, 1, stale_image)
-        assert not await jobs.release(conn, job_id, 1, delay_seconds=0, error="stale")
-        assert not await jobs.mark_failed(conn, job_id, 1, "stale")
+        stale = {"error": "stale", "error_code": "internal_error"}
+        assert not await jobs.release(conn, job_id, 1, delay_seconds=0, **stale)
+        assert not await jobs.mark_failed(conn, job_id, 1, "stale", "internal_error")
         # Attempt 2 holds the job and finishes it.
         assert await jobs.extend_leases(conn, [(job_id, 2)], 60) == {job_id}
         assert await jobs.set_progress(conn, job_id, 2, 60, "model-of-attempt-2")
@@ -163,8 +167,8 @@ async def test_a_stale_attempt_cannot_write_once_another_attempt_took_the_job(
         # Once completed, nobody writes again, not even the attempt that completed it.
         assert not await complete(conn, 2, uuid.uuid4())
         assert not await complete(conn, 1, uuid.uuid4())
-        assert not await jobs.mark_failed(conn, job_id, 2, "late")
-        assert not await jobs.mark_failed(conn, job_id, None, "late")
+        assert not await jobs.mark_failed(conn, job_id, 2, "late", "internal_error")
+        assert not await jobs.mark_failed(conn, job_id, None, "late", "internal_error")
         assert not await jobs.set_progress(conn, job_id, 2, 10)
 
     job = await job_row(pool, job_id)
@@ -263,13 +267,14 @@ async def test_an_expired_lease_is_retried_and_after_max_attempts_failed_and_ref
     await claim_as_dead_worker(pool, 10)
     assert await reaper.reap() == 0  # the lease is still running: nothing to reap
     async with pool.acquire() as conn:
-        assert not await jobs.mark_failed(conn, job_id, None, "the reaper may not, yet")
+        assert not await jobs.mark_failed(conn, job_id, None, "not yet", "worker_lost")
     await expire_lease(pool, job_id)
     assert await reaper.reap() == 1
     requeued = await job_row(pool, job_id)
     assert (requeued["status"], requeued["attempts"]) == ("pending", 1)
     assert requeued["lease_until"] is None and requeued["worker_id"] is None
     assert "stopped responding" in requeued["error_message"]
+    assert requeued["error_code"] == "worker_lost"
     assert await balance(pool, ALICE) == 4  # still charged: it will be tried again
 
     [again] = await claim_as_dead_worker(pool, 10)
@@ -281,6 +286,7 @@ async def test_an_expired_lease_is_retried_and_after_max_attempts_failed_and_ref
     failed = await job_row(pool, job_id)
     assert (failed["status"], failed["attempts"]) == ("failed", 2)
     assert "gave up after 2 attempts" in failed["error_message"]
+    assert failed["error_code"] == "worker_lost"
     assert failed["lease_until"] is None
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 5
@@ -437,23 +443,62 @@ async def test_without_notifications_the_worker_still_finds_jobs_by_polling(
 # -- the provider fails ------------------------------------------------------------------------
 
 
-async def test_a_refused_image_fails_the_job_and_refunds_it_once(
-    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage, gemini: FakeGemini
+@pytest.mark.parametrize(
+    ("answer", "code", "said"),
+    [
+        (finished_without_image("IMAGE_SAFETY"), "content_refused", "IMAGE_SAFETY"),
+        (bad_request("Unable to process input image."), "invalid_request", "Unable to process"),
+    ],
+    ids=["refused", "rejected"],
+)
+async def test_a_refused_or_rejected_request_fails_at_once_and_is_refunded_once(
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    gemini: FakeGemini,
+    answer: Reply,
+    code: str,
+    said: str,
 ) -> None:
     settings = gemini_settings(make_settings, gemini)
     user = await add_user(pool, ALICE, credits=3)
-    gemini.set_default(finished_without_image("IMAGE_SAFETY"))
-    job_id = await submit(pool, settings, storage, user, "something the model refuses")
+    gemini.set_default(answer)
+    job_id = await submit(pool, settings, storage, user, "something the model will not do")
     async with worker_running(Worker(settings, pool, build_provider(settings), storage)):
         done = await wait_for_end(pool, [job_id])
 
     job = done[job_id]
     assert (job["status"], job["attempts"]) == ("failed", 1)  # never retried
-    assert "IMAGE_SAFETY" in job["error_message"]
-    assert len(gemini.calls) == 1
+    assert (job["error_code"], len(gemini.calls)) == (code, 1)  # no other model asked
+    assert said in job["error_message"]
     assert await images_of(pool, job_id) == []
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 3
+    await assert_invariants(pool, storage)
+
+
+class _Crashing(LocalProvider):
+    """A provider with a bug of its own: not one of the errors a provider may raise."""
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        raise ZeroDivisionError("division by zero")
+
+
+async def test_a_crash_while_generating_is_retried_then_failed_as_an_internal_error(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    settings = make_settings(max_attempts=2, retry_base_seconds=0, worker_poll_seconds=0.1)
+    user = await add_user(pool, ALICE, credits=1)
+    job_id = await submit(pool, settings, storage, user, "a bug in the machine")
+    async with worker_running(Worker(settings, pool, _Crashing(), storage)):
+        done = await wait_for_end(pool, [job_id])
+
+    job = done[job_id]
+    assert (job["status"], job["attempts"]) == ("failed", 2)
+    assert job["error_code"] == "internal_error"
+    # the words a person reads say what happened, not the exception's text
+    assert job["error_message"] == "gave up after 2 attempts: internal error while generating"
+    assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     await assert_invariants(pool, storage)
 
 
@@ -503,6 +548,7 @@ async def test_an_unavailable_provider_is_retried_then_failed_and_refunded(
     assert (job["status"], job["attempts"]) == ("failed", 2)
     assert "gave up after 2 attempts" in job["error_message"]
     assert "503" in job["error_message"]
+    assert job["error_code"] == "provider_unavailable"
     assert [call.model for call in gemini.calls] == [FIRST, SECOND, FIRST, SECOND]
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 2
@@ -529,6 +575,7 @@ async def test_an_attempt_that_outlives_its_deadline_is_retried_then_failed_and_
     assert (job["status"], job["attempts"]) == ("failed", 2)
     assert "gave up after 2 attempts" in job["error_message"]
     assert "the attempt took longer than 0.5 s" in job["error_message"]
+    assert job["error_code"] == "timed_out"
     assert await images_of(pool, job_id) == []
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 1
@@ -553,6 +600,7 @@ async def test_a_storage_outage_is_retried_and_the_job_completes(
 
     job = done[job_id]
     assert (job["status"], job["attempts"]) == ("completed", 2)
+    assert (job["error_message"], job["error_code"]) == (None, None)  # cleared by the claim
     assert (flaky.put_attempts, flaky.puts_failed) == (4, 3)
     [image] = await images_of(pool, job_id)
     assert image["storage_key"] == generation_key(job_id) == flaky.stored[0]
@@ -576,6 +624,7 @@ async def test_a_store_that_stays_down_fails_and_refunds_without_an_image_row(
     job = done[job_id]
     assert (job["status"], job["attempts"]) == ("failed", 2)
     assert "storage unavailable" in job["error_message"]
+    assert job["error_code"] == "storage_unavailable"
     assert down.put_attempts == 4 and down.stored == []
     assert await images_of(pool, job_id) == []
     assert job["image_id"] is None and job["output_image_url"] is None
@@ -613,6 +662,7 @@ async def test_an_s3_store_that_is_gone_fails_and_refunds_without_an_image_row(
     job = done[job_id]
     assert (job["status"], job["attempts"]) == ("failed", 2)
     assert "storage unavailable" in job["error_message"]
+    assert job["error_code"] == "storage_unavailable"
     assert await images_of(pool, job_id) == []
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 1
@@ -686,6 +736,7 @@ async def test_a_reference_deleted_before_the_job_runs_fails_it_at_once_and_refu
     # Final on the first attempt: no later attempt could find the object either.
     assert (job["status"], job["attempts"]) == ("failed", 1)
     assert "no longer exists" in job["error_message"]
+    assert job["error_code"] == "reference_missing"
     assert await ledger_of(pool, row["id"]) == [("edit", -1), ("refund", 1)]
     await assert_invariants(pool, storage)
 

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from app.core.job_errors import JobErrorCode
+
 Kind = Literal["generate", "style", "edit"]
 # How far the provider says it is, 0.0 to 1.0 (a queue's or a prediction's progress).
 ProgressHook = Callable[[float], Awaitable[None]]
@@ -39,9 +41,11 @@ class ImageResult:
 
 
 class ProviderError(Exception):
-    """The provider did not produce an image. `retryable` says whether another attempt may."""
+    """The provider did not produce an image. `retryable` says whether another attempt may;
+    `code` is what the failed job shows (`Job.error_code`)."""
 
     retryable: bool = False
+    code: JobErrorCode = "provider_unavailable"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -52,12 +56,14 @@ class ContentRefused(ProviderError):
     """A safety block or an answer without an image: final, refunded, never retried."""
 
     retryable = False
+    code: JobErrorCode = "content_refused"
 
 
 class InvalidRequest(ProviderError):
     """The provider rejected the request itself (400): final, refunded."""
 
     retryable = False
+    code: JobErrorCode = "invalid_request"
 
 
 class ProviderUnavailable(ProviderError):

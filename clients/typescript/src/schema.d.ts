@@ -986,6 +986,7 @@ export interface components {
          *           "prompt": "a watercolor fox, flat icon",
          *           "model": "gemini-3.1-flash-image",
          *           "error": null,
+         *           "error_code": null,
          *           "attempts": 1,
          *           "retry_at": null,
          *           "image": {
@@ -1434,6 +1435,7 @@ export interface components {
          *       "prompt": "a watercolor fox, flat icon",
          *       "model": "gemini-3.1-flash-image",
          *       "error": null,
+         *       "error_code": null,
          *       "attempts": 1,
          *       "retry_at": null,
          *       "image": {
@@ -1455,12 +1457,29 @@ export interface components {
          *       "prompt": "a watercolor fox, flat icon",
          *       "model": null,
          *       "error": null,
+         *       "error_code": null,
          *       "attempts": 0,
          *       "retry_at": null,
          *       "image": null,
          *       "created_at": "2026-05-04T09:12:03.418Z",
          *       "updated_at": "2026-05-04T09:12:03.418Z",
          *       "completed_at": null
+         *     }
+         * @example {
+         *       "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *       "status": "failed",
+         *       "progress": 10,
+         *       "kind": "generate",
+         *       "prompt": "a watercolor fox, flat icon",
+         *       "model": null,
+         *       "error": "the image was blocked by the model's safety filters (finishReason IMAGE_SAFETY)",
+         *       "error_code": "content_refused",
+         *       "attempts": 1,
+         *       "retry_at": null,
+         *       "image": null,
+         *       "created_at": "2026-05-04T09:12:03.418Z",
+         *       "updated_at": "2026-05-04T09:12:11.902Z",
+         *       "completed_at": "2026-05-04T09:12:11.902Z"
          *     }
          */
         Job: {
@@ -1494,9 +1513,14 @@ export interface components {
             model: string | null;
             /**
              * Error
-             * @description Why the job failed (its credits were refunded); while it waits for a retry (`retry_at` set), why its last attempt failed.
+             * @description Why the job failed (its credits were refunded); while it waits for a retry (`retry_at` set), why its last attempt failed. Words for a person, which may change: branch on `error_code`.
              */
             error: string | null;
+            /**
+             * Error Code
+             * @description `error` as a code, set with it by this service's worker (a job the mobile app ran itself has none): `content_refused`: the provider refused the prompt or image (a safety block) or answered without an image: change the prompt or the source image; `invalid_request`: the provider rejected the request itself: change it; `unusable_image`: the provider's answer was not an image this service can store; `provider_unavailable`: every model was unavailable, rate-limited or failing: try later; `timed_out`: an attempt took longer than its deadline; `reference_missing`: the source image was deleted before the job ran; `storage_unavailable`: the image store could not be read or written; `worker_lost`: the worker running the job stopped responding; `internal_error`: an error in this service. A job that gave up after its last attempt keeps that attempt's code.
+             */
+            error_code: ("content_refused" | "invalid_request" | "unusable_image" | "provider_unavailable" | "timed_out" | "reference_missing" | "storage_unavailable" | "worker_lost" | "internal_error") | null;
             /**
              * Attempts
              * @description Attempts started so far; 0 until a worker takes the job.
@@ -1572,6 +1596,7 @@ export interface components {
          *           "prompt": "a watercolor fox, flat icon",
          *           "model": null,
          *           "error": null,
+         *           "error_code": null,
          *           "attempts": 0,
          *           "retry_at": null,
          *           "image": null,
@@ -1901,6 +1926,7 @@ export interface components {
          *           "prompt": "a rocket",
          *           "model": "gemini-3.1-flash-image",
          *           "error": null,
+         *           "error_code": null,
          *           "attempts": 1,
          *           "retry_at": null,
          *           "image": {
@@ -1922,6 +1948,7 @@ export interface components {
          *           "prompt": "a planet",
          *           "model": null,
          *           "error": null,
+         *           "error_code": null,
          *           "attempts": 0,
          *           "retry_at": null,
          *           "image": null,
@@ -3050,17 +3077,17 @@ export interface components {
          * JobEvent
          * @description The job as it is now: sent first, then at every change, the last once it has ended.
          * @example {
-         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 0, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"pending\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"error_code\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 0, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"pending\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
          *       "event": "job",
          *       "id": "0"
          *     }
          * @example {
-         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 60, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"running\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
+         *       "data": "{\"attempts\": 0, \"completed_at\": null, \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"error_code\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": null, \"kind\": \"generate\", \"model\": null, \"progress\": 60, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"running\", \"updated_at\": \"2026-05-04T09:12:03.418Z\"}",
          *       "event": "job",
          *       "id": "60"
          *     }
          * @example {
-         *       "data": "{\"attempts\": 1, \"completed_at\": \"2026-05-04T09:12:11.902Z\", \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": {\"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"model\": \"gemini-3.1-flash-image\", \"url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"width\": 1024}, \"kind\": \"generate\", \"model\": \"gemini-3.1-flash-image\", \"progress\": 100, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"completed\", \"updated_at\": \"2026-05-04T09:12:11.902Z\"}",
+         *       "data": "{\"attempts\": 1, \"completed_at\": \"2026-05-04T09:12:11.902Z\", \"created_at\": \"2026-05-04T09:12:03.418Z\", \"error\": null, \"error_code\": null, \"id\": \"5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f\", \"image\": {\"height\": 1024, \"id\": \"8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a\", \"model\": \"gemini-3.1-flash-image\", \"url\": \"http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a\", \"width\": 1024}, \"kind\": \"generate\", \"model\": \"gemini-3.1-flash-image\", \"progress\": 100, \"prompt\": \"a watercolor fox, flat icon\", \"retry_at\": null, \"status\": \"completed\", \"updated_at\": \"2026-05-04T09:12:11.902Z\"}",
          *       "event": "job",
          *       "id": "100"
          *     }
@@ -4044,15 +4071,15 @@ export interface operations {
                     /**
                      * @example event: job
                      *     id: 0
-                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 0, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "pending", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "error_code": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 0, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "pending", "updated_at": "2026-05-04T09:12:03.418Z"}
                      *
                      *     event: job
                      *     id: 60
-                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 60, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "running", "updated_at": "2026-05-04T09:12:03.418Z"}
+                     *     data: {"attempts": 0, "completed_at": null, "created_at": "2026-05-04T09:12:03.418Z", "error": null, "error_code": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": null, "kind": "generate", "model": null, "progress": 60, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "running", "updated_at": "2026-05-04T09:12:03.418Z"}
                      *
                      *     event: job
                      *     id: 100
-                     *     data: {"attempts": 1, "completed_at": "2026-05-04T09:12:11.902Z", "created_at": "2026-05-04T09:12:03.418Z", "error": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": {"height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "model": "gemini-3.1-flash-image", "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "width": 1024}, "kind": "generate", "model": "gemini-3.1-flash-image", "progress": 100, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "completed", "updated_at": "2026-05-04T09:12:11.902Z"}
+                     *     data: {"attempts": 1, "completed_at": "2026-05-04T09:12:11.902Z", "created_at": "2026-05-04T09:12:03.418Z", "error": null, "error_code": null, "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f", "image": {"height": 1024, "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a", "model": "gemini-3.1-flash-image", "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a", "width": 1024}, "kind": "generate", "model": "gemini-3.1-flash-image", "progress": 100, "prompt": "a watercolor fox, flat icon", "retry_at": null, "status": "completed", "updated_at": "2026-05-04T09:12:11.902Z"}
                      */
                     "text/event-stream": unknown;
                 };

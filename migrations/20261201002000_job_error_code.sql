@@ -1,0 +1,36 @@
+-- Why a job failed, as a code (app/core/job_errors.py) beside the free text of error_message:
+-- a client branches on the code, and the text may change. Written by this service's worker
+-- with error_message; jobs the mobile app runs itself leave it NULL (its Prisma client does
+-- not know the column, and a new nullable column changes nothing it reads or writes).
+-- NOT VALID: every existing row holds NULL, so there is nothing to scan under the lock.
+
+ALTER TABLE image_generation_jobs
+    ADD COLUMN IF NOT EXISTS error_code TEXT;
+
+ALTER TABLE image_generation_jobs
+    ADD CONSTRAINT image_generation_jobs_error_code_check CHECK (error_code IN (
+        'content_refused', 'invalid_request', 'unusable_image', 'provider_unavailable',
+        'timed_out', 'reference_missing', 'storage_unavailable', 'worker_lost',
+        'internal_error'
+    )) NOT VALID;
+
+-- Like every column the service sets for a job the worker runs, a client leaves it NULL on the
+-- jobs it writes (20261130000100_row_level_security.sql, whose two policies this restates
+-- with error_code added).
+DROP POLICY IF EXISTS image_generation_jobs_insert_app_shaped ON image_generation_jobs;
+CREATE POLICY image_generation_jobs_insert_app_shaped ON image_generation_jobs
+    FOR INSERT TO authenticated
+    WITH CHECK (user_id = (SELECT auth.jwt() ->> 'sub')
+                AND kind IS NULL AND prompt IS NULL AND params = '{}'::jsonb AND cost = 0
+                AND attempts = 0 AND lease_until IS NULL AND worker_id IS NULL
+                AND idempotency_key IS NULL AND request_hash IS NULL AND image_id IS NULL
+                AND model IS NULL AND error_code IS NULL);
+DROP POLICY IF EXISTS image_generation_jobs_update_app_shaped ON image_generation_jobs;
+CREATE POLICY image_generation_jobs_update_app_shaped ON image_generation_jobs
+    FOR UPDATE TO authenticated
+    USING (user_id = (SELECT auth.jwt() ->> 'sub') AND kind IS NULL)
+    WITH CHECK (user_id = (SELECT auth.jwt() ->> 'sub')
+                AND kind IS NULL AND prompt IS NULL AND params = '{}'::jsonb AND cost = 0
+                AND attempts = 0 AND lease_until IS NULL AND worker_id IS NULL
+                AND idempotency_key IS NULL AND request_hash IS NULL AND image_id IS NULL
+                AND model IS NULL AND error_code IS NULL);
