@@ -12,27 +12,35 @@ _COLUMNS = "provider, event_id, type, payload, received_at, processed_at, error,
 async def insert(
     conn: asyncpg.Connection, provider: str, event_id: str, type_: str, payload: dict[str, Any]
 ) -> asyncpg.Record:
-    """Store the event unless it is there already; returns (inserted, processed_at)."""
-    row = await conn.fetchrow(
-        """
-        WITH new AS (
+    """Store the event unless it is there already; returns (inserted, processed_at).
+
+    The row already there is read by a statement of its own: when another request stores the
+    same event at the same moment, ON CONFLICT waits for it to commit, but the snapshot of a
+    statement that began before then cannot see the row it committed; the next statement's
+    can (READ COMMITTED). A row deleted in between (retention) is inserted on the next round.
+    """
+    for _ in range(3):
+        row = await conn.fetchrow(
+            """
             INSERT INTO webhook_events (provider, event_id, type, payload)
             VALUES ($1, $2, $3, $4)
             ON CONFLICT DO NOTHING
-            RETURNING processed_at
+            RETURNING true AS inserted, processed_at
+            """,
+            provider,
+            event_id,
+            type_,
+            payload,
         )
-        SELECT true AS inserted, processed_at FROM new
-        UNION ALL
-        SELECT false, processed_at FROM webhook_events
-        WHERE provider = $1 AND event_id = $2 AND NOT EXISTS (SELECT 1 FROM new)
-        """,
-        provider,
-        event_id,
-        type_,
-        payload,
-    )
-    assert row is not None
-    return row
+        row = row or await conn.fetchrow(
+            "SELECT false AS inserted, processed_at FROM webhook_events"
+            " WHERE provider = $1 AND event_id = $2",
+            provider,
+            event_id,
+        )
+        if row is not None:
+            return row
+    raise RuntimeError(f"{provider} event {event_id} was deleted three times while stored")
 
 
 async def lock(conn: asyncpg.Connection, provider: str, event_id: str) -> asyncpg.Record | None:

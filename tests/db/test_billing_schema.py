@@ -4,16 +4,20 @@ ledger's purchase_reversal entries."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
+from app.db import pool as db_pool
+from app.db import webhook_events
 from app.db.migrate import migrate
 from tests.db import connected
 from tests.db.test_schema_additions import ledger_insert
 from tests.fakes.mobile_app import apply_baseline, run_mobile_app_statements, seed_live_rows
+from tests.support.locks import until_a_lock_wait
 
 
 async def test_webhook_events_are_stored_once_per_provider_and_id(db: asyncpg.Connection) -> None:
@@ -30,6 +34,32 @@ async def test_webhook_events_are_stored_once_per_provider_and_id(db: asyncpg.Co
     row = await db.fetchrow("SELECT received_at, processed_at, error, attempts FROM webhook_events")
     assert row is not None and row["received_at"] is not None
     assert (row["processed_at"], row["error"], row["attempts"]) == (None, None, 0)
+
+
+async def test_an_event_stored_by_another_request_at_the_same_moment_is_found_not_lost(
+    db_url: str, db: asyncpg.Connection
+) -> None:
+    """The second of two requests storing one event waits for the first to commit, and then
+    reads the row the first stored (a statement whose snapshot predates that commit found
+    nothing: three Stripe deliveries at once made one of them a 500)."""
+    first = await asyncpg.connect(db_url)
+    second = await asyncpg.connect(db_url)
+    try:
+        for conn in (first, second):
+            await db_pool.init_connection(conn)  # the service's jsonb codec
+        async with first.transaction():
+            stored = await webhook_events.insert(first, "stripe", "evt_race", "x", {})
+            assert stored["inserted"]
+            storing = asyncio.create_task(
+                webhook_events.insert(second, "stripe", "evt_race", "x", {})
+            )
+            await until_a_lock_wait(db, "the second insert to wait for the first", storing)
+        found = await asyncio.wait_for(storing, 30)
+    finally:
+        await first.close()
+        await second.close()
+    assert (found["inserted"], found["processed_at"]) == (False, None)
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
 
 
 async def test_webhook_events_are_closed_to_a_client_role(db: asyncpg.Connection) -> None:
