@@ -4,6 +4,10 @@
 -- not know the column, and a new nullable column changes nothing it reads or writes).
 -- NOT VALID: every existing row holds NULL, so there is nothing to scan under the lock.
 
+-- The table is the busiest one: rather than queue every reader and writer behind a lock it
+-- waits for (a long transaction elsewhere), this fails after 5 s; `atelier migrate` again.
+SET LOCAL lock_timeout = '5s';
+
 ALTER TABLE image_generation_jobs
     ADD COLUMN IF NOT EXISTS error_code TEXT;
 
@@ -13,6 +17,22 @@ ALTER TABLE image_generation_jobs
         'timed_out', 'reference_missing', 'storage_unavailable', 'worker_lost',
         'internal_error'
     )) NOT VALID;
+
+-- No code without words: whatever clears error_message (a claim, a hand-back) clears the code
+-- too, also when the writer is a worker from before this column (a rolling deploy), which
+-- would otherwise leave a completed job with the code of an attempt that failed before it.
+CREATE OR REPLACE FUNCTION atelier_job_error_code_follows_message() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.error_code := NULL;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER image_generation_jobs_error_code_follows_message
+    BEFORE INSERT OR UPDATE ON image_generation_jobs
+    FOR EACH ROW WHEN (NEW.error_message IS NULL AND NEW.error_code IS NOT NULL)
+    EXECUTE FUNCTION atelier_job_error_code_follows_message();
 
 -- Like every column the service sets for a job the worker runs, a client leaves it NULL on the
 -- jobs it writes (20261130000100_row_level_security.sql, whose two policies this restates

@@ -3,7 +3,8 @@
 `error` says what happened in words and may change; the code is the contract. A job that
 gave up after its last attempt keeps the code of that attempt's failure. Jobs the mobile app
 runs itself carry no code. The migration `20261201002000_job_error_code.sql` allows exactly
-these values.
+these values; a code added later needs a migration of its own, and the API shows a code it
+does not know (written by a newer deploy) as `internal_error`, as clients are told to.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ JobErrorCode = Literal[
 
 # What each code means and what the caller can do about it (the API document lists these).
 MEANINGS: dict[JobErrorCode, str] = {
-    "content_refused": "the provider refused the prompt or image (a safety block) or answered "
-    "without an image: change the prompt or the source image",
+    "content_refused": "the model refused or stopped without an image (a safety block, a "
+    "recitation, no image for this prompt): another prompt or source image may work",
     "invalid_request": "the provider rejected the request itself: change it",
-    "unusable_image": "the provider's answer was not an image this service can store",
-    "provider_unavailable": "every model was unavailable, rate-limited or failing: try later",
+    "unusable_image": "the model's answer was not an image this service can store",
+    "provider_unavailable": "every model was unavailable, rate-limited or failing (a hosted "
+    "model's answer that was no image counts as failing): try later",
     "timed_out": "an attempt took longer than its deadline",
     "reference_missing": "the source image was deleted before the job ran",
     "storage_unavailable": "the image store could not be read or written",
@@ -46,3 +48,10 @@ class Failure:
 
     code: JobErrorCode
     reason: str
+
+
+def known(code: str | None) -> JobErrorCode | None:
+    """A stored code as this version of the API may show it (see the module's docstring)."""
+    if code is None:
+        return None
+    return next((candidate for candidate in CODES if candidate == code), "internal_error")

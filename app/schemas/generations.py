@@ -183,7 +183,8 @@ class Job(BaseModel):
         description="`error` as a code, set with it by this service's worker (a job the "
         "mobile app ran itself has none): "
         + "; ".join(f"`{code}`: {meaning}" for code, meaning in MEANINGS.items())
-        + ". A job that gave up after its last attempt keeps that attempt's code.",
+        + ". A job that gave up after its last attempt keeps that attempt's code. Codes may "
+        "be added: treat one you do not know as `internal_error`.",
     )
     attempts: int = Field(
         ge=0, description="Attempts started so far; 0 until a worker takes the job."

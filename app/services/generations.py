@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
+from app.core import job_errors
 from app.db import images
 from app.db import jobs as jobs_db
 from app.errors import BadRequest, InsufficientCredits, NotFound, Unprocessable
@@ -247,7 +248,7 @@ async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -
         prompt=row["prompt"],
         model=row["model"],
         error=row["error_message"],
-        error_code=row["error_code"],
+        error_code=job_errors.known(row["error_code"]),
         attempts=row["attempts"],
         # A pending job that has had an attempt is waiting for its retry (or was handed
         # back by a worker that stopped: then at once).

@@ -37,7 +37,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.core.job_errors import Failure
+from app.core.job_errors import Failure, JobErrorCode
 from app.services import imaging, job_objects, job_progress, jobs, webhooks
 from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
 from app.services.realtime import QUEUE_CHANNEL, Hub
@@ -232,11 +232,8 @@ class Worker:
             await self._process_in_time(attempt, deadline)
         except _OutOfTime:
             log.warning("job %s attempt %d ran out of time", attempt.id, attempt.number)
-            await self._guard(
-                self._retry_or_fail(
-                    attempt, Failure("timed_out", f"the attempt took longer than {deadline:g} s")
-                )
-            )
+            reason = f"the attempt took longer than {deadline:g} s"
+            await self._guard(self._retry_or_fail(attempt, "timed_out", reason))
         except jobs.LostLease:
             log.warning("job %s attempt %d lost its lease", attempt.id, attempt.number)
         except asyncio.CancelledError:
@@ -245,8 +242,8 @@ class Worker:
             raise
         except Exception:
             log.exception("job %s attempt %d crashed", attempt.id, attempt.number)
-            failure = Failure("internal_error", "internal error while generating")
-            await self._guard(self._retry_or_fail(attempt, failure))
+            reason = "internal error while generating"
+            await self._guard(self._retry_or_fail(attempt, "internal_error", reason))
 
     async def _keep_leases(self) -> None:
         """Renew the lease of every running attempt, in one statement, every third of the
@@ -297,13 +294,11 @@ class Worker:
             references += await job_objects.pack_references(self.storage, attempt.id, params)
         except ObjectNotFound:
             # deleted since the request was accepted: no later attempt can find it either
-            await self._fail(
-                attempt, Failure("reference_missing", "the reference image no longer exists")
-            )
+            await self._fail(attempt, "reference_missing", "the reference image no longer exists")
             return
         except StorageError as exc:
             reason = f"could not read the reference image: {exc}"
-            await self._retry_or_fail(attempt, Failure("storage_unavailable", reason))
+            await self._retry_or_fail(attempt, "storage_unavailable", reason)
             return
         request = ImageRequest(
             prompt=imaging.full_prompt(job["prompt"], params.get("style_prompt")),
@@ -318,9 +313,9 @@ class Worker:
         except ProviderError as exc:
             log.info("job %s: provider said %s", attempt.id, exc.reason)
             if exc.retryable:
-                await self._retry_or_fail(attempt, Failure(exc.code, exc.reason))
+                await self._retry_or_fail(attempt, exc.code, exc.reason)
             else:
-                await self._fail(attempt, Failure(exc.code, exc.reason))
+                await self._fail(attempt, exc.code, exc.reason)
             return
         log.info(
             "job %s: %s answered in %.2fs", attempt.id, result.model, time.perf_counter() - started
@@ -347,7 +342,7 @@ class Worker:
             png = await self.decoders.run(imaging.to_png, data)
         except (imaging.NotAnImage, imaging.TooManyPixels) as exc:
             reason = f"the provider's answer is not a usable image: {exc}"
-            await self._fail(attempt, Failure("unusable_image", reason))
+            await self._fail(attempt, "unusable_image", reason)
             return
         key = generation_key(attempt.id)
         try:
@@ -355,8 +350,7 @@ class Worker:
                 self.storage, key, png.data, self.settings.storage_retries
             )
         except StorageError as exc:
-            reason = f"storage unavailable: {exc}"
-            await self._retry_or_fail(attempt, Failure("storage_unavailable", reason))
+            await self._retry_or_fail(attempt, "storage_unavailable", f"storage unavailable: {exc}")
             return
         # Stored: the statement that completes the job announces 90 (and 60 if not yet).
         try:
@@ -375,11 +369,12 @@ class Worker:
             await job_objects.discard_if_orphaned(self.pool, self.storage, attempt.id, key)
             raise
 
-    async def _fail(self, attempt: _Attempt, failure: Failure) -> None:
+    async def _fail(self, attempt: _Attempt, code: JobErrorCode, reason: str) -> None:
         """Failed for good: marked and refunded, in one transaction."""
-        await jobs.fail(self.pool, attempt.id, attempt.number, failure)
+        await jobs.fail(self.pool, attempt.id, attempt.number, Failure(code, reason))
 
-    async def _retry_or_fail(self, attempt: _Attempt, failure: Failure) -> None:
+    async def _retry_or_fail(self, attempt: _Attempt, code: JobErrorCode, reason: str) -> None:
+        failure = Failure(code, reason)
         delay = await jobs.retry_or_fail(
             self.pool, self.settings, attempt.id, attempt.number, failure
         )

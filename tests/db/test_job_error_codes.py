@@ -8,6 +8,7 @@ import re
 import asyncpg
 import pytest
 
+from app.core import job_errors
 from app.core.job_errors import CODES, MEANINGS
 from app.main import create_app
 
@@ -24,10 +25,12 @@ async def test_the_database_allows_exactly_the_codes_the_service_writes(
 
     await db.execute("INSERT INTO users (id, email) VALUES ('user_a', 'a@example.com')")
     job_id = await db.fetchval(
-        "INSERT INTO image_generation_jobs (user_id) VALUES ('user_a') RETURNING id"
+        "INSERT INTO image_generation_jobs (user_id, error_message) VALUES ('user_a', 'x')"
+        " RETURNING id"
     )
     for code in CODES:
         await db.execute("UPDATE image_generation_jobs SET error_code = $1", code)
+        assert await db.fetchval("SELECT error_code FROM image_generation_jobs") == code
     with pytest.raises(asyncpg.CheckViolationError, match=CHECK):
         await db.execute(
             "UPDATE image_generation_jobs SET error_code = 'oops' WHERE id = $1", job_id
@@ -41,3 +44,32 @@ def test_every_code_has_its_meaning_in_the_api_document() -> None:
     assert listed["enum"] == list(CODES)
     for code, meaning in MEANINGS.items():
         assert f"`{code}`: {meaning}" in job["description"], code
+
+
+async def test_a_code_goes_with_its_words_whoever_clears_them(db: asyncpg.Connection) -> None:
+    """A worker from before the column (a rolling deploy) claims a job by clearing
+    error_message alone: the code of the attempt before goes too."""
+    await db.execute("INSERT INTO users (id, email) VALUES ('user_b', 'b@example.com')")
+    job_id = await db.fetchval(
+        "INSERT INTO image_generation_jobs (user_id, error_message, error_code)"
+        " VALUES ('user_b', 'the model is overloaded', 'provider_unavailable') RETURNING id"
+    )
+    await db.execute("UPDATE image_generation_jobs SET error_message = NULL WHERE id = $1", job_id)
+    row = await db.fetchrow(
+        "SELECT error_message, error_code FROM image_generation_jobs WHERE id = $1", job_id
+    )
+    assert row is not None and dict(row) == {"error_message": None, "error_code": None}
+    # nor can a row be written with a code and no words
+    await db.execute(
+        "UPDATE image_generation_jobs SET error_code = 'timed_out' WHERE id = $1", job_id
+    )
+    assert (
+        await db.fetchval("SELECT error_code FROM image_generation_jobs WHERE id = $1", job_id)
+        is None
+    )
+
+
+def test_a_code_this_version_does_not_know_is_shown_as_an_internal_error() -> None:
+    assert job_errors.known("storage_unavailable") == "storage_unavailable"
+    assert job_errors.known("quota_exhausted") == "internal_error"  # from a newer deploy
+    assert job_errors.known(None) is None

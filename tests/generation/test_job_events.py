@@ -319,6 +319,7 @@ async def test_a_job_waiting_for_its_retry_shows_why_and_when_and_its_progress_n
 
     assert waiting["status"] == "pending" and waiting["attempts"] == 1
     assert waiting["error"] and "503" in waiting["error"]
+    assert waiting["error_code"] == "provider_unavailable"
     assert waiting["progress"] == 10  # what the failed attempt reached, not back to 0
     assert datetime.fromisoformat(waiting["retry_at"]) > datetime.fromisoformat(
         waiting["updated_at"]
@@ -336,5 +337,6 @@ async def test_a_job_waiting_for_its_retry_shows_why_and_when_and_its_progress_n
         None,
         None,
     )
+    assert final["error_code"] is None
     assert jobs[-1] == final
     assert [call.model for call in gemini.calls] == [MODEL, MODEL]
