@@ -288,6 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhook_endpoints.router,
     ):
         _add_routes(app, router)
+    app.webhooks.include_router(webhook_endpoints.events)  # documented, not served
     openapi.install(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(

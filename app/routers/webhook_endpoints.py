@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Annotated, get_args
 from uuid import UUID
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 
+from app.config import Settings
 from app.deps import Conn, CurrentUser, StreamUser, Svc
 from app.errors import ANY_OPERATION, responses
 from app.openapi import header_docs
 from app.schemas.outgoing import (
+    EventType,
     WebhookDeliveryList,
     WebhookEndpoint,
     WebhookEndpointCreate,
     WebhookEndpointList,
     WebhookEndpointWithSecret,
+    WebhookEvent,
 )
-from app.services import webhook_endpoints
+from app.services import outgoing, webhook_endpoints
 
 router = APIRouter(
     prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=responses(*ANY_OPERATION, 401, 503)
@@ -100,3 +104,67 @@ async def list_webhook_deliveries(
 ) -> WebhookDeliveryList:
     """The endpoint's latest deliveries (newest first, up to 100), each with its attempts."""
     return WebhookDeliveryList(items=await webhook_endpoints.deliveries(conn, user, endpoint_id))
+
+
+# What each delivery is, from the receiver's side: the API document's `webhooks` (OpenAPI 3.1),
+# one operation per event type. Nothing here is served; app.main hands it to `app.webhooks`.
+events = APIRouter(tags=["webhooks"])
+
+
+def _spoken(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+_SCHEDULE = ", ".join(_spoken(seconds) for seconds in outgoing.RETRY_SCHEDULE)
+_TIMEOUT = _spoken(Settings.model_fields["webhook_timeout_seconds"].default)
+
+
+async def _delivery(
+    event: WebhookEvent,
+    webhook_id: Annotated[
+        UUID,
+        Header(
+            description="The delivery's id, the same on every attempt (the `id` in "
+            "`/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled."
+        ),
+    ],
+    webhook_timestamp: Annotated[
+        str,
+        Header(
+            pattern="^[0-9]+$",
+            description="When this attempt was sent, in Unix seconds (signed): refuse one far "
+            "from your clock (Standard Webhooks' libraries allow five minutes).",
+        ),
+    ],
+    webhook_signature: Annotated[
+        str,
+        Header(
+            description="`v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` "
+            "with the endpoint's secret (Standard Webhooks; its libraries verify it). For a "
+            "day after a rotation, two signatures separated by a space: the new secret's and "
+            "the replaced one's; accept the delivery if either verifies."
+        ),
+    ],
+) -> None:
+    """Never called: its parameters document a delivery."""
+
+
+for _type in get_args(EventType):
+    events.add_api_route(
+        _type,
+        _delivery,
+        methods=["POST"],
+        operation_id=_type.replace(".", "_"),
+        summary=f"{_type}: a job of the endpoint's user "
+        + ("completed" if _type == "job.completed" else "failed, its credits refunded"),
+        description=f"Sent to each endpoint subscribed to `{_type}`, as a POST of JSON with "
+        f"the user agent `{outgoing.USER_AGENT}`. An answer in 2xx within the endpoint "
+        f"timeout (`WEBHOOK_TIMEOUT_SECONDS`, {_TIMEOUT} by default) delivers it; anything else is "
+        f"tried again after {_SCHEDULE} (about a day), then the delivery is `failed`.",
+        response_class=Response,
+        response_description="Any 2xx: delivered (the body is not read).",
+        responses={"default": {"description": "Anything else, or no answer: tried again."}},
+    )

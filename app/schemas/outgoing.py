@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import SafeStr
-from app.schemas.generations import JOB_ID_EXAMPLE
+from app.schemas.generations import FAILED_JOB_EXAMPLE, JOB_EXAMPLE, JOB_ID_EXAMPLE, Job
 
 EventType = Literal["job.completed", "job.failed"]
 
@@ -124,3 +124,33 @@ class WebhookDeliveryList(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [DELIVERY_EXAMPLE]}]})
 
     items: list[WebhookDelivery]
+
+
+class WebhookEvent(BaseModel):
+    """The body of each delivery to an endpoint (`webhooks` in the API document)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "job.completed",
+                    "timestamp": "2026-05-04T09:12:11.950000+00:00",
+                    "data": JOB_EXAMPLE,
+                },
+                {
+                    "type": "job.failed",
+                    "timestamp": "2026-05-04T09:12:11.950000+00:00",
+                    "data": FAILED_JOB_EXAMPLE,
+                },
+            ]
+        }
+    )
+
+    type: EventType
+    timestamp: datetime = Field(
+        description="When the event happened; the same on every attempt to deliver it."
+    )
+    data: Job | None = Field(
+        description="The job as `GET /v1/jobs/{id}` shows it when this attempt is sent (its "
+        "image URL signed for this attempt); null if the job's row was deleted since."
+    )

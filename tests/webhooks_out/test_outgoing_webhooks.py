@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
@@ -84,6 +85,23 @@ def verified(secret: str, message: Received) -> dict[str, Any]:
     return payload
 
 
+async def assert_as_documented(client: httpx.AsyncClient, message: Received) -> None:
+    """The delivery is what the API document's `webhooks` entry for its type says: the body
+    under its schema, each documented header present and valid under its own."""
+    spec = (await client.get("/openapi.json")).json()
+    body = json.loads(message.body)
+    operation = spec["webhooks"][body["type"]]["post"]
+    root = {"components": spec["components"]}
+    checker = Draft202012Validator.FORMAT_CHECKER
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    Draft202012Validator({**schema, **root}, format_checker=checker).validate(body)
+    headers = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert {p["name"] for p in headers} == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    for parameter in headers:
+        value = message.headers[parameter["name"]]
+        Draft202012Validator(parameter["schema"], format_checker=checker).validate(value)
+
+
 async def deliveries(
     client: httpx.AsyncClient, headers: dict[str, str], endpoint_id: str
 ) -> list[dict[str, Any]]:
@@ -118,7 +136,7 @@ async def test_a_completed_job_is_delivered_signed_with_the_job_as_get_shows_it(
             sent_url, shown_url = payload["data"]["image"].pop("url"), shown["image"].pop("url")
             assert sent_url.split("?")[0] == shown_url.split("?")[0]
             assert payload["data"] == shown
-            assert message.headers["webhook-id"]
+            await assert_as_documented(client, message)
             assert message.headers["user-agent"] == outgoing.USER_AGENT
             listed = await deliveries(client, alice, endpoint["id"])
             assert [(d["type"], d["status"]) for d in listed] == [("job.completed", "delivered")]
@@ -244,6 +262,8 @@ async def test_only_subscribed_events_are_sent(
             (message,) = await received(failures, 1)
             assert json.loads(message.body)["type"] == "job.failed"
             assert json.loads(message.body)["data"]["status"] == "failed"
+            assert json.loads(message.body)["data"]["error_code"] == "provider_unavailable"
+            await assert_as_documented(client, message)
             (also,) = await received(completions, 1)
             assert verified(both["secret"], also)["data"]["id"] == job["id"]
     with WebhookReceiver() as receiver:

@@ -3,7 +3,13 @@
  * in CI, so a change to the document that breaks a caller breaks this file. Each call is
  * marked with its operationId (tests/api/test_typescript_client.py checks they are all here).
  */
-import { createAtelierClient, feedEvents, jobEvents, type ProblemType } from "../src/index";
+import {
+  createAtelierClient,
+  feedEvents,
+  jobEvents,
+  type ProblemType,
+  type webhooks,
+} from "../src/index";
 
 const baseUrl = "http://127.0.0.1:8000";
 const token = () => "dev-token";
@@ -166,4 +172,25 @@ export async function everyOperation(): Promise<void> {
 
   // last: the account is gone after this
   await api.DELETE("/v1/me"); // delete_me
+}
+
+/** What an integrator's webhook receiver gets, typed from the document's `webhooks` (verify
+ * `webhook-signature` with the endpoint's secret first: the `standardwebhooks` package). */
+type Delivery = webhooks["job.failed"]["post"]["requestBody"]["content"]["application/json"];
+
+export function onDelivery(delivery: Delivery): string {
+  const job = delivery.data;
+  if (job === null) return "the job is gone";
+  if (delivery.type === "job.completed") return job.image?.url ?? "no image";
+  switch (job.error_code) {
+    case "content_refused":
+    case "invalid_request":
+      return "ask the user for another prompt"; // refunded; another try would fail alike
+    case "provider_unavailable":
+    case "timed_out":
+    case "storage_unavailable":
+      return "try again later"; // refunded
+    default:
+      return job.error ?? "failed"; // refunded; codes may be added
+  }
 }

@@ -1,3 +1,3 @@
 export * from "./client";
 export * from "./streams";
-export type { components, operations, paths } from "./schema";
+export type { components, operations, paths, webhooks } from "./schema";

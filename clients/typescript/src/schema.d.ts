@@ -946,7 +946,48 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    "job.completed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * job.completed: a job of the endpoint's user completed
+         * @description Sent to each endpoint subscribed to `job.completed`, as a POST of JSON with the user agent `Atelier-Webhooks/1.0`. An answer in 2xx within the endpoint timeout (`WEBHOOK_TIMEOUT_SECONDS`, 10 s by default) delivers it; anything else is tried again after 5 s, 30 s, 2 min, 10 min, 1 h, 4 h, 8 h, 10 h (about a day), then the delivery is `failed`.
+         */
+        post: operations["job_completed"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "job.failed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * job.failed: a job of the endpoint's user failed, its credits refunded
+         * @description Sent to each endpoint subscribed to `job.failed`, as a POST of JSON with the user agent `Atelier-Webhooks/1.0`. An answer in 2xx within the endpoint timeout (`WEBHOOK_TIMEOUT_SECONDS`, 10 s by default) delivers it; anything else is tried again after 5 s, 30 s, 2 min, 10 min, 1 h, 4 h, 8 h, 10 h (about a day), then the delivery is `failed`.
+         */
+        post: operations["job_failed"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         /**
@@ -2649,6 +2690,71 @@ export interface components {
              * @description `whsec_…`: verifies each delivery's `webhook-signature` (Standard Webhooks). Shown when the endpoint is made and when the secret is rotated.
              */
             secret: string;
+        };
+        /**
+         * WebhookEvent
+         * @description The body of each delivery to an endpoint (`webhooks` in the API document).
+         * @example {
+         *       "type": "job.completed",
+         *       "timestamp": "2026-05-04T09:12:11.950000+00:00",
+         *       "data": {
+         *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *         "status": "completed",
+         *         "progress": 100,
+         *         "kind": "generate",
+         *         "prompt": "a watercolor fox, flat icon",
+         *         "model": "gemini-3.1-flash-image",
+         *         "error": null,
+         *         "error_code": null,
+         *         "attempts": 1,
+         *         "retry_at": null,
+         *         "image": {
+         *           "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+         *           "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+         *           "width": 1024,
+         *           "height": 1024,
+         *           "model": "gemini-3.1-flash-image"
+         *         },
+         *         "created_at": "2026-05-04T09:12:03.418Z",
+         *         "updated_at": "2026-05-04T09:12:11.902Z",
+         *         "completed_at": "2026-05-04T09:12:11.902Z"
+         *       }
+         *     }
+         * @example {
+         *       "type": "job.failed",
+         *       "timestamp": "2026-05-04T09:12:11.950000+00:00",
+         *       "data": {
+         *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+         *         "status": "failed",
+         *         "progress": 10,
+         *         "kind": "generate",
+         *         "prompt": "a watercolor fox, flat icon",
+         *         "model": null,
+         *         "error": "the image was blocked by the model's safety filters (finishReason IMAGE_SAFETY)",
+         *         "error_code": "content_refused",
+         *         "attempts": 1,
+         *         "retry_at": null,
+         *         "image": null,
+         *         "created_at": "2026-05-04T09:12:03.418Z",
+         *         "updated_at": "2026-05-04T09:12:11.902Z",
+         *         "completed_at": "2026-05-04T09:12:11.902Z"
+         *       }
+         *     }
+         */
+        WebhookEvent: {
+            /**
+             * Type
+             * @enum {string}
+             */
+            type: "job.completed" | "job.failed";
+            /**
+             * Timestamp
+             * Format: date-time
+             * @description When the event happened; the same on every attempt to deliver it.
+             */
+            timestamp: string;
+            /** @description The job as `GET /v1/jobs/{id}` shows it when this attempt is sent (its image URL signed for this attempt); null if the job's row was deleted since. */
+            data: components["schemas"]["Job"] | null;
         };
         /**
          * WebhookReceipt
@@ -7966,6 +8072,78 @@ export interface operations {
                 content: {
                     "application/problem+json": components["schemas"]["Problem503"];
                 };
+            };
+        };
+    };
+    job_completed: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled. */
+                "webhook-id": string;
+                /** @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes). */
+                "webhook-timestamp": string;
+                /** @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` with the endpoint's secret (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies. */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEvent"];
+            };
+        };
+        responses: {
+            /** @description Any 2xx: delivered (the body is not read). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Anything else, or no answer: tried again. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    job_failed: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled. */
+                "webhook-id": string;
+                /** @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes). */
+                "webhook-timestamp": string;
+                /** @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` with the endpoint's secret (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies. */
+                "webhook-signature": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEvent"];
+            };
+        };
+        responses: {
+            /** @description Any 2xx: delivered (the body is not read). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Anything else, or no answer: tried again. */
+            default: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
