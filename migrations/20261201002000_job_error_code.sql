@@ -18,9 +18,14 @@ ALTER TABLE image_generation_jobs
         'internal_error'
     )) NOT VALID;
 
--- No code without words: whatever clears error_message (a claim, a hand-back) clears the code
--- too, also when the writer is a worker from before this column (a rolling deploy), which
--- would otherwise leave a completed job with the code of an attempt that failed before it.
+-- No code without words: a row may not hold a code without error_message, and whatever
+-- clears error_message (a claim, a hand-back) clears the code too, also when the writer is a
+-- worker from before this column (a rolling deploy), which would otherwise leave a completed
+-- job with the code of an attempt that failed before it, or break on the check.
+ALTER TABLE image_generation_jobs
+    ADD CONSTRAINT image_generation_jobs_error_code_has_message
+        CHECK (error_code IS NULL OR error_message IS NOT NULL) NOT VALID;
+
 CREATE OR REPLACE FUNCTION atelier_job_error_code_follows_message() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -30,8 +35,9 @@ END
 $$;
 
 CREATE OR REPLACE TRIGGER image_generation_jobs_error_code_follows_message
-    BEFORE INSERT OR UPDATE ON image_generation_jobs
-    FOR EACH ROW WHEN (NEW.error_message IS NULL AND NEW.error_code IS NOT NULL)
+    BEFORE UPDATE OF error_message ON image_generation_jobs
+    FOR EACH ROW WHEN (OLD.error_message IS NOT NULL AND NEW.error_message IS NULL
+                       AND NEW.error_code IS NOT NULL)
     EXECUTE FUNCTION atelier_job_error_code_follows_message();
 
 -- Like every column the service sets for a job the worker runs, a client leaves it NULL on the

@@ -17,30 +17,28 @@ async def insert(
     The row already there is read by a statement of its own: when another request stores the
     same event at the same moment, ON CONFLICT waits for it to commit, but the snapshot of a
     statement that began before then cannot see the row it committed; the next statement's
-    can (READ COMMITTED). A row deleted in between (retention) is inserted on the next round.
+    can (READ COMMITTED). Rows are never deleted (retention only blanks their payload).
     """
-    for _ in range(3):
-        row = await conn.fetchrow(
-            """
-            INSERT INTO webhook_events (provider, event_id, type, payload)
-            VALUES ($1, $2, $3, $4)
-            ON CONFLICT DO NOTHING
-            RETURNING true AS inserted, processed_at
-            """,
-            provider,
-            event_id,
-            type_,
-            payload,
-        )
-        row = row or await conn.fetchrow(
-            "SELECT false AS inserted, processed_at FROM webhook_events"
-            " WHERE provider = $1 AND event_id = $2",
-            provider,
-            event_id,
-        )
-        if row is not None:
-            return row
-    raise RuntimeError(f"{provider} event {event_id} was deleted three times while stored")
+    row = await conn.fetchrow(
+        """
+        INSERT INTO webhook_events (provider, event_id, type, payload)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT DO NOTHING
+        RETURNING true AS inserted, processed_at
+        """,
+        provider,
+        event_id,
+        type_,
+        payload,
+    )
+    row = row or await conn.fetchrow(
+        "SELECT false AS inserted, processed_at FROM webhook_events"
+        " WHERE provider = $1 AND event_id = $2",
+        provider,
+        event_id,
+    )
+    assert row is not None
+    return row
 
 
 async def lock(conn: asyncpg.Connection, provider: str, event_id: str) -> asyncpg.Record | None:

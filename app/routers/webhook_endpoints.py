@@ -143,7 +143,8 @@ async def _delivery(
         str,
         Header(
             description="`v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` "
-            "with the endpoint's secret (Standard Webhooks; its libraries verify it). For a "
+            "keyed with the endpoint's secret, the bytes whose base64 follows `whsec_` "
+            "(Standard Webhooks; its libraries verify it). For a "
             "day after a rotation, two signatures separated by a space: the new secret's and "
             "the replaced one's; accept the delivery if either verifies."
         ),

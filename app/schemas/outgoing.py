@@ -21,6 +21,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-05-03T14:25:40.019Z",
     "previous_secret_expires_at": None,
 }
+SECRET_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="
 DELIVERY_EXAMPLE: dict[str, Any] = {
     "id": "e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e",
     "type": "job.completed",
@@ -79,11 +80,7 @@ class WebhookEndpoint(BaseModel):
 
 class WebhookEndpointWithSecret(WebhookEndpoint):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {**ENDPOINT_EXAMPLE, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="}
-            ]
-        }
+        json_schema_extra={"examples": [{**ENDPOINT_EXAMPLE, "secret": SECRET_EXAMPLE}]}
     )
 
     secret: str = Field(
@@ -134,12 +131,12 @@ class WebhookEvent(BaseModel):
             "examples": [
                 {
                     "type": "job.completed",
-                    "timestamp": "2026-05-04T09:12:11.950000+00:00",
+                    "timestamp": "2026-05-04T09:12:11.902000+00:00",
                     "data": JOB_EXAMPLE,
                 },
                 {
                     "type": "job.failed",
-                    "timestamp": "2026-05-04T09:12:11.950000+00:00",
+                    "timestamp": "2026-05-04T09:12:11.902000+00:00",
                     "data": FAILED_JOB_EXAMPLE,
                 },
             ]
@@ -148,7 +145,8 @@ class WebhookEvent(BaseModel):
 
     type: EventType
     timestamp: datetime = Field(
-        description="When the event happened; the same on every attempt to deliver it."
+        description="When the event happened (the job ended and its deliveries were "
+        "queued); the same on every attempt to deliver it."
     )
     data: Job | None = Field(
         description="The job as `GET /v1/jobs/{id}` shows it when this attempt is sent (its "

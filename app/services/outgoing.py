@@ -98,13 +98,14 @@ class Sender:
     async def _payload(self, row: asyncpg.Record, job: asyncpg.Record | None) -> dict[str, Any]:
         """The event as first sent (its `type` and `timestamp` stay), with `data` the job as
         GET /v1/jobs/{id} shows it now: a retry a day later carries an image URL signed for
-        it, not one that expired an hour after the first attempt."""
+        it, not one that expired an hour after the first attempt; null once the job is gone.
+        The timestamp is when the delivery was queued, in the transaction that ended the
+        job, however late the first attempt is sent."""
         first: dict[str, Any] = row["payload"] or {
             "type": row["type"],
-            "timestamp": datetime.now(UTC).isoformat(),
-            "data": None,
+            "timestamp": row["created_at"].isoformat(),
         }
-        data = first["data"]
+        data = None
         if job is not None:
             schema = await generations.to_schema(job, self._storage, self._settings)
             data = schema.model_dump(mode="json")

@@ -4,7 +4,10 @@ every problem it documents), and every example in the document is valid under it
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,8 +20,15 @@ from jsonschema import Draft202012Validator
 from app.config import Settings
 from app.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_TYPES
 from app.main import create_app
-from app.openapi_examples import EVENT_STREAM, is_file, media_example, problem_examples
+from app.openapi_examples import (
+    EVENT_STREAM,
+    is_file,
+    media_example,
+    problem_examples,
+    webhook_operations,
+)
 from app.openapi_examples import operations as paths_and_operations
+from app.schemas.outgoing import SECRET_EXAMPLE
 
 # Subschemas, by the keywords that hold one, a list of them, or a map of them.
 ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contentSchema")
@@ -35,8 +45,11 @@ def spec() -> Spec:
 
 
 def operations(spec: Spec) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every operation, the outgoing webhooks' included, with a label."""
     for path, method, operation in paths_and_operations(spec):
         yield f"{method.upper()} {path}", operation
+    for event, operation in webhook_operations(spec):
+        yield f"webhook {event}", operation
 
 
 def answerable(spec: Spec, path: str, operation: dict[str, Any], status: str) -> set[str]:
@@ -76,6 +89,12 @@ def lacking_examples(spec: Spec) -> list[str]:
                         missing.append(f"{label}: {status} lacks an example of a problem type")
                 elif not _has_example(spec, media):
                     missing.append(f"{label}: no example of its {status} {media_type} answer")
+    for event, operation in webhook_operations(spec):  # what a receiver gets: no curl, no answer
+        for parameter in operation["parameters"]:
+            if "example" not in parameter:
+                missing.append(f"webhook {event}: no example of header {parameter['name']}")
+        if media_example(spec, operation["requestBody"]["content"]["application/json"]) is None:
+            missing.append(f"webhook {event}: no example of its body")
     return missing
 
 
@@ -180,6 +199,21 @@ def test_every_operation_has_request_and_response_examples(spec: Spec) -> None:
 
 def test_every_example_is_valid_under_its_schema(spec: Spec) -> None:
     assert invalid_examples(spec) == []
+
+
+def test_each_webhooks_example_headers_sign_its_example_body(spec: Spec) -> None:
+    """A receiver can test its verifier on the document: the signature is Standard Webhooks'
+    HMAC, computed here by hand, of the body example as compact JSON, under the endpoint
+    example's secret."""
+    secret = base64.b64decode(SECRET_EXAMPLE.removeprefix("whsec_"))
+    for event, operation in webhook_operations(spec):
+        headers = {p["name"]: p["example"] for p in operation["parameters"]}
+        body = operation["requestBody"]["content"]["application/json"]["example"]
+        assert body["type"] == event
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode()
+        signed += json.dumps(body, separators=(",", ":")).encode()
+        digest = hmac.new(secret, signed, hashlib.sha256).digest()
+        assert headers["webhook-signature"] == "v1," + base64.b64encode(digest).decode(), event
 
 
 def _problems(spec: Spec, path: str, method: str, status: str) -> dict[str, Any]:

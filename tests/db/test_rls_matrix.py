@@ -226,7 +226,7 @@ CASES = [
     ),
     Case(
         "set_error_code_on_own_app_job",
-        f"UPDATE image_generation_jobs SET error_message = 'x', error_code = 'worker_lost' "
+        f"UPDATE image_generation_jobs SET error_code = 'worker_lost' "
         f"WHERE id = '{IDS['alice_app_job']}'",
         denied(),
     ),
@@ -234,6 +234,11 @@ CASES = [
         "insert_job_with_error_code",
         f"INSERT INTO image_generation_jobs (user_id, error_message, error_code) "
         f"VALUES ('{ALICE}', 'x', 'timed_out')",
+        denied(),
+    ),
+    Case(
+        "insert_job_with_error_code_alone",
+        f"INSERT INTO image_generation_jobs (user_id, error_code) VALUES ('{ALICE}', 'timed_out')",
         denied(),
     ),
     Case(

@@ -95,6 +95,9 @@ async def assert_as_documented(client: httpx.AsyncClient, message: Received) -> 
     checker = Draft202012Validator.FORMAT_CHECKER
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     Draft202012Validator({**schema, **root}, format_checker=checker).validate(body)
+    documented = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert set(body) == set(documented["properties"])  # nothing more than the document says
+    assert message.headers["content-type"] == "application/json"
     headers = [p for p in operation["parameters"] if p["in"] == "header"]
     assert {p["name"] for p in headers} == {"webhook-id", "webhook-timestamp", "webhook-signature"}
     for parameter in headers:
@@ -188,9 +191,10 @@ async def test_a_retry_carries_the_job_as_it_is_then_under_the_first_events_time
     hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
     """`data` is read again for every attempt (a retry hours later gets an image URL signed
-    then, not one that expired); the event's id, type and timestamp stay those of the first."""
+    then, not one that expired; null once the job's row is gone); the event's id, type and
+    timestamp (when the delivery was queued, as the job ended) stay those of the first."""
     alice = auth_headers(ALICE)
-    with WebhookReceiver(500) as receiver:
+    with WebhookReceiver(500, 500) as receiver:
         async with running_settings(hook_settings()) as client:
             endpoint = await register(client, alice, receiver.url, ["job.completed"])
             job = await finished_job(client, alice)
@@ -210,6 +214,20 @@ async def test_a_retry_carries_the_job_as_it_is_then_under_the_first_events_time
             assert resent["data"] == shown
             assert (resent["type"], resent["timestamp"]) == (sent["type"], sent["timestamp"])
             assert second.headers["webhook-id"] == first.headers["webhook-id"]
+            queued = await db.fetchval(
+                "SELECT created_at FROM webhook_deliveries WHERE id = $1",
+                uuid.UUID(first.headers["webhook-id"]),
+            )
+            assert datetime.fromisoformat(sent["timestamp"]) == queued
+
+            # The job's row is deleted (the mobile app may): the next attempt says so.
+            await wait_until(lambda: _attempts(db, 2), "the second attempt to be recorded")
+            await db.execute(
+                "DELETE FROM image_generation_jobs WHERE id = $1", uuid.UUID(job["id"])
+            )
+            await make_due(db)
+            _, _, third = await received(receiver, 3)
+            assert verified(endpoint["secret"], third)["data"] is None
 
 
 async def test_a_delivery_gives_up_after_the_last_backoff(

@@ -2696,7 +2696,7 @@ export interface components {
          * @description The body of each delivery to an endpoint (`webhooks` in the API document).
          * @example {
          *       "type": "job.completed",
-         *       "timestamp": "2026-05-04T09:12:11.950000+00:00",
+         *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
          *       "data": {
          *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
          *         "status": "completed",
@@ -2722,7 +2722,7 @@ export interface components {
          *     }
          * @example {
          *       "type": "job.failed",
-         *       "timestamp": "2026-05-04T09:12:11.950000+00:00",
+         *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
          *       "data": {
          *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
          *         "status": "failed",
@@ -2750,7 +2750,7 @@ export interface components {
             /**
              * Timestamp
              * Format: date-time
-             * @description When the event happened; the same on every attempt to deliver it.
+             * @description When the event happened (the job ended and its deliveries were queued); the same on every attempt to deliver it.
              */
             timestamp: string;
             /** @description The job as `GET /v1/jobs/{id}` shows it when this attempt is sent (its image URL signed for this attempt); null if the job's row was deleted since. */
@@ -8079,11 +8079,20 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled. */
+                /**
+                 * @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled.
+                 * @example e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e
+                 */
                 "webhook-id": string;
-                /** @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes). */
+                /**
+                 * @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes).
+                 * @example 1777885932
+                 */
                 "webhook-timestamp": string;
-                /** @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` with the endpoint's secret (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies. */
+                /**
+                 * @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` keyed with the endpoint's secret, the bytes whose base64 follows `whsec_` (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies.
+                 * @example v1,SMaqGuDuJA6pU4W/4KlxajuPrZOlSj8phZY/4PUDnqo=
+                 */
                 "webhook-signature": string;
             };
             path?: never;
@@ -8091,6 +8100,34 @@ export interface operations {
         };
         requestBody: {
             content: {
+                /**
+                 * @example {
+                 *       "type": "job.completed",
+                 *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                 *       "data": {
+                 *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+                 *         "status": "completed",
+                 *         "progress": 100,
+                 *         "kind": "generate",
+                 *         "prompt": "a watercolor fox, flat icon",
+                 *         "model": "gemini-3.1-flash-image",
+                 *         "error": null,
+                 *         "error_code": null,
+                 *         "attempts": 1,
+                 *         "retry_at": null,
+                 *         "image": {
+                 *           "id": "8d2e6f1a-47b3-4c9e-b5a0-9f3e2d1c0b7a",
+                 *           "url": "http://127.0.0.1:8000/files/generations/5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f.png?exp=1777886223&sig=9c1f4e2b7a3d5f8e0b6c2d4a9e7f1b3c5d8a0e2f4b6c8d1a3e5f7b9c0d2e4f6a",
+                 *           "width": 1024,
+                 *           "height": 1024,
+                 *           "model": "gemini-3.1-flash-image"
+                 *         },
+                 *         "created_at": "2026-05-04T09:12:03.418Z",
+                 *         "updated_at": "2026-05-04T09:12:11.902Z",
+                 *         "completed_at": "2026-05-04T09:12:11.902Z"
+                 *       }
+                 *     }
+                 */
                 "application/json": components["schemas"]["WebhookEvent"];
             };
         };
@@ -8115,11 +8152,20 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled. */
+                /**
+                 * @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled.
+                 * @example e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e
+                 */
                 "webhook-id": string;
-                /** @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes). */
+                /**
+                 * @description When this attempt was sent, in Unix seconds (signed): refuse one far from your clock (Standard Webhooks' libraries allow five minutes).
+                 * @example 1777885932
+                 */
                 "webhook-timestamp": string;
-                /** @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` with the endpoint's secret (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies. */
+                /**
+                 * @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` keyed with the endpoint's secret, the bytes whose base64 follows `whsec_` (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies.
+                 * @example v1,l2bDQ21sM9pSodPiM7JMv73Kre+8tN68h6f8bOdPlZ4=
+                 */
                 "webhook-signature": string;
             };
             path?: never;
@@ -8127,6 +8173,28 @@ export interface operations {
         };
         requestBody: {
             content: {
+                /**
+                 * @example {
+                 *       "type": "job.failed",
+                 *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                 *       "data": {
+                 *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
+                 *         "status": "failed",
+                 *         "progress": 10,
+                 *         "kind": "generate",
+                 *         "prompt": "a watercolor fox, flat icon",
+                 *         "model": null,
+                 *         "error": "the image was blocked by the model's safety filters (finishReason IMAGE_SAFETY)",
+                 *         "error_code": "content_refused",
+                 *         "attempts": 1,
+                 *         "retry_at": null,
+                 *         "image": null,
+                 *         "created_at": "2026-05-04T09:12:03.418Z",
+                 *         "updated_at": "2026-05-04T09:12:11.902Z",
+                 *         "completed_at": "2026-05-04T09:12:11.902Z"
+                 *       }
+                 *     }
+                 */
                 "application/json": components["schemas"]["WebhookEvent"];
             };
         };
