@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from standardwebhooks import Webhook
 
 from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
 from app.openapi_examples import (
@@ -20,8 +23,11 @@ from app.openapi_examples import (
     app_models,
     component_names,
     fits,
+    resolve,
+    webhook_operations,
 )
 from app.openapi_samples import add_samples
+from app.schemas.outgoing import DELIVERY_EXAMPLE, SECRET_EXAMPLE
 
 # The event models `sse_events` named, added to the document's components by name.
 _EVENT_MODELS: dict[str, type[BaseModel]] = {}
@@ -157,15 +163,40 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def add_delivery_examples(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each webhook's body example is its own event's, and its header examples are those of
+    a real first attempt of that body: signed with the endpoint example's secret, so a
+    receiver can check its verifier against them."""
+    first_attempt = datetime.fromisoformat(DELIVERY_EXAMPLE["attempts"][0]["attempted_at"])
+    first_attempt = first_attempt.replace(microsecond=0).astimezone(UTC)
+    for event, operation in webhook_operations(spec):
+        media = operation["requestBody"]["content"]["application/json"]
+        examples = resolve(spec, media["schema"])["examples"]
+        body = next(example for example in examples if example["type"] == event)
+        media["example"] = body
+        sent = json.dumps(body, separators=(",", ":"))  # as outgoing sends it
+        # a delivery id of the event's own: ids are never shared between events
+        delivery_id = str(uuid.uuid5(uuid.UUID(DELIVERY_EXAMPLE["id"]), event))
+        headers = {
+            "webhook-id": delivery_id,
+            "webhook-timestamp": str(int(first_attempt.timestamp())),
+            "webhook-signature": Webhook(SECRET_EXAMPLE).sign(delivery_id, first_attempt, sent),
+        }
+        for parameter in operation["parameters"]:
+            parameter["example"] = headers[parameter["name"]]
+    return spec
+
+
 def install(app: FastAPI) -> None:
     """Serve an OpenAPI document whose error responses all say application/problem+json,
-    with examples everywhere (`app.openapi_examples`) and a curl sample per operation
-    (`app.openapi_samples`)."""
+    with examples everywhere (`app.openapi_examples`, and each webhook's signed delivery)
+    and a curl sample per operation (`app.openapi_samples`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_samples(add_examples(document_problems(generate())))
+            document = add_examples(document_problems(generate()))
+            app.openapi_schema = add_samples(add_delivery_examples(document))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

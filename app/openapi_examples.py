@@ -8,15 +8,12 @@ text of each event stream. `app.openapi_samples` builds the curl samples from al
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import limits
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from standardwebhooks import Webhook
 
 from app.config import Settings
 from app.core.messages import missing_file_part
@@ -44,7 +41,7 @@ from app.schemas.api_keys import API_KEY_EXAMPLE
 from app.schemas.gallery import CURSOR_EXAMPLE, PACK_ID_EXAMPLE, PROMPT_ID_EXAMPLE
 from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.me import LEDGER_PAGE_CURSOR_EXAMPLE
-from app.schemas.outgoing import DELIVERY_EXAMPLE, ENDPOINT_EXAMPLE, SECRET_EXAMPLE
+from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
 from app.services.rate_limits import Quota, RateLimited, Scope
 from app.services.webhook_urls import RefusedUrl
@@ -361,33 +358,8 @@ def webhook_operations(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, An
         yield event, path_item["post"]
 
 
-def _add_delivery_examples(spec: dict[str, Any]) -> None:
-    """Each webhook's body example is its own event's, and its header examples are those of
-    a real first attempt of that body: signed with the endpoint example's secret, so a
-    receiver can check its verifier against them."""
-    first_attempt = datetime.fromisoformat(DELIVERY_EXAMPLE["attempts"][0]["attempted_at"])
-    first_attempt = first_attempt.replace(microsecond=0).astimezone(UTC)
-    for event, operation in webhook_operations(spec):
-        media = operation["requestBody"]["content"]["application/json"]
-        examples = resolve(spec, media["schema"])["examples"]
-        body = next(example for example in examples if example["type"] == event)
-        media["example"] = body
-        sent = json.dumps(body, separators=(",", ":"))  # as outgoing sends it
-        headers = {
-            "webhook-id": DELIVERY_EXAMPLE["id"],
-            "webhook-timestamp": str(int(first_attempt.timestamp())),
-            "webhook-signature": Webhook(SECRET_EXAMPLE).sign(
-                DELIVERY_EXAMPLE["id"], first_attempt, sent
-            ),
-        }
-        for parameter in operation["parameters"]:
-            parameter["example"] = headers[parameter["name"]]
-
-
 def add_examples(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add parameter, problem and event-stream examples to every operation, and examples of
-    each webhook's delivery."""
-    _add_delivery_examples(spec)
+    """Add parameter, problem and event-stream examples to every operation."""
     for path, _, operation in operations(spec):
         for parameter in operation.get("parameters", []):
             if "example" not in parameter and "examples" not in parameter:

@@ -131,12 +131,12 @@ class WebhookEvent(BaseModel):
             "examples": [
                 {
                     "type": "job.completed",
-                    "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                    "timestamp": "2026-05-04T09:12:11.902000Z",
                     "data": JOB_EXAMPLE,
                 },
                 {
                     "type": "job.failed",
-                    "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                    "timestamp": "2026-05-04T09:12:11.902000Z",
                     "data": FAILED_JOB_EXAMPLE,
                 },
             ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pydantic import TypeAdapter
 from standardwebhooks import Webhook
 
 from app.config import Settings
@@ -38,6 +39,7 @@ BATCH = 20
 MAX_ERROR_LENGTH = 500
 # What a receiver sees the deliveries come from (a firewall rule or a log filter can match it).
 USER_AGENT = "Atelier-Webhooks/1.0"
+_INSTANT = TypeAdapter(datetime)  # `timestamp` written as every other time of the API is
 
 
 def retry_in(attempts_before: int) -> float | None:
@@ -103,7 +105,7 @@ class Sender:
         job, however late the first attempt is sent."""
         first: dict[str, Any] = row["payload"] or {
             "type": row["type"],
-            "timestamp": row["created_at"].isoformat(),
+            "timestamp": _INSTANT.dump_python(row["created_at"], mode="json"),
         }
         data = None
         if job is not None:

@@ -2696,7 +2696,7 @@ export interface components {
          * @description The body of each delivery to an endpoint (`webhooks` in the API document).
          * @example {
          *       "type": "job.completed",
-         *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+         *       "timestamp": "2026-05-04T09:12:11.902000Z",
          *       "data": {
          *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
          *         "status": "completed",
@@ -2722,7 +2722,7 @@ export interface components {
          *     }
          * @example {
          *       "type": "job.failed",
-         *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+         *       "timestamp": "2026-05-04T09:12:11.902000Z",
          *       "data": {
          *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
          *         "status": "failed",
@@ -8081,7 +8081,7 @@ export interface operations {
             header: {
                 /**
                  * @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled.
-                 * @example e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e
+                 * @example 05a93d61-9dd8-5d8f-b815-c513389034e8
                  */
                 "webhook-id": string;
                 /**
@@ -8091,7 +8091,7 @@ export interface operations {
                 "webhook-timestamp": string;
                 /**
                  * @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` keyed with the endpoint's secret, the bytes whose base64 follows `whsec_` (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies.
-                 * @example v1,SMaqGuDuJA6pU4W/4KlxajuPrZOlSj8phZY/4PUDnqo=
+                 * @example v1,uGMLvvG1u3Yb/6foBt0oDaNvoXBoQHPydM82ESWQTUo=
                  */
                 "webhook-signature": string;
             };
@@ -8103,7 +8103,7 @@ export interface operations {
                 /**
                  * @example {
                  *       "type": "job.completed",
-                 *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                 *       "timestamp": "2026-05-04T09:12:11.902000Z",
                  *       "data": {
                  *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
                  *         "status": "completed",
@@ -8154,7 +8154,7 @@ export interface operations {
             header: {
                 /**
                  * @description The delivery's id, the same on every attempt (the `id` in `/v1/webhook-endpoints/{id}/deliveries`): skip one you have already handled.
-                 * @example e1f3a5c7-9b2d-4f6a-8c0e-3b5d7f9a1c4e
+                 * @example f22c020a-4ea1-5504-a1b2-9b4133dd5643
                  */
                 "webhook-id": string;
                 /**
@@ -8164,7 +8164,7 @@ export interface operations {
                 "webhook-timestamp": string;
                 /**
                  * @description `v1,<base64 HMAC-SHA256>` of `{webhook-id}.{webhook-timestamp}.{body}` keyed with the endpoint's secret, the bytes whose base64 follows `whsec_` (Standard Webhooks; its libraries verify it). For a day after a rotation, two signatures separated by a space: the new secret's and the replaced one's; accept the delivery if either verifies.
-                 * @example v1,l2bDQ21sM9pSodPiM7JMv73Kre+8tN68h6f8bOdPlZ4=
+                 * @example v1,47FD2C64XLOGL3z6U0aAJ44PgBKhHDSn7U2EhscQG0k=
                  */
                 "webhook-signature": string;
             };
@@ -8176,7 +8176,7 @@ export interface operations {
                 /**
                  * @example {
                  *       "type": "job.failed",
-                 *       "timestamp": "2026-05-04T09:12:11.902000+00:00",
+                 *       "timestamp": "2026-05-04T09:12:11.902000Z",
                  *       "data": {
                  *         "id": "5f0c9a4e-3b1d-4c2a-9e7f-1a2b3c4d5e6f",
                  *         "status": "failed",
