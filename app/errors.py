@@ -27,6 +27,7 @@ from app.observability import REQUEST_ID_SCOPE_KEY, carried_headers
 log = logging.getLogger("atelier.errors")
 
 PROBLEM_JSON = "application/problem+json"
+JSON = "application/json"
 PROBLEM_BASE = "https://atelier.dev/problems/"
 
 
@@ -66,6 +67,7 @@ PROBLEM_TYPES: dict[int, tuple[str, ...]] = {
     405: (PROBLEM_BASE + "method-not-allowed",),
     409: (PROBLEM_BASE + "conflict",),
     413: (PROBLEM_BASE + "payload-too-large",),
+    415: (PROBLEM_BASE + "unsupported-media-type",),
     422: (PROBLEM_BASE + "validation", PROBLEM_BASE + "unprocessable"),
     429: (PROBLEM_BASE + "rate-limited",),
     431: (PROBLEM_BASE + "headers-too-large",),
@@ -153,6 +155,28 @@ class MethodNotAllowed(AppError):
 
 class PayloadTooLarge(AppError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(AppError):
+    """A body in a media type the operation does not take; `accepted` lists those it does,
+    and so does the `Accept` header when the request's own Content-Type was wrong (RFC 9110
+    §15.5.16), not an upload's image format."""
+
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+    def __init__(self, detail: str, accepted: Sequence[str], *, request_type: bool) -> None:
+        headers = {"Accept": ", ".join(accepted)} if request_type else None
+        super().__init__(detail, headers=headers, accepted=list(accepted))
+
+    @classmethod
+    def body(cls, content_type: str | None, accepted: str) -> UnsupportedMediaType:
+        """A body sent as `content_type` (None: with none) where only `accepted` is read."""
+        sent = "no Content-Type"
+        if content_type:  # as sent, cut short: it is the client's text
+            shown = content_type if len(content_type) <= 100 else f"{content_type[:100]}…"
+            sent = f"Content-Type: {shown}"
+        message = f"The body must be sent as Content-Type: {accepted}; this request has {sent}."
+        return cls(message, [accepted], request_type=True)
 
 
 class HeadersTooLarge(AppError):
@@ -284,9 +308,18 @@ def _jsonable_error(error: Any) -> dict[str, Any]:
     return {"loc": loc, "msg": message, "type": error.get("type")}
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(_unread_body(error) for error in exc.errors()):
+        refused = UnsupportedMediaType.body(request.headers.get("content-type"), JSON)
+        return problem_response(refused.to_problem(), refused.headers)
     return problem_response(validation_problem(exc.errors()))
+
+
+def _unread_body(error: Mapping[str, Any]) -> bool:
+    """Whether FastAPI left a JSON body unparsed: it hands the model the bytes when the
+    Content-Type is missing or not JSON (application/json, */*+json); parsed JSON is not."""
+    return tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes)
 
 
 def validation_problem(raised: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -299,7 +332,7 @@ def validation_problem(raised: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         # loc is ("body", <character offset>): say what a client can act on
         detail = f"The body is not valid JSON (near character {first['loc'][-1]})."
     elif first.get("type") == "model_attributes_type" and tuple(first["loc"]) == ("body",):
-        detail = "The body must be a JSON object, sent as Content-Type: application/json."
+        detail = "The body must be a JSON object."
     else:
         detail = f"{messages.field_name(first['loc'])}: {first['msg']}"
     return {
@@ -362,34 +395,3 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)
-
-
-# What any operation can answer: the body limit's 413 (app.middleware) and the server's own
-# 500. Every router lists them first, as the app's own `responses=` did: app.main adds the
-# routers' routes to the app directly, where an app's `responses=` does not reach.
-ANY_OPERATION = (413, 500)
-
-
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the problem+json errors an operation can answer."""
-    descriptions = {
-        400: "Bad request",
-        401: "Missing or invalid bearer token",
-        402: "Not enough credits (`balance` and `cost` say by how much)",
-        403: "Forbidden",
-        404: "Not found, or not yours",
-        409: "Conflict",
-        413: "Request body too large",
-        422: "Invalid input",
-        429: "Too many requests",
-        500: "Unexpected server error (logged; no details are exposed)",
-        503: "A dependency is unavailable; retry later",
-    }
-    return {
-        status: {
-            "description": descriptions.get(status, "Error"),
-            "model": Problem,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status in statuses
-    }

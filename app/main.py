@@ -235,7 +235,7 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     """The router's routes, added to the app as they are. FastAPI 0.165's include_router
     keeps an included router as one route that matches each request through a per-request
     context of its routes: about 60 µs of a `/v1/me` and 200 µs of a gallery page's CPU
-    (bench/app_cpu.py). A route's path, tags, responses (errors.ANY_OPERATION included) and
+    (bench/app_cpu.py). A route's path, tags, responses (openapi.ANY_OPERATION included) and
     dependencies already hold its router's. Rebuilding each route for each app instead
     (app.router.add_api_route) costs 140 ms an app, minutes over the test suite.
 
@@ -244,9 +244,9 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     from settings and loopback stand-ins)."""
     for route in router.routes:
         listed = getattr(route, "responses", {})
-        if any(status not in listed for status in errors.ANY_OPERATION):
+        if any(status not in listed for status in openapi.ANY_OPERATION):
             # the app's responses= does not reach a route added this way
-            raise RuntimeError(f"{route!r}: its router must list errors.ANY_OPERATION")
+            raise RuntimeError(f"{route!r}: its router must list openapi.ANY_OPERATION")
     app.router.routes.extend(router.routes)
 
 
@@ -262,7 +262,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         # For routes added to the app itself; the routers list them too (_add_routes).
-        responses=errors.responses(*errors.ANY_OPERATION),
+        responses=openapi.responses(*openapi.ANY_OPERATION),
         # FastAPI's native OpenTelemetry asks for the global providers on every request (about
         # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
         # installed to provide one, and metrics are Prometheus (app.observability).

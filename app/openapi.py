@@ -130,16 +130,20 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     adds its own 422 (`HTTPValidationError`, application/json) to operations with parameters
     that do not document one: neither is what the client receives. Each error refers to
     `Problem<status>`, whose `type` enumerates the problem types of that status. Every
-    operation that takes a body documents the 400 of a body that cannot be parsed.
+    operation that takes a body documents the 400 of a body that cannot be parsed, and the
+    415 of one in another media type.
     """
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path_item in schema.get("paths", {}).values():
+    for path, path_item in schema.get("paths", {}).items():
         for operation in path_item.values():
             if not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation and "400" not in responses and 400 not in responses:
                 responses["400"] = {"description": UNPARSABLE_BODY}
+            if "requestBody" in operation and not path.startswith("/webhooks/"):
+                # a webhook's sender signs its bytes, whatever it calls them: none is refused
+                responses.setdefault("415", {"description": UNSUPPORTED_MEDIA_TYPE})
             for status, response in responses.items():
                 if str(status)[:1] in ("4", "5"):
                     response["content"] = _problem_content(int(status))
@@ -246,4 +250,42 @@ def sse_events(description: str, *models: type[BaseModel]) -> dict[str, Any]:
                 _EVENTS_KEY: item,
             }
         },
+    }
+
+
+# What any operation can answer: the body limit's 413 (app.middleware) and the server's own
+# 500. Every router lists them first, as the app's own `responses=` did: app.main adds the
+# routers' routes to the app directly, where an app's `responses=` does not reach.
+ANY_OPERATION = (413, 500)
+
+
+UNSUPPORTED_MEDIA_TYPE = (
+    "The body is not in a media type this operation takes (its Content-Type, or an "
+    "upload's image format); `accepted` lists those it takes"
+)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the problem+json errors an operation can answer."""
+    descriptions = {
+        400: "Bad request",
+        401: "Missing or invalid bearer token",
+        402: "Not enough credits (`balance` and `cost` say by how much)",
+        403: "Forbidden",
+        404: "Not found, or not yours",
+        409: "Conflict",
+        413: "Request body too large",
+        415: UNSUPPORTED_MEDIA_TYPE,
+        422: "Invalid input",
+        429: "Too many requests",
+        500: "Unexpected server error (logged; no details are exposed)",
+        503: "A dependency is unavailable; retry later",
+    }
+    return {
+        status: {
+            "description": descriptions.get(status, "Error"),
+            "model": Problem,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
     }

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.core.messages import missing_file_part
 from app.errors import (
     ABOUT_BLANK,
+    JSON,
     PROBLEM_JSON,
     PROBLEM_TYPES,
     UNHANDLED_PROBLEM,
@@ -34,6 +35,7 @@ from app.errors import (
     ServiceUnavailable,
     Unauthorized,
     Unprocessable,
+    UnsupportedMediaType,
     validation_problem,
 )
 from app.middleware import BodyLimitMiddleware, body_too_large, upload_limit
@@ -44,6 +46,7 @@ from app.schemas.me import LEDGER_PAGE_CURSOR_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
 from app.services.rate_limits import Quota, RateLimited, Scope
+from app.services.uploads import not_an_accepted_image
 from app.services.webhook_urls import RefusedUrl
 from app.services.webhooks import WebhookFailed
 
@@ -148,7 +151,7 @@ def _unprocessable(operation_id: str) -> Unprocessable | None:
     raised = {
         "create_generation": Unprocessable("An edit needs a source image in `reference`."),
         "create_upload": Unprocessable(
-            "Only PNG, JPEG and WEBP images are accepted (judged by content)."
+            "The file is not a usable image: the image data is damaged (image file is truncated)."
         ),
         "update_prompt": Unprocessable("prompt_text cannot be cleared; send a new text instead."),
         "update_pack": Unprocessable("name cannot be cleared."),
@@ -281,6 +284,10 @@ def problem_examples(
         MethodNotAllowed("PUT is not allowed here."),
         Conflict("This email address already belongs to another account."),
         _payload_too_large(operation.get("operationId", "")),
+        # an upload's usual 415 is its image's format; any other body's, its Content-Type
+        not_an_accepted_image()
+        if operation.get("operationId") == "create_upload"
+        else UnsupportedMediaType.body("text/plain", JSON),
         _rate_limited(operation.get("operationId", "")),
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),

@@ -9,8 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from app.deps import AdminUser, Conn, Svc, session_only
-from app.errors import ANY_OPERATION, responses
-from app.openapi import IDEMPOTENCY_KEY_SCHEMA
+from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, responses
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
 from app.services import admin

@@ -7,8 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Response
 
 from app.deps import Conn, CurrentUser, Svc, session_only
-from app.errors import ANY_OPERATION, responses
-from app.openapi import header_docs
+from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.api_keys import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyList
 from app.services import api_keys
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import StreamUser, Svc, session_only
-from app.errors import ANY_OPERATION, responses
+from app.openapi import ANY_OPERATION, responses
 from app.schemas.billing import (
     CheckoutCreate,
     CheckoutSession,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.errors import ANY_OPERATION, responses
+from app.openapi import ANY_OPERATION, responses
 from app.services import files
 from app.services.storage.base import SignedStorage
 

@@ -15,12 +15,14 @@ from starlette.exceptions import HTTPException
 
 from app.core import messages
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
-from app.errors import ANY_OPERATION, NotFound, responses
+from app.errors import NotFound, UnsupportedMediaType
 from app.openapi import (
+    ANY_OPERATION,
     IDEMPOTENCY_KEY_SCHEMA,
     UNPARSABLE_BODY,
     header_docs,
     multipart_body,
+    responses,
     sse_events,
     with_headers,
 )
@@ -33,6 +35,7 @@ from app.services.realtime import JOBS_CHANNEL, RESYNC
 router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(*ANY_OPERATION, 401, 503))
 
 
+MULTIPART = "multipart/form-data"
 _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Limit="Requests of this kind allowed per window (per user)",
     RateLimit_Remaining="Requests left in the current window",
@@ -73,7 +76,7 @@ _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
             "headers": _JOB_HEADERS,
         },
         202: {"headers": _JOB_HEADERS},
-        **responses(400),
+        **responses(400, 415),  # a body that is not JSON is refused before it is counted
         **with_headers(responses(401, 402, 404, 409, 422, 503), _RATE_LIMIT_HEADERS),
         **_RATE_LIMITED,
     },
@@ -216,7 +219,11 @@ async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
     up to MAX_UPLOAD_BYTES received and spooled for a caller then refused (401, 429).
     Reading fails as FastAPI's own reading does: a 413 (the body limit) or a 400 for
     multipart that does not parse (more than one file included), and a 400 for anything
-    else, such as a client that left mid-body (no 500, no error logged)."""
+    else, such as a client that left mid-body (no 500, no error logged). A body that is not
+    multipart/form-data is a 415 before anything of it is read."""
+    content_type = request.headers.get("content-type")
+    if (content_type or "").partition(";")[0].strip().lower() != MULTIPART:
+        raise UnsupportedMediaType.body(content_type, MULTIPART)
     try:
         form = await request.form(max_files=1)
     except HTTPException:
@@ -245,7 +252,7 @@ async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
     responses={
         201: {"headers": _RATE_LIMIT_HEADERS},
         **with_headers(
-            {**responses(400, 401, 413, 422, 503), 400: {"description": UNPARSABLE_BODY}},
+            {**responses(400, 401, 413, 415, 422, 503), 400: {"description": UNPARSABLE_BODY}},
             _RATE_LIMIT_HEADERS,
         ),
         **_RATE_LIMITED,

@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
 from app.deps import Svc
-from app.errors import ANY_OPERATION, NotFound, Unauthorized, responses
+from app.errors import NotFound, Unauthorized
+from app.openapi import ANY_OPERATION, responses
 from app.services import operations
 
 router = APIRouter(tags=["operations"], responses=responses(*ANY_OPERATION))

@@ -12,8 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from app.deps import Conn, CurrentUser, OptionalUser, Services, StreamUser, Svc
-from app.errors import ANY_OPERATION, responses
-from app.openapi import sse_events
+from app.openapi import ANY_OPERATION, responses, sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import FEED_EVENTS
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from app.deps import Conn, CurrentUser, StreamUser, Svc, session_only
-from app.errors import ANY_OPERATION, responses
+from app.openapi import ANY_OPERATION, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.me import LedgerEntry, LedgerPage, Me
 from app.services import accounts, credits, profiles

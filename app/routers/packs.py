@@ -9,8 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
-from app.errors import ANY_OPERATION, responses
-from app.openapi import IDEMPOTENCY_KEY_SCHEMA, header_docs, with_headers
+from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, header_docs, responses, with_headers
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
 from app.schemas.packs import PackGenerationCreate, PackGenerationSet
@@ -145,7 +144,7 @@ async def remove_pack_icon(
             "headers": _SET_HEADERS,
         },
         202: {"description": "Charged and queued: one job per prompt", "headers": _SET_HEADERS},
-        **responses(400),
+        **responses(400, 415),  # a body that is not JSON is refused before it is counted
         **with_headers(responses(401, 402, 404, 422, 503), _RATE_LIMIT_HEADERS),
         **_SET_RATE_LIMITED,
     },

@@ -7,8 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Response
 
 from app.deps import Conn, CurrentUser
-from app.errors import ANY_OPERATION, responses
-from app.openapi import header_docs
+from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Header, Response
 
 from app.config import Settings
 from app.deps import Conn, CurrentUser, StreamUser, Svc
-from app.errors import ANY_OPERATION, responses
-from app.openapi import header_docs
+from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.outgoing import (
     EventType,
     WebhookDeliveryList,

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from app.deps import Svc
-from app.errors import ANY_OPERATION, ServiceUnavailable, responses
+from app.errors import ServiceUnavailable
+from app.openapi import ANY_OPERATION, responses
 from app.schemas.billing import WebhookReceipt
 from app.services import clerk_events, stripe_events, webhooks
 

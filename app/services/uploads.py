@@ -8,13 +8,23 @@ from starlette.datastructures import UploadFile
 
 from app.config import Settings
 from app.core.messages import byte_size
-from app.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable
+from app.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable, UnsupportedMediaType
 from app.schemas.generations import Upload
 from app.services import imaging
 from app.services.storage.base import Storage, StorageError, upload_prefix
 from app.services.users import User
 
 _CHUNK = 256 * 1024
+
+
+def not_an_accepted_image() -> UnsupportedMediaType:
+    """The 415 of a file that is no PNG, JPEG or WEBP (by its bytes; its declared type and
+    name are not asked). A PNG, JPEG or WEBP that does not decode is a 422 instead."""
+    return UnsupportedMediaType(
+        "Only PNG, JPEG and WEBP images are accepted (judged by content).",
+        list(imaging.MIME_BY_FORMAT.values()),
+        request_type=False,
+    )
 
 
 async def _read_limited(file: UploadFile, limit: int) -> bytes:
@@ -40,7 +50,7 @@ async def store(
     if not data:
         raise Unprocessable("The file is empty.")
     if imaging.sniff(data) is None:
-        raise Unprocessable("Only PNG, JPEG and WEBP images are accepted (judged by content).")
+        raise not_an_accepted_image()
     try:
         clean = await decoders.run(
             imaging.clean_upload, data, settings.max_upload_pixels, settings.max_upload_side

@@ -121,15 +121,49 @@ async def test_malformed_or_wrong_json_body_is_a_422_problem(
     )
     assert body["errors"][0]["type"] == "json_invalid"
     assert body["detail"] == "The body is not valid JSON (near character 1)."
-    as_text = await limited_client.post(
-        "/_test/notes", content=b"hello", headers={"Content-Type": "text/plain"}
-    )
-    body = assert_problem(as_text, 422)
-    assert "JSON object" in body["detail"] and "application/json" in body["detail"]
+    not_an_object = await limited_client.post("/_test/notes", content=b"[1]", headers=headers)
+    assert assert_problem(not_an_object, 422)["detail"] == "The body must be a JSON object."
     body = assert_problem(await limited_client.post("/_test/notes", json={"text": 5}), 422)
     assert body["errors"][0]["loc"] == ["body", "text"]
     body = assert_problem(await limited_client.post("/_test/notes", json={}), 422)
     assert body["errors"][0]["type"] == "missing"
+
+
+async def test_a_body_in_another_media_type_is_a_415_that_names_the_one_it_takes(
+    limited_app: tuple[FastAPI, list[str]], limited_client: httpx.AsyncClient
+) -> None:
+    sent = {
+        "text/plain": "this request has Content-Type: text/plain.",
+        "application/x-www-form-urlencoded; charset=utf-8": (
+            "this request has Content-Type: application/x-www-form-urlencoded; charset=utf-8."
+        ),
+        "text/json": "this request has Content-Type: text/json.",
+        None: "this request has no Content-Type.",  # FastAPI reads no body as JSON unlabelled
+        "x" * 3000: f"this request has Content-Type: {'x' * 100}….",  # the client's text, cut
+    }
+    for content_type, said in sent.items():
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = await limited_client.post(
+            "/_test/notes", content=b'{"text": "hi"}', headers=headers
+        )
+
+        body = assert_problem(response, 415)
+        assert body == {
+            "type": "https://atelier.dev/problems/unsupported-media-type",
+            "title": "Unsupported media type",
+            "status": 415,
+            "detail": f"The body must be sent as Content-Type: application/json; {said}",
+            "accepted": ["application/json"],
+        }
+        assert response.headers["Accept"] == "application/json"  # RFC 9110 §15.5.16
+    assert limited_app[1] == []  # the route never ran
+    # JSON under any name that says JSON is read as JSON, and an empty body is missing
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        headers = {"Content-Type": content_type}
+        ok = await limited_client.post("/_test/notes", content=b'{"text": "hi"}', headers=headers)
+        assert ok.status_code == 200, ok.text
+    missing = assert_problem(await limited_client.post("/_test/notes"), 422)
+    assert missing["errors"][0]["type"] == "missing"
 
 
 async def test_lengths_are_told_in_the_senders_terms_characters_for_text_items_for_lists(

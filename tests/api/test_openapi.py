@@ -10,8 +10,9 @@ import pytest
 from fastapi import APIRouter, FastAPI, Query
 
 from app.config import Settings
-from app.errors import PROBLEM_BASE, PROBLEM_TYPES, responses
+from app.errors import PROBLEM_BASE, PROBLEM_TYPES
 from app.main import _add_routes, create_app
+from app.openapi import responses
 from app.openapi_examples import operations, webhook_operations
 from tests.fakes.running import running
 
@@ -174,6 +175,26 @@ async def test_every_operation_with_a_body_documents_the_400_of_an_unparsable_on
     assert len(with_body) >= 10
     for path, method, operation in with_body:
         assert "400" in operation["responses"], f"{method.upper()} {path}"
+
+
+async def test_every_operation_with_a_body_but_the_webhooks_documents_its_415(
+    client: httpx.AsyncClient,
+) -> None:
+    """What tests/api/test_hardening.py and tests/generation/test_uploads.py get answered:
+    a webhook receiver takes its sender's bytes as they come (the signature decides)."""
+    spec = await fetch_spec(client)
+    with_body = [(p, m, op) for p, m, op in operations(spec) if "requestBody" in op]
+    for path, method, operation in with_body:
+        documented = operation["responses"].get("415")
+        if path.startswith("/webhooks/"):
+            assert documented is None, f"{method.upper()} {path}"
+            continue
+        assert documented is not None, f"{method.upper()} {path}"
+        [example] = documented["content"]["application/problem+json"]["examples"].values()
+        media = next(iter(operation["requestBody"]["content"]))
+        accepted = example["value"]["accepted"]
+        upload = media == "multipart/form-data"
+        assert accepted == (["image/png", "image/jpeg", "image/webp"] if upload else [media])
 
 
 def _enum_or_string(schema: Any) -> Iterator[Any]:

@@ -278,7 +278,7 @@ async def test_a_refused_submission_still_counts_but_a_bad_token_counts_for_no_o
 async def test_a_problem_after_the_request_was_counted_says_where_the_caller_stands(
     limited: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
-    """A 402 (no credits left), a 404 (an upload that does not exist) and a 422 (an upload
+    """A 402 (no credits left), a 404 (an upload that does not exist) and a 415 (an upload
     that is no image) used the budget, and carry the RateLimit-* fields as a 202 does; a
     401 and the next request (another route) carry none."""
     alice = auth_headers(ALICE)
@@ -292,13 +292,16 @@ async def test_a_problem_after_the_request_was_counted_says_where_the_caller_sta
         assert_problem(unknown, 404)
         assert quota(unknown)[:2] == (5, 2)
         not_an_image = await upload(client, alice, b"plain text, not an image")
-        assert_problem(not_an_image, 422)
+        assert_problem(not_an_image, 415)
         assert quota(not_an_image)[0] == 60  # the uploads' own budget (the default)
         for uncounted in (
             await client.post("/v1/generations", json={"prompt": "x"}),
+            # a body refused as it is read (not JSON, or invalid) is not counted
+            await client.post("/v1/generations", content=b'{"prompt": "x"}', headers=alice),
+            await client.post("/v1/generations", json={"prompt": "x" * 3000}, headers=alice),
             await client.get("/v1/jobs/00000000-0000-4000-8000-000000000000", headers=alice),
         ):
-            assert uncounted.status_code in (401, 404)
+            assert uncounted.status_code in (401, 404, 415, 422)
             assert not any(name in uncounted.headers for name in RATE_LIMIT_FIELDS)
     assert await balance(db, ALICE) == 0
 

@@ -117,18 +117,19 @@ ATTACKS: dict[str, Attack] = {
     "png-bomb-1bit-20000": Attack(lambda: png_bomb(20_000, 20_000), 422, "pixels"),
     "jpeg-header-says-60000": Attack(lambda: jpeg_declaring(60_000, 60_000), 422),
     "webp-header-says-16383": Attack(lambda: webp_declaring(16_383), 422),
-    # polyglots: accepted as the image they start with, stored without the rest
+    # polyglots: accepted as the image they start with, stored without the rest; a file
+    # that starts as no PNG, JPEG or WEBP is a 415, one that only starts as one a 422
     "png+zip": Attack(lambda: image_bytes("PNG") + ZIP, 201, absent=b"PK\x03\x04"),
     "png+html": Attack(lambda: image_bytes("PNG") + HTML, 201, absent=b"<script"),
     "jpeg+html": Attack(lambda: image_bytes("JPEG") + HTML, 201, absent=b"<script"),
     "png-text-chunk-html": Attack(lambda: png_with_text_chunk(HTML), 201, absent=b"<script"),
     "jpeg-comment-html": Attack(lambda: jpeg_with_comment(HTML), 201, absent=b"<script"),
-    "gif-js-polyglot": Attack(lambda: GIF_JS, 422, content_type="image/gif"),
-    "svg-script": Attack(lambda: SVG, 422, content_type="image/svg+xml"),
-    "html-named-png": Attack(lambda: HTML, 422),
+    "gif-js-polyglot": Attack(lambda: GIF_JS, 415, content_type="image/gif"),
+    "svg-script": Attack(lambda: SVG, 415, content_type="image/svg+xml"),
+    "html-named-png": Attack(lambda: HTML, 415),
     "png-signature-then-html": Attack(lambda: b"\x89PNG\r\n\x1a\n" + HTML, 422),
-    "zip-named-png": Attack(lambda: ZIP, 422),
-    "pdf": Attack(lambda: b"%PDF-1.7\n1 0 obj<<>>endobj\n%%EOF", 422),
+    "zip-named-png": Attack(lambda: ZIP, 415),
+    "pdf": Attack(lambda: b"%PDF-1.7\n1 0 obj<<>>endobj\n%%EOF", 415),
 }
 
 
@@ -142,7 +143,8 @@ async def test_a_hostile_upload_is_refused_or_stored_clean(
 
     if attack.status != 201:
         body = assert_problem(response, attack.status)
-        assert body["type"].endswith("/unprocessable")
+        kind = "/unsupported-media-type" if attack.status == 415 else "/unprocessable"
+        assert body["type"].endswith(kind)
         if attack.detail:
             assert attack.detail in body["detail"], body
         objects = app.state.settings.objects_dir / "uploads"
@@ -184,6 +186,12 @@ async def test_an_upload_in_the_wrong_shape_is_a_4xx_problem(
         assert response.status_code in (400, 415, 422), (name, response.text)
         body = assert_problem(response, response.status_code)
         assert body["type"] != "about:blank", (name, body)
+        # not multipart at all: a 415 saying what to send, in the body and in Accept
+        is_multipart = name.startswith("multipart-")
+        assert (response.status_code == 415) is not is_multipart, (name, response.text)
+        if not is_multipart:
+            assert body["accepted"] == ["multipart/form-data"]
+            assert response.headers["Accept"] == "multipart/form-data"
 
 
 async def test_a_40_mb_upload_is_413_without_being_read_whole(

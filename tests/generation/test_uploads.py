@@ -106,24 +106,29 @@ async def test_a_jpeg_named_png_is_stored_as_a_jpeg(
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "status"),
     [
-        image_bytes("GIF"),
-        image_bytes("BMP"),
-        b"hello, I am a text file\n",
-        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # the signature, then garbage
-        image_bytes("PNG")[:60],  # truncated
-        b"",
+        (image_bytes("GIF"), 415),
+        (image_bytes("BMP"), 415),
+        (b"hello, I am a text file\n", 415),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", 415),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 422),  # the signature, then garbage
+        (image_bytes("PNG")[:60], 422),  # truncated
+        (b"", 422),
     ],
     ids=["gif", "bmp", "text", "svg", "png-signature-only", "truncated-png", "empty"],
 )
-async def test_anything_but_a_png_jpeg_or_webp_is_422_whatever_it_claims(
-    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, data: bytes
+async def test_anything_but_a_png_jpeg_or_webp_is_refused_whatever_it_claims(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, data: bytes, status: int
 ) -> None:
+    """Another format is a 415 that lists the three; one of them that does not decode (or
+    no bytes at all) is a 422."""
     response = await upload(client, auth_headers(ALICE), data, "x.png", "image/png")
 
-    assert_problem(response, 422)
+    body = assert_problem(response, status)
+    if status == 415:
+        assert body["accepted"] == ["image/png", "image/jpeg", "image/webp"]
+        assert "Accept" not in response.headers  # the request's own type, multipart, was right
     objects = app.state.settings.objects_dir / "uploads"
     assert not objects.exists() or not any(objects.rglob("*.*"))
 
@@ -131,7 +136,15 @@ async def test_anything_but_a_png_jpeg_or_webp_is_422_whatever_it_claims(
 async def test_an_upload_needs_a_file_and_a_user(
     client: httpx.AsyncClient, auth_headers: Headers
 ) -> None:
-    assert_problem(await client.post("/v1/uploads", headers=auth_headers(ALICE)), 422)
+    nothing = assert_problem(await client.post("/v1/uploads", headers=auth_headers(ALICE)), 415)
+    assert nothing["detail"] == (
+        "The body must be sent as Content-Type: multipart/form-data; this request has no "
+        "Content-Type."
+    )
+    other_part = await client.post(
+        "/v1/uploads", files={"image": ("a.png", image_bytes("PNG"))}, headers=auth_headers(ALICE)
+    )
+    assert assert_problem(other_part, 422)["errors"][0]["loc"] == ["body", "file"]
     assert_problem(
         await client.post("/v1/uploads", files={"file": ("a.png", image_bytes("PNG"))}), 401
     )
@@ -163,7 +176,7 @@ async def test_the_route_closes_the_form_it_read_whatever_the_answer(
     headers = auth_headers(ALICE)
     assert (await upload(client, headers, image_bytes("PNG"))).status_code == 201
     assert len(closed) == 1
-    assert_problem(await upload(client, headers, b"\x00" * (2 * MIB)), 422)  # not an image
+    assert_problem(await upload(client, headers, b"\x00" * (2 * MIB)), 415)  # not an image
     assert len(closed) == 2
     assert_problem(
         await client.post("/v1/uploads", files={"file": (None, "x")}, headers=headers), 422

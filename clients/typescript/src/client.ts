@@ -7,8 +7,9 @@ import createClient, { type Client, type Middleware } from "openapi-fetch";
 import type { components, paths } from "./schema";
 
 export type Schemas = components["schemas"];
-/** Every problem `type` the service answers (RFC 9457 problem+json). */
-export type ProblemType = Schemas[`Problem${400 | 401 | 402 | 403 | 404 | 405 | 409 | 413 | 422 | 429 | 431 | 500 | 503}`]["type"];
+/** Every problem `type` the service answers (RFC 9457 problem+json): those of each
+ * `Problem<status>` schema the document has, so a new status needs no change here. */
+export type ProblemType = Schemas[Extract<keyof Schemas, `Problem${number}`>]["type"];
 
 export interface AtelierOptions {
   /** e.g. `http://127.0.0.1:8000` */

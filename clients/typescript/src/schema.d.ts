@@ -3025,6 +3025,37 @@ export interface components {
             [key: string]: unknown;
         };
         /**
+         * Problem415
+         * @description A 415 problem (RFC 9457).
+         */
+        Problem415: {
+            /**
+             * Type
+             * @description A URI naming the kind of problem (the README lists them).
+             * @enum {string}
+             */
+            type: "https://atelier.dev/problems/unsupported-media-type";
+            /** Title */
+            title: string;
+            /**
+             * Status
+             * @constant
+             */
+            status: 415;
+            /**
+             * Detail
+             * @default null
+             */
+            detail?: string | null;
+            /**
+             * Instance
+             * @default null
+             */
+            instance?: string | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * Problem422
          * @description A 422 problem (RFC 9457).
          */
@@ -3922,6 +3953,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -4325,6 +4365,23 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    /** @description Requests of this kind allowed per window (per user) */
+                    "RateLimit-Limit"?: string;
+                    /** @description Requests left in the current window */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the oldest counted request leaves the window */
+                    "RateLimit-Reset"?: string;
+                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    "RateLimit-Policy"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -4865,6 +4922,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -5274,6 +5340,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -5516,6 +5591,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -5679,6 +5763,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -5929,6 +6022,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -6015,6 +6117,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -6251,6 +6362,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -6654,6 +6774,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -7072,6 +7201,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem413"];
                 };
             };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
+                };
+            };
             /** @description Invalid input */
             422: {
                 headers: {
@@ -7166,6 +7304,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -7432,6 +7579,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
@@ -7738,6 +7894,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
