@@ -14,6 +14,8 @@ import asyncio
 import functools
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,6 +53,51 @@ def _is_public(address: IpAddress) -> bool:
 DNS_THREADS = 8
 _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
 
+# A name whose lookup took longer than SLOW_LOOKUP_SECONDS (answered or not) is not looked
+# up again for SLOW_NAME_COOLDOWN_SECONDS: until then it is refused at once, holding no
+# thread. Without this, a few names whose DNS never answers, each asked again as soon as
+# its last lookup gave up, would keep every thread busy and every other endpoint's
+# deliveries waiting; now each holds one thread for ~30 s in ten minutes. An endpoint whose
+# DNS was slow once loses its attempts for those minutes; they are retried on the
+# schedule, which runs for days (outgoing.RETRY_SCHEDULE).
+SLOW_LOOKUP_SECONDS = 5.0
+SLOW_NAME_COOLDOWN_SECONDS = 600.0
+_SLOW_NAMES_KEPT = 10_000
+
+
+class SlowName(OSError):
+    """A lookup refused without asking DNS: the name was slow to resolve moments ago."""
+
+
+class _SlowNames:
+    """host → when its cooldown ends; written from the lookup threads, hence the lock."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def cooling(self, host: str) -> bool:
+        with self._lock:
+            until = self._until.get(host)
+            if until is not None and until <= time.monotonic():
+                del self._until[host]
+                until = None
+        return until is not None
+
+    def took(self, host: str, seconds: float) -> None:
+        if seconds <= SLOW_LOOKUP_SECONDS:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._until) >= _SLOW_NAMES_KEPT:  # forget the lapsed, else the oldest
+                self._until = {h: t for h, t in self._until.items() if t > now}
+                while len(self._until) >= _SLOW_NAMES_KEPT:
+                    del self._until[next(iter(self._until))]
+            self._until[host] = now + SLOW_NAME_COOLDOWN_SECONDS
+
+
+_slow_names = _SlowNames()
+
 
 @dataclass
 class _Lookup:
@@ -63,6 +110,8 @@ _in_flight: dict[tuple[str, int], _Lookup] = {}
 
 async def lookup(host: str, port: int) -> list[str]:
     """The addresses DNS gives for `host` now (the system's resolver)."""
+    if _slow_names.cooling(host):
+        raise SlowName(f"the host {host!r} was slow to resolve moments ago")
     key = (host, port)
     shared = _in_flight.get(key)
     if shared is None or shared.answer.get_loop() is not asyncio.get_running_loop():
@@ -80,7 +129,11 @@ async def lookup(host: str, port: int) -> list[str]:
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    started = time.monotonic()
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    finally:
+        _slow_names.took(host, time.monotonic() - started)
     return [str(info[4][0]) for info in infos]
 
 
@@ -99,6 +152,13 @@ async def _addresses(host: str, port: int) -> list[IpAddress]:
         pass
     try:
         found = await lookup(host, port)
+    except SlowName as exc:
+        rest = SLOW_NAME_COOLDOWN_SECONDS
+        said = f"{rest / 60:g} minutes" if rest >= 60 else f"{rest:g} seconds"
+        raise RefusedUrl(
+            f"The host {host!r} was too slow to resolve; it is not looked up again for up "
+            f"to {said}."
+        ) from exc
     except OSError as exc:
         raise RefusedUrl(f"The host {host!r} does not resolve.") from exc
     return [ipaddress.ip_address(address.split("%")[0]) for address in found]

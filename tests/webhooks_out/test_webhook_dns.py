@@ -1,7 +1,8 @@
 """A webhook host whose DNS answers slowly (anyone can register one) holds threads of the
 sender's own resolver pool, never the event loop's getaddrinfo, which the database pool's
 new connections and the providers' clients wait on; lookups of one name at one time share
-one thread; a registration does not wait for the resolver's own timeout."""
+one thread; a registration does not wait for the resolver's own timeout; and a name found
+slow rests a while, so names that never answer cannot keep the threads busy."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class HangingResolver:
 def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingResolver]:
     resolver = HangingResolver()
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    # what earlier tests in this process found slow is not this test's business
+    monkeypatch.setattr(webhook_urls, "_slow_names", webhook_urls._SlowNames())
     try:
         yield resolver
     finally:
@@ -152,3 +155,89 @@ async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
         assert body["detail"] == "The host did not resolve in time."
         listed = await client.get("/v1/webhook-endpoints", headers=auth_headers("user_dns_hangs"))
         assert listed.json()["items"] == []
+
+
+@pytest.fixture
+def quick_to_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup over 50 ms is slow, and a slow name rests for 2 s (5 s and 10 min in use)."""
+    monkeypatch.setattr(webhook_urls, "SLOW_LOOKUP_SECONDS", 0.05)
+    monkeypatch.setattr(webhook_urls, "SLOW_NAME_COOLDOWN_SECONDS", 2.0)
+
+
+async def slow_then_failed(hanging: HangingResolver, names: list[str]) -> None:
+    """Each of `names` looked up once, hanging past the slow mark, then failing."""
+    tasks = [asyncio.create_task(webhook_urls.lookup(name, 443)) for name in names]
+    await hanging.busy(len(names))
+    await asyncio.sleep(0.1)
+    hanging.release.set()
+    ended = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(result, socket.gaierror) for result in ended), ended
+    hanging.release.clear()
+
+
+async def test_a_name_slow_to_resolve_rests_before_it_is_asked_again(
+    hanging: HangingResolver, quick_to_judge: None
+) -> None:
+    """Once slow, a name is refused at once, without a thread, until its rest is over;
+    a name that answers in time is never held back."""
+    name = f"again{SLOW}"
+    await slow_then_failed(hanging, [name])
+
+    for _ in range(3):
+        with pytest.raises(webhook_urls.SlowName):
+            await asyncio.wait_for(webhook_urls.lookup(name, 443), 1)
+    assert [host for host, _ in hanging.asked] == [name]
+    for _ in range(3):
+        assert await asyncio.wait_for(webhook_urls.lookup("localhost", 443), 5)
+
+    await asyncio.sleep(2.1)
+    hanging.release.set()  # now it fails at once: asked again, and not slow this time
+    with pytest.raises(socket.gaierror):
+        await webhook_urls.lookup(name, 443)
+    assert [host for host, _ in hanging.asked] == [name, name]
+    with pytest.raises(socket.gaierror):
+        await webhook_urls.lookup(name, 443)
+
+
+async def test_names_that_never_answer_cannot_keep_the_pool_from_other_webhooks(
+    hanging: HangingResolver, quick_to_judge: None
+) -> None:
+    """As many hanging names as the pool has threads, each delivered to again and again:
+    after their first lookups they hold no thread, and another name is asked at once."""
+    names = [f"hog{n}{SLOW}" for n in range(webhook_urls.DNS_THREADS)]
+    await slow_then_failed(hanging, names)
+
+    again = [asyncio.create_task(webhook_urls.lookup(name, 443)) for name in names * 3]
+    other = asyncio.create_task(webhook_urls.lookup(f"other{SLOW}", 443))
+    refused = await asyncio.wait_for(asyncio.gather(*again, return_exceptions=True), 1)
+    assert all(isinstance(result, webhook_urls.SlowName) for result in refused), refused
+    await hanging.busy(webhook_urls.DNS_THREADS + 1)  # the other name got its thread
+    assert hanging.asked[-1][0] == f"other{SLOW}"
+    hanging.release.set()
+    with pytest.raises(socket.gaierror):
+        await other
+
+
+async def test_a_registration_of_a_name_found_slow_is_refused_at_once_saying_why(
+    hanging: HangingResolver,
+    quick_to_judge: None,
+    make_settings: Callable[..., Settings],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    name = f"hook{SLOW}"
+    await slow_then_failed(hanging, [name])
+    settings = make_settings(webhook_timeout_seconds=30, worker_in_process=False)
+    async with running_settings(settings) as client:
+        answer = await asyncio.wait_for(
+            client.post(
+                "/v1/webhook-endpoints",
+                json={"url": f"https://{name}/in", "events": ["job.completed"]},
+                headers=auth_headers("user_dns_slow"),
+            ),
+            10,
+        )
+    body = assert_problem(answer, 422)
+    assert body["detail"] == (
+        f"The host '{name}' was too slow to resolve; it is not looked up again for up to 2 seconds."
+    )
+    assert len(hanging.asked) == 1
