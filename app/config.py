@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     webhooks_allow_private: bool = False  # let endpoints resolve to private/loopback addresses
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # each endpoint gets every event of the user's jobs: the cap bounds that fan-out
+    webhook_endpoints_max: int = Field(default=10, ge=1, le=100)
     # Incoming webhook events keep their payload this long once processed (0: for ever).
     webhook_event_payload_days: int = Field(default=30, ge=0)
 

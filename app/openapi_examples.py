@@ -47,6 +47,7 @@ from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
 from app.services.rate_limits import Quota, RateLimited, Scope
 from app.services.uploads import not_an_accepted_image
+from app.services.webhook_endpoints import too_many
 from app.services.webhook_urls import RefusedUrl
 from app.services.webhooks import WebhookFailed
 
@@ -141,6 +142,12 @@ def _rate_limited(operation_id: str) -> RateLimited:
     window = item.get_expiry()
     quota = Quota(limit=item.amount, remaining=0, reset_seconds=12, window_seconds=window)
     return RateLimited(scope, item, quota)
+
+
+def _conflict(operation_id: str) -> Conflict:
+    if operation_id == "create_webhook_endpoint":
+        return too_many(Settings.model_fields["webhook_endpoints_max"].default)
+    return Conflict("This email address already belongs to another account.")
 
 
 def _unprocessable(operation_id: str) -> Unprocessable | None:
@@ -282,7 +289,7 @@ def problem_examples(
         Forbidden("API keys cannot be used here: sign in."),
         NotFound(_first(NOT_FOUND, path)),
         MethodNotAllowed("PUT is not allowed here."),
-        Conflict("This email address already belongs to another account."),
+        _conflict(operation.get("operationId", "")),
         _payload_too_large(operation.get("operationId", "")),
         # an upload's usual 415 is its image's format; any other body's, its Content-Type
         not_an_accepted_image()

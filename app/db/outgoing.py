@@ -17,6 +17,17 @@ _DELIVERY = (
 )
 
 
+# The first key of the transaction-scoped advisory lock that serialises one user's
+# endpoint registrations (the second is the hash of the user's id).
+_ENDPOINTS_LOCK = 0x5EB400C
+
+
+async def lock_endpoints_of(conn: asyncpg.Connection, user_id: str) -> None:
+    """Wait for the user's other registrations in flight, until this transaction ends: the
+    count `insert_endpoint` checks is then read after theirs committed."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ENDPOINTS_LOCK, user_id)
+
+
 async def insert_endpoint(
     conn: asyncpg.Connection,
     endpoint_id: uuid.UUID,
@@ -24,11 +35,14 @@ async def insert_endpoint(
     url: str,
     events: list[str],
     secret: str,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
+    most: int,
+) -> asyncpg.Record | None:
+    """The new endpoint; None when the user has `most` already (nothing is inserted)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         INSERT INTO webhook_endpoints (id, user_id, url, events, secret)
-        VALUES ($1, $2, $3, $4, $5)
+        SELECT $1, $2, $3, $4, $5
+        WHERE (SELECT count(*) FROM webhook_endpoints WHERE user_id = $2) < $6
         RETURNING {_ENDPOINT}
         """,
         endpoint_id,
@@ -36,8 +50,8 @@ async def insert_endpoint(
         url,
         events,
         secret,
+        most,
     )
-    assert row is not None
     return row
 
 

@@ -33,7 +33,7 @@ router = APIRouter(
     response_model=WebhookEndpointWithSecret,
     responses={
         201: {"headers": header_docs(Location="The endpoint: `/v1/webhook-endpoints/{id}`")},
-        **responses(422),
+        **responses(409, 422),
     },
 )
 async def create_webhook_endpoint(
@@ -42,6 +42,7 @@ async def create_webhook_endpoint(
     """Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
     (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
     signed per Standard Webhooks with `secret`, retried with backoff for about a day.
+    409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it).
     422: not https, or a private address (in development, loopback is allowed, over http
     too)."""
     created = await webhook_endpoints.create(svc.pool, svc.settings, user, body)

@@ -14,7 +14,7 @@ import asyncpg
 
 from app.config import Settings
 from app.db import outgoing as outgoing_db
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.schemas.outgoing import (
     WebhookDelivery,
     WebhookEndpoint,
@@ -45,11 +45,21 @@ async def create(
         raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
     secret = new_secret()
     events: list[str] = sorted(set(body.events))
-    async with pool.acquire() as conn:
+    most = settings.webhook_endpoints_max
+    async with pool.acquire() as conn, conn.transaction():
+        await outgoing_db.lock_endpoints_of(conn, user.id)
         row = await outgoing_db.insert_endpoint(
-            conn, uuid.uuid4(), user.id, body.url, events, secret
+            conn, uuid.uuid4(), user.id, body.url, events, secret, most
         )
+    if row is None:
+        raise too_many(most)
     return WebhookEndpointWithSecret(**dict(row), secret=secret)
+
+
+def too_many(most: int) -> Conflict:
+    """The 409 of a registration over WEBHOOK_ENDPOINTS_MAX, which `limit` names."""
+    detail = f"A user may have at most {most} webhook endpoints; delete one to add another."
+    return Conflict(detail, limit=most)
 
 
 async def list_endpoints(conn: asyncpg.Connection, user: User) -> list[WebhookEndpoint]:

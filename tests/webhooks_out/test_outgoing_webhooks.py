@@ -450,6 +450,42 @@ async def test_another_users_endpoint_is_a_404_and_unchanged(
         assert await db.fetchrow("SELECT * FROM webhook_endpoints") == before
 
 
+async def test_a_user_has_at_most_webhook_endpoints_max_even_registering_at_once(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """Each endpoint gets every event of its user's jobs, so their number is capped: one
+    over is a 409 that names the limit and creates nothing, also when ten registrations
+    race (they are serialised per user, so none reads a count another is about to raise);
+    another user is not held back, and deleting one makes room."""
+    settings = make_settings(worker_in_process=False, webhook_endpoints_max=3)
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    body = {"url": "https://8.8.8.8/h", "events": ["job.completed"]}
+    async with running_settings(settings) as client:
+        await client.get("/v1/me", headers=alice)  # her row exists before the race
+        raced = await asyncio.gather(
+            *(client.post("/v1/webhook-endpoints", json=body, headers=alice) for _ in range(10))
+        )
+        assert sorted(r.status_code for r in raced) == [201] * 3 + [409] * 7
+        refused = assert_problem(next(r for r in raced if r.status_code == 409), 409)
+        assert refused["limit"] == 3
+        assert refused["detail"] == (
+            "A user may have at most 3 webhook endpoints; delete one to add another."
+        )
+        counted = "SELECT count(*) FROM webhook_endpoints WHERE user_id = $1"
+        assert await db.fetchval(counted, ALICE) == 3
+        assert (
+            await client.post("/v1/webhook-endpoints", json=body, headers=bob)
+        ).status_code == 201
+        first = next(r for r in raced if r.status_code == 201).json()["id"]
+        deleted = await client.delete(f"/v1/webhook-endpoints/{first}", headers=alice)
+        assert deleted.status_code == 204
+        assert (
+            await client.post("/v1/webhook-endpoints", json=body, headers=alice)
+        ).status_code == 201
+        assert_problem(await client.post("/v1/webhook-endpoints", json=body, headers=alice), 409)
+        assert await db.fetchval(counted, ALICE) == 3
+
+
 async def test_the_url_is_checked_again_at_send_time(
     hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:

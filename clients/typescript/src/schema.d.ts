@@ -871,6 +871,7 @@ export interface paths {
          * @description Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
          *     (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
          *     signed per Standard Webhooks with `secret`, retried with backoff for about a day.
+         *     409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it).
          *     422: not https, or a private address (in development, loopback is allowed, over http
          *     too).
          */
@@ -7885,6 +7886,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem401"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem409"];
                 };
             };
             /** @description Request body too large */
