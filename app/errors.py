@@ -312,7 +312,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if any(_unread_body(error) for error in exc.errors()):
         refused = UnsupportedMediaType.body(request.headers.get("content-type"), JSON)
-        return problem_response(refused.to_problem(), refused.headers)
+        headers = dict(refused.headers or {})
+        if request.method == "PATCH":  # RFC 5789 §2.2
+            headers["Accept-Patch"] = JSON
+        return problem_response(refused.to_problem(), headers)
     return problem_response(validation_problem(exc.errors()))
 
 

@@ -134,15 +134,14 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     415 of one in another media type.
     """
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path, path_item in schema.get("paths", {}).items():
+    for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation and "400" not in responses and 400 not in responses:
                 responses["400"] = {"description": UNPARSABLE_BODY}
-            if "requestBody" in operation and not path.startswith("/webhooks/"):
-                # a webhook's sender signs its bytes, whatever it calls them: none is refused
+            if "requestBody" in operation:  # the webhook receivers read theirs themselves
                 responses.setdefault("415", {"description": UNSUPPORTED_MEDIA_TYPE})
             for status, response in responses.items():
                 if str(status)[:1] in ("4", "5"):
@@ -217,7 +216,7 @@ def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
 def with_headers(
     entries: dict[int | str, dict[str, Any]], headers: dict[str, dict[str, Any]]
 ) -> dict[int | str, dict[str, Any]]:
-    """`entries` (errors.responses(...)) whose answers may carry `headers` too: problems
+    """`entries` (responses(...)) whose answers may carry `headers` too: problems
     that come after a request was counted carry its RateLimit-* fields."""
     return {status: {**entry, "headers": headers} for status, entry in entries.items()}
 

@@ -308,6 +308,7 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
     content, content_type = BODIES[name]
     routes = json_routes()
     assert len(routes) >= 6  # generations, prompts, packs, images: the table is not empty
+    assert any(method == "PATCH" for method, _, _ in routes)
     headers = auth_headers(USER)
     if content_type:
         headers["Content-Type"] = content_type
@@ -321,9 +322,12 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
         body = assert_problem(response, response.status_code)
         assert body["type"].startswith(PROBLEM_BASE), (name, method, path, body)
         assert body["type"] != "about:blank"
-    if name in NOT_LABELLED_JSON:
-        assert body["accepted"] == ["application/json"]
-        assert response.headers["Accept"] == "application/json"
+        if name in NOT_LABELLED_JSON:
+            assert body["accepted"] == ["application/json"]
+            assert response.headers["Accept"] == "application/json"
+            assert response.headers.get("Accept-Patch") == (
+                "application/json" if method == "PATCH" else None
+            )
     if name.startswith("deep"):
         assert body["detail"] == "The JSON body is nested too deeply to parse."
     if name == "invalid-utf8":

@@ -161,6 +161,22 @@ async def test_other_event_types_are_stored_answered_200_and_ignored(
     assert json.loads(payload) == event
 
 
+async def test_an_event_is_read_whatever_content_type_it_is_labelled_with(
+    billing: httpx.AsyncClient, stripe_api: StripeApiServer
+) -> None:
+    """The signature over the bytes decides, never the label: a receiver does not answer
+    415 as the JSON operations do."""
+    for content_type in ("text/plain", "application/octet-stream", None):
+        event = stripe_api.event("customer.created", {"id": "cus_y", "object": "customer"})
+        body, headers = signed(event)
+        del headers["Content-Type"]
+        if content_type:
+            headers["Content-Type"] = content_type
+        answer = await billing.post("/webhooks/stripe", content=body, headers=headers)
+        assert answer.status_code == 200, (content_type, answer.text)
+        assert answer.json()["outcome"] == "processed"
+
+
 # --- subscriptions -----------------------------------------------------------------------------
 
 

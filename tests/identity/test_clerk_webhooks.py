@@ -110,6 +110,21 @@ async def test_forged_stale_or_unsigned_events_are_400_and_change_nothing(
     assert await db.fetchval("SELECT count(*) FROM users WHERE id = 'user_forged'") == 0
 
 
+async def test_an_event_is_read_whatever_content_type_it_is_labelled_with(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The signature over the bytes decides, never the label (no 415 here)."""
+    for n, content_type in enumerate(("text/plain", "application/octet-stream", None)):
+        event = {"type": "user.created", "data": clerk_user(f"user_label_{n}", f"l{n}@e.test")}
+        body, headers = signed(event)
+        del headers["Content-Type"]
+        if content_type:
+            headers["Content-Type"] = content_type
+        answer = await client.post("/webhooks/clerk", content=body, headers=headers)
+        assert answer.status_code == 200, (content_type, answer.text)
+    assert await stored(db) == 3
+
+
 async def test_without_a_secret_the_endpoint_is_503(
     make_settings: Callable[..., Settings],
 ) -> None:
