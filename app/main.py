@@ -41,6 +41,7 @@ from app.services import auth, devauth, imaging, outgoing, rate_limits
 from app.services import billing as billing_service
 from app.services.api_keys import ApiKeys
 from app.services.billing import StripeApi
+from app.services.cache_notices import forget_on_notice
 from app.services.clerk_events import ClerkEvents
 from app.services.providers.base import ImageProvider
 from app.services.providers.factory import build_provider
@@ -156,6 +157,11 @@ async def run_worker(runtime: Runtime, settings: Settings, stop: asyncio.Event) 
     await asyncio.gather(worker.run(stop), sender.run(stop))
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def _report_worker_exit(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the in-process worker stopped", exc_info=task.exception())
@@ -217,6 +223,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ),
             api_keys=ApiKeys(settings.api_key_cache_seconds),
         )
+        forgetting = asyncio.create_task(
+            forget_on_notice(runtime.hub, users, app.state.services.api_keys), name="forget"
+        )
+        stack.push_async_callback(_cancelled, forgetting)
         if settings.worker_in_process:
             stop = asyncio.Event()
             task = asyncio.create_task(run_worker(runtime, settings, stop), name="worker")

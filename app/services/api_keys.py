@@ -5,7 +5,8 @@ stored: a fast hash is right here, because the secret has 256 bits of entropy (a
 password hash defends guessable secrets, and would make every request pay for it).
 Verifying is one lookup on the hash's unique index, remembered for a few seconds
 (API_KEY_CACHE_SECONDS) like a verified session token; a revocation forgets the key at once
-in the process that made it, and reaches the others when their entry lapses.
+in the process that made it, and in the others as soon as the database's notice reaches them
+(app.services.cache_notices), at worst when their entry lapses.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class ApiKeys:
     def forget(self, digest: bytes) -> None:
         if self._cache is not None:
             self._cache.pop(digest, None)
+
+    def forget_all(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
 
 
 async def create(conn: asyncpg.Connection, user: User, name: str) -> ApiKeyCreated:

@@ -26,7 +26,9 @@ log = logging.getLogger("atelier.realtime")
 JOBS_CHANNEL = "atelier_jobs"  # every change of a job: its streams
 FEED_CHANNEL = "atelier_feed"  # the public gallery's changes
 QUEUE_CHANNEL = "atelier_queue"  # a job was queued: what wakes an idle worker
-ALL_CHANNELS = (JOBS_CHANNEL, FEED_CHANNEL, QUEUE_CHANNEL)
+# a user's row or an API key changed: what the API's caches forget (app.services.cache_notices)
+FORGET_CHANNEL = "atelier_forget"
+ALL_CHANNELS = (JOBS_CHANNEL, FEED_CHANNEL, QUEUE_CHANNEL, FORGET_CHANNEL)
 WORKER_CHANNELS = (QUEUE_CHANNEL,)  # all that a process running only a worker listens to
 RESYNC: dict[str, Any] = {"resync": True}  # sent after a reconnect or an overflow
 _QUEUE_SIZE = 64

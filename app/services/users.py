@@ -173,6 +173,10 @@ class Users:
         self._known.pop(user_id, None)
         self._seen.pop(user_id, None)
 
+    def forget_all(self) -> None:
+        """Drop every remembered user (changes may have gone unheard): rows are read again."""
+        self._known.clear()
+
     async def _create(
         self, conn: asyncpg.Connection, user_id: str, email: str | None
     ) -> asyncpg.Record:

@@ -93,10 +93,12 @@ async def test_a_key_is_refused_on_key_management_and_billing(
     assert (await client.get("/v1/me", headers=auth_headers(ALICE))).status_code == 200
 
 
-async def test_a_revoked_key_is_refused_at_once_here_and_within_the_ttl_elsewhere(
+async def test_a_revoked_key_is_refused_at_once_here_and_as_soon_as_the_others_hear(
     make_settings: Callable[..., Settings], auth_headers: Headers
 ) -> None:
-    ttl = 1.0
+    """Each instance remembers a key for a minute here; the other one forgets it on the
+    database's notice of the delete (app.services.cache_notices), not when it lapses."""
+    ttl = 60.0
     here = create_app(make_settings(api_key_cache_seconds=ttl))
     there = create_app(make_settings(api_key_cache_seconds=ttl, worker_in_process=False))
     async with running(here) as a, running(there) as b:
@@ -113,8 +115,9 @@ async def test_a_revoked_key_is_refused_at_once_here_and_within_the_ttl_elsewher
         async def refused_there() -> bool:
             return (await b.get("/v1/me", headers=bearer(key))).status_code == 401
 
-        await wait_until(refused_there, "the other instance to refuse the revoked key")
-        assert time.monotonic() - revoked_at < ttl + 1.0
+        # the notice: far inside the minute the key would otherwise be remembered there
+        await wait_until(refused_there, "the other instance to refuse the revoked key", 10)
+        assert time.monotonic() - revoked_at < 10
         listed = (await a.get("/v1/api-keys", headers=auth_headers(ALICE))).json()["items"]
         assert listed == []
         assert_problem(
