@@ -88,7 +88,8 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool connections go back as they are: nothing here changes session state (no SET,
-    LISTEN or advisory locks on pooled connections; those use connections of their own),
+    LISTEN or session advisory locks on pooled connections; those use connections of their
+    own, and a transaction's advisory lock ends with it),
     and asyncpg still rolls back an open transaction. This saves a round trip per request."""
 
 

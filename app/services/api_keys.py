@@ -56,6 +56,9 @@ class ApiKeys:
             if cache_seconds > 0
             else None
         )
+        # Counts forgets: a lookup that a forget overtook is not remembered, since the row
+        # it read may be the one the forget was about (a revocation committing mid-lookup).
+        self._forgets = 0
 
     async def verify(self, pool: asyncpg.Pool, key: str) -> Identity:
         """The key's owner; a connection is taken only when the key is not remembered."""
@@ -72,6 +75,7 @@ class ApiKeys:
         return digest, self._cache.get(digest) if self._cache is not None else None
 
     async def _look_up(self, conn: asyncpg.Connection, digest: bytes) -> Identity:
+        forgets = self._forgets
         row = await api_keys_db.find(conn, digest, LAST_USED_INTERVAL_SECONDS)
         if row is None:
             raise Unauthorized("The API key is unknown or was revoked.")
@@ -84,15 +88,17 @@ class ApiKeys:
             expires_at=math.inf,  # a key lasts until it is revoked
             api_key_id=str(row["id"]),
         )
-        if self._cache is not None:
+        if self._cache is not None and self._forgets == forgets:
             self._cache[digest] = identity
         return identity
 
     def forget(self, digest: bytes) -> None:
+        self._forgets += 1
         if self._cache is not None:
             self._cache.pop(digest, None)
 
     def forget_all(self) -> None:
+        self._forgets += 1
         if self._cache is not None:
             self._cache.clear()
 

@@ -8,6 +8,7 @@ never comes at all."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from app.services.api_keys import ApiKeys
 from app.services.realtime import FORGET_CHANNEL, RESYNC, Hub
@@ -17,21 +18,28 @@ log = logging.getLogger("atelier.cache_notices")
 
 
 async def forget_on_notice(hub: Hub, users: Users, keys: ApiKeys) -> None:
-    """Run until cancelled: each notice drops its entry, a resync drops them all."""
+    """Run until cancelled: each notice drops its entry, a resync drops them all (so does a
+    notice this cannot read, rather than leave the caches as they were)."""
     async with hub.subscribe(FORGET_CHANNEL) as notices:
         while True:
             notice = await notices.get()
-            if notice is None:
-                continue
-            if notice is RESYNC or notice.get("resync"):
+            try:
+                _forget(notice, users, keys)
+            except Exception:
+                log.exception("could not read a cache notice; forgetting everything")
                 users.forget_all()
                 keys.forget_all()
-                continue
-            user, key = notice.get("user"), notice.get("api_key")
-            if isinstance(user, str):
-                users.forget(user)
-            if isinstance(key, str):
-                try:
-                    keys.forget(bytes.fromhex(key))
-                except ValueError:
-                    log.warning("ignored a malformed API key notice")
+
+
+def _forget(notice: dict[str, Any] | None, users: Users, keys: ApiKeys) -> None:
+    if notice is None:
+        return
+    if notice is RESYNC:  # the hub's own, after a reconnect or an overflow
+        users.forget_all()
+        keys.forget_all()
+        return
+    user, key = notice.get("user"), notice.get("api_key")
+    if isinstance(user, str):
+        users.forget(user)
+    if isinstance(key, str):
+        keys.forget(bytes.fromhex(key))

@@ -22,10 +22,10 @@ from app.services.auth import Identity
 log = logging.getLogger("atelier.users")
 
 _SEEN_CAPACITY = 100_000
-# How long a user read from the database serves later requests without a new read. It is
-# also how long another process may still let an erased user's token through (the process
-# that erases forgets the user at once): within that window the database refuses every
-# write for the erased id (migration 20261130002000) and reads find nothing left.
+# How long a user read from the database serves later requests without a new read. Every
+# process forgets the user when its row's email or erasure changes (app.services.
+# cache_notices), so this is only the bound when a notice never comes; an erased id's
+# writes are refused by the database meanwhile (migration 20261130002000).
 USER_CACHE_SECONDS = 5.0
 
 
@@ -111,12 +111,15 @@ class Users:
         # user id → the user, read from the database moments ago, for a burst of requests
         ttl = min(USER_CACHE_SECONDS, settings.last_login_interval_seconds)
         self._known: TTLCache[str, User] = TTLCache(_SEEN_CAPACITY, ttl, timer=time.monotonic)
+        # Counts forgets: a read that a forget overtook is not remembered (ApiKeys does so too).
+        self._forgets = 0
 
     async def authenticate(self, pool: asyncpg.Pool, identity: Identity) -> User:
         """The caller's row, read (or created) on connections of its own, each held only for
         its statements: a new user's email may need Clerk, and a pooled connection held
         through that wait would leave the pool empty in a signup burst."""
         now = time.monotonic()
+        forgets = self._forgets
         known = self._known.get(identity.sub)
         if known is not None:
             # Seen moments ago: skip the read. Whatever needs the row itself (a balance, a
@@ -127,14 +130,14 @@ class Users:
             if row is not None:
                 _refuse_erased(row)
                 await self._touch(conn, identity.sub, now)
-                return self._cache(User.from_row(row))
+                return self._cache(User.from_row(row), forgets)
         # A new user: ask Clerk (when the token has no email) with no connection held.
         email = identity.email or await self._directory.email(identity.sub)
         async with pool.acquire() as conn:
             row = await self._create(conn, identity.sub, email)
         _refuse_erased(row)
         self._seen[identity.sub] = now
-        return self._cache(User.from_row(row))
+        return self._cache(User.from_row(row), forgets)
 
     async def _touch(self, conn: asyncpg.Connection, user_id: str, now: float) -> None:
         last = self._seen.get(user_id)
@@ -146,8 +149,9 @@ class Users:
             await users_db.touch_login(conn, user_id, self._settings.last_login_interval_seconds)
             self._seen[user_id] = now
 
-    def _cache(self, user: User) -> User:
-        self._known[user.id] = user
+    def _cache(self, user: User, forgets: int) -> User:
+        if self._forgets == forgets:
+            self._known[user.id] = user
         return user
 
     async def ensure(self, pool: asyncpg.Pool, user_id: str, email: str | None) -> User | None:
@@ -170,11 +174,13 @@ class Users:
     def forget(self, user_id: str) -> None:
         """Drop what this process remembers of the user (its row changed or was erased): the
         next request reads the row again."""
+        self._forgets += 1
         self._known.pop(user_id, None)
         self._seen.pop(user_id, None)
 
     def forget_all(self) -> None:
         """Drop every remembered user (changes may have gone unheard): rows are read again."""
+        self._forgets += 1
         self._known.clear()
 
     async def _create(

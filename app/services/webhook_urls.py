@@ -53,20 +53,24 @@ def _is_public(address: IpAddress) -> bool:
 DNS_THREADS = 8
 _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
 
-# A name whose lookup took longer than SLOW_LOOKUP_SECONDS (answered or not) is not looked
-# up again for SLOW_NAME_COOLDOWN_SECONDS: until then it is refused at once, holding no
-# thread. Without this, a few names whose DNS never answers, each asked again as soon as
-# its last lookup gave up, would keep every thread busy and every other endpoint's
-# deliveries waiting; now each holds one thread for ~30 s in ten minutes. An endpoint whose
-# DNS was slow once loses its attempts for those minutes; they are retried on the
-# schedule, which runs for days (outgoing.RETRY_SCHEDULE).
-SLOW_LOOKUP_SECONDS = 5.0
-SLOW_NAME_COOLDOWN_SECONDS = 600.0
+# A name whose lookup failed after more than SLOW_LOOKUP_SECONDS is not looked up again for
+# SLOW_NAME_COOLDOWN_SECONDS: until then it is refused at once, holding no thread. Without
+# this, the endpoints of names whose DNS never answers (at most WEBHOOK_ENDPOINTS_MAX a
+# user), their deliveries asked again as soon as each lookup gave up, could keep every
+# thread busy and every other endpoint's deliveries waiting; now each holds a thread for
+# ~30 s in five minutes. 20 s is well past what the system resolver spends on a lost packet
+# (it resends after 5 s), and a name that does answer, however slowly, is never held back;
+# so a hiccup of the resolver or of a shared host (hooks.slack.com) locks nothing out, and
+# a resolver that is down fails every lookup anyway. Registrations each name a new host,
+# so this does not bound them: each one's lookup may hold a thread until the resolver
+# gives up.
+SLOW_LOOKUP_SECONDS = 20.0
+SLOW_NAME_COOLDOWN_SECONDS = 300.0
 _SLOW_NAMES_KEPT = 10_000
 
 
 class SlowName(OSError):
-    """A lookup refused without asking DNS: the name was slow to resolve moments ago."""
+    """A lookup refused without asking DNS: the name's last lookup failed only after long."""
 
 
 class _SlowNames:
@@ -84,7 +88,7 @@ class _SlowNames:
                 until = None
         return until is not None
 
-    def took(self, host: str, seconds: float) -> None:
+    def failed_after(self, host: str, seconds: float) -> None:
         if seconds <= SLOW_LOOKUP_SECONDS:
             return
         now = time.monotonic()
@@ -111,7 +115,7 @@ _in_flight: dict[tuple[str, int], _Lookup] = {}
 async def lookup(host: str, port: int) -> list[str]:
     """The addresses DNS gives for `host` now (the system's resolver)."""
     if _slow_names.cooling(host):
-        raise SlowName(f"the host {host!r} was slow to resolve moments ago")
+        raise SlowName(f"the host {host!r} failed to resolve in time moments ago")
     key = (host, port)
     shared = _in_flight.get(key)
     if shared is None or shared.answer.get_loop() is not asyncio.get_running_loop():
@@ -132,8 +136,9 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     started = time.monotonic()
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    finally:
-        _slow_names.took(host, time.monotonic() - started)
+    except OSError:
+        _slow_names.failed_after(host, time.monotonic() - started)
+        raise
     return [str(info[4][0]) for info in infos]
 
 
@@ -156,7 +161,7 @@ async def _addresses(host: str, port: int) -> list[IpAddress]:
         rest = SLOW_NAME_COOLDOWN_SECONDS
         said = f"{rest / 60:g} minutes" if rest >= 60 else f"{rest:g} seconds"
         raise RefusedUrl(
-            f"The host {host!r} was too slow to resolve; it is not looked up again for up "
+            f"The host {host!r} did not resolve in time; it is not looked up again for up "
             f"to {said}."
         ) from exc
     except OSError as exc:

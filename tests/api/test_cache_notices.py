@@ -6,6 +6,7 @@ entry at once. A notice missed while an instance was disconnected makes it forge
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -119,6 +120,32 @@ async def test_notices_missed_while_disconnected_make_an_instance_forget_everyth
 
         await wait_until(lambda: refused(b, bearer(key)), "b to forget the key", HEARD_WITHIN)
         assert there.state.services.hub._conn is not listener  # it did reconnect
+
+
+async def test_a_lookup_overtaken_by_the_revocation_is_not_remembered(
+    long_memory: Callable[..., Settings],
+    auth_headers: Headers,
+    db_url: str,
+) -> None:
+    """b reads a key moments before its deletion commits and then waits on the row (a
+    first use records `last_used_at`); whether b hears the notice before or after it
+    finishes, the key is not left remembered. Five rounds: the notice comes first in some."""
+    async with two_instances(long_memory()) as (a, b, _):
+        for _ in range(5):
+            key = await key_of(a, auth_headers(ALICE))  # unused yet: its first use touches it
+            revoker = await asyncpg.connect(db_url)
+            try:
+                async with revoker.transaction():
+                    await revoker.execute("DELETE FROM api_keys WHERE user_id = $1", ALICE)
+                    racing = asyncio.create_task(b.get("/v1/me", headers=bearer(key)))
+                    await asyncio.sleep(0.3)  # b has read the row and waits on its lock
+            finally:
+                await revoker.close()
+            assert (await racing).status_code in (200, 401)  # it raced the revocation
+            revoked = bearer(key)
+            await wait_until(functools.partial(refused, b, revoked), "b to refuse it", 2)
+            await asyncio.sleep(0.3)  # a notice handled before the lookup ended is past
+            assert await refused(b, revoked)
 
 
 async def test_only_what_the_caches_hold_sends_a_notice(

@@ -114,6 +114,20 @@ async def deliveries(
     return items
 
 
+async def recorded(
+    client: httpx.AsyncClient, headers: dict[str, str], endpoint_id: str
+) -> list[dict[str, Any]]:
+    """The endpoint's deliveries once none is `pending` any more (each attempt recorded)."""
+    listed: list[dict[str, Any]] = []
+
+    async def settled() -> bool:
+        listed[:] = await deliveries(client, headers, endpoint_id)
+        return bool(listed) and all(d["status"] != "pending" for d in listed)
+
+    await wait_until(settled, "the attempts to be recorded")
+    return listed
+
+
 async def make_due(db: asyncpg.Connection) -> None:
     await db.execute(
         "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE status = 'pending'"
@@ -141,7 +155,7 @@ async def test_a_completed_job_is_delivered_signed_with_the_job_as_get_shows_it(
             assert payload["data"] == shown
             await assert_as_documented(client, message)
             assert message.headers["user-agent"] == outgoing.USER_AGENT
-            listed = await deliveries(client, alice, endpoint["id"])
+            listed = await recorded(client, alice, endpoint["id"])
             assert [(d["type"], d["status"]) for d in listed] == [("job.completed", "delivered")]
             assert [a["status_code"] for a in listed[0]["attempts"]] == [200]
             assert listed[0]["id"] == message.headers["webhook-id"]
@@ -587,7 +601,8 @@ async def test_a_delivery_connects_to_the_address_it_approved_and_checks_tls_by_
         )
         await finished_job(client, alice)
         await wait_until(lambda: len(server.received) == 1, "the delivery")  # type: ignore[attr-defined]
-        listed = await deliveries(client, alice, endpoint["id"])
+        # the receiver has it before the sender has recorded its answer
+        listed = await recorded(client, alice, endpoint["id"])
     ((host, body),) = server.received  # type: ignore[attr-defined]
     assert host == f"localhost:{port}"
     assert json.loads(body)["type"] == "job.completed"
