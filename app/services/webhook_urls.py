@@ -58,13 +58,15 @@ _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
 # this, the endpoints of names whose DNS never answers (at most WEBHOOK_ENDPOINTS_MAX a
 # user), their deliveries asked again as soon as each lookup gave up, could keep every
 # thread busy and every other endpoint's deliveries waiting; now each holds a thread for
-# ~30 s in five minutes. 20 s is well past what the system resolver spends on a lost packet
-# (it resends after 5 s), and a name that does answer, however slowly, is never held back;
-# so a hiccup of the resolver or of a shared host (hooks.slack.com) locks nothing out, and
-# a resolver that is down fails every lookup anyway. Registrations each name a new host,
-# so this does not bound them: each one's lookup may hold a thread until the resolver
-# gives up.
-SLOW_LOOKUP_SECONDS = 20.0
+# ~10-30 s in five minutes. Only a failure counts, and only a slow one: a name that does not
+# exist fails at once, and the system resolver gives up on a server that never answers
+# only after resending (5 s each try, then the next server), so 4 s tells the two apart.
+# A name that answers, however late (a lost packet resent, a shared host such as
+# hooks.slack.com on a bad day), is never held back. While the resolver itself is down,
+# the names that failed rest too: their attempts wait for the schedule's next one.
+# Registrations each name a new host, so this does not bound them: each one's lookup may
+# hold a thread until the resolver gives up.
+SLOW_LOOKUP_SECONDS = 4.0
 SLOW_NAME_COOLDOWN_SECONDS = 300.0
 _SLOW_NAMES_KEPT = 10_000
 

@@ -159,7 +159,7 @@ async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
 
 @pytest.fixture
 def quick_to_judge(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lookup failing after 50 ms is slow, and a slow name rests 2 s (20 s and 5 min in
+    """A lookup failing after 50 ms is slow, and a slow name rests 2 s (4 s and 5 min in
     use)."""
     monkeypatch.setattr(webhook_urls, "SLOW_LOOKUP_SECONDS", 0.05)
     monkeypatch.setattr(webhook_urls, "SLOW_NAME_COOLDOWN_SECONDS", 2.0)
