@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
+from cachetools import TLRUCache
 
 from app.config import Settings
 from app.core.executors import DaemonPool
@@ -76,30 +77,27 @@ class SlowName(OSError):
 
 
 class _SlowNames:
-    """host → when its cooldown ends; written from the lookup threads, hence the lock."""
+    """The names resting now, each until its rest ends (a TLRUCache: the lapsed and then the
+    oldest go first when it is full); written from the lookup threads, hence the lock."""
 
     def __init__(self) -> None:
-        self._until: dict[str, float] = {}
+        self._resting: TLRUCache[str, bool] = TLRUCache(
+            _SLOW_NAMES_KEPT, self._rest_ends, timer=time.monotonic
+        )
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _rest_ends(_host: str, _value: bool, now: float) -> float:
+        return now + SLOW_NAME_COOLDOWN_SECONDS
 
     def cooling(self, host: str) -> bool:
         with self._lock:
-            until = self._until.get(host)
-            if until is not None and until <= time.monotonic():
-                del self._until[host]
-                until = None
-        return until is not None
+            return host in self._resting
 
     def failed_after(self, host: str, seconds: float) -> None:
-        if seconds <= SLOW_LOOKUP_SECONDS:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if len(self._until) >= _SLOW_NAMES_KEPT:  # forget the lapsed, else the oldest
-                self._until = {h: t for h, t in self._until.items() if t > now}
-                while len(self._until) >= _SLOW_NAMES_KEPT:
-                    del self._until[next(iter(self._until))]
-            self._until[host] = now + SLOW_NAME_COOLDOWN_SECONDS
+        if seconds > SLOW_LOOKUP_SECONDS:
+            with self._lock:
+                self._resting[host] = True
 
 
 _slow_names = _SlowNames()
