@@ -17,6 +17,12 @@ from fastapi import FastAPI
 
 from tests.support.polling import DEADLINE_SECONDS, wait_until, wait_until_sync
 
+# How long the servers keep an idle connection: longer than any test leaves one idle. With
+# uvicorn's 5 s (httpx's own keep-alive expiry is 5 s too), a client that waited about 5 s,
+# as one does while a thousand streams connect on a slow machine, could send its request
+# on the connection just as the server closed it, and read nothing (httpx.ReadError).
+KEEP_ALIVE_SECONDS = 4 * DEADLINE_SECONDS
+
 
 @asynccontextmanager
 async def live_server(app: FastAPI) -> AsyncIterator[str]:
@@ -29,6 +35,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
         log_level="warning",
         access_log=False,
         backlog=4096,  # room for a thousand clients connecting at once
+        timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -58,6 +65,7 @@ class ServedApp:
             lifespan="on" if lifespan else "off",
             log_level="warning",
             access_log=False,
+            timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
