@@ -71,6 +71,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         "port": args.port,
         "log_config": None,
         "proxy_headers": True,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
         # Open streams (SSE) never end by themselves: cut them after a few seconds so the
         # worker's drain (SHUTDOWN_GRACE_SECONDS) still fits a 30 s termination grace.
         "timeout_graceful_shutdown": 5,

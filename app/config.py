@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str] | None, NoDecode] = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024)  # request line and headers
+    # How long `atelier serve` keeps an idle keep-alive connection: longer than a proxy in
+    # front keeps its own (60 s on AWS ALB), or the proxy reuses one the server is closing
+    # at that moment and answers 502. uvicorn's own default is 5 s.
+    http_keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     admin_user_ids: Annotated[list[str], NoDecode] = []
 
     # Metrics: a bearer token for /metrics, and/or a port of their own (no token there).
