@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     # each endpoint gets every event of the user's jobs: the cap bounds that fan-out
     webhook_endpoints_max: int = Field(default=10, ge=1, le=100)
+    # API keys one user may have: a bound on rows an account can create
+    api_keys_max: int = Field(default=20, ge=1, le=1000)
     # Incoming webhook events keep their payload this long once processed (0: for ever).
     webhook_event_payload_days: int = Field(default=30, ge=0)
 

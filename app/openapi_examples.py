@@ -45,9 +45,9 @@ from app.schemas.generations import IMAGE_ID_EXAMPLE, JOB_ID_EXAMPLE
 from app.schemas.me import LEDGER_PAGE_CURSOR_EXAMPLE
 from app.schemas.outgoing import ENDPOINT_EXAMPLE
 from app.schemas.packs import SET_ID_EXAMPLE
+from app.services import api_keys, webhook_endpoints
 from app.services.rate_limits import Quota, RateLimited, Scope
 from app.services.uploads import not_an_accepted_image
-from app.services.webhook_endpoints import too_many
 from app.services.webhook_urls import RefusedUrl
 from app.services.webhooks import WebhookFailed
 
@@ -146,7 +146,9 @@ def _rate_limited(operation_id: str) -> RateLimited:
 
 def _conflict(operation_id: str) -> Conflict:
     if operation_id == "create_webhook_endpoint":
-        return too_many(Settings.model_fields["webhook_endpoints_max"].default)
+        return webhook_endpoints.too_many(Settings.model_fields["webhook_endpoints_max"].default)
+    if operation_id == "create_api_key":
+        return api_keys.too_many(Settings.model_fields["api_keys_max"].default)
     return Conflict("This email address already belongs to another account.")
 
 

@@ -16,11 +16,14 @@ async def insert(
     name: str,
     prefix: str,
     key_hash: bytes,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
+    most: int,
+) -> asyncpg.Record | None:
+    """The new key; None when the user has `most` already (nothing is inserted)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         INSERT INTO api_keys (id, user_id, name, prefix, key_hash)
-        VALUES ($1, $2, $3, $4, $5)
+        SELECT $1, $2, $3, $4, $5
+        WHERE (SELECT count(*) FROM api_keys WHERE user_id = $2) < $6
         RETURNING {_COLUMNS}
         """,
         key_id,
@@ -28,8 +31,8 @@ async def insert(
         name,
         prefix,
         key_hash,
+        most,
     )
-    assert row is not None
     return row
 
 

@@ -17,17 +17,6 @@ _DELIVERY = (
 )
 
 
-# The first key of the transaction-scoped advisory lock that serialises one user's
-# endpoint registrations (the second is the hash of the user's id).
-_ENDPOINTS_LOCK = 0x5EB400C
-
-
-async def lock_endpoints_of(conn: asyncpg.Connection, user_id: str) -> None:
-    """Wait for the user's other registrations in flight, until this transaction ends: the
-    count `insert_endpoint` checks is then read after theirs committed."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ENDPOINTS_LOCK, user_id)
-
-
 async def insert_endpoint(
     conn: asyncpg.Connection,
     endpoint_id: uuid.UUID,

@@ -7,6 +7,18 @@ import asyncpg
 _COLUMNS = "id, email, credits, created_at, updated_at, last_login_at, erased_at"
 
 
+# The first keys of the transaction-scoped advisory locks that serialise one user's additions
+# to a set of rows with a cap (the second key is the hash of the user's id).
+ADDING_WEBHOOK_ENDPOINT = 0x5EB400C
+ADDING_API_KEY = 0x0A91CE7
+
+
+async def lock_additions(conn: asyncpg.Connection, kind: int, user_id: str) -> None:
+    """Wait for the user's other additions of this `kind` in flight, until this transaction
+    ends: a conditional insert's count is then read after theirs committed."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", kind, user_id)
+
+
 async def get(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id)
 

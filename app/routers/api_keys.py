@@ -26,15 +26,16 @@ router = APIRouter(
     response_model=ApiKeyCreated,
     responses={
         201: {"headers": header_docs(Location="The key: `/v1/api-keys/{id}`")},
-        **responses(422),
+        **responses(409, 422),
     },
 )
 async def create_api_key(
-    body: ApiKeyCreate, user: CurrentUser, conn: Conn, response: Response
+    body: ApiKeyCreate, user: CurrentUser, conn: Conn, svc: Svc, response: Response
 ) -> ApiKeyCreated:
     """Make a key for a server: send it as `Authorization: Bearer atl_…`; it acts as you and
-    spends your credits. `key` is shown in this answer only. 403 when called with a key."""
-    created = await api_keys.create(conn, user, body.name)
+    spends your credits. `key` is shown in this answer only. 403 when called with a key.
+    409: the caller has `API_KEYS_MAX` keys already (20; `limit` says it)."""
+    created = await api_keys.create(conn, user, body.name, svc.settings.api_keys_max)
     response.headers["Location"] = f"/v1/api-keys/{created.id}"
     return created
 

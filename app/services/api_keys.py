@@ -22,7 +22,8 @@ import asyncpg
 from cachetools import TTLCache
 
 from app.db import api_keys as api_keys_db
-from app.errors import NotFound, Unauthorized
+from app.db import users as users_db
+from app.errors import Conflict, NotFound, Unauthorized
 from app.schemas.api_keys import ApiKey, ApiKeyCreated
 from app.services.auth import Identity
 from app.services.users import User
@@ -103,12 +104,24 @@ class ApiKeys:
             self._cache.clear()
 
 
-async def create(conn: asyncpg.Connection, user: User, name: str) -> ApiKeyCreated:
+async def create(conn: asyncpg.Connection, user: User, name: str, most: int) -> ApiKeyCreated:
+    """A new key, unless the user has `most` (API_KEYS_MAX) already: a 409 then."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = await api_keys_db.insert(
-        conn, uuid.uuid4(), user.id, name, key[:PREFIX_LENGTH], key_hash(key)
-    )
+    async with conn.transaction():
+        await users_db.lock_additions(conn, users_db.ADDING_API_KEY, user.id)
+        row = await api_keys_db.insert(
+            conn, uuid.uuid4(), user.id, name, key[:PREFIX_LENGTH], key_hash(key), most
+        )
+    if row is None:
+        raise too_many(most)
     return ApiKeyCreated(**dict(row), key=key)
+
+
+def too_many(most: int) -> Conflict:
+    """The 409 of a key over API_KEYS_MAX, which `limit` names."""
+    return Conflict(
+        f"A user may have at most {most} API keys; revoke one to make another.", limit=most
+    )
 
 
 async def list_keys(conn: asyncpg.Connection, user: User) -> list[ApiKey]:

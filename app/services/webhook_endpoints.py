@@ -14,6 +14,7 @@ import asyncpg
 
 from app.config import Settings
 from app.db import outgoing as outgoing_db
+from app.db import users as users_db
 from app.errors import Conflict, NotFound
 from app.schemas.outgoing import (
     WebhookDelivery,
@@ -47,7 +48,7 @@ async def create(
     events: list[str] = sorted(set(body.events))
     most = settings.webhook_endpoints_max
     async with pool.acquire() as conn, conn.transaction():
-        await outgoing_db.lock_endpoints_of(conn, user.id)
+        await users_db.lock_additions(conn, users_db.ADDING_WEBHOOK_ENDPOINT, user.id)
         row = await outgoing_db.insert_endpoint(
             conn, uuid.uuid4(), user.id, body.url, events, secret, most
         )

@@ -3,6 +3,7 @@ once, stored as a hash, accepted as a bearer token wherever a session token is."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -123,6 +124,34 @@ async def test_a_revoked_key_is_refused_at_once_here_and_as_soon_as_the_others_h
         assert_problem(
             await a.get(f"/v1/api-keys/{created['id']}", headers=auth_headers(ALICE)), 404
         )
+
+
+async def test_a_user_has_at_most_api_keys_max_even_making_them_at_once(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """One key over the cap is a 409 that names the limit and makes nothing, also when ten
+    requests race (they are serialised per user); another user is not held back, and
+    revoking one makes room."""
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    async with running(create_app(make_settings(api_keys_max=3))) as client:
+        await client.get("/v1/me", headers=alice)  # her row exists before the race
+        raced = await asyncio.gather(
+            *(client.post("/v1/api-keys", json={"name": f"k{n}"}, headers=alice) for n in range(10))
+        )
+        assert sorted(r.status_code for r in raced) == [201] * 3 + [409] * 7
+        refused = assert_problem(next(r for r in raced if r.status_code == 409), 409)
+        assert refused["limit"] == 3
+        assert (
+            refused["detail"] == "A user may have at most 3 API keys; revoke one to make another."
+        )
+        counted = "SELECT count(*) FROM api_keys WHERE user_id = $1"
+        assert await db.fetchval(counted, ALICE) == 3
+        await make_key(client, bob)
+        first = next(r for r in raced if r.status_code == 201).json()["id"]
+        assert (await client.delete(f"/v1/api-keys/{first}", headers=alice)).status_code == 204
+        await make_key(client, alice)
+        assert_problem(await client.post("/v1/api-keys", json={"name": "x"}, headers=alice), 409)
+        assert await db.fetchval(counted, ALICE) == 3
 
 
 async def test_another_users_key_cannot_be_deleted(

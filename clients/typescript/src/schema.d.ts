@@ -821,6 +821,7 @@ export interface paths {
          * Create Api Key
          * @description Make a key for a server: send it as `Authorization: Bearer atl_…`; it acts as you and
          *     spends your credits. `key` is shown in this answer only. 403 when called with a key.
+         *     409: the caller has `API_KEYS_MAX` keys already (20; `limit` says it).
          */
         post: operations["create_api_key"];
         delete?: never;
@@ -7571,6 +7572,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem403"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem409"];
                 };
             };
             /** @description Request body too large */
