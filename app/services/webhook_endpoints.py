@@ -41,7 +41,7 @@ async def create(
 ) -> WebhookEndpointWithSecret:
     try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
         async with asyncio.timeout(settings.webhook_timeout_seconds):
-            await webhook_urls.check(body.url, settings)
+            await webhook_urls.check(body.url, settings, webhook_urls.REGISTRATIONS)
     except TimeoutError:
         raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
     secret = new_secret()

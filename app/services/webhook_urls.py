@@ -53,6 +53,13 @@ def _is_public(address: IpAddress) -> bool:
 # lookup still hanging never holds up the process's exit.
 DNS_THREADS = 8
 _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
+# Registrations look their host up in threads of their own. Anyone may register ever new
+# names whose DNS never answers (none of them has rested yet, see below), and each such
+# lookup holds its thread until the resolver gives up, long after the registration's own
+# deadline: that costs other registrations a wait (each refused at its deadline at worst),
+# while deliveries, the sender's and the in-process worker's, find their threads free.
+REGISTRATION_DNS_THREADS = 4
+REGISTRATIONS = DaemonPool(REGISTRATION_DNS_THREADS, "webhook-dns-registration")
 
 # A name whose lookup failed after more than SLOW_LOOKUP_SECONDS is not looked up again for
 # SLOW_NAME_COOLDOWN_SECONDS: until then it is refused at once, holding no thread. Without
@@ -66,7 +73,7 @@ _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
 # hooks.slack.com on a bad day), is never held back. While the resolver itself is down,
 # the names that failed rest too: their attempts wait for the schedule's next one.
 # Registrations each name a new host, so this does not bound them: each one's lookup may
-# hold a thread until the resolver gives up.
+# hold a thread until the resolver gives up (REGISTRATIONS keeps them off deliveries').
 SLOW_LOOKUP_SECONDS = 4.0
 SLOW_NAME_COOLDOWN_SECONDS = 300.0
 _SLOW_NAMES_KEPT = 10_000
@@ -109,17 +116,18 @@ class _Lookup:
     waiting: int = 0
 
 
-_in_flight: dict[tuple[str, int], _Lookup] = {}
+_in_flight: dict[tuple[str, int, DaemonPool], _Lookup] = {}
 
 
-async def lookup(host: str, port: int) -> list[str]:
-    """The addresses DNS gives for `host` now (the system's resolver)."""
+async def lookup(host: str, port: int, resolver: DaemonPool = _resolver) -> list[str]:
+    """The addresses DNS gives for `host` now (the system's resolver, in `resolver`'s
+    threads: the sender's, or REGISTRATIONS)."""
     if _slow_names.cooling(host):
         raise SlowName(f"the host {host!r} failed to resolve in time moments ago")
-    key = (host, port)
+    key = (host, port, resolver)
     shared = _in_flight.get(key)
     if shared is None or shared.answer.get_loop() is not asyncio.get_running_loop():
-        shared = _Lookup(asyncio.ensure_future(_resolver.run(_getaddrinfo, host, port)))
+        shared = _Lookup(asyncio.ensure_future(resolver.run(_getaddrinfo, host, port)))
         _in_flight[key] = shared
         shared.answer.add_done_callback(functools.partial(_landed, key))
     shared.waiting += 1
@@ -142,7 +150,7 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def _landed(key: tuple[str, int], done: asyncio.Future[list[str]]) -> None:
+def _landed(key: tuple[str, int, DaemonPool], done: asyncio.Future[list[str]]) -> None:
     shared = _in_flight.get(key)
     if shared is not None and shared.answer is done:
         del _in_flight[key]
@@ -150,13 +158,13 @@ def _landed(key: tuple[str, int], done: asyncio.Future[list[str]]) -> None:
         done.exception()  # retrieved: every caller may have given up before it came
 
 
-async def _addresses(host: str, port: int) -> list[IpAddress]:
+async def _addresses(host: str, port: int, resolver: DaemonPool) -> list[IpAddress]:
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
     try:
-        found = await lookup(host, port)
+        found = await lookup(host, port, resolver)
     except SlowName as exc:
         rest = SLOW_NAME_COOLDOWN_SECONDS
         said = f"{rest / 60:g} minutes" if rest >= 60 else f"{rest:g} seconds"
@@ -169,8 +177,9 @@ async def _addresses(host: str, port: int) -> list[IpAddress]:
     return [ipaddress.ip_address(address.split("%")[0]) for address in found]
 
 
-async def check(url: str, settings: Settings) -> None:
-    """Raise RefusedUrl (422) unless `url` may receive webhooks now."""
+async def check(url: str, settings: Settings, resolver: DaemonPool = _resolver) -> None:
+    """Raise RefusedUrl (422) unless `url` may receive webhooks now (its host looked up in
+    `resolver`'s threads: REGISTRATIONS for a registration)."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -182,7 +191,7 @@ async def check(url: str, settings: Settings) -> None:
         raise RefusedUrl("The URL must be https://host/…")
     if parts.username is not None or parts.password is not None:
         raise RefusedUrl("The URL must not carry credentials.")
-    addresses = await _resolved(host, port)
+    addresses = await _resolved(host, port, resolver)
     if parts.scheme == "http" and not _loopback_in_development(addresses, settings):
         raise RefusedUrl("Webhooks are sent over https only (http to loopback in development).")
     _refuse_private(host, addresses, settings)
@@ -191,13 +200,13 @@ async def check(url: str, settings: Settings) -> None:
 async def approved(host: str, port: int, settings: Settings) -> list[IpAddress]:
     """The addresses `host` resolves to now, in DNS's order, if webhooks may go to them all;
     RefusedUrl otherwise."""
-    addresses = await _resolved(host, port)
+    addresses = await _resolved(host, port, _resolver)
     _refuse_private(host, addresses, settings)
     return addresses
 
 
-async def _resolved(host: str, port: int) -> list[IpAddress]:
-    addresses = await _addresses(host, port)
+async def _resolved(host: str, port: int, resolver: DaemonPool) -> list[IpAddress]:
+    addresses = await _addresses(host, port, resolver)
     if not addresses:
         raise RefusedUrl(f"The host {host!r} does not resolve.")
     return addresses

@@ -20,6 +20,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from app.config import Settings
+from app.core.executors import DaemonPool
 from app.main import create_app
 from app.openapi import restore_examples
 from app.openapi_examples import PARAMETER_EXAMPLES
@@ -176,8 +177,8 @@ async def offline_example_com(monkeypatch: pytest.MonkeyPatch) -> None:
     online: this machine has no DNS. Nothing is sent to it (no job ends during the replay)."""
     resolve = webhook_urls.lookup
 
-    async def lookup(host: str, port: int) -> list[str]:
-        return ["93.184.215.14"] if host == "example.com" else await resolve(host, port)
+    async def lookup(host: str, port: int, *resolver: DaemonPool) -> list[str]:
+        return ["93.184.215.14"] if host == "example.com" else await resolve(host, port, *resolver)
 
     monkeypatch.setattr(webhook_urls, "lookup", lookup)
 

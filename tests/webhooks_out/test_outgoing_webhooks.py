@@ -571,7 +571,7 @@ def resolve_as(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
     after that); returns the names looked up, as they are."""
     looked_up: list[str] = []
 
-    async def lookup(host: str, port: int) -> list[str]:
+    async def lookup(host: str, port: int, *_resolver: object) -> list[str]:
         looked_up.append(host)
         return [answers[min(len(looked_up), len(answers)) - 1]]
 
@@ -671,7 +671,7 @@ async def test_an_attempt_ends_within_its_deadline_lookups_included(
     WEBHOOK_TIMEOUT_SECONDS (well inside the delivery's lease) and says so."""
     lookups = 0
 
-    async def slow_lookup(host: str, port: int) -> list[str]:
+    async def slow_lookup(host: str, port: int, *_resolver: object) -> list[str]:
         nonlocal lookups
         lookups += 1
         if lookups == 3:  # registration, the check before the attempt, then the connection
@@ -696,7 +696,7 @@ async def test_an_address_that_refuses_leaves_the_next_one_its_turn(
     (127.0.0.3), the endpoint at the second. The delivery reaches it."""
     monkeypatch.setenv("SSL_CERT_FILE", ca_file())
 
-    async def two_addresses(host: str, port: int) -> list[str]:
+    async def two_addresses(host: str, port: int, *_resolver: object) -> list[str]:
         return ["127.0.0.3", "127.0.0.2"]
 
     monkeypatch.setattr(webhook_urls, "lookup", two_addresses)

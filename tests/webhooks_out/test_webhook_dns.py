@@ -1,8 +1,9 @@
 """A webhook host whose DNS answers slowly (anyone can register one) holds threads of the
 sender's own resolver pool, never the event loop's getaddrinfo, which the database pool's
 new connections and the providers' clients wait on; lookups of one name at one time share
-one thread; a registration does not wait for the resolver's own timeout; and a name found
-slow rests a while, so names that never answer cannot keep the threads busy."""
+one thread; a registration does not wait for the resolver's own timeout, and looks up in
+threads of its own; and a name found slow rests a while, so names that never answer cannot
+keep the threads busy."""
 
 from __future__ import annotations
 
@@ -155,6 +156,36 @@ async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
         assert body["detail"] == "The host did not resolve in time."
         listed = await client.get("/v1/webhook-endpoints", headers=auth_headers("user_dns_hangs"))
         assert listed.json()["items"] == []
+
+
+async def test_registrations_of_names_that_never_answer_leave_the_senders_threads_free(
+    hanging: HangingResolver,
+    make_settings: Callable[..., Settings],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    """Each registration may name a new host whose DNS hangs (none has rested yet), and its
+    lookup holds a thread after the request's deadline, until the resolver gives up. They
+    hold threads of their own pool: as many as the sender's pool has threads leave it
+    free, and a delivery's lookup is answered at once."""
+    settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
+    async with running_settings(settings) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/webhook-endpoints",
+                    json={"url": f"https://reg{n}{SLOW}/in", "events": ["job.completed"]},
+                    headers=auth_headers("user_dns_registers"),
+                )
+                for n in range(webhook_urls.DNS_THREADS)
+            )
+        )
+    for answer in answers:
+        assert assert_problem(answer, 422)["detail"] == "The host did not resolve in time."
+    await hanging.busy(webhook_urls.REGISTRATION_DNS_THREADS)  # still hanging after the 422s
+    assert len(hanging.asked) == webhook_urls.REGISTRATION_DNS_THREADS  # the rest given up
+    for _, thread in hanging.asked:
+        assert thread.name.startswith("webhook-dns-registration"), thread
+    assert await asyncio.wait_for(webhook_urls.lookup("localhost", 443), 5)
 
 
 @pytest.fixture
