@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from app.config import Settings
@@ -140,6 +141,12 @@ async def test_a_pool_thread_answers_every_call_and_lives_on() -> None:
     assert await asyncio.wait_for(pool.run(lambda: 42), 5) == 42
 
 
+def register(client: httpx.AsyncClient, host: str, headers: dict[str, str]) -> Awaitable[Any]:
+    """POST an endpoint at https://`host`/in for job.completed."""
+    body = {"url": f"https://{host}/in", "events": ["job.completed"]}
+    return client.post("/v1/webhook-endpoints", json=body, headers=headers)
+
+
 async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
     hanging: HangingResolver,
     make_settings: Callable[..., Settings],
@@ -147,11 +154,7 @@ async def test_a_registration_whose_name_hangs_is_refused_at_the_deadline(
 ) -> None:
     settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
     async with running_settings(settings) as client:
-        answer = await client.post(
-            "/v1/webhook-endpoints",
-            json={"url": f"https://hook{SLOW}/in", "events": ["job.completed"]},
-            headers=auth_headers("user_dns_hangs"),
-        )
+        answer = await register(client, f"hook{SLOW}", auth_headers("user_dns_hangs"))
         body = assert_problem(answer, 422)
         assert body["detail"] == "The host did not resolve in time."
         listed = await client.get("/v1/webhook-endpoints", headers=auth_headers("user_dns_hangs"))
@@ -169,15 +172,9 @@ async def test_registrations_of_names_that_never_answer_leave_the_senders_thread
     free, and a delivery's lookup is answered at once."""
     settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
     async with running_settings(settings) as client:
+        alice = auth_headers("user_dns_registers")
         answers = await asyncio.gather(
-            *(
-                client.post(
-                    "/v1/webhook-endpoints",
-                    json={"url": f"https://reg{n}{SLOW}/in", "events": ["job.completed"]},
-                    headers=auth_headers("user_dns_registers"),
-                )
-                for n in range(webhook_urls.DNS_THREADS)
-            )
+            *(register(client, f"reg{n}{SLOW}", alice) for n in range(webhook_urls.DNS_THREADS))
         )
     for answer in answers:
         assert assert_problem(answer, 422)["detail"] == "The host did not resolve in time."
@@ -280,14 +277,7 @@ async def test_a_registration_of_a_name_found_slow_is_refused_at_once_saying_why
     await slow_then_failed(hanging, [name])
     settings = make_settings(webhook_timeout_seconds=30, worker_in_process=False)
     async with running_settings(settings) as client:
-        answer = await asyncio.wait_for(
-            client.post(
-                "/v1/webhook-endpoints",
-                json={"url": f"https://{name}/in", "events": ["job.completed"]},
-                headers=auth_headers("user_dns_slow"),
-            ),
-            10,
-        )
+        answer = await asyncio.wait_for(register(client, name, auth_headers("user_dns_slow")), 10)
     body = assert_problem(answer, 422)
     assert body["detail"] == (
         f"The host '{name}' did not resolve in time; it is not looked up again for up to 2 seconds."
