@@ -397,12 +397,13 @@ async def test_last_login_is_rewritten_on_every_request_when_the_interval_is_zer
 # 200 x 0.3 s / 5 = 12 s, and every other user's request would queue behind it for the pool.
 
 NEW_USERS = 200
-CLERK_SECONDS = 0.3
+CLERK_SECONDS = 1.0
 POOL_SIZE = 5
-# Far above a read's few milliseconds (even on a loaded machine, with the burst on the same
-# event loop), far below the seconds a read queued behind 200 Clerk-held connections would
-# wait (12 s for the whole burst).
-READ_BOUND_SECONDS = 4.0
+# Far above a read's few milliseconds, even on a loaded machine with the burst's 200 token
+# checks and signups on the same event loop (a read once took 5.5 s with two test runs
+# sharing two cores), and far below what a read queued behind 200 Clerk-held connections
+# would wait: 40 s for the whole burst, 200 / POOL_SIZE rounds of CLERK_SECONDS.
+READ_BOUND_SECONDS = 10.0
 
 
 async def test_a_signup_burst_waiting_on_a_slow_clerk_neither_drains_the_pool_nor_slows_reads(
