@@ -9,7 +9,7 @@ import asyncpg
 
 _ENDPOINT = (
     "id, user_id, url, events, created_at, CASE WHEN previous_secret_expires_at > now() "
-    "THEN previous_secret_expires_at END AS previous_secret_expires_at"
+    "THEN previous_secret_expires_at END AS previous_secret_expires_at, disabled_at"
 )
 _DELIVERY = (
     "id, endpoint_id, type, job_id, status, attempts, next_attempt_at, last_status, "
@@ -59,6 +59,35 @@ async def endpoint(
         f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE id = $1 AND user_id = $2",
         endpoint_id,
         user_id,
+    )
+
+
+async def update_endpoint(
+    conn: asyncpg.Connection,
+    endpoint_id: uuid.UUID,
+    user_id: str,
+    url: str | None,
+    events: list[str] | None,
+    enabled: bool | None,
+) -> asyncpg.Record | None:
+    """Set what is given (None: unchanged; a pause keeps its first time); None when the
+    endpoint is not theirs."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE webhook_endpoints
+        SET url = coalesce($3, url),
+            events = coalesce($4, events),
+            disabled_at = CASE WHEN $5 THEN NULL
+                               WHEN NOT $5 THEN coalesce(disabled_at, now())
+                               ELSE disabled_at END
+        WHERE id = $1 AND user_id = $2
+        RETURNING {_ENDPOINT}
+        """,
+        endpoint_id,
+        user_id,
+        url,
+        events,
+        enabled,
     )
 
 

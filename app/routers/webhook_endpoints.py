@@ -16,6 +16,7 @@ from app.schemas.outgoing import (
     WebhookEndpoint,
     WebhookEndpointCreate,
     WebhookEndpointList,
+    WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
     WebhookEvent,
 )
@@ -65,6 +66,22 @@ async def list_webhook_endpoints(user: CurrentUser, conn: Conn) -> WebhookEndpoi
 async def get_webhook_endpoint(endpoint_id: UUID, user: CurrentUser, conn: Conn) -> WebhookEndpoint:
     """One of the caller's endpoints (without its secret)."""
     return await webhook_endpoints.get(conn, user, endpoint_id)
+
+
+@router.patch(
+    "/{endpoint_id}",
+    operation_id="update_webhook_endpoint",
+    response_model=WebhookEndpoint,
+    responses=responses(404, 422),
+)
+async def update_webhook_endpoint(
+    endpoint_id: UUID, body: WebhookEndpointUpdate, user: StreamUser, svc: Svc
+) -> WebhookEndpoint:
+    """Change the fields sent. A new `url` is checked as at registration (422 as there);
+    pending deliveries go to it from their next attempt on. `events` apply to jobs that
+    end from now on. `enabled: false` pauses the endpoint: nothing is queued for it and its
+    pending deliveries wait, until `enabled: true`."""
+    return await webhook_endpoints.update(svc.pool, svc.settings, user, endpoint_id, body)
 
 
 @router.delete(

@@ -44,10 +44,19 @@ TextStr = Annotated[
 ]
 
 
-def without_default(schema: dict[str, Any]) -> None:
-    """`json_schema_extra` of an optional field that may be left out but not sent as null:
-    its `default: null` is not a value the document may offer."""
+def never_null(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` of a field typed `X | None` that may be left out but not sent as
+    null (its service answers null with a 422): the document offers neither null nor its
+    `default: null`. Typed `X | SkipJsonSchema[None]` instead, the union made pydantic
+    report a wrong value twice, once under its validators' internal names and once as
+    "Input should be None"."""
     schema.pop("default", None)
+    members = schema.pop("anyOf", [])
+    kept = [member for member in members if member != {"type": "null"}]
+    if len(kept) == 1:
+        schema.update(kept[0])
+    elif kept:
+        schema["anyOf"] = kept
 
 
 Limit = Annotated[int, Field(ge=1, le=100, description="How many items a page holds.")]

@@ -5,9 +5,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
 
-from app.schemas.common import Page, SafeStr, TextStr, without_default
+from app.schemas.common import Page, SafeStr, TextStr, never_null
 from app.schemas.generations import IMAGE_ID_EXAMPLE, SIGNED_URL_EXAMPLE
 
 Visibility = Literal["private", "public"]
@@ -152,8 +151,8 @@ class PromptUpdate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"title": "Fox icons, pastel"}]}
     )
     # null is refused (422) by the service: the document does not offer it
-    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | SkipJsonSchema[None] = (
-        Field(default=None, json_schema_extra=without_default, description=PROMPT_TEXT)
+    prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | None = Field(
+        default=None, json_schema_extra=never_null, description=PROMPT_TEXT
     )
     title: Annotated[SafeStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
@@ -205,8 +204,8 @@ class PackUpdate(BaseModel):
         json_schema_extra={"examples": [{"name": "Woodland animals", "cover_image_id": None}]},
     )
     # null is refused (422) by the service: the document does not offer it
-    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = Field(
-        default=None, json_schema_extra=without_default
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | None = Field(
+        default=None, json_schema_extra=never_null
     )
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = None
     cover_image_id: UUID | None = Field(

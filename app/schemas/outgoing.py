@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import SafeStr
+from app.schemas.common import SafeStr, never_null
 from app.schemas.generations import FAILED_JOB_EXAMPLE, JOB_EXAMPLE, JOB_ID_EXAMPLE, Job
 
 EventType = Literal["job.completed", "job.failed"]
@@ -20,6 +20,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "events": ["job.completed", "job.failed"],
     "created_at": "2026-05-03T14:25:40.019Z",
     "previous_secret_expires_at": None,
+    "disabled_at": None,
 }
 SECRET_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="
 DELIVERY_EXAMPLE: dict[str, Any] = {
@@ -47,6 +48,16 @@ DELIVERY_EXAMPLE: dict[str, Any] = {
 }
 
 
+URL_DESCRIPTION = (
+    "An https URL on a public address; each delivery is a POST to it. In development "
+    "(`ENV=development`, the service's default), a host that resolves only to loopback is "
+    "accepted too, over http or https."
+)
+EVENTS_DESCRIPTION = "The events to send: job.completed, job.failed."
+Url = Annotated[SafeStr, Field(min_length=1, max_length=2000)]
+Events = Annotated[list[EventType], Field(min_length=1, max_length=2)]
+
+
 class WebhookEndpointCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -55,13 +66,34 @@ class WebhookEndpointCreate(BaseModel):
         },
     )
 
-    url: Annotated[SafeStr, Field(min_length=1, max_length=2000)] = Field(
-        description="An https URL on a public address; each delivery is a POST to it. In "
-        "development (`ENV=development`, the service's default), a host that resolves only "
-        "to loopback is accepted too, over http or https."
+    url: Url = Field(description=URL_DESCRIPTION)
+    events: Events = Field(description=EVENTS_DESCRIPTION)
+
+
+class WebhookEndpointUpdate(BaseModel):
+    """Only the fields sent change; none can be sent as null (a 422)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"events": ["job.completed", "job.failed"]}]},
     )
-    events: list[EventType] = Field(
-        min_length=1, max_length=2, description="The events to send: job.completed, job.failed."
+
+    url: Url | None = Field(
+        default=None,
+        json_schema_extra=never_null,
+        description=URL_DESCRIPTION + " Pending deliveries go to the new URL from their next "
+        "attempt on.",
+    )
+    events: Events | None = Field(
+        default=None,
+        json_schema_extra=never_null,
+        description=EVENTS_DESCRIPTION + " For jobs that end from now on.",
+    )
+    enabled: bool | None = Field(
+        default=None,
+        json_schema_extra=never_null,
+        description="false pauses the endpoint: nothing is queued for it, and its pending "
+        "deliveries wait; true resumes it, and they are sent.",
     )
 
 
@@ -75,6 +107,10 @@ class WebhookEndpoint(BaseModel):
     previous_secret_expires_at: datetime | None = Field(
         description="After a rotation, until when the replaced secret still signs each "
         "delivery beside the new one (a day); null otherwise.",
+    )
+    disabled_at: datetime | None = Field(
+        description="Since when the endpoint is paused (`enabled: false`); null while it "
+        "is enabled."
     )
 
 

@@ -1,4 +1,4 @@
-"""Outgoing-webhook endpoints: registered, listed, rotated and deleted by their owner.
+"""Outgoing-webhook endpoints: registered, listed, changed, rotated and deleted by their owner.
 
 The URL is checked (app.services.webhook_urls, a DNS lookup) before a connection is taken.
 """
@@ -15,11 +15,12 @@ import asyncpg
 from app.config import Settings
 from app.db import outgoing as outgoing_db
 from app.db import users as users_db
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, Unprocessable
 from app.schemas.outgoing import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEndpointCreate,
+    WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
 )
 from app.services import webhook_urls
@@ -36,14 +37,19 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+async def _check(url: str, settings: Settings) -> None:
+    """RefusedUrl (422) unless `url` may receive webhooks; no connection is held meanwhile."""
+    try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
+        async with asyncio.timeout(settings.webhook_timeout_seconds):
+            await webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
+    except TimeoutError:
+        raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
+
+
 async def create(
     pool: asyncpg.Pool, settings: Settings, user: User, body: WebhookEndpointCreate
 ) -> WebhookEndpointWithSecret:
-    try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
-        async with asyncio.timeout(settings.webhook_timeout_seconds):
-            await webhook_urls.check(body.url, settings, webhook_urls.REGISTRATIONS)
-    except TimeoutError:
-        raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
+    await _check(body.url, settings)
     secret = new_secret()
     events: list[str] = sorted(set(body.events))
     most = settings.webhook_endpoints_max
@@ -70,6 +76,33 @@ async def list_endpoints(conn: asyncpg.Connection, user: User) -> list[WebhookEn
 
 async def get(conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     row = await outgoing_db.endpoint(conn, endpoint_id, user.id)
+    if row is None:
+        raise NotFound("No such webhook endpoint.")
+    return WebhookEndpoint.model_validate(dict(row))
+
+
+async def update(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    user: User,
+    endpoint_id: uuid.UUID,
+    body: WebhookEndpointUpdate,
+) -> WebhookEndpoint:
+    """Change the url, the events sent, or pause and resume. A new url is checked as at
+    registration; pending deliveries go to it from their next attempt on, and new events
+    apply to jobs that end from now on. A paused endpoint gets nothing queued, and its
+    pending deliveries wait (their schedule resumes with it)."""
+    changes = body.model_dump(exclude_unset=True)
+    cleared = sorted(name for name, value in changes.items() if value is None)
+    if cleared:
+        raise Unprocessable(f"{' and '.join(cleared)} cannot be cleared; send a new value.")
+    if body.url is not None:
+        await _check(body.url, settings)
+    events: list[str] | None = sorted(set(body.events)) if body.events is not None else None
+    async with pool.acquire() as conn:
+        row = await outgoing_db.update_endpoint(
+            conn, endpoint_id, user.id, body.url, events, body.enabled
+        )
     if row is None:
         raise NotFound("No such webhook endpoint.")
     return WebhookEndpoint.model_validate(dict(row))

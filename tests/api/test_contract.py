@@ -183,7 +183,8 @@ def _realistic(case: Case) -> None:
         if "product_id" in case.body:
             case.body["product_id"] = "credits_50"
     # A webhook endpoint's URL must resolve (nothing does offline but an address).
-    if case.path == "/v1/webhook-endpoints" and isinstance(case.body, dict) and "url" in case.body:
+    endpoints = ("/v1/webhook-endpoints", "/v1/webhook-endpoints/{endpoint_id}")
+    if case.path in endpoints and isinstance(case.body, dict) and "url" in case.body:
         case.body["url"] = "https://127.0.0.1/hooks"
     # The window may reach at most 366 days back from now, and is `days` or `since`, not both
     # (OpenAPI cannot say that of two query parameters; the operation's text does).

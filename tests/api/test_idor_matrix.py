@@ -192,6 +192,12 @@ CASES: list[Case] = [
         lambda v: f"/v1/webhook-endpoints/{v.endpoint}",
     ),
     Case(
+        "PATCH",
+        "/v1/webhook-endpoints/{endpoint_id}",
+        lambda v: f"/v1/webhook-endpoints/{v.endpoint}",
+        lambda v: {"url": "https://8.8.8.8/borrowed", "enabled": False},
+    ),
+    Case(
         "DELETE",
         "/v1/webhook-endpoints/{endpoint_id}",
         lambda v: f"/v1/webhook-endpoints/{v.endpoint}",

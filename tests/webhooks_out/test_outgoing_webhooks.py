@@ -384,6 +384,113 @@ async def test_a_deleted_endpoint_gets_nothing_more(
             assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
 
 
+async def failed_once(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    db: asyncpg.Connection,
+    receiver: WebhookReceiver,
+) -> tuple[dict[str, Any], dict[str, Any], Received]:
+    """An endpoint at `receiver` (answering 500 first) for job.completed, a completed job,
+    and the delivery's first attempt, failed and recorded."""
+    endpoint = await register(client, headers, receiver.url, ["job.completed"])
+    job = await finished_job(client, headers)
+    (first,) = await received(receiver, 1)
+    await wait_until(lambda: _attempts(db, 1), "the failed attempt to be recorded")
+    return endpoint, job, first
+
+
+async def test_a_changed_url_gets_the_pending_deliveries_and_new_events_the_next_jobs(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(500) as old, WebhookReceiver() as new:
+        async with running_settings(hook_settings()) as client:
+            endpoint, job, first = await failed_once(client, alice, db, old)
+            url = f"/v1/webhook-endpoints/{endpoint['id']}"
+
+            changes = {"url": new.url, "events": ["job.failed", "job.completed"]}
+            changed = await client.patch(url, json=changes, headers=alice)
+            assert changed.status_code == 200, changed.text
+            shown = {k: v for k, v in endpoint.items() if k != "secret"}
+            both = ["job.completed", "job.failed"]
+            assert changed.json() == {**shown, "url": new.url, "events": both}
+            assert (await client.get(url, headers=alice)).json() == changed.json()
+            await make_due(db)
+            (moved,) = await received(new, 1)  # the pending delivery, at its new address
+            assert moved.headers["webhook-id"] == first.headers["webhook-id"]
+            assert verified(endpoint["secret"], moved)["data"]["id"] == job["id"]
+            assert len(old.received) == 1
+
+            only_failed = await client.patch(url, json={"events": ["job.failed"]}, headers=alice)
+            assert only_failed.json()["events"] == ["job.failed"]
+            assert only_failed.json()["url"] == new.url
+            await finished_job(client, alice)  # completed: queued (or not) as the job ended
+            assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+
+
+async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_wait(
+    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(500) as paused, WebhookReceiver() as other:
+        async with running_settings(hook_settings()) as client:
+            endpoint, job, _ = await failed_once(client, alice, db, paused)
+            url = f"/v1/webhook-endpoints/{endpoint['id']}"
+
+            off = await client.patch(url, json={"enabled": False}, headers=alice)
+            assert off.status_code == 200, off.text
+            since = off.json()["disabled_at"]
+            assert since is not None
+            again = await client.patch(url, json={"enabled": False}, headers=alice)
+            assert again.json()["disabled_at"] == since  # a pause keeps its first time
+            await register(client, alice, other.url, ["job.completed"])
+            await make_due(db)
+            await finished_job(client, alice)
+            await received(other, 1)  # the sender has run since the pause
+            assert len(paused.received) == 1
+            for_paused = "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1"
+            assert await db.fetchval(for_paused, uuid.UUID(endpoint["id"])) == 1
+
+            on = await client.patch(url, json={"enabled": True}, headers=alice)
+            assert on.json()["disabled_at"] is None
+            await make_due(db)
+            _, resumed = await received(paused, 2)
+            assert verified(endpoint["secret"], resumed)["data"]["id"] == job["id"]
+            (delivery,) = await recorded(client, alice, endpoint["id"])
+            assert delivery["status"] == "delivered"
+            assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": None},
+        {"events": None},
+        {"enabled": None},
+        {"events": []},
+        {"events": ["job.started"]},
+        {"url": "https://10.1.2.3/hook"},
+        {"url": "http://8.8.8.8/hook"},
+        {"url": "https://8.8.8.8/hook", "secret": "whsec_mine"},
+    ],
+)
+async def test_a_change_that_cannot_be_made_is_a_422_and_changes_nothing(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    body: dict[str, Any],
+) -> None:
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        endpoint = await register(client, auth_headers(ALICE), "https://8.8.8.8/h", ["job.failed"])
+        before = await db.fetchrow("SELECT * FROM webhook_endpoints")
+        response = await client.patch(
+            f"/v1/webhook-endpoints/{endpoint['id']}", json=body, headers=auth_headers(ALICE)
+        )
+        problem = assert_problem(response, 422)
+        assert len(problem.get("errors", [])) <= 1, problem  # one error, not one per type
+        assert await db.fetchrow("SELECT * FROM webhook_endpoints") == before
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -458,6 +565,7 @@ async def test_another_users_endpoint_is_a_404_and_unchanged(
         alice = auth_headers(ALICE)
         base = f"/v1/webhook-endpoints/{endpoint['id']}"
         assert_problem(await client.delete(base, headers=alice), 404)
+        assert_problem(await client.patch(base, json={"enabled": False}, headers=alice), 404)
         assert_problem(await client.post(f"{base}/secret", headers=alice), 404)
         assert_problem(await client.get(f"{base}/deliveries", headers=alice), 404)
         assert (await client.get("/v1/webhook-endpoints", headers=alice)).json()["items"] == []

@@ -161,6 +161,7 @@ export async function everyOperation(): Promise<void> {
   if (endpoint.data) {
     const hook = { params: { path: { endpoint_id: endpoint.data.id } } };
     await api.GET("/v1/webhook-endpoints/{endpoint_id}", hook); // get_webhook_endpoint
+    await api.PATCH("/v1/webhook-endpoints/{endpoint_id}", { ...hook, body: { enabled: false } }); // update_webhook_endpoint
     await api.POST("/v1/webhook-endpoints/{endpoint_id}/secret", hook); // rotate_webhook_endpoint_secret
     await api.GET("/v1/webhook-endpoints/{endpoint_id}/deliveries", hook); // list_webhook_deliveries
     await api.DELETE("/v1/webhook-endpoints/{endpoint_id}", hook); // delete_webhook_endpoint

@@ -904,7 +904,14 @@ export interface paths {
         delete: operations["delete_webhook_endpoint"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Update Webhook Endpoint
+         * @description Change the fields sent. A new `url` is checked as at registration (422 as there);
+         *     pending deliveries go to it from their next attempt on. `events` apply to jobs that
+         *     end from now on. `enabled: false` pauses the endpoint: nothing is queued for it and its
+         *     pending deliveries wait, until `enabled: true`.
+         */
+        patch: operations["update_webhook_endpoint"];
         trace?: never;
     };
     "/v1/webhook-endpoints/{endpoint_id}/secret": {
@@ -2587,7 +2594,8 @@ export interface components {
          *         "job.failed"
          *       ],
          *       "created_at": "2026-05-03T14:25:40.019Z",
-         *       "previous_secret_expires_at": null
+         *       "previous_secret_expires_at": null,
+         *       "disabled_at": null
          *     }
          */
         WebhookEndpoint: {
@@ -2610,6 +2618,11 @@ export interface components {
              * @description After a rotation, until when the replaced secret still signs each delivery beside the new one (a day); null otherwise.
              */
             previous_secret_expires_at: string | null;
+            /**
+             * Disabled At
+             * @description Since when the endpoint is paused (`enabled: false`); null while it is enabled.
+             */
+            disabled_at: string | null;
         };
         /**
          * WebhookEndpointCreate
@@ -2644,7 +2657,8 @@ export interface components {
          *             "job.failed"
          *           ],
          *           "created_at": "2026-05-03T14:25:40.019Z",
-         *           "previous_secret_expires_at": null
+         *           "previous_secret_expires_at": null,
+         *           "disabled_at": null
          *         }
          *       ]
          *     }
@@ -2652,6 +2666,33 @@ export interface components {
         WebhookEndpointList: {
             /** Items */
             items: components["schemas"]["WebhookEndpoint"][];
+        };
+        /**
+         * WebhookEndpointUpdate
+         * @description Only the fields sent change; none can be sent as null (a 422).
+         * @example {
+         *       "events": [
+         *         "job.completed",
+         *         "job.failed"
+         *       ]
+         *     }
+         */
+        WebhookEndpointUpdate: {
+            /**
+             * Url
+             * @description An https URL on a public address; each delivery is a POST to it. In development (`ENV=development`, the service's default), a host that resolves only to loopback is accepted too, over http or https. Pending deliveries go to the new URL from their next attempt on.
+             */
+            url?: string;
+            /**
+             * Events
+             * @description The events to send: job.completed, job.failed. For jobs that end from now on.
+             */
+            events?: ("job.completed" | "job.failed")[];
+            /**
+             * Enabled
+             * @description false pauses the endpoint: nothing is queued for it, and its pending deliveries wait; true resumes it, and they are sent.
+             */
+            enabled?: boolean;
         };
         /**
          * WebhookEndpointWithSecret
@@ -2664,6 +2705,7 @@ export interface components {
          *       ],
          *       "created_at": "2026-05-03T14:25:40.019Z",
          *       "previous_secret_expires_at": null,
+         *       "disabled_at": null,
          *       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2kpgMvTuDE0="
          *     }
          */
@@ -2687,6 +2729,11 @@ export interface components {
              * @description After a rotation, until when the replaced secret still signs each delivery beside the new one (a day); null otherwise.
              */
             previous_secret_expires_at: string | null;
+            /**
+             * Disabled At
+             * @description Since when the endpoint is paused (`enabled: false`); null while it is enabled.
+             */
+            disabled_at: string | null;
             /**
              * Secret
              * @description `whsec_…`: verifies each delivery's `webhook-signature` (Standard Webhooks). Shown when the endpoint is made and when the secret is rotated.
@@ -8075,6 +8122,105 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem422"];
+                };
+            };
+            /** @description Unexpected server error (logged; no details are exposed) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem500"];
+                };
+            };
+            /** @description A dependency is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem503"];
+                };
+            };
+        };
+    };
+    update_webhook_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @example 7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b */
+                endpoint_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem400"];
+                };
+            };
+            /** @description Missing or invalid bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem401"];
+                };
+            };
+            /** @description Not found, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem404"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem413"];
+                };
+            };
+            /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem415"];
                 };
             };
             /** @description Invalid input */
