@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import asyncpg
 
 _COLUMNS = "id, email, credits, created_at, updated_at, last_login_at, erased_at"
 
 
-# The first keys of the transaction-scoped advisory locks that serialise one user's additions
-# to a set of rows with a cap (the second key is the hash of the user's id).
-ADDING_WEBHOOK_ENDPOINT = 0x5EB400C
-ADDING_API_KEY = 0x0A91CE7
+class Adding(IntEnum):
+    """The first keys of the transaction-scoped advisory locks that serialise one user's
+    additions to a set of rows with a cap (the second key is the hash of the user's id)."""
+
+    WEBHOOK_ENDPOINT = 0x5EB400C
+    API_KEY = 0x0A91CE7
 
 
-async def lock_additions(conn: asyncpg.Connection, kind: int, user_id: str) -> None:
+async def lock_additions(conn: asyncpg.Connection, kind: Adding, user_id: str) -> None:
     """Wait for the user's other additions of this `kind` in flight, until this transaction
     ends: a conditional insert's count is then read after theirs committed."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", kind, user_id)

@@ -35,7 +35,7 @@ async def create_api_key(
     """Make a key for a server: send it as `Authorization: Bearer atl_…`; it acts as you and
     spends your credits. `key` is shown in this answer only. 403 when called with a key.
     409: the caller has `API_KEYS_MAX` keys already (20; `limit` says it)."""
-    created = await api_keys.create(conn, user, body.name, svc.settings.api_keys_max)
+    created = await api_keys.create(conn, svc.settings, user, body.name)
     response.headers["Location"] = f"/v1/api-keys/{created.id}"
     return created
 

@@ -21,6 +21,7 @@ import uuid
 import asyncpg
 from cachetools import TTLCache
 
+from app.config import Settings
 from app.db import api_keys as api_keys_db
 from app.db import users as users_db
 from app.errors import Conflict, NotFound, Unauthorized
@@ -104,11 +105,14 @@ class ApiKeys:
             self._cache.clear()
 
 
-async def create(conn: asyncpg.Connection, user: User, name: str, most: int) -> ApiKeyCreated:
-    """A new key, unless the user has `most` (API_KEYS_MAX) already: a 409 then."""
+async def create(
+    conn: asyncpg.Connection, settings: Settings, user: User, name: str
+) -> ApiKeyCreated:
+    """A new key, unless the user has API_KEYS_MAX already: a 409 then."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
+    most = settings.api_keys_max
     async with conn.transaction():
-        await users_db.lock_additions(conn, users_db.ADDING_API_KEY, user.id)
+        await users_db.lock_additions(conn, users_db.Adding.API_KEY, user.id)
         row = await api_keys_db.insert(
             conn, uuid.uuid4(), user.id, name, key[:PREFIX_LENGTH], key_hash(key), most
         )

@@ -54,7 +54,7 @@ async def create(
     events: list[str] = sorted(set(body.events))
     most = settings.webhook_endpoints_max
     async with pool.acquire() as conn, conn.transaction():
-        await users_db.lock_additions(conn, users_db.ADDING_WEBHOOK_ENDPOINT, user.id)
+        await users_db.lock_additions(conn, users_db.Adding.WEBHOOK_ENDPOINT, user.id)
         row = await outgoing_db.insert_endpoint(
             conn, uuid.uuid4(), user.id, body.url, events, secret, most
         )

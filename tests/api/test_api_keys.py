@@ -130,7 +130,7 @@ async def test_a_user_has_at_most_api_keys_max_even_making_them_at_once(
     make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
     """One key over the cap is a 409 that names the limit and makes nothing, also when ten
-    requests race (they are serialised per user); another user is not held back, and
+    requests race (they are serialised per user); another user's keys count apart, and
     revoking one makes room."""
     alice, bob = auth_headers(ALICE), auth_headers(BOB)
     async with running(create_app(make_settings(api_keys_max=3))) as client:

@@ -107,6 +107,14 @@ async def test_an_image_a_worker_in_another_process_completes_reaches_a_client_w
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )
+
+            def started() -> bool:
+                assert worker is not None and worker.returncode is None, log_path.read_text()
+                return " started" in log_path.read_text(errors="replace")
+
+            # Started cold, a worker can take more than the first job's wait=20 to come up
+            # on a loaded machine (a 202 then): what is measured here begins once it is up.
+            await wait_until(started, "the worker to start")
             alice = auth_headers(ALICE)
             async with feed_stream(client, auth_headers(BOB)) as stream:
                 # A private image first, finished by the other process: never announced (it

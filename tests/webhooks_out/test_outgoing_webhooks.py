@@ -578,7 +578,7 @@ async def test_a_user_has_at_most_webhook_endpoints_max_even_registering_at_once
     """Each endpoint gets every event of its user's jobs, so their number is capped: one
     over is a 409 that names the limit and creates nothing, also when ten registrations
     race (they are serialised per user, so none reads a count another is about to raise);
-    another user is not held back, and deleting one makes room."""
+    another user's endpoints count apart, and deleting one makes room."""
     settings = make_settings(worker_in_process=False, webhook_endpoints_max=3)
     alice, bob = auth_headers(ALICE), auth_headers(BOB)
     body = {"url": "https://8.8.8.8/h", "events": ["job.completed"]}
