@@ -54,7 +54,7 @@ def never_null(schema: dict[str, Any]) -> None:
     members = schema.pop("anyOf", [])
     kept = [member for member in members if member != {"type": "null"}]
     if len(kept) == 1:
-        schema.update(kept[0])
+        schema.update({**kept[0], **schema})  # the field's own title and description stay
     elif kept:
         schema["anyOf"] = kept
 

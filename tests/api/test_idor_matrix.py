@@ -352,7 +352,9 @@ SNAPSHOT = {
     "jobs": "SELECT id, status, user_id FROM image_generation_jobs ORDER BY id",
     "users": "SELECT id, credits FROM users ORDER BY id",
     "api_keys": "SELECT id, user_id FROM api_keys ORDER BY id",
-    "webhook_endpoints": "SELECT id, user_id, url, secret FROM webhook_endpoints ORDER BY id",
+    "webhook_endpoints": (
+        "SELECT id, user_id, url, events, secret, disabled_at FROM webhook_endpoints ORDER BY id"
+    ),
 }
 
 
