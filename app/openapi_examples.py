@@ -149,12 +149,13 @@ def _conflict(operation_id: str) -> Conflict:
         return webhook_endpoints.too_many(Settings.model_fields["webhook_endpoints_max"].default)
     if operation_id == "create_api_key":
         return api_keys.too_many(Settings.model_fields["api_keys_max"].default)
+    if operation_id == "update_webhook_endpoint":
+        return webhook_endpoints.still_checking(10)
     return Conflict("This email address already belongs to another account.")
 
 
 def _unprocessable(operation_id: str) -> Unprocessable | None:
-    """The operation's own `unprocessable` problem, as its service raises it (None when it
-    raises none)."""
+    """The operation's own `unprocessable` problem as its service raises it, if it has one."""
     export_limit = Settings.model_fields["pack_export_max_icons"].default
     key = PARAMETER_EXAMPLES["idempotency-key"]
     raised = {

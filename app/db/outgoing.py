@@ -91,6 +91,36 @@ async def update_endpoint(
     )
 
 
+async def reschedule_pending(
+    conn: asyncpg.Connection,
+    endpoint_id: uuid.UUID,
+    *,
+    enabled: bool | None,
+    moved: bool,
+    lease_seconds: float,
+) -> None:
+    """After a change to the endpoint: a pause parks its pending deliveries (due at
+    'infinity', so the claim's index scan never meets them), a resume makes the parked ones
+    due now, and a new URL makes due now those waiting out a backoff longer than a lease
+    (a shorter wait may be a claimed delivery's lease: another sender would send it too)."""
+    await conn.execute(
+        """
+        UPDATE webhook_deliveries
+        SET next_attempt_at = CASE WHEN $2 IS FALSE THEN 'infinity' ELSE now() END
+        WHERE endpoint_id = $1 AND status = 'pending' AND (
+            $2 IS FALSE
+            OR ($2 AND next_attempt_at = 'infinity')
+            OR ($3 AND next_attempt_at > now() + make_interval(secs => $4)
+                AND next_attempt_at < 'infinity')
+        )
+        """,
+        endpoint_id,
+        enabled,
+        moved,
+        lease_seconds,
+    )
+
+
 async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
     """Delete the user's endpoint and its deliveries; False when it is not theirs."""
     status = await conn.execute(
@@ -205,8 +235,13 @@ async def record_attempt(
             status = CASE WHEN $6 THEN 'delivered'
                           WHEN $7::float8 IS NULL THEN 'failed' ELSE 'pending' END,
             delivered_at = CASE WHEN $6 THEN now() END,
-            next_attempt_at = CASE WHEN $7::float8 IS NULL THEN next_attempt_at
-                                   ELSE now() + make_interval(secs => $7) END
+            next_attempt_at = CASE
+                WHEN $7::float8 IS NULL THEN next_attempt_at
+                -- paused while this attempt was under way: parked until it is resumed
+                WHEN EXISTS (SELECT FROM webhook_endpoints e
+                             WHERE e.id = endpoint_id AND e.disabled_at IS NOT NULL)
+                    THEN 'infinity'
+                ELSE now() + make_interval(secs => $7) END
         WHERE id = $1
         """,
         delivery_id,

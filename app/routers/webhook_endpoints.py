@@ -43,7 +43,9 @@ async def create_webhook_endpoint(
     """Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
     (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
     signed per Standard Webhooks with `secret`, retried with backoff for about a day.
-    409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it).
+    409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it), or
+    another URL of the caller's was still being looked up all this request's deadline
+    (they run one at a time; `Retry-After`).
     422: not https, or a private address (in development, loopback is allowed, over http
     too)."""
     created = await webhook_endpoints.create(svc.pool, svc.settings, user, body)
@@ -72,15 +74,16 @@ async def get_webhook_endpoint(endpoint_id: UUID, user: CurrentUser, conn: Conn)
     "/{endpoint_id}",
     operation_id="update_webhook_endpoint",
     response_model=WebhookEndpoint,
-    responses=responses(404, 422),
+    responses=responses(404, 409, 422),
 )
 async def update_webhook_endpoint(
     endpoint_id: UUID, body: WebhookEndpointUpdate, user: StreamUser, svc: Svc
 ) -> WebhookEndpoint:
-    """Change the fields sent. A new `url` is checked as at registration (422 as there);
-    pending deliveries go to it from their next attempt on. `events` apply to jobs that
-    end from now on. `enabled: false` pauses the endpoint: nothing is queued for it and its
-    pending deliveries wait, until `enabled: true`."""
+    """Change the fields sent. A new `url` is checked as at registration (409 and 422 as
+    there); pending deliveries go to it at once (an attempt already under way ends at the
+    old one). `events` apply to jobs that end from now on. `enabled: false` pauses the
+    endpoint: nothing is queued for it, and its pending deliveries wait until
+    `enabled: true`, then go out at once."""
     return await webhook_endpoints.update(svc.pool, svc.settings, user, endpoint_id, body)
 
 

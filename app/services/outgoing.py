@@ -47,6 +47,12 @@ def retry_in(attempts_before: int) -> float | None:
     return RETRY_SCHEDULE[attempts_before] if attempts_before < len(RETRY_SCHEDULE) else None
 
 
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed delivery is its sender's: then someone else's to retry, since its
+    attempt could have ended by then."""
+    return settings.webhook_timeout_seconds * 2 + 30
+
+
 class Sender:
     def __init__(
         self,
@@ -60,8 +66,7 @@ class Sender:
         self._pool = pool
         self._storage = storage
         self._client = client
-        # A claimed delivery is someone else's to retry once its attempt could have ended.
-        self._lease_seconds = settings.webhook_timeout_seconds * 2 + 30
+        self._lease_seconds = lease_seconds(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with contextlib.AsyncExitStack() as stack:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import math
 import secrets
 import uuid
 
@@ -23,7 +25,7 @@ from app.schemas.outgoing import (
     WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
 )
-from app.services import webhook_urls
+from app.services import outgoing, webhook_urls
 from app.services.users import User
 
 DELIVERIES_LISTED = 100
@@ -37,19 +39,52 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-async def _check(url: str, settings: Settings) -> None:
+# Per user, the URL check of a registration or a change last started in this process. It
+# runs on when its request gives up (its lookup holds a thread until the resolver does), and
+# the user's next check waits for it: one at a time per user, so no single account can hold
+# every REGISTRATIONS thread.
+_checking: dict[str, asyncio.Task[None]] = {}
+
+
+def _checked(user_id: str, task: asyncio.Task[None]) -> None:
+    if _checking.get(user_id) is task:
+        del _checking[user_id]
+    if not task.cancelled():
+        task.exception()  # retrieved: its request may have given up long before
+
+
+def still_checking(retry_after: int) -> Conflict:
+    """The 409 of a URL check that waited its whole deadline for the caller's previous one."""
+    detail = "Another webhook URL of yours is still being looked up; try again shortly."
+    return Conflict(detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _check(url: str, settings: Settings, user: User) -> None:
     """RefusedUrl (422) unless `url` may receive webhooks; no connection is held meanwhile."""
+    loop = asyncio.get_running_loop()
+    mine: asyncio.Task[None] | None = None
     try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
         async with asyncio.timeout(settings.webhook_timeout_seconds):
-            await webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
+            while (running := _checking.get(user.id)) is not None and not running.done():
+                if running.get_loop() is not loop:
+                    break  # another event loop's (tests run one per test)
+                await asyncio.wait([running])
+            mine = asyncio.ensure_future(
+                webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
+            )
+            _checking[user.id] = mine
+            mine.add_done_callback(functools.partial(_checked, user.id))
+            await asyncio.shield(mine)
     except TimeoutError:
+        if mine is None:
+            raise still_checking(math.ceil(settings.webhook_timeout_seconds)) from None
         raise webhook_urls.RefusedUrl("The host did not resolve in time.") from None
 
 
 async def create(
     pool: asyncpg.Pool, settings: Settings, user: User, body: WebhookEndpointCreate
 ) -> WebhookEndpointWithSecret:
-    await _check(body.url, settings)
+    await _check(body.url, settings, user)
     secret = new_secret()
     events: list[str] = sorted(set(body.events))
     most = settings.webhook_endpoints_max
@@ -89,20 +124,29 @@ async def update(
     body: WebhookEndpointUpdate,
 ) -> WebhookEndpoint:
     """Change the url, the events sent, or pause and resume. A new url is checked as at
-    registration; pending deliveries go to it from their next attempt on, and new events
-    apply to jobs that end from now on. A paused endpoint gets nothing queued, and its
-    pending deliveries wait (their schedule resumes with it)."""
+    registration; pending deliveries go to it at once (an attempt under way ends at the old
+    one), and new events apply to jobs that end from now on. A paused endpoint gets nothing
+    queued, and its pending deliveries are parked until it is resumed: then they go out at
+    once, and on their retry schedule after that."""
     changes = body.model_dump(exclude_unset=True)
     cleared = sorted(name for name, value in changes.items() if value is None)
     if cleared:
         raise Unprocessable(f"{' and '.join(cleared)} cannot be cleared; send a new value.")
     if body.url is not None:
-        await _check(body.url, settings)
+        await _check(body.url, settings, user)
     events: list[str] | None = sorted(set(body.events)) if body.events is not None else None
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         row = await outgoing_db.update_endpoint(
             conn, endpoint_id, user.id, body.url, events, body.enabled
         )
+        if row is not None:
+            await outgoing_db.reschedule_pending(
+                conn,
+                endpoint_id,
+                enabled=body.enabled,
+                moved=body.url is not None,
+                lease_seconds=outgoing.lease_seconds(settings),
+            )
     if row is None:
         raise NotFound("No such webhook endpoint.")
     return WebhookEndpoint.model_validate(dict(row))

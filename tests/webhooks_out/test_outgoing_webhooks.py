@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
 from app.config import Settings
+from app.db import outgoing as outgoing_db
 from app.services import outgoing, webhook_urls
 from tests.fakes.running import running_settings
 from tests.fakes.tls import TlsServer, ca_file
@@ -399,9 +400,14 @@ async def failed_once(
     return endpoint, job, first
 
 
-async def test_a_changed_url_gets_the_pending_deliveries_and_new_events_the_next_jobs(
-    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+async def test_a_changed_url_gets_the_pending_deliveries_at_once_and_new_events_the_next_jobs(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The first retry an hour away (as later in the schedule): moved, it goes out at once."""
+    monkeypatch.setattr(outgoing, "RETRY_SCHEDULE", (3600.0, 3600.0))
     alice = auth_headers(ALICE)
     with WebhookReceiver(500) as old, WebhookReceiver() as new:
         async with running_settings(hook_settings()) as client:
@@ -415,7 +421,6 @@ async def test_a_changed_url_gets_the_pending_deliveries_and_new_events_the_next
             both = ["job.completed", "job.failed"]
             assert changed.json() == {**shown, "url": new.url, "events": both}
             assert (await client.get(url, headers=alice)).json() == changed.json()
-            await make_due(db)
             (moved,) = await received(new, 1)  # the pending delivery, at its new address
             assert moved.headers["webhook-id"] == first.headers["webhook-id"]
             assert verified(endpoint["secret"], moved)["data"]["id"] == job["id"]
@@ -443,22 +448,44 @@ async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_
             assert since is not None
             again = await client.patch(url, json={"enabled": False}, headers=alice)
             assert again.json()["disabled_at"] == since  # a pause keeps its first time
+            endpoint_id = uuid.UUID(endpoint["id"])
+            parked = "SELECT next_attempt_at = 'infinity' FROM webhook_deliveries"
+            assert await db.fetchval(parked)  # out of the claim's way
+            # An attempt that was under way as the pause came parks its delivery as it ends.
+            delivery_id = await db.fetchval("SELECT id FROM webhook_deliveries")
+            await db.set_type_codec(
+                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            )
+            await outgoing_db.record_attempt(
+                db,
+                delivery_id,
+                payload={},
+                status_code=503,
+                error="the endpoint answered 503",
+                duration_ms=5,
+                delivered=False,
+                retry_in_seconds=5.0,
+            )
+            assert await db.fetchval(parked)
             await register(client, alice, other.url, ["job.completed"])
-            await make_due(db)
+            await make_due(db)  # even due, a paused endpoint's delivery is not claimed
             await finished_job(client, alice)
             await received(other, 1)  # the sender has run since the pause
             assert len(paused.received) == 1
             for_paused = "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1"
-            assert await db.fetchval(for_paused, uuid.UUID(endpoint["id"])) == 1
+            assert await db.fetchval(for_paused, endpoint_id) == 1
+            await db.execute(
+                "UPDATE webhook_deliveries SET next_attempt_at = 'infinity' WHERE id = $1",
+                delivery_id,
+            )  # parked again, as it was before make_due
 
             on = await client.patch(url, json={"enabled": True}, headers=alice)
             assert on.json()["disabled_at"] is None
-            await make_due(db)
-            _, resumed = await received(paused, 2)
+            _, resumed = await received(paused, 2)  # at once
             assert verified(endpoint["secret"], resumed)["data"]["id"] == job["id"]
             (delivery,) = await recorded(client, alice, endpoint["id"])
             assert delivery["status"] == "delivered"
-            assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+            assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,9 @@ async def test_a_pool_thread_answers_every_call_and_lives_on() -> None:
     assert await asyncio.wait_for(pool.run(lambda: 42), 5) == 42
 
 
-def register(client: httpx.AsyncClient, host: str, headers: dict[str, str]) -> Awaitable[Any]:
+def register(
+    client: httpx.AsyncClient, host: str, headers: dict[str, str]
+) -> Awaitable[httpx.Response]:
     """POST an endpoint at https://`host`/in for job.completed."""
     body = {"url": f"https://{host}/in", "events": ["job.completed"]}
     return client.post("/v1/webhook-endpoints", json=body, headers=headers)
@@ -168,21 +170,63 @@ async def test_registrations_of_names_that_never_answer_leave_the_senders_thread
 ) -> None:
     """Each registration may name a new host whose DNS hangs (none has rested yet), and its
     lookup holds a thread after the request's deadline, until the resolver gives up. They
-    hold threads of their own pool: as many as the sender's pool has threads leave it
-    free, and a delivery's lookup is answered at once."""
+    hold threads of their own pool: as many (from as many users) as the sender's pool has
+    threads leave it free, and a delivery's lookup is answered at once."""
     settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
     async with running_settings(settings) as client:
-        alice = auth_headers("user_dns_registers")
         answers = await asyncio.gather(
-            *(register(client, f"reg{n}{SLOW}", alice) for n in range(webhook_urls.DNS_THREADS))
+            *(
+                register(client, f"reg{n}{SLOW}", auth_headers(f"user_dns_registers_{n}"))
+                for n in range(webhook_urls.DNS_THREADS)
+            )
         )
     for answer in answers:
         assert assert_problem(answer, 422)["detail"] == "The host did not resolve in time."
     await hanging.busy(webhook_urls.REGISTRATION_DNS_THREADS)  # still hanging after the 422s
-    assert len(hanging.asked) == webhook_urls.REGISTRATION_DNS_THREADS  # the rest given up
+    assert len(hanging.asked) == webhook_urls.REGISTRATION_DNS_THREADS  # the rest queued
     for _, thread in hanging.asked:
         assert thread.name.startswith("webhook-dns-registration"), thread
     assert await asyncio.wait_for(webhook_urls.lookup("localhost", 443), 5)
+    # Each user's lookup runs on after its request (one at a time per user): the queued
+    # ones too, failing at once now, before this test's resolver stand-in is gone.
+    hanging.release.set()
+    await hanging.busy(webhook_urls.DNS_THREADS)
+
+
+async def test_one_users_url_checks_run_one_at_a_time_even_after_their_requests_gave_up(
+    hanging: HangingResolver,
+    make_settings: Callable[..., Settings],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    """A registration whose name hangs is refused at its deadline, but its lookup still
+    holds a thread: until it ends, the same user's next registration or URL change waits for
+    it, and is a 409 at its own deadline (so one account cannot hold every thread of the
+    pool); other users are not held back."""
+    settings = make_settings(webhook_timeout_seconds=0.5, worker_in_process=False)
+    alice, bob = auth_headers("user_dns_one_at_a_time"), auth_headers("user_dns_other")
+    async with running_settings(settings) as client:
+        refused = await register(client, f"first{SLOW}", alice)
+        assert assert_problem(refused, 422)["detail"] == "The host did not resolve in time."
+        await hanging.busy(1)
+        held = await register(client, "8.8.8.8", alice)
+        assert assert_problem(held, 409)["detail"] == (
+            "Another webhook URL of yours is still being looked up; try again shortly."
+        )
+        assert held.headers["Retry-After"] == "1"
+        assert (await register(client, "8.8.8.8", bob)).status_code == 201
+        mine = (await client.get("/v1/webhook-endpoints", headers=bob)).json()["items"][0]["id"]
+        moved = await client.patch(
+            f"/v1/webhook-endpoints/{mine}", json={"url": "https://8.8.4.4/in"}, headers=bob
+        )
+        assert moved.status_code == 200, moved.text
+
+        hanging.release.set()  # the resolver gives up at last
+
+        async def registered() -> bool:
+            return (await register(client, "8.8.8.8", alice)).status_code == 201
+
+        await wait_until(registered, "the lookup to end and the user to register again")
+    assert [host for host, _ in hanging.asked] == [f"first{SLOW}"]
 
 
 @pytest.fixture

@@ -872,7 +872,9 @@ export interface paths {
          * @description Register a URL for `events`. Each delivery POSTs `{"type", "timestamp", "data"}`
          *     (`data`: the job as GET /v1/jobs/{id} shows it at that attempt, its image URL fresh),
          *     signed per Standard Webhooks with `secret`, retried with backoff for about a day.
-         *     409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it).
+         *     409: the caller has `WEBHOOK_ENDPOINTS_MAX` endpoints already (10; `limit` says it), or
+         *     another URL of the caller's was still being looked up all this request's deadline
+         *     (they run one at a time; `Retry-After`).
          *     422: not https, or a private address (in development, loopback is allowed, over http
          *     too).
          */
@@ -906,10 +908,11 @@ export interface paths {
         head?: never;
         /**
          * Update Webhook Endpoint
-         * @description Change the fields sent. A new `url` is checked as at registration (422 as there);
-         *     pending deliveries go to it from their next attempt on. `events` apply to jobs that
-         *     end from now on. `enabled: false` pauses the endpoint: nothing is queued for it and its
-         *     pending deliveries wait, until `enabled: true`.
+         * @description Change the fields sent. A new `url` is checked as at registration (409 and 422 as
+         *     there); pending deliveries go to it at once (an attempt already under way ends at the
+         *     old one). `events` apply to jobs that end from now on. `enabled: false` pauses the
+         *     endpoint: nothing is queued for it, and its pending deliveries wait until
+         *     `enabled: true`, then go out at once.
          */
         patch: operations["update_webhook_endpoint"];
         trace?: never;
@@ -8203,6 +8206,15 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem404"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem409"];
                 };
             };
             /** @description Request body too large */
