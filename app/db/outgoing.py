@@ -156,10 +156,11 @@ async def set_secret(
 async def deliveries_for(
     conn: asyncpg.Connection, endpoint_id: uuid.UUID, limit: int
 ) -> list[asyncpg.Record]:
-    """The endpoint's newest deliveries, each with its attempts (oldest first) as JSON."""
+    """The endpoint's newest deliveries, each with its attempts (oldest first) as JSON, and
+    `next_try`: null while parked (asyncpg reads 'infinity' as a naive datetime.max)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
-        SELECT {_DELIVERY},
+        SELECT {_DELIVERY}, nullif(d.next_attempt_at, 'infinity') AS next_try,
                COALESCE((
                    SELECT jsonb_agg(jsonb_build_object(
                               'attempted_at', a.attempted_at, 'status_code', a.status_code,

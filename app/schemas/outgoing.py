@@ -148,7 +148,9 @@ class WebhookDelivery(BaseModel):
     job_id: UUID
     status: Literal["pending", "delivered", "failed"]
     attempts: list[WebhookAttempt]
-    next_attempt_at: datetime | None = Field(description="When pending: the next try.")
+    next_attempt_at: datetime | None = Field(
+        description="When pending: the next try (null while the endpoint is paused)."
+    )
     delivered_at: datetime | None
     created_at: datetime
 

@@ -185,7 +185,7 @@ async def deliveries(
             job_id=r["job_id"],
             status=r["status"],
             attempts=r["attempt_log"],
-            next_attempt_at=r["next_attempt_at"] if r["status"] == "pending" else None,
+            next_attempt_at=r["next_try"] if r["status"] == "pending" else None,
             delivered_at=r["delivered_at"],
             created_at=r["created_at"],
         )

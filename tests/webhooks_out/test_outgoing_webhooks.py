@@ -451,6 +451,8 @@ async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_
             endpoint_id = uuid.UUID(endpoint["id"])
             parked = "SELECT next_attempt_at = 'infinity' FROM webhook_deliveries"
             assert await db.fetchval(parked)  # out of the claim's way
+            (listed,) = await deliveries(client, alice, endpoint["id"])
+            assert listed["status"] == "pending" and listed["next_attempt_at"] is None
             # An attempt that was under way as the pause came parks its delivery as it ends.
             delivery_id = await db.fetchval("SELECT id FROM webhook_deliveries")
             await db.set_type_codec(

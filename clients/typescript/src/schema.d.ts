@@ -2542,7 +2542,7 @@ export interface components {
             attempts: components["schemas"]["WebhookAttempt"][];
             /**
              * Next Attempt At
-             * @description When pending: the next try.
+             * @description When pending: the next try (null while the endpoint is paused).
              */
             next_attempt_at: string | null;
             /** Delivered At */
