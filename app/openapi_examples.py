@@ -150,7 +150,7 @@ def _conflict(operation_id: str) -> Conflict:
     if operation_id == "create_api_key":
         return api_keys.too_many(Settings.model_fields["api_keys_max"].default)
     if operation_id == "update_webhook_endpoint":
-        return webhook_endpoints.still_checking(10)
+        return webhook_endpoints.still_checking(10)  # WEBHOOK_TIMEOUT_SECONDS's default
     return Conflict("This email address already belongs to another account.")
 
 

@@ -62,6 +62,18 @@ async def endpoint(
     )
 
 
+async def lock_endpoint(
+    conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str
+) -> str | None:
+    """Lock the user's endpoint until this transaction ends; its URL (None: not theirs)."""
+    url: str | None = await conn.fetchval(
+        "SELECT url FROM webhook_endpoints WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        endpoint_id,
+        user_id,
+    )
+    return url
+
+
 async def update_endpoint(
     conn: asyncpg.Connection,
     endpoint_id: uuid.UUID,
@@ -100,17 +112,23 @@ async def reschedule_pending(
     lease_seconds: float,
 ) -> None:
     """After a change to the endpoint: a pause parks its pending deliveries (due at
-    'infinity', so the claim's index scan never meets them), a resume makes the parked ones
-    due now, and a new URL makes due now those waiting out a backoff longer than a lease
-    (a shorter wait may be a claimed delivery's lease: another sender would send it too)."""
+    'infinity', so the claim's index scan never meets them); a resume makes the parked ones
+    due in a lease, since one may be a delivery parked mid-attempt (sent now, a second
+    sender would send it beside the first); a new URL makes due now those waiting out a
+    backoff longer than a lease (a shorter wait may be a claim's lease). clock_timestamp(),
+    not now(): a claim committed since this transaction began set its lease from a later
+    time than now()."""
     await conn.execute(
         """
         UPDATE webhook_deliveries
-        SET next_attempt_at = CASE WHEN $2 IS FALSE THEN 'infinity' ELSE now() END
+        SET next_attempt_at = CASE
+            WHEN $2 IS FALSE THEN 'infinity'
+            WHEN next_attempt_at = 'infinity' THEN clock_timestamp() + make_interval(secs => $4)
+            ELSE clock_timestamp() END
         WHERE endpoint_id = $1 AND status = 'pending' AND (
-            $2 IS FALSE
+            ($2 IS FALSE AND next_attempt_at < 'infinity')
             OR ($2 AND next_attempt_at = 'infinity')
-            OR ($3 AND next_attempt_at > now() + make_interval(secs => $4)
+            OR ($3 AND next_attempt_at > clock_timestamp() + make_interval(secs => $4)
                 AND next_attempt_at < 'infinity')
         )
         """,
@@ -227,6 +245,13 @@ async def record_attempt(
         WITH attempt AS (
             INSERT INTO webhook_attempts (delivery_id, status_code, error, duration_ms)
             SELECT id, $3, $4, $5 FROM webhook_deliveries WHERE id = $1
+        ),
+        -- FOR SHARE waits for a pause committing meanwhile, and then reads it
+        endpoint AS (
+            SELECT e.disabled_at FROM webhook_endpoints e
+            JOIN webhook_deliveries d ON d.endpoint_id = e.id
+            WHERE d.id = $1
+            FOR SHARE OF e
         )
         UPDATE webhook_deliveries SET
             payload = COALESCE(payload, $2),
@@ -239,11 +264,9 @@ async def record_attempt(
             next_attempt_at = CASE
                 WHEN $7::float8 IS NULL THEN next_attempt_at
                 -- paused while this attempt was under way: parked until it is resumed
-                WHEN EXISTS (SELECT FROM webhook_endpoints e
-                             WHERE e.id = endpoint_id AND e.disabled_at IS NOT NULL)
-                    THEN 'infinity'
+                WHEN (SELECT disabled_at FROM endpoint) IS NOT NULL THEN 'infinity'
                 ELSE now() + make_interval(secs => $7) END
-        WHERE id = $1
+        WHERE id = $1 AND status = 'pending'  -- a second sender's attempt changes nothing
         """,
         delivery_id,
         payload,

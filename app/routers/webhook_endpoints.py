@@ -80,10 +80,11 @@ async def update_webhook_endpoint(
     endpoint_id: UUID, body: WebhookEndpointUpdate, user: StreamUser, svc: Svc
 ) -> WebhookEndpoint:
     """Change the fields sent. A new `url` is checked as at registration (409 and 422 as
-    there); pending deliveries go to it at once (an attempt already under way ends at the
-    old one). `events` apply to jobs that end from now on. `enabled: false` pauses the
+    there); pending deliveries go to it at once if their next try was over a minute or so
+    off (a sender's lease), else at that try (an attempt already under way ends at the old
+    one). `events` apply to jobs that end from now on. `enabled: false` pauses the
     endpoint: nothing is queued for it, and its pending deliveries wait until
-    `enabled: true`, then go out at once."""
+    `enabled: true`, then go out within that lease."""
     return await webhook_endpoints.update(svc.pool, svc.settings, user, endpoint_id, body)
 
 

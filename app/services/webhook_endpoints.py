@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import ipaddress
 import math
 import secrets
 import uuid
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -59,15 +61,26 @@ def still_checking(retry_after: int) -> Conflict:
     return Conflict(detail, headers={"Retry-After": str(retry_after)})
 
 
+def _is_address(url: str) -> bool:
+    try:
+        ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+    return True
+
+
 async def _check(url: str, settings: Settings, user: User) -> None:
     """RefusedUrl (422) unless `url` may receive webhooks; no connection is held meanwhile."""
+    if _is_address(url):  # nothing to look up: no thread taken, nothing to wait for
+        await webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
+        return
     loop = asyncio.get_running_loop()
     mine: asyncio.Task[None] | None = None
     try:  # a name whose DNS hangs must not hold the request for the resolver's ~30 s
         async with asyncio.timeout(settings.webhook_timeout_seconds):
             while (running := _checking.get(user.id)) is not None and not running.done():
                 if running.get_loop() is not loop:
-                    break  # another event loop's (tests run one per test)
+                    break  # a task of another event loop's, one that has ended
                 await asyncio.wait([running])
             mine = asyncio.ensure_future(
                 webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
@@ -123,11 +136,12 @@ async def update(
     endpoint_id: uuid.UUID,
     body: WebhookEndpointUpdate,
 ) -> WebhookEndpoint:
-    """Change the url, the events sent, or pause and resume. A new url is checked as at
-    registration; pending deliveries go to it at once (an attempt under way ends at the old
-    one), and new events apply to jobs that end from now on. A paused endpoint gets nothing
-    queued, and its pending deliveries are parked until it is resumed: then they go out at
-    once, and on their retry schedule after that."""
+    """Change the url, the events sent, or pause and resume. Pending deliveries go to a new
+    url (checked as at registration) at once if their next try was further off than a lease,
+    at it otherwise (an attempt under way ends at the old one); new events apply to jobs that
+    end from now on. A paused endpoint gets nothing queued, and its pending deliveries are
+    parked until it is resumed: then they go out within a lease (one may have been parked
+    mid-attempt), and on their retry schedule after that."""
     changes = body.model_dump(exclude_unset=True)
     cleared = sorted(name for name, value in changes.items() if value is None)
     if cleared:
@@ -136,19 +150,20 @@ async def update(
         await _check(body.url, settings, user)
     events: list[str] | None = sorted(set(body.events)) if body.events is not None else None
     async with pool.acquire() as conn, conn.transaction():
+        old_url = await outgoing_db.lock_endpoint(conn, endpoint_id, user.id)
+        if old_url is None:
+            raise NotFound("No such webhook endpoint.")
         row = await outgoing_db.update_endpoint(
             conn, endpoint_id, user.id, body.url, events, body.enabled
         )
-        if row is not None:
-            await outgoing_db.reschedule_pending(
-                conn,
-                endpoint_id,
-                enabled=body.enabled,
-                moved=body.url is not None,
-                lease_seconds=outgoing.lease_seconds(settings),
-            )
-    if row is None:
-        raise NotFound("No such webhook endpoint.")
+        await outgoing_db.reschedule_pending(
+            conn,
+            endpoint_id,
+            enabled=body.enabled,
+            moved=body.url not in (None, old_url),  # the same URL again skips no backoff
+            lease_seconds=outgoing.lease_seconds(settings),
+        )
+    assert row is not None  # locked above
     return WebhookEndpoint.model_validate(dict(row))
 
 

@@ -56,8 +56,9 @@ _resolver = DaemonPool(DNS_THREADS, "webhook-dns")
 # Registrations look their host up in threads of their own. Anyone may register ever new
 # names whose DNS never answers (none of them has rested yet, see below), and each such
 # lookup holds its thread until the resolver gives up, long after the registration's own
-# deadline: that costs other registrations a wait (each refused at its deadline at worst),
-# while deliveries, the sender's and the in-process worker's, find their threads free.
+# deadline: that can cost other registrations a 422 at their deadline, or a queued lookup
+# that runs later, while deliveries, the sender's and the in-process worker's, find their
+# threads free. One user's registration lookups run one at a time (webhook_endpoints).
 REGISTRATION_DNS_THREADS = 4
 REGISTRATIONS = DaemonPool(REGISTRATION_DNS_THREADS, "webhook-dns-registration")
 

@@ -434,8 +434,13 @@ async def test_a_changed_url_gets_the_pending_deliveries_at_once_and_new_events_
 
 
 async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_wait(
-    hook_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Resumed, a parked delivery is due in a lease (1 s here, 50 s by default)."""
+    monkeypatch.setattr(outgoing, "lease_seconds", lambda settings: 1.0)
     alice = auth_headers(ALICE)
     with WebhookReceiver(500) as paused, WebhookReceiver() as other:
         async with running_settings(hook_settings()) as client:
@@ -483,11 +488,33 @@ async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_
 
             on = await client.patch(url, json={"enabled": True}, headers=alice)
             assert on.json()["disabled_at"] is None
-            _, resumed = await received(paused, 2)  # at once
+            _, resumed = await received(paused, 2)  # a lease later
             assert verified(endpoint["secret"], resumed)["data"]["id"] == job["id"]
             (delivery,) = await recorded(client, alice, endpoint["id"])
             assert delivery["status"] == "delivered"
             assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
+
+
+async def test_a_claimed_delivery_is_not_made_due_again_by_a_pause_a_resume_or_a_move(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """A sender has claimed the delivery and is sending it (for a lease): no change to its
+    endpoint may make it due meanwhile, or a second sender would send it beside the first."""
+    settings = make_settings(worker_in_process=False)
+    alice = auth_headers(ALICE)
+    async with running_settings(settings) as client:
+        endpoint = await register(client, alice, "https://8.8.8.8/h", ["job.completed"])
+        await db.execute(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, type, job_id) "
+            "VALUES ($1, 'job.completed:claimed', 'job.completed', gen_random_uuid())",
+            uuid.UUID(endpoint["id"]),
+        )
+        lease = outgoing.lease_seconds(settings)
+        assert len(await outgoing_db.claim_due(db, 10, lease)) == 1
+        url = f"/v1/webhook-endpoints/{endpoint['id']}"
+        for change in ({"enabled": False}, {"enabled": True}, {"url": "https://8.8.4.4/h"}):
+            assert (await client.patch(url, json=change, headers=alice)).status_code == 200
+            assert await outgoing_db.claim_due(db, 10, lease) == [], change
 
 
 @pytest.mark.parametrize(
