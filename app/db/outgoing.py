@@ -67,7 +67,8 @@ async def lock_endpoint(
 ) -> str | None:
     """Lock the user's endpoint until this transaction ends; its URL (None: not theirs)."""
     url: str | None = await conn.fetchval(
-        "SELECT url FROM webhook_endpoints WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        # NO KEY: the job-end trigger's foreign-key check (a delivery queued meanwhile) goes on
+        "SELECT url FROM webhook_endpoints WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE",
         endpoint_id,
         user_id,
     )
@@ -246,7 +247,9 @@ async def record_attempt(
             INSERT INTO webhook_attempts (delivery_id, status_code, error, duration_ms)
             SELECT id, $3, $4, $5 FROM webhook_deliveries WHERE id = $1
         ),
-        -- FOR SHARE waits for a pause committing meanwhile, and then reads it
+        -- FOR SHARE waits for a pause committing meanwhile, and then reads it. Joined below
+        -- (not a subquery the CASE may skip), so the endpoint is always locked before the
+        -- delivery, as a PATCH locks them: a recheck evaluating it late could deadlock.
         endpoint AS (
             SELECT e.disabled_at FROM webhook_endpoints e
             JOIN webhook_deliveries d ON d.endpoint_id = e.id
@@ -264,8 +267,9 @@ async def record_attempt(
             next_attempt_at = CASE
                 WHEN $7::float8 IS NULL THEN next_attempt_at
                 -- paused while this attempt was under way: parked until it is resumed
-                WHEN (SELECT disabled_at FROM endpoint) IS NOT NULL THEN 'infinity'
+                WHEN endpoint.disabled_at IS NOT NULL THEN 'infinity'
                 ELSE now() + make_interval(secs => $7) END
+        FROM endpoint
         WHERE id = $1 AND status = 'pending'  -- a second sender's attempt changes nothing
         """,
         delivery_id,

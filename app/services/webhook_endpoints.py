@@ -140,7 +140,7 @@ async def update(
     url (checked as at registration) at once if their next try was further off than a lease,
     at it otherwise (an attempt under way ends at the old one); new events apply to jobs that
     end from now on. A paused endpoint gets nothing queued, and its pending deliveries are
-    parked until it is resumed: then they go out within a lease (one may have been parked
+    parked until it is resumed: then they go out a lease later (one may have been parked
     mid-attempt), and on their retry schedule after that."""
     changes = body.model_dump(exclude_unset=True)
     cleared = sorted(name for name, value in changes.items() if value is None)

@@ -26,7 +26,8 @@ from app.services import outgoing, webhook_urls
 from tests.fakes.running import running_settings
 from tests.fakes.tls import TlsServer, ca_file
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
-from tests.support.polling import wait_until
+from tests.support.locks import until_a_lock_wait
+from tests.support.polling import DEADLINE_SECONDS, wait_until
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -515,6 +516,70 @@ async def test_a_claimed_delivery_is_not_made_due_again_by_a_pause_a_resume_or_a
         for change in ({"enabled": False}, {"enabled": True}, {"url": "https://8.8.4.4/h"}):
             assert (await client.patch(url, json=change, headers=alice)).status_code == 200
             assert await outgoing_db.claim_due(db, 10, lease) == [], change
+
+
+async def test_recording_an_attempt_locks_as_a_pause_does_so_neither_deadlocks(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    db_url: str,
+) -> None:
+    """A PATCH locks the endpoint, then its deliveries. Recording an attempt must too, on
+    every path: with a generic plan, a success whose row was changed meanwhile used to take
+    the endpoint's lock last, on the recheck, and deadlock with a PATCH holding it (the
+    success then never recorded, and sent again after the lease)."""
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        endpoint = await register(client, auth_headers(ALICE), "https://8.8.8.8/h", ["job.failed"])
+    endpoint_id = uuid.UUID(endpoint["id"])
+    delivery_id = await db.fetchval(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, type, job_id) "
+        "VALUES ($1, 'job.failed:locks', 'job.failed', gen_random_uuid()) RETURNING id",
+        endpoint_id,
+    )
+    changer, sender, patcher = [await asyncpg.connect(db_url) for _ in range(3)]
+    try:
+        await sender.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+        await sender.execute("SET plan_cache_mode = force_generic_plan")
+        changing = changer.transaction()
+        await changing.start()  # the delivery row changed and locked, not yet committed
+        await changer.execute(
+            "UPDATE webhook_deliveries SET attempts = 0 WHERE id = $1", delivery_id
+        )
+        recording = asyncio.create_task(
+            outgoing_db.record_attempt(
+                sender,
+                delivery_id,
+                payload={},
+                status_code=200,
+                error=None,
+                duration_ms=5,
+                delivered=True,
+                retry_in_seconds=None,
+            )
+        )
+        await until_a_lock_wait(db, "the attempt's record to wait", recording)
+        patching = patcher.transaction()
+        await patching.start()
+        locked = asyncio.create_task(outgoing_db.lock_endpoint(patcher, endpoint_id, ALICE))
+        await asyncio.sleep(0.2)  # holds the endpoint now, or waits for the record's share
+        await changing.commit()
+
+        async def pause() -> None:
+            await locked
+            await outgoing_db.update_endpoint(patcher, endpoint_id, ALICE, None, None, False)
+            await outgoing_db.reschedule_pending(
+                patcher, endpoint_id, enabled=False, moved=False, lease_seconds=50.0
+            )
+            await patching.commit()
+
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            await asyncio.gather(recording, pause())
+    finally:
+        for conn in (changer, sender, patcher):
+            await conn.close()
+    assert await db.fetchval("SELECT status FROM webhook_deliveries") == "delivered"
 
 
 @pytest.mark.parametrize(

@@ -913,7 +913,7 @@ export interface paths {
          *     off (a sender's lease), else at that try (an attempt already under way ends at the old
          *     one). `events` apply to jobs that end from now on. `enabled: false` pauses the
          *     endpoint: nothing is queued for it, and its pending deliveries wait until
-         *     `enabled: true`, then go out within that lease.
+         *     `enabled: true`, then go out a lease later (about 50 s).
          */
         patch: operations["update_webhook_endpoint"];
         trace?: never;
