@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import ipaddress
 import math
 import secrets
 import uuid
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -61,17 +59,9 @@ def still_checking(retry_after: int) -> Conflict:
     return Conflict(detail, headers={"Retry-After": str(retry_after)})
 
 
-def _is_address(url: str) -> bool:
-    try:
-        ipaddress.ip_address(urlsplit(url).hostname or "")
-    except ValueError:
-        return False
-    return True
-
-
 async def _check(url: str, settings: Settings, user: User) -> None:
     """RefusedUrl (422) unless `url` may receive webhooks; no connection is held meanwhile."""
-    if _is_address(url):  # nothing to look up: no thread taken, nothing to wait for
+    if webhook_urls.names_an_address(url):  # no lookup: no thread taken, none waited for
         await webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
         return
     loop = asyncio.get_running_loop()

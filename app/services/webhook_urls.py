@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpcore
 import httpx
@@ -159,11 +159,17 @@ def _landed(key: tuple[str, int, DaemonPool], done: asyncio.Future[list[str]]) -
         done.exception()  # retrieved: every caller may have given up before it came
 
 
-async def _addresses(host: str, port: int, resolver: DaemonPool) -> list[IpAddress]:
+def _address(host: str) -> IpAddress | None:
+    """`host` as an IP address; None when it is a name (to be looked up)."""
     try:
-        return [ipaddress.ip_address(host)]
+        return ipaddress.ip_address(host)
     except ValueError:
-        pass
+        return None
+
+
+async def _addresses(host: str, port: int, resolver: DaemonPool) -> list[IpAddress]:
+    if (address := _address(host)) is not None:
+        return [address]
     try:
         found = await lookup(host, port, resolver)
     except SlowName as exc:
@@ -178,16 +184,32 @@ async def _addresses(host: str, port: int, resolver: DaemonPool) -> list[IpAddre
     return [ipaddress.ip_address(address.split("%")[0]) for address in found]
 
 
-async def check(url: str, settings: Settings, resolver: DaemonPool = _resolver) -> None:
-    """Raise RefusedUrl (422) unless `url` may receive webhooks now (its host looked up in
-    `resolver`'s threads: REGISTRATIONS for a registration)."""
+def _split(url: str) -> tuple[SplitResult, str, int]:
+    """The URL's parts, its host as the sender will ask for it (httpx encodes a name with
+    IDNA 2008) and its port; RefusedUrl when it is malformed."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        # The name as the sender will ask for it: httpx encodes a host with IDNA 2008.
         host = httpx.URL(url).raw_host.decode("ascii") if parts.hostname else ""
     except (ValueError, httpx.InvalidURL) as exc:
         raise RefusedUrl("The URL is malformed.") from exc
+    return parts, host, port
+
+
+def names_an_address(url: str) -> bool:
+    """Whether `url`'s host is an IP address, which `check` looks up nowhere (False for a
+    malformed URL, which `check` refuses at once)."""
+    try:
+        _, host, _ = _split(url)
+    except RefusedUrl:
+        return False
+    return _address(host) is not None
+
+
+async def check(url: str, settings: Settings, resolver: DaemonPool = _resolver) -> None:
+    """Raise RefusedUrl (422) unless `url` may receive webhooks now (its host looked up in
+    `resolver`'s threads: REGISTRATIONS for a registration)."""
+    parts, host, port = _split(url)
     if parts.scheme not in ("https", "http") or not host:
         raise RefusedUrl("The URL must be https://host/…")
     if parts.username is not None or parts.password is not None:
