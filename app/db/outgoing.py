@@ -202,7 +202,8 @@ async def claim_due(
     conn: asyncpg.Connection, limit: int, lease_seconds: float
 ) -> list[asyncpg.Record]:
     """Lease up to `limit` due deliveries (their next attempt moves `lease_seconds` ahead, so
-    a sender that dies mid-send leaves them to be retried), with what sending them needs."""
+    a sender that dies mid-send leaves them to be retried), with what sending them needs and
+    `lease_id`, this claim's, which record_attempt asks for."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         WITH due AS (
@@ -214,10 +215,10 @@ async def claim_due(
             FOR UPDATE OF d SKIP LOCKED
         )
         UPDATE webhook_deliveries d
-        SET next_attempt_at = now() + make_interval(secs => $2)
+        SET next_attempt_at = now() + make_interval(secs => $2), lease_id = gen_random_uuid()
         FROM due, webhook_endpoints e
         WHERE d.id = due.id AND e.id = d.endpoint_id
-        RETURNING d.id, d.type, d.job_id, d.payload, d.attempts, d.created_at,
+        RETURNING d.id, d.lease_id, d.type, d.job_id, d.payload, d.attempts, d.created_at,
                   e.url, e.secret, e.user_id,
                   CASE WHEN e.previous_secret_expires_at > now()
                        THEN e.previous_secret END AS previous_secret
@@ -231,6 +232,7 @@ async def claim_due(
 async def record_attempt(
     conn: asyncpg.Connection,
     delivery_id: uuid.UUID,
+    lease_id: uuid.UUID,
     *,
     payload: dict[str, Any],
     status_code: int | None,
@@ -239,8 +241,13 @@ async def record_attempt(
     delivered: bool,
     retry_in_seconds: float | None,
 ) -> None:
-    """Record one attempt; the delivery is then delivered, due again in `retry_in_seconds`,
-    or (neither) failed for good."""
+    """Record one attempt made under the claim `lease_id`; the delivery is then delivered,
+    due again in `retry_in_seconds`, or (neither) failed for good.
+
+    The attempt is always logged. A success marks the delivery delivered whoever sent it (the
+    receiver has it: nobody should send it again), also after another sender gave it up. A
+    failure changes the delivery only while the claim is still this sender's: once its lease
+    ran out and another sender claimed the delivery, that one's lease and outcome stand."""
     await conn.execute(
         """
         WITH attempt AS (
@@ -264,13 +271,15 @@ async def record_attempt(
             status = CASE WHEN $6 THEN 'delivered'
                           WHEN $7::float8 IS NULL THEN 'failed' ELSE 'pending' END,
             delivered_at = CASE WHEN $6 THEN now() END,
+            lease_id = NULL,
             next_attempt_at = CASE
                 WHEN $7::float8 IS NULL THEN next_attempt_at
                 -- paused while this attempt was under way: parked until it is resumed
                 WHEN endpoint.disabled_at IS NOT NULL THEN 'infinity'
                 ELSE now() + make_interval(secs => $7) END
         FROM endpoint
-        WHERE id = $1 AND status = 'pending'  -- a second sender's attempt changes nothing
+        WHERE id = $1 AND CASE WHEN $6 THEN status IN ('pending', 'failed')
+                               ELSE status = 'pending' AND lease_id = $8 END
         """,
         delivery_id,
         payload,
@@ -279,4 +288,5 @@ async def record_attempt(
         duration_ms,
         delivered,
         retry_in_seconds,
+        lease_id,
     )

@@ -144,6 +144,7 @@ class Sender:
             await outgoing_db.record_attempt(
                 conn,
                 row["id"],
+                row["lease_id"],
                 payload=payload,
                 status_code=status_code,
                 error=error,

@@ -459,14 +459,18 @@ async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_
             assert await db.fetchval(parked)  # out of the claim's way
             (listed,) = await deliveries(client, alice, endpoint["id"])
             assert listed["status"] == "pending" and listed["next_attempt_at"] is None
-            # An attempt that was under way as the pause came parks its delivery as it ends.
-            delivery_id = await db.fetchval("SELECT id FROM webhook_deliveries")
+            # An attempt that was under way as the pause came parks its delivery as it ends
+            # (its claim, made before the pause, is the delivery's last).
+            delivery_id, lease_id = await db.fetchrow(
+                "UPDATE webhook_deliveries SET lease_id = gen_random_uuid() RETURNING id, lease_id"
+            )
             await db.set_type_codec(
                 "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
             )
             await outgoing_db.record_attempt(
                 db,
                 delivery_id,
+                lease_id,
                 payload={},
                 status_code=503,
                 error="the endpoint answered 503",
@@ -518,6 +522,53 @@ async def test_a_claimed_delivery_is_not_made_due_again_by_a_pause_a_resume_or_a
             assert await outgoing_db.claim_due(db, 10, lease) == [], change
 
 
+async def test_a_sender_whose_lease_ran_out_leaves_the_next_claim_alone(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """A sender stalled past its lease, and another claimed the delivery meanwhile. The
+    first one's failure is logged but changes nothing: made due again, the delivery would be
+    sent a third time beside the second sender's attempt. A success counts whoever sent it,
+    even after the other sender gave the delivery up."""
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        endpoint = await register(client, auth_headers(ALICE), "https://8.8.8.8/h", ["job.failed"])
+    await db.execute(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, type, job_id) "
+        "VALUES ($1, 'job.failed:lapsed', 'job.failed', gen_random_uuid())",
+        uuid.UUID(endpoint["id"]),
+    )
+    await db.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+    async def attempt(claim: asyncpg.Record, status_code: int, retry: float | None) -> None:
+        await outgoing_db.record_attempt(
+            db,
+            claim["id"],
+            claim["lease_id"],
+            payload={},
+            status_code=status_code,
+            error=None if status_code == 200 else f"the endpoint answered {status_code}",
+            duration_ms=5,
+            delivered=status_code == 200,
+            retry_in_seconds=retry,
+        )
+
+    state = "SELECT status, attempts, next_attempt_at FROM webhook_deliveries"
+    (stalled,) = await outgoing_db.claim_due(db, 10, 50.0)
+    await make_due(db)  # its lease ran out
+    (second,) = await outgoing_db.claim_due(db, 10, 50.0)
+    assert second["lease_id"] != stalled["lease_id"]
+    claimed = await db.fetchrow(state)
+    await attempt(stalled, 503, 5.0)
+    assert await db.fetchrow(state) == claimed  # still the second sender's, for its lease
+    assert await outgoing_db.claim_due(db, 10, 50.0) == []
+    await attempt(second, 503, None)  # its last attempt: given up
+    assert (await db.fetchrow(state))["status"] == "failed"
+    await attempt(stalled, 200, None)  # the stalled one's send got through after all
+    status, attempts, _ = await db.fetchrow(state)
+    assert (status, attempts) == ("delivered", 2)
+    logged = "SELECT status_code FROM webhook_attempts ORDER BY attempted_at, id"
+    assert [r["status_code"] for r in await db.fetch(logged)] == [503, 503, 200]
+
+
 async def test_recording_an_attempt_locks_as_a_pause_does_so_neither_deadlocks(
     make_settings: Callable[..., Settings],
     auth_headers: Headers,
@@ -551,6 +602,7 @@ async def test_recording_an_attempt_locks_as_a_pause_does_so_neither_deadlocks(
             outgoing_db.record_attempt(
                 sender,
                 delivery_id,
+                uuid.uuid4(),  # a success is recorded under any claim
                 payload={},
                 status_code=200,
                 error=None,
