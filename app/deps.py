@@ -108,13 +108,21 @@ async def _verify(svc: Services, token: str) -> Identity:
     return await svc.verifier.verify(token)
 
 
+def sent_once(request: Request, name: str) -> str | None:
+    """The header `name` as sent, None when it was not; sent several times, a 400 (which
+    copy would a proxy or a cache have acted on?). FastAPI's `Header` takes the first copy
+    silently: a route whose header must not be ambiguous (an Idempotency-Key a proxy doubled
+    would replay one key's job and charge again for the other) checks here as well."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise RepeatedHeader(name)
+    return values[0] if values else None
+
+
 def bearer_token(request: Request) -> str | None:
-    """The bearer token sent, if any, read as HTTPBearer reads it. A request with several
-    Authorization headers (which one would a proxy or a cache have checked?) is a 400."""
-    authorization = request.headers.getlist("authorization")
-    if len(authorization) > 1:
-        raise RepeatedHeader("Authorization")
-    scheme, token = get_authorization_scheme_param(authorization[0] if authorization else None)
+    """The bearer token sent, if any, read as HTTPBearer reads it; several Authorization
+    headers are a 400."""
+    scheme, token = get_authorization_scheme_param(sent_once(request, "Authorization"))
     return token if token and scheme.lower() == "bearer" else None
 
 

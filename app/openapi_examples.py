@@ -302,7 +302,7 @@ def problem_examples(
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),
     ]
-    if operation.get("security"):  # only the token's header is refused when repeated
+    if operation.get("security"):  # the token's (or an Idempotency-Key) repeated
         raised.append(RepeatedHeader("Authorization"))
     if path.startswith("/webhooks/"):
         raised.append(WebhookFailed("The event could not be applied; it will be retried."))

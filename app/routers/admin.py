@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from app.deps import AdminUser, Conn, Svc, session_only
+from app.deps import AdminUser, Conn, Svc, sent_once, session_only
 from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, responses
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
@@ -37,6 +37,7 @@ async def admin_adjust_credits(
     body: CreditAdjustment,
     caller: AdminUser,
     conn: Conn,
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -47,6 +48,7 @@ async def admin_adjust_credits(
 ) -> CreditAdjustmentResult:
     """Add or take credits through the ledger (reason `admin`, the text as its note). The
     balance never goes below zero: 409 with `balance`."""
+    sent_once(request, "Idempotency-Key")
     return await admin.adjust_credits(
         conn, caller.id, user_id, body.delta, body.reason, idempotency_key
     )

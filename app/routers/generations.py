@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from app.core import messages
-from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited, sent_once
 from app.errors import NotFound, UnsupportedMediaType
 from app.openapi import (
     ANY_OPERATION,
@@ -85,6 +85,7 @@ async def create_generation(
     body: GenerationCreate,
     who: Caller,
     svc: Svc,
+    request: Request,
     response: Response,
     # Its length and characters are checked by generations.submit: a malformed key is a
     # 400 (a header, not the body), which Header(max_length=...) would turn into a 422.
@@ -98,6 +99,7 @@ async def create_generation(
     Per-user rate limit (`RATE_LIMIT_GENERATIONS`): over it, 429 with `Retry-After`, nothing
     charged; a replay of an existing job is still answered.
     """
+    sent_once(request, "Idempotency-Key")
     answer = await generations.submit(
         svc, who, body, idempotency_key=idempotency_key, prefer=prefer
     )

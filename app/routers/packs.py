@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc
+from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, sent_once
 from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, header_docs, responses, with_headers
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
@@ -154,6 +154,7 @@ async def create_pack_generations(
     body: PackGenerationCreate,
     who: Caller,
     svc: Svc,
+    request: Request,
     response: Response,
     # checked by the service: a malformed key is a 400, as for POST /v1/generations
     idempotency_key: Annotated[str | None, Header(json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)] = None,
@@ -167,6 +168,7 @@ async def create_pack_generations(
     `Idempotency-Key`: the same key and body return the same set; another body is a 422.
     The rate limit (`RATE_LIMIT_GENERATIONS`) counts the set as one generation per icon.
     """
+    sent_once(request, "Idempotency-Key")
     answer = await pack_sets.submit(svc, who, pack_id, body, idempotency_key=idempotency_key)
     response.status_code = answer.status_code
     response.headers.update(answer.headers)

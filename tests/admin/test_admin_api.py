@@ -156,6 +156,12 @@ async def test_bad_adjustments_are_problems_and_change_nothing(
     assert_problem(response, 422)
     bad_key = await adjust(client, admin, 5, **{"Idempotency-Key": "no spaces allowed"})
     assert_problem(bad_key, 400)
+    doubled = await client.post(
+        f"/v1/admin/users/{USER}/credits",
+        json={"delta": 5, "reason": "twice"},
+        headers=[*admin.items(), ("Idempotency-Key", "t-1"), ("Idempotency-Key", "t-2")],
+    )
+    assert assert_problem(doubled, 400)["header"] == "Idempotency-Key"
     assert await balance(db) == 5
     assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE reason = 'admin'") == 0
 

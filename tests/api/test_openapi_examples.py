@@ -232,7 +232,7 @@ def test_problem_examples_fit_the_operation(spec: Spec) -> None:
         "No such job."
     )
     ledger = _problems(spec, "/v1/credits/ledger", "get", "400")
-    assert ledger["repeated-header"]["header"] == "Authorization"  # the one header deps refuse
+    assert ledger["repeated-header"]["header"] == "Authorization"  # the token's
     assert "cursor" in ledger["bad-request"]["detail"]
     # no token, so no repeated Authorization header to refuse
     assert list(_problems(spec, "/webhooks/clerk", "post", "400")) == ["bad-request"]

@@ -155,6 +155,21 @@ async def test_a_malformed_idempotency_key_is_400_and_changes_nothing(
     assert accepted.status_code == 202, accepted.text
 
 
+async def test_two_idempotency_keys_are_a_400_and_neither_is_used(
+    queued: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """A proxy that doubled the header: answered with the first key's job, a retry carrying
+    only the second would be charged again."""
+    headers = auth_headers(ALICE)
+    await ensure_user(queued, headers)
+    doubled = [*headers.items(), ("Idempotency-Key", "aaa"), ("Idempotency-Key", "bbb")]
+    response = await queued.post("/v1/generations", json={"prompt": "a fox"}, headers=doubled)
+    body = assert_problem(response, 400)
+    assert body["type"].endswith("/repeated-header") and body["header"] == "Idempotency-Key"
+    assert await balance(db, ALICE) == 5
+    assert await job_count(db) == 0
+
+
 # -- the charge and the job -----------------------------------------------------------------
 
 

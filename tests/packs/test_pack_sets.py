@@ -193,6 +193,11 @@ async def test_the_same_key_and_body_return_the_same_set_and_charge_once(
         bad_key = await ask_for_set(
             client, {**headers, "Idempotency-Key": "has space"}, pack_id, ["one"]
         )
+        doubled = await client.post(
+            f"/v1/packs/{pack_id}/generations",
+            json={"prompts": SIX[:3]},
+            headers=[*keyed.items(), ("Idempotency-Key", "set-key-2")],
+        )
 
     assert first.status_code == 202, first.text
     assert again.status_code == 202, again.text
@@ -204,6 +209,7 @@ async def test_the_same_key_and_body_return_the_same_set_and_charge_once(
     for refused in (other_body, other_visibility, other_place, as_single, set_on_single_key):
         assert_problem(refused, 422)
     assert_problem(bad_key, 400)
+    assert assert_problem(doubled, 400)["header"] == "Idempotency-Key"  # neither key is used
     assert single.status_code == 202, single.text
     assert await job_count(db, ALICE) == 3 + 1
     assert await balance(db, ALICE) == 20 - 3 - 1
