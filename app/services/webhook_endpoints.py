@@ -61,6 +61,8 @@ def still_checking(retry_after: int) -> Conflict:
 
 async def _check(url: str, settings: Settings, user: User) -> None:
     """RefusedUrl (422) unless `url` may receive webhooks; no connection is held meanwhile."""
+    if "#" in url:  # only a fragment's mark: refused here, not at send time (saved before)
+        raise webhook_urls.RefusedUrl("The URL must not carry a fragment (#…): it is never sent.")
     if webhook_urls.names_an_address(url):  # no lookup: no thread taken, none waited for
         await webhook_urls.check(url, settings, webhook_urls.REGISTRATIONS)
         return

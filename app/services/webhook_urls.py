@@ -189,7 +189,7 @@ def _split(url: str) -> tuple[SplitResult, str, int]:
     IDNA 2008) and its port; RefusedUrl when it is malformed."""
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = (443 if parts.scheme == "https" else 80) if parts.port is None else parts.port
         host = httpx.URL(url).raw_host.decode("ascii") if parts.hostname else ""
     except (ValueError, httpx.InvalidURL) as exc:
         raise RefusedUrl("The URL is malformed.") from exc
@@ -214,6 +214,8 @@ async def check(url: str, settings: Settings, resolver: DaemonPool = _resolver) 
         raise RefusedUrl("The URL must be https://host/…")
     if parts.username is not None or parts.password is not None:
         raise RefusedUrl("The URL must not carry credentials.")
+    if port == 0:
+        raise RefusedUrl("The URL's port must be 1 to 65535.")
     addresses = await _resolved(host, port, resolver)
     if parts.scheme == "http" and not _loopback_in_development(addresses, settings):
         raise RefusedUrl("Webhooks are sent over https only (http to loopback in development).")

@@ -681,6 +681,8 @@ async def test_a_change_that_cannot_be_made_is_a_422_and_changes_nothing(
         "https://0.0.0.0/hook",
         "https://host.invalid/hook",  # does not resolve
         "not a url",
+        "https://8.8.8.8:0/hook",  # port 0: nothing can be sent there
+        "https://8.8.8.8/hook#part",  # a fragment is never sent: what did they mean?
     ],
 )
 async def test_insecure_or_private_urls_are_refused(
