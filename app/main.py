@@ -277,6 +277,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # 8 µs each, a tenth of a bare handler's cost: bench/reads.py); no OpenTelemetry SDK is
         # installed to provide one, and metrics are Prometheus (app.observability).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # `/v1/me/` is a 404 problem, not Starlette's 307 to `/v1/me`: that redirect is an
+        # absolute URL built from the request, plain http behind a TLS proxy that uvicorn
+        # does not trust, where a client following it would send its token unencrypted.
+        redirect_slashes=False,
     )
     # The body limit is middleware.BodyLimitMiddleware, not FastAPI(max_body_size=...): FastAPI's
     # answers a declared oversize body with text/plain from outside every middleware.

@@ -68,7 +68,7 @@ def note_of_size(size: int) -> bytes:
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
-    for path in ("/nope", "/v1/nope", "/v1/me/extra"):
+    for path in ("/nope", "/v1/nope", "/v1/me/extra", "/v1/me/", "/healthz/"):  # no redirect
         body = assert_problem(await client.get(path), 404)
         assert body["title"] == "Not found"
         assert body["detail"] == "There is nothing at this path; see /openapi.json."
