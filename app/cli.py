@@ -145,9 +145,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
     from app.services import devauth
+    from app.services.auth import MAX_SUB_LENGTH, usable_subject
 
     if settings.auth != "dev":
         print("atelier dev-token: AUTH is not dev; sign in through Clerk instead", file=sys.stderr)
+        return 2
+    if not usable_subject(args.user_id):  # the server would refuse the token it names
+        print(
+            f"atelier dev-token: the user id must be 1 to {MAX_SUB_LENGTH} characters",
+            file=sys.stderr,
+        )
         return 2
     # DATA_DIR is relative to the working directory: run elsewhere, this would make a key of
     # its own and sign a token the running server refuses. Say which key, and make none

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 import jwt
@@ -38,6 +38,13 @@ from app.services.auth_keys import (
 )
 
 MAX_SUB_LENGTH = 255
+
+
+def usable_subject(sub: object) -> TypeGuard[str]:
+    """Whether a token's `sub` can name a user (a users.id): text, 1 to 255 characters, no NUL."""
+    return isinstance(sub, str) and 0 < len(sub) <= MAX_SUB_LENGTH and "\x00" not in sub
+
+
 # Clerk's session tokens are a few hundred bytes and Supabase's a few KiB: anything longer is
 # refused before it is decoded at all (the server's header limit comes first, see app.serving).
 MAX_TOKEN_LENGTH = 16 * 1024
@@ -145,7 +152,7 @@ class TokenVerifier:
         if issuer.check_azp:
             self._check_azp(claims.get("azp"))
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub:
+        if not usable_subject(sub):
             raise Unauthorized("The token has no usable subject.")
         if issuer.uuid_subjects and not _is_uuid(sub):
             raise Unauthorized("The token's subject is not a user id of this issuer.")

@@ -448,6 +448,17 @@ def test_dev_token_run_where_no_server_keeps_its_key_names_the_directory_and_min
             timeout=60,
         )
 
+    for user_id in ("", "u" * 256):  # no token the server would refuse
+        blank = subprocess.run(
+            [str(ATELIER), "dev-token", user_id, "--new-key"],
+            env=_cli_env(AUTH="dev", LOG_JSON="false"),
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (blank.returncode, blank.stdout) == (2, ""), blank
+        assert "the user id must be 1 to 255 characters" in blank.stderr
     refused = dev_token()
     assert refused.returncode == 1
     assert refused.stdout == ""
