@@ -17,9 +17,14 @@ def _no_nul(value: str) -> str:
     return value
 
 
-# White space as Python's str.isspace and JavaScript's \s see it (the union), spelled so that
-# the validator and the document's pattern (ECMA-262, as JSON Schema reads it) agree.
-BLANK = r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# White space as Python's str.isspace and JavaScript's \s see it (the union), and the
+# invisible format characters that show nothing on their own (zero-width space, joiners, word
+# joiner, Mongolian vowel separator), spelled so that the validator and the document's
+# pattern (ECMA-262, as JSON Schema reads it) agree. Text made only of these is blank.
+BLANK = (
+    r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f"
+    r"\u205f\u2060\u3000\ufeff"
+)
 _BLANK = re.compile(f"[{BLANK}]*")
 
 

@@ -172,6 +172,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({**FULL, "title": ""}, "title"),
     ({**FULL, "prompt_text": ""}, "prompt_text"),
     ({**FULL, "prompt_text": " \t\n "}, "prompt_text"),
+    ({**FULL, "prompt_text": "\u200b"}, "prompt_text"),  # shows nothing: blank as well
     ({**FULL, "prompt_text": "p" * 2001}, "prompt_text"),
     ({**FULL, "prompt_text": "nul \x00 inside"}, "prompt_text"),
     ({**FULL, "title": "nul \x00"}, "title"),

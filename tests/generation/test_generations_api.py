@@ -58,6 +58,7 @@ async def generate(
 INVALID_BODIES: list[tuple[str, dict[str, Any]]] = [
     ("empty prompt", {"prompt": ""}),
     ("blank prompt", {"prompt": "  \t\n "}),
+    ("invisible prompt", {"prompt": "\u200b\u200d \u2060\u180e"}),
     ("prompt of 2001 characters", {"prompt": "x" * 2001}),
     ("prompt with NUL", {"prompt": "a\x00b"}),
     ("no prompt", {"kind": "generate"}),
