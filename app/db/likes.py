@@ -66,3 +66,10 @@ async def unlike(conn: asyncpg.Connection, image_id: UUID, user_id: str) -> asyn
     if row is not None and not row["changed"]:
         row = await conn.fetchrow(_UNLIKE, image_id, user_id)
     return row
+
+
+async def likers(conn: asyncpg.Connection, image_id: UUID) -> list[str]:
+    """Who likes the image (a public image made private keeps its likes, and shows them again
+    when it is public once more)."""
+    rows = await conn.fetch("SELECT user_id FROM image_likes WHERE image_id = $1", image_id)
+    return [row["user_id"] for row in rows]

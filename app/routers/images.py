@@ -85,7 +85,7 @@ def _shared_frame(event: Event, name: str, data: dict[str, object]) -> bytes:
 
 async def _feed_frame(svc: Services, event: dict[str, Any], viewer: str) -> bytes | None:
     """What one stream sends for a notification; built once per event (and per view, for
-    an image: its owner sees `mine`), not once per stream."""
+    an image: its owner sees `mine`, its likers `liked_by_me`), not once per stream."""
     if not isinstance(event, Event):  # RESYNC: events were dropped or missed
         return _RESYNC_FRAME
     kind = event.get("type")
@@ -99,12 +99,12 @@ async def _feed_frame(svc: Services, event: dict[str, Any], viewer: str) -> byte
         found = await gallery.announced(svc.pool, svc.storage, svc.settings, event)
         if found is None:
             return None
-        mine = found.owner == viewer
-        item = found.item.model_copy(update={"mine": True}) if mine else found.item
         return event.once(
-            ("image", mine),
+            ("image", *found.view(viewer)),
             lambda: format_sse_event(
-                event="image", data_str=item.model_dump_json(), id=str(item.id)
+                event="image",
+                data_str=found.seen_by(viewer).model_dump_json(),
+                id=str(found.item.id),
             ),
         )
     return None

@@ -52,16 +52,35 @@ async def to_item(storage: Storage, settings: Settings, record: Any, viewer: str
 
 @dataclass(frozen=True)
 class Announced:
-    """A new public image as the feed shows it to anyone but its owner (`mine` false)."""
+    """A new public image as the feed shows it to anyone but its owner and its likers
+    (`mine` and `liked_by_me` false), with who they are: `likers`, empty but for an image
+    made public again with the likes it had."""
 
     item: ImageItem
     owner: str
+    likers: frozenset[str]
+
+    def view(self, viewer: str) -> tuple[bool, bool]:
+        """(`mine`, `liked_by_me`) for `viewer`: the item's only parts that differ by viewer."""
+        return self.owner == viewer, viewer in self.likers
+
+    def seen_by(self, viewer: str) -> ImageItem:
+        """The item as `viewer` sees it."""
+        mine, liked = self.view(viewer)
+        if not (mine or liked):
+            return self.item
+        return self.item.model_copy(update={"mine": mine, "liked_by_me": liked})
 
 
 async def _read_public(pool: asyncpg.Pool, image_id: UUID) -> asyncpg.Record | None:
     async with pool.acquire() as conn:
         row = await images.get(conn, image_id)
     return row if row is not None and row["visibility"] == "public" else None
+
+
+async def _likers(pool: asyncpg.Pool, image_id: UUID) -> frozenset[str]:
+    async with pool.acquire() as conn:
+        return frozenset(await likes.likers(conn, image_id))
 
 
 async def _announce(
@@ -72,7 +91,10 @@ async def _announce(
         record = await _read_public(pool, UUID(str(event["id"])))
         if record is None:
             return None
-    return Announced(await to_item(storage, settings, record, viewer=""), str(record["user_id"]))
+    item = await to_item(storage, settings, record, viewer="")
+    # A new image has no likes; one made public again may (read once per event and process).
+    likers = await _likers(pool, item.id) if item.likes_count else frozenset()
+    return Announced(item, str(record["user_id"]), likers)
 
 
 async def announced(

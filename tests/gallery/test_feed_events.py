@@ -234,6 +234,47 @@ async def test_images_made_public_and_like_changes_are_announced_and_private_one
     assert mobile_item["prompt"] is None
 
 
+async def test_an_image_made_public_again_is_announced_with_each_viewers_own_like(
+    make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """Made private, an image keeps its likes; public again, each stream's `image` event says
+    whether that viewer likes it, as GET /v1/images/{id} does (built once per view, not per
+    stream)."""
+    application = make_app(worker_in_process=False)
+    image = await insert_image(db, ALICE, visibility="public")
+    alice = auth_headers(ALICE)
+    async with (
+        live_server(application) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=DEADLINE_SECONDS) as client,
+    ):
+        liked = await client.put(f"/v1/images/{image}/like", headers=auth_headers(BOB))
+        assert liked.status_code == 200, liked.text
+        hidden = await client.patch(
+            f"/v1/images/{image}", json={"visibility": "private"}, headers=alice
+        )
+        assert hidden.status_code == 200, hidden.text
+        async with (
+            feed_stream(client, alice) as owner,
+            feed_stream(client, auth_headers(BOB)) as liker,
+            feed_stream(client, auth_headers(CAROL)) as other,
+        ):
+            shown = await client.patch(
+                f"/v1/images/{image}", json={"visibility": "public"}, headers=alice
+            )
+            assert shown.status_code == 200, shown.text
+            seen = [(await s.next_named("image"))[0].json() for s in (owner, liker, other)]
+        as_bob = await client.get(f"/v1/images/{image}", headers=auth_headers(BOB))
+
+    assert [item["id"] for item in seen] == [str(image)] * 3
+    assert [item["likes_count"] for item in seen] == [1, 1, 1]
+    assert [(item["mine"], item["liked_by_me"]) for item in seen] == [
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert as_bob.json() == seen[1]
+
+
 async def test_a_public_image_leaving_the_feed_is_announced_as_removed(
     make_app: MakeApp, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
