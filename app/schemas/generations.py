@@ -197,7 +197,10 @@ class Job(BaseModel):
     image: JobImage | None = Field(description="The result, once completed.")
     created_at: datetime
     updated_at: datetime
-    completed_at: datetime | None
+    completed_at: datetime | None = Field(
+        description="When the job ended, completed or failed (a failed job has one too: "
+        "the name is the mobile app's column); null while it is pending or running."
+    )
 
 
 class JobPage(Page):

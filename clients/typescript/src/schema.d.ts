@@ -1597,7 +1597,10 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
-            /** Completed At */
+            /**
+             * Completed At
+             * @description When the job ended, completed or failed (a failed job has one too: the name is the mobile app's column); null while it is pending or running.
+             */
             completed_at: string | null;
         };
         /** JobCount */
