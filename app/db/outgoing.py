@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -173,9 +174,13 @@ async def set_secret(
 
 
 async def deliveries_for(
-    conn: asyncpg.Connection, endpoint_id: uuid.UUID, limit: int
+    conn: asyncpg.Connection,
+    endpoint_id: uuid.UUID,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
 ) -> list[asyncpg.Record]:
-    """The endpoint's newest deliveries, each with its attempts (oldest first) as JSON, and
+    """The endpoint's deliveries newest first, (created_at, id) descending, after `before`
+    (the previous page's last), each with its attempts (oldest first) as JSON, and
     `next_try`: null while parked (asyncpg reads 'infinity' as a naive datetime.max)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
@@ -189,11 +194,13 @@ async def deliveries_for(
                ), '[]'::jsonb) AS attempt_log
         FROM webhook_deliveries d
         WHERE d.endpoint_id = $1
-        ORDER BY d.created_at DESC, d.id
+          AND ($3::timestamptz IS NULL OR (d.created_at, d.id) < ($3, $4::uuid))
+        ORDER BY d.created_at DESC, d.id DESC
         LIMIT $2
         """,
         endpoint_id,
         limit,
+        *(before or (None, None)),
     )
     return rows
 

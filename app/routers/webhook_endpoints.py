@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Response
 from app.config import Settings
 from app.deps import Conn, CurrentUser, StreamUser, Svc
 from app.openapi import ANY_OPERATION, header_docs, responses
+from app.schemas.common import Cursor, Limit
 from app.schemas.outgoing import (
     EventType,
     WebhookDeliveryList,
@@ -118,13 +119,18 @@ async def rotate_webhook_endpoint_secret(
     "/{endpoint_id}/deliveries",
     operation_id="list_webhook_deliveries",
     response_model=WebhookDeliveryList,
-    responses=responses(404, 422),
+    responses=responses(400, 404, 422),
 )
 async def list_webhook_deliveries(
-    endpoint_id: UUID, user: CurrentUser, conn: Conn
+    endpoint_id: UUID,
+    user: CurrentUser,
+    conn: Conn,
+    cursor: Cursor = None,
+    limit: Limit = webhook_endpoints.DELIVERIES_LISTED,
 ) -> WebhookDeliveryList:
-    """The endpoint's latest deliveries (newest first, up to 100), each with its attempts."""
-    return WebhookDeliveryList(items=await webhook_endpoints.deliveries(conn, user, endpoint_id))
+    """The endpoint's deliveries, newest first, each with its attempts, a page at a time
+    (100 unless `limit` says fewer)."""
+    return await webhook_endpoints.deliveries(conn, user, endpoint_id, cursor, limit)
 
 
 # What each delivery is, from the receiver's side: the API document's `webhooks` (OpenAPI 3.1),

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import SafeStr, never_null
+from app.schemas.common import Page, SafeStr, never_null
 from app.schemas.generations import FAILED_JOB_EXAMPLE, JOB_EXAMPLE, JOB_ID_EXAMPLE, Job
 
 EventType = Literal["job.completed", "job.failed"]
@@ -155,8 +155,10 @@ class WebhookDelivery(BaseModel):
     created_at: datetime
 
 
-class WebhookDeliveryList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [DELIVERY_EXAMPLE]}]})
+class WebhookDeliveryList(Page):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [DELIVERY_EXAMPLE], "next_cursor": None}]}
+    )
 
     items: list[WebhookDelivery]
 

@@ -20,14 +20,17 @@ from app.db import users as users_db
 from app.errors import Conflict, NotFound, Unprocessable
 from app.schemas.outgoing import (
     WebhookDelivery,
+    WebhookDeliveryList,
     WebhookEndpoint,
     WebhookEndpointCreate,
     WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
 )
-from app.services import outgoing, webhook_urls
+from app.services import outgoing, pagination, webhook_urls
 from app.services.users import User
 
+# A page of deliveries unless `limit` says otherwise: the most a page holds, as this listing
+# gave before it had pages.
 DELIVERIES_LISTED = 100
 # After a rotation the old secret signs beside the new one this long, so receivers can
 # switch without refusing a delivery meanwhile.
@@ -178,14 +181,16 @@ async def rotate_secret(
 
 
 async def deliveries(
-    conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID
-) -> list[WebhookDelivery]:
-    """The endpoint's newest deliveries, each with every attempt made."""
+    conn: asyncpg.Connection, user: User, endpoint_id: uuid.UUID, cursor: str | None, limit: int
+) -> WebhookDeliveryList:
+    """A page of the endpoint's deliveries, newest first, each with every attempt made."""
+    before = pagination.decode_time_id(cursor) if cursor else None
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         if await outgoing_db.endpoint(conn, endpoint_id, user.id) is None:
             raise NotFound("No such webhook endpoint.")
-        rows = await outgoing_db.deliveries_for(conn, endpoint_id, DELIVERIES_LISTED)
-    return [
+        rows = await outgoing_db.deliveries_for(conn, endpoint_id, before, limit + 1)
+    page, next_cursor = pagination.split_time_id(rows, limit)
+    items = [
         WebhookDelivery(
             id=r["id"],
             type=r["type"],
@@ -196,5 +201,6 @@ async def deliveries(
             delivered_at=r["delivered_at"],
             created_at=r["created_at"],
         )
-        for r in rows
+        for r in page
     ]
+    return WebhookDeliveryList(items=items, next_cursor=next_cursor)

@@ -731,6 +731,45 @@ async def test_an_endpoint_needs_known_events_and_a_usable_url(
         assert_problem(response, 422)
 
 
+async def test_deliveries_are_listed_a_page_at_a_time_newest_first(
+    make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    """Every delivery can be read, however many: pages follow `next_cursor`, none twice,
+    ties in time ordered by id."""
+    alice = auth_headers(ALICE)
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        endpoint = await register(client, alice, "https://8.8.8.8/h", ["job.failed"])
+        made = await db.fetch(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, type, job_id, created_at) "
+            "SELECT $1, 'job.failed:' || n, 'job.failed', gen_random_uuid(), "
+            "       '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => n / 2) "
+            "FROM generate_series(1, 7) n RETURNING id, created_at",
+            uuid.UUID(endpoint["id"]),
+        )
+        url = f"/v1/webhook-endpoints/{endpoint['id']}/deliveries"
+        pages: list[list[str]] = []
+        cursor = None
+        while True:
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = await client.get(url, params=params, headers=alice)
+            assert page.status_code == 200, page.text
+            pages.append([d["id"] for d in page.json()["items"]])
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        whole = await client.get(url, headers=alice)  # up to 100 without a limit
+        too_many = await client.get(url, params={"limit": 101}, headers=alice)
+        foreign = await client.get(url, params={"cursor": "bm90LWEtY3Vyc29y"}, headers=alice)
+
+    newest_first = sorted(made, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for p in pages for i in p] == [str(r["id"]) for r in newest_first]
+    assert [d["id"] for d in whole.json()["items"]] == [str(r["id"]) for r in newest_first]
+    assert whole.json()["next_cursor"] is None
+    assert_problem(too_many, 422)
+    assert_problem(foreign, 400)
+
+
 async def test_another_users_endpoint_is_a_404_and_unchanged(
     make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:

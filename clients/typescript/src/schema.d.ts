@@ -947,7 +947,8 @@ export interface paths {
         };
         /**
          * List Webhook Deliveries
-         * @description The endpoint's latest deliveries (newest first, up to 100), each with its attempts.
+         * @description The endpoint's deliveries, newest first, each with its attempts, a page at a time
+         *     (100 unless `limit` says fewer).
          */
         get: operations["list_webhook_deliveries"];
         put?: never;
@@ -2584,10 +2585,16 @@ export interface components {
          *           "delivered_at": "2026-05-04T09:12:17.575Z",
          *           "created_at": "2026-05-04T09:12:11.902Z"
          *         }
-         *       ]
+         *       ],
+         *       "next_cursor": null
          *     }
          */
         WebhookDeliveryList: {
+            /**
+             * Next Cursor
+             * @description Pass as `cursor` to get the next page; null on the last page.
+             */
+            next_cursor: string | null;
             /** Items */
             items: components["schemas"]["WebhookDelivery"][];
         };
@@ -8347,7 +8354,18 @@ export interface operations {
     };
     list_webhook_deliveries: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description From `next_cursor` (base64url, at most 300 characters).
+                 * @example eyJ0IjoiMjAyNi0wNS0wNFQwOToxMjowMyswMDowMCIsImlkIjoiOGQyZTZmMWEtNDdiMy00YzllLWI1YTAtOWYzZTJkMWMwYjdhIn0
+                 */
+                cursor?: string | null;
+                /**
+                 * @description How many items a page holds.
+                 * @example 20
+                 */
+                limit?: number;
+            };
             header?: never;
             path: {
                 /** @example 7a9c1e3b-5d7f-4a1c-8e3b-6d9f2a4c7e1b */
@@ -8364,6 +8382,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["WebhookDeliveryList"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem400"];
                 };
             };
             /** @description Missing or invalid bearer token */
