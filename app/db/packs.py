@@ -112,14 +112,26 @@ async def delete(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> bool:
     return bool(status == "DELETE 1")
 
 
-async def get_exportable(
+async def get_readable(
     conn: asyncpg.Connection, pack_id: UUID, viewer: str
 ) -> asyncpg.Record | None:
-    """The pack if `viewer` may export it: their own, or public, that is, holding at least
-    one icon and only public ones (so an export never shows a private image)."""
+    """The pack if `viewer` may read it (and so export it): their own, or public, that is,
+    holding at least one icon and only public ones (so it never shows a private image).
+
+    The one definition of a public pack, for its page and its export alike. Another user's
+    view hides a cover that is not public (a cover may be any of the owner's images).
+    """
     return await conn.fetchrow(
         """
-        SELECT p.id, p.user_id, p.name, p.style_prompt FROM icon_packs p
+        SELECT p.id, p.user_id, p.name, p.style_prompt, p.created_at, p.updated_at,
+               CASE WHEN p.user_id = $2 OR EXISTS (
+                        SELECT 1 FROM generated_images c
+                        WHERE c.id = p.cover_image_id AND c.deleted_at IS NULL
+                          AND c.visibility = 'public')
+                    THEN p.cover_image_id END AS cover_image_id,
+               (SELECT count(*) FROM generated_images i
+                WHERE i.pack_id = p.id AND i.deleted_at IS NULL) AS icon_count
+        FROM icon_packs p
         WHERE p.id = $1 AND (p.user_id = $2 OR (
             EXISTS (SELECT 1 FROM generated_images i
                     WHERE i.pack_id = p.id AND i.deleted_at IS NULL)

@@ -53,16 +53,24 @@ async def list_my_images(
     "/feed", operation_id="list_feed", response_model=ImagePage, responses=responses(400, 422)
 )
 async def list_feed(
-    user: CurrentUser, conn: Conn, svc: Svc, cursor: Cursor = None, limit: Limit = 20
+    user: CurrentUser,
+    conn: Conn,
+    svc: Svc,
+    cursor: Cursor = None,
+    limit: Limit = 20,
+    pack_id: Annotated[
+        UUID | None, Query(description="Only this pack's public icons (anyone's pack).")
+    ] = None,
 ) -> ImagePage:
-    """Public images from everyone, newest first, with like counts."""
+    """Public images from everyone, newest first, with like counts; with `pack_id`, the
+    public icons of that pack (how another user's public pack pages on)."""
     return await gallery.listing(
         conn,
         svc.storage,
         svc.settings,
         viewer=user.id,
         mine=False,
-        pack_id=None,
+        pack_id=pack_id,
         cursor=cursor,
         limit=limit,
     )

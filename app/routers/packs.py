@@ -77,7 +77,12 @@ async def create_pack(body: PackCreate, user: CurrentUser, conn: Conn, response:
 async def get_pack(
     pack_id: UUID, user: CurrentUser, conn: Conn, svc: Svc, icons_limit: IconsLimit = 50
 ) -> PackDetail:
-    """One of the caller's packs, with its newest icons."""
+    """A pack with its newest icons: one of the caller's, or anyone's public pack (it has
+    icons, and every one of them is public: the packs anyone signed in may export).
+
+    Another user's private pack is a 404. Changing a pack, its icons or generating into it
+    stays its owner's alone, public or not.
+    """
     return await packs.detail(conn, svc.storage, svc.settings, pack_id, user.id, icons_limit)
 
 

@@ -237,7 +237,8 @@ class PackDetail(Pack):
 
     icons: list[ImageItem] = Field(description="The newest icons (up to `icons_limit`).")
     icons_next_cursor: str | None = Field(
-        description="Page on with GET /v1/images?pack_id=…&cursor=…"
+        description="Page on with GET /v1/images?pack_id=…&cursor=… (your own pack) or "
+        "GET /v1/feed?pack_id=…&cursor=… (another user's public pack)"
     )
 
 

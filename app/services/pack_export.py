@@ -86,7 +86,7 @@ async def open_export(
     original (so a store that is down is a 503, not a broken download), and return the
     archive's stream."""
     async with pool.acquire() as conn:
-        pack = await packs_db.get_exportable(conn, pack_id, viewer)
+        pack = await packs_db.get_readable(conn, pack_id, viewer)
         if pack is None:
             raise NotFound("No such pack.")
         icons = await images_db.pack_icons(

@@ -39,16 +39,23 @@ async def detail(
     storage: Storage,
     settings: Settings,
     pack_id: UUID,
-    user_id: str,
+    viewer: str,
     icons_limit: int,
 ) -> PackDetail:
-    row = await get_own(conn, pack_id, user_id)
+    """The pack with its newest icons, if `viewer` may read it: their own, or anyone's public
+    pack (`packs.get_readable`, the rule its export follows too). Another user's private
+    pack is a 404, as everywhere. Another user sees the public icons only (all of a public
+    pack's, unless one was made private since it was read), paged on by /v1/feed?pack_id;
+    the owner sees all of them, paged on by /v1/images?pack_id."""
+    row = await packs.get_readable(conn, pack_id, viewer)
+    if row is None:
+        raise NotFound("No such pack.")
     page = await gallery.listing(
         conn,
         storage,
         settings,
-        viewer=user_id,
-        mine=True,
+        viewer=viewer,
+        mine=row["user_id"] == viewer,
         pack_id=pack_id,
         cursor=None,
         limit=icons_limit,

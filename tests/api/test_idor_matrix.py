@@ -4,6 +4,10 @@ The table is checked against the app's route table (its OpenAPI document): a rou
 path parameter and no case here fails `test_every_route_with_an_id_has_an_idor_case`, so
 a new route cannot be forgotten. Ids in bodies (a generation's reference and pack, a pack's
 icon and cover) are attacked too.
+
+The exceptions are reads of what Bob made public (`READS`): a public image, and a public
+pack (icons, every one public), which anyone signed in may read and export. Every write to
+that pack is still his alone (`CASES`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class Victim:
     public_image: str
     icon: str  # a private image of Bob's, in his pack
     prompt: str
-    pack: str
+    pack: str  # private: its icons are
+    public_pack: str  # its one icon is public
+    public_icon: str
     pack_set: str  # a set of icons asked for in Bob's pack
     job: str
     upload_key: str
@@ -161,6 +167,37 @@ CASES: list[Case] = [
         lambda v: f"/v1/admin/images/{v.public_image}",
         status=403,
     ),
+    # Bob's public pack: anyone may read it (`READS`), only he may change it
+    Case(
+        "PATCH",
+        "/v1/packs/{pack_id}",
+        lambda v: f"/v1/packs/{v.public_pack}",
+        lambda v: {"style_prompt": "mine now"},
+    ),
+    Case("DELETE", "/v1/packs/{pack_id}", lambda v: f"/v1/packs/{v.public_pack}"),
+    Case(
+        "POST",
+        "/v1/packs/{pack_id}/icons",
+        lambda v: f"/v1/packs/{v.public_pack}/icons",
+        lambda v: {"image_id": v.alice_image},
+    ),
+    Case(
+        "DELETE",
+        "/v1/packs/{pack_id}/icons/{image_id}",
+        lambda v: f"/v1/packs/{v.public_pack}/icons/{v.public_icon}",
+    ),
+    Case(
+        "POST",
+        "/v1/packs/{pack_id}/generations",
+        lambda v: f"/v1/packs/{v.public_pack}/generations",
+        lambda v: {"prompts": ["borrowed"]},
+    ),
+    Case(
+        "POST",
+        "/v1/generations",
+        lambda v: "/v1/generations",
+        _generation(pack_id=lambda v: v.public_pack),
+    ),
     # a pack's sets of icons
     Case(
         "POST",
@@ -240,6 +277,20 @@ CASES: list[Case] = [
 ]
 
 
+# What Alice may read of Bob's: his public image and his public pack, its icons and export.
+READS: list[Case] = [
+    Case("GET", "/v1/images/{image_id}", lambda v: f"/v1/images/{v.public_image}", status=200),
+    Case("GET", "/v1/packs/{pack_id}", lambda v: f"/v1/packs/{v.public_pack}", status=200),
+    Case("GET", "/v1/feed", lambda v: f"/v1/feed?pack_id={v.public_pack}", status=200),
+    Case(
+        "GET",
+        "/v1/packs/{pack_id}/export",
+        lambda v: f"/v1/packs/{v.public_pack}/export",
+        status=200,
+    ),
+]
+
+
 def routes_with_ids(app: FastAPI | None = None) -> set[tuple[str, str]]:
     """(method, path template) of every operation whose path takes a parameter."""
     app = app or create_app(Settings(_env_file=None))
@@ -294,6 +345,10 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
     private_image = await _finished(client, bob)
     public_image = await _finished(client, bob, visibility="public")
     icon = await _finished(client, bob, pack_id=pack)
+    public_pack = (
+        await _ok(await client.post("/v1/packs", json={"name": "Bob's too"}, headers=bob))
+    )["id"]
+    public_icon = await _finished(client, bob, visibility="public", pack_id=public_pack)
     pack_set = await _ok(
         await client.post(f"/v1/packs/{pack}/generations", json={"prompts": ["a"]}, headers=bob),
         202,
@@ -332,6 +387,8 @@ async def _victim(client: httpx.AsyncClient, db: asyncpg.Connection, headers: He
         icon=icon,
         prompt=prompt["id"],
         pack=pack,
+        public_pack=public_pack,
+        public_icon=public_icon,
         pack_set=pack_set["id"],
         job=jobs["items"][0]["id"],
         upload_key=uploaded["upload_key"],
@@ -384,6 +441,9 @@ async def test_another_users_ids_are_404_on_every_route_and_change_nothing(
             response = await client.request(case.method, case.url(victim), json=body, headers=alice)
             problem = assert_problem(response, case.status)
             assert BOB not in response.text, (case, problem)
+        for case in READS:  # allowed, and they change nothing either
+            response = await client.request(case.method, case.url(victim), headers=alice)
+            assert response.status_code == case.status, (case, response.text)
 
         assert await _snapshot(db) == before
         for key in (victim.bob_private_key, victim.upload_key):

@@ -2,10 +2,11 @@
 
 asyncpg prepares each statement once per connection, and after five calls PostgreSQL may
 keep a generic plan: one made without the parameters' values. Every shape of the page (the
-owner's, the public feed, a pack's, each with and without a cursor) must have a generic
-plan bounded by its index, never a scan of every image: the owner's and the public one
-walked newest first to LIMIT with no Sort; a pack's reads the pack's rows and the owner's
-index entries, and sorts the pack's.
+owner's, the public feed, a pack's, a pack's public icons, each with and without a cursor)
+must have a generic plan bounded by its index, never a scan of every image: the owner's,
+the public one and a pack's public icons walked newest first to LIMIT with no Sort; a
+pack's (its owner's) reads the pack's rows and the owner's index entries, and sorts the
+pack's.
 The statement used before (one `($n IS NULL OR ...)` per filter) fails this: its generic
 plan read all the live images and sorted them.
 
@@ -94,6 +95,7 @@ INDEXES = {
     "own": "generated_images_user_created_idx",
     "public feed": "generated_images_public_created_idx",
     "a pack": "generated_images_pack_created_idx",
+    "a pack's public icons": "generated_images_pack_created_idx",
 }
 
 
@@ -123,6 +125,8 @@ SHAPES: dict[str, dict[str, Any]] = {
     "own": {"owner": OWNER, "public_only": False, "pack_id": None},
     "public feed": {"owner": None, "public_only": True, "pack_id": None},
     "a pack": {"owner": OWNER, "public_only": False, "pack_id": PACK},
+    # another user's public pack, paged on in the feed (GET /v1/feed?pack_id)
+    "a pack's public icons": {"owner": None, "public_only": True, "pack_id": PACK},
 }
 
 

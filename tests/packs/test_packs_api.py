@@ -1,5 +1,7 @@
 """/v1/packs: create, list, read with icons, update, delete; filing icons in and out; and
-another user's pack, which is a 404 everywhere (a generation into it included)."""
+another user's pack: a public one (icons, all public) reads for anyone signed in, as its
+export does, and its icons page on at /v1/feed?pack_id; everything else is a 404 (writes to
+a public pack and a generation into it included)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support.locks import until_a_lock_wait
 from tests.support.polling import DEADLINE_SECONDS
@@ -581,19 +584,22 @@ async def test_removing_an_icon_takes_it_out_of_the_pack_and_keeps_it_in_the_gal
 # -- another user's pack --------------------------------------------------------------------
 
 
-async def test_another_users_pack_is_404_on_every_route_and_stays_as_it_was(
-    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+@pytest.mark.parametrize("visibility", ["private", "public"])
+async def test_another_users_pack_is_404_to_every_write_and_stays_as_it_was(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers, visibility: str
 ) -> None:
     alice, bob = auth_headers(ALICE), auth_headers(BOB)
     await ensure_user(client, alice)
     await ensure_user(client, bob)
     pack = await create_pack(client, alice, name="Alice's", style_prompt="flat")
     url = f"/v1/packs/{pack['id']}"
-    alices_icon = await insert_image(db, ALICE, pack_id=uuid.UUID(pack["id"]))
+    alices_icon = await insert_image(
+        db, ALICE, pack_id=uuid.UUID(pack["id"]), visibility=visibility
+    )
     bobs_image = await insert_image(db, BOB)
+    read = await client.get(url, headers=bob)
 
     answers = [
-        await client.get(url, headers=bob),
         await client.patch(url, json={"name": "Bob's now"}, headers=bob),
         await client.patch(url, json={"style_prompt": None}, headers=bob),
         await client.patch(url, json={"cover_image_id": str(bobs_image)}, headers=bob),
@@ -607,6 +613,11 @@ async def test_another_users_pack_is_404_on_every_route_and_stays_as_it_was(
     for response in answers:
         body = assert_problem(response, 404)
         assert "Alice" not in body.get("detail", "")
+    if visibility == "public":  # reads as its export does; it is still not Bob's
+        assert read.status_code == 200, read.text
+        assert [icon["mine"] for icon in read.json()["icons"]] == [False]
+    else:
+        assert_problem(read, 404)
     assert bobs_list.json()["items"] == []
     assert bobs_filter.json()["items"] == []
     assert await pack_row(db, pack["id"]) == {
@@ -640,6 +651,130 @@ async def test_a_generation_into_another_users_pack_is_404_and_charges_nothing(
     assert await db.fetchval("SELECT credits FROM users WHERE id = $1", BOB) == before
     assert await db.fetchval("SELECT count(*) FROM image_generation_jobs") == 0
     assert await db.fetchval("SELECT count(*) FROM credit_ledger WHERE job_id IS NOT NULL") == 0
+
+
+# -- a public pack, read by others ---------------------------------------------------------
+
+
+async def test_a_public_pack_reads_for_anyone_signed_in_and_its_icons_page_on_in_the_feed(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice, name="Weather", style_prompt="flat pastel")
+    pack_id = uuid.UUID(pack["id"])
+    oldest = await insert_image(db, ALICE, seconds_ago=30, visibility="public", pack_id=pack_id)
+    newest = await insert_image(db, ALICE, seconds_ago=10, visibility="public", pack_id=pack_id)
+    middle = await insert_image(db, ALICE, seconds_ago=20, visibility="public", pack_id=pack_id)
+    # public too, but not this pack's: neither in the pack's page nor in its feed
+    await insert_image(db, ALICE, seconds_ago=5, visibility="public")
+    other = await create_pack(client, alice, name="other")
+    await insert_image(
+        db, ALICE, seconds_ago=1, visibility="public", pack_id=uuid.UUID(other["id"])
+    )
+
+    whole = await get_pack(client, bob, pack["id"])
+    limited = await get_pack(client, bob, pack["id"], icons_limit=2)
+    rest = await client.get(
+        "/v1/feed",
+        params={"pack_id": pack["id"], "cursor": limited["icons_next_cursor"]},
+        headers=bob,
+    )
+    feed = await client.get("/v1/feed", params={"pack_id": pack["id"]}, headers=bob)
+    exported = await client.get(f"/v1/packs/{pack['id']}/export", headers=bob)
+
+    assert {k: v for k, v in whole.items() if k not in ("icons", "icons_next_cursor")} == {
+        k: v for k, v in pack.items() if k != "icon_count"
+    } | {"icon_count": 3}
+    assert ids(whole["icons"]) == [str(newest), str(middle), str(oldest)]
+    assert not any(icon["mine"] for icon in whole["icons"])
+    assert ids(limited["icons"]) == [str(newest), str(middle)]
+    assert rest.status_code == 200, rest.text
+    assert ids(rest.json()["items"]) == [str(oldest)]
+    assert rest.json()["next_cursor"] is None
+    assert feed.status_code == 200, feed.text
+    assert ids(feed.json()["items"]) == [str(newest), str(middle), str(oldest)]
+    assert exported.status_code == 200  # the same pack, by the same rule
+    # the owner's view is unchanged: her own icons, hers
+    assert all(icon["mine"] for icon in (await get_pack(client, alice, pack["id"]))["icons"])
+
+
+async def test_a_pack_reads_for_others_exactly_when_it_exports_for_them(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    packs = {name: await create_pack(client, alice, name=name) for name in PACK_KINDS}
+    for name, visibilities in PACK_KINDS.items():
+        for visibility in visibilities:
+            await insert_image(
+                db, ALICE, visibility=visibility, pack_id=uuid.UUID(packs[name]["id"])
+            )
+    deleted = await insert_image(
+        db,
+        ALICE,
+        visibility="private",
+        pack_id=uuid.UUID(packs["public, a private one deleted"]["id"]),
+    )
+    await db.execute("UPDATE generated_images SET deleted_at = now() WHERE id = $1", deleted)
+
+    for name, pack in packs.items():
+        read = await client.get(f"/v1/packs/{pack['id']}", headers=bob)
+        exported = await client.get(f"/v1/packs/{pack['id']}/export", headers=bob)
+        public = "public" in name.split(",")[0]
+        assert read.status_code == exported.status_code == (200 if public else 404), name
+        if not public:
+            assert_problem(read, 404)
+        feed = await client.get("/v1/feed", params={"pack_id": pack["id"]}, headers=bob)
+        # the feed never shows a private icon, whatever the pack
+        assert len(feed.json()["items"]) == PACK_KINDS[name].count("public"), name
+
+
+PACK_KINDS = {
+    "public": ["public", "public"],
+    "public, a private one deleted": ["public"],
+    "private": ["private"],
+    "half private": ["public", "private"],
+    "empty": [],
+}
+
+
+async def test_another_users_private_cover_stays_hidden_in_their_public_pack(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    pack = await create_pack(client, alice)
+    url = f"/v1/packs/{pack['id']}"
+    icon = await insert_image(db, ALICE, visibility="public", pack_id=uuid.UUID(pack["id"]))
+    private = await insert_image(db, ALICE)  # not in the pack: a cover may be any of hers
+
+    await client.patch(url, json={"cover_image_id": str(private)}, headers=alice)
+    hidden = await get_pack(client, bob, pack["id"])
+    await client.patch(url, json={"cover_image_id": str(icon)}, headers=alice)
+    shown = await get_pack(client, bob, pack["id"])
+
+    assert hidden["cover_image_id"] is None
+    assert (await get_pack(client, alice, pack["id"]))["cover_image_id"] == str(icon)
+    assert shown["cover_image_id"] == str(icon)
+
+
+async def test_the_feed_of_a_pack_that_does_not_exist_is_empty_and_a_malformed_id_is_422(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    await insert_image(db, ALICE, visibility="public")  # in the feed, in no pack
+
+    empty = await client.get("/v1/feed", params={"pack_id": str(uuid.uuid4())}, headers=headers)
+    malformed = await client.get("/v1/feed", params={"pack_id": "nope"}, headers=headers)
+
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {"items": [], "next_cursor": None}
+    assert_problem(malformed, 422)
 
 
 # -- races with a deletion ------------------------------------------------------------------
