@@ -189,7 +189,10 @@ async def create_pack_generations(
 async def get_pack_generations(
     pack_id: UUID, set_id: UUID, user: CurrentUser, conn: Conn, svc: Svc
 ) -> PackGenerationSet:
-    """A set of icons asked for together, as its jobs are now (`finished` once all ended)."""
+    """A set of icons asked for together, as its jobs are now (`finished` once all ended).
+
+    A 404 once its pack is deleted; its jobs stay readable at /v1/jobs/{job_id}.
+    """
     return await pack_sets.view(conn, svc.storage, svc.settings, user.id, pack_id, set_id)
 
 

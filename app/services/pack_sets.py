@@ -190,7 +190,10 @@ async def view(
     pack_id: UUID,
     set_id: UUID,
 ) -> PackGenerationSet:
-    """One of the caller's sets, as its jobs are now (another user's set is a 404)."""
+    """One of the caller's sets, as its jobs are now. The set is read within its pack: once
+    the pack is deleted the set is a 404, as the pack is (its jobs stay at /v1/jobs/{id},
+    and the icons they made in the gallery); another user's set is a 404 too."""
+    await packs.get_own(conn, pack_id, user_id)
     rows = await job_sets.set_view(conn, user_id, set_id)
     if not rows or rows[0]["params"].get("pack_id") != str(pack_id):
         raise NotFound("No such set of icons in this pack.")

@@ -272,6 +272,32 @@ async def test_another_users_pack_is_404_and_charges_nothing(
     assert await balance(db, ALICE) == settings.new_user_credits
 
 
+async def test_a_set_is_404_once_its_pack_is_deleted_and_its_jobs_stay_readable(
+    make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    async with running(create_app(make_settings(worker_in_process=False))) as client:
+        pack_id = await create_pack(client, headers)
+        answer = await ask_for_set(client, headers, pack_id, ["q1", "q2"])
+        assert answer.status_code == 202, answer.text
+        location = answer.headers["location"]
+        before = await client.get(location, headers=headers)
+        deleted = await client.delete(f"/v1/packs/{pack_id}", headers=headers)
+        after = await client.get(location, headers=headers)
+        pack = await client.get(f"/v1/packs/{pack_id}", headers=headers)
+        jobs = [
+            await client.get(f"/v1/jobs/{job['id']}", headers=headers)
+            for job in answer.json()["jobs"]
+        ]
+
+    assert before.status_code == 200, before.text
+    assert deleted.status_code == 204, deleted.text
+    assert_problem(pack, 404)
+    assert assert_problem(after, 404)["detail"] == "No such pack."
+    assert [job.status_code for job in jobs] == [200, 200]
+    assert [job.json()["prompt"] for job in jobs] == ["q1", "q2"]
+
+
 class FailsOnePrompt:
     """The local provider, except that a prompt containing `bad` is refused for good (as a
     safety block is): that icon's job fails and is not retried."""
