@@ -13,6 +13,24 @@ COLUMNS = "id, user_id, name, style_prompt, cover_image_id, created_at, updated_
 _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 
 
+def touch(pack_ids: str) -> str:
+    """An UPDATE, for a WITH clause of the statement that files icons in or out, marking the
+    packs `pack_ids` (a query of pack ids, NULLs ignored) as changed: their `updated_at`
+    (set by the table's trigger) moves when their icons do, as it does for a rename.
+
+    A pack another transaction holds locked is skipped (SKIP LOCKED) rather than waited
+    for: that transaction is writing the pack (and so sets `updated_at` itself) or deleting
+    it, and a deletion waits for the icon rows this statement holds, so waiting here could
+    deadlock with it. The service's statements do this, not a trigger on `generated_images`:
+    the mobile app writes that table too, and its writes stay as they were (an icon it
+    deletes leaves its pack's `updated_at` as it was).
+    """
+    return f"""
+        UPDATE icon_packs SET updated_at = now()
+        WHERE id IN (SELECT id FROM icon_packs WHERE id IN ({pack_ids})
+                     FOR NO KEY UPDATE SKIP LOCKED)"""
+
+
 async def page(
     conn: asyncpg.Connection, user_id: str, before: tuple[datetime, UUID] | None, limit: int
 ) -> list[asyncpg.Record]:

@@ -223,7 +223,9 @@ class Pack(BaseModel):
     cover_image_id: UUID | None
     icon_count: int
     created_at: datetime
-    updated_at: datetime
+    updated_at: datetime = Field(
+        description="Its last change, icons filed in or out (or generated into it) included."
+    )
 
 
 class PackDetail(Pack):

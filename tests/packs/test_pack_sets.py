@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -296,6 +297,35 @@ async def test_a_set_is_404_once_its_pack_is_deleted_and_its_jobs_stay_readable(
     assert assert_problem(after, 404)["detail"] == "No such pack."
     assert [job.status_code for job in jobs] == [200, 200]
     assert [job.json()["prompt"] for job in jobs] == ["q1", "q2"]
+
+
+async def test_a_pack_is_marked_updated_as_each_icon_of_its_set_is_filed_not_when_queued(
+    make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    headers = auth_headers(ALICE)
+    settings = make_settings(new_user_credits=10, worker_in_process=False)
+    application = create_app(settings)
+    async with running(application) as client:
+        pack_id = await create_pack(client, headers)
+        answer = await ask_for_set(client, headers, pack_id, ["q1", "q2"])
+        assert answer.status_code == 202, answer.text
+        queued = (await client.get(f"/v1/packs/{pack_id}", headers=headers)).json()
+        services = application.state.services
+        worker = Worker(settings, services.pool, LocalProvider(), services.storage, services.hub)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            done = await finished_set(client, headers, answer.headers["location"])
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        filed = (await client.get(f"/v1/packs/{pack_id}", headers=headers)).json()
+
+    assert (queued["icon_count"], queued["updated_at"]) == (0, queued["created_at"])
+    assert filed["icon_count"] == 2
+    # bumped by the statement that filed an icon (the last to get the pack's row)
+    completed = {datetime.fromisoformat(job["completed_at"]) for job in done["jobs"]}
+    assert datetime.fromisoformat(filed["updated_at"]) in completed
 
 
 class FailsOnePrompt:

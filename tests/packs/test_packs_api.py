@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from app.db import images as images_db
 from tests.support.locks import until_a_lock_wait
 from tests.support.polling import DEADLINE_SECONDS
 from tests.support.problems import assert_problem
@@ -581,6 +582,42 @@ async def test_removing_an_icon_takes_it_out_of_the_pack_and_keeps_it_in_the_gal
     assert await pack_of(db, stays) == uuid.UUID(pack["id"])
 
 
+async def test_an_icon_filed_in_moved_taken_out_or_deleted_marks_its_packs_updated(
+    client: httpx.AsyncClient, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    alice, bob = auth_headers(ALICE), auth_headers(BOB)
+    await ensure_user(client, alice)
+    await ensure_user(client, bob)
+    first = await create_pack(client, alice, name="first")
+    second = await create_pack(client, alice, name="second")
+    image = await insert_image(db, ALICE)
+    doomed = await insert_image(db, ALICE)
+    bobs = await insert_image(db, BOB, visibility="public")
+
+    async def updated(pack: dict[str, Any]) -> datetime:
+        return moment((await get_pack(client, alice, pack["id"]))["updated_at"])
+
+    assert (await add_icon(client, alice, first["id"], image)).status_code == 204
+    added = await updated(first)
+    assert (await add_icon(client, alice, first["id"], image)).status_code == 204
+    again = await updated(first)  # already there: nothing changed
+    assert_problem(await add_icon(client, alice, first["id"], bobs), 404)
+    refused = await updated(first)
+    assert (await add_icon(client, alice, second["id"], image)).status_code == 204
+    moved_out, moved_in = await updated(first), await updated(second)
+    removed = await client.delete(f"/v1/packs/{second['id']}/icons/{image}", headers=alice)
+    assert removed.status_code == 204, removed.text
+    taken_out = await updated(second)
+    assert (await add_icon(client, alice, second["id"], doomed)).status_code == 204
+    before_deletion = await updated(second)
+    assert (await client.delete(f"/v1/images/{doomed}", headers=alice)).status_code == 204
+    deleted = await updated(second)
+
+    assert moment(first["created_at"]) < added == again == refused < moved_out
+    assert moment(second["created_at"]) < moved_in < taken_out < before_deletion < deleted
+    assert (await get_pack(client, alice, second["id"]))["icon_count"] == 0
+
+
 # -- another user's pack --------------------------------------------------------------------
 
 
@@ -835,3 +872,34 @@ async def test_a_cover_deleted_while_it_is_being_set_is_404_not_an_error(
         "style_prompt": None,
         "cover_image_id": None,
     }
+
+
+async def test_taking_an_icon_out_of_a_pack_being_deleted_neither_waits_nor_deadlocks(
+    client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """The deletion holds the pack and waits for the icon's row, which the other side holds:
+    marking the pack updated must not wait for the pack in turn (a deadlock)."""
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    pack_id = uuid.UUID(pack["id"])
+    icon = await insert_image(db, ALICE, pack_id=pack_id)
+    remover = await asyncpg.connect(db_url)
+    try:
+        removing = remover.transaction()
+        await removing.start()
+        await remover.execute("SELECT 1 FROM generated_images WHERE id = $1 FOR UPDATE", icon)
+        deletion = asyncio.create_task(client.delete(f"/v1/packs/{pack['id']}", headers=headers))
+        await until_a_lock_wait(db, "the deletion to wait on the icon", deletion)
+        taken_out = await asyncio.wait_for(
+            images_db.set_pack(remover, icon, ALICE, None, only_from=pack_id), DEADLINE_SECONDS
+        )
+        await removing.commit()
+        deleted = await asyncio.wait_for(deletion, DEADLINE_SECONDS)
+    finally:
+        await remover.close()
+
+    assert taken_out
+    assert deleted.status_code == 204, deleted.text
+    assert await pack_row(db, pack["id"]) is None
+    assert await pack_of(db, icon) is None
