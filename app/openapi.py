@@ -1,6 +1,7 @@
 """The OpenAPI document: every error response rewritten to say problem+json, as the handlers
-answer, with the problem `type`s of its status; server-sent events described; and
-`header_docs` / `sse_events` for what a route documents beyond its response model."""
+answer, with the problem `type`s of its status and the headers they send with it;
+server-sent events described; and `header_docs` / `sse_events` for what a route documents
+beyond its response model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from standardwebhooks import Webhook
 
-from app.errors import PROBLEM_JSON, PROBLEM_TYPES, Problem
+from app.errors import JSON, PROBLEM_JSON, PROBLEM_TYPES, Problem
 from app.openapi_examples import (
     EVENT_STREAM,
     SCHEMAS,
@@ -28,6 +29,7 @@ from app.openapi_examples import (
 )
 from app.openapi_samples import add_samples
 from app.schemas.outgoing import DELIVERY_EXAMPLE, SECRET_EXAMPLE
+from app.services.rate_limits import HEADER_NAMES as RATE_LIMIT_HEADER_NAMES
 
 # The event models `sse_events` named, added to the document's components by name.
 _EVENT_MODELS: dict[str, type[BaseModel]] = {}
@@ -131,11 +133,12 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     that do not document one: neither is what the client receives. Each error refers to
     `Problem<status>`, whose `type` enumerates the problem types of that status. Every
     operation that takes a body documents the 400 of a body that cannot be parsed, and the
-    415 of one in another media type.
+    415 of one in another media type. Each response declares the headers the handlers send
+    with it (`_declare_headers`).
     """
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
@@ -146,6 +149,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
             for status, response in responses.items():
                 if str(status)[:1] in ("4", "5"):
                     response["content"] = _problem_content(int(status))
+                _declare_headers(method, operation, str(status), response)
                 stream = response.get("content", {}).get(EVENT_STREAM, {})
                 if _EVENTS_KEY in stream:
                     stream["itemSchema"] = stream.pop(_EVENTS_KEY)
@@ -164,6 +168,64 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
         if entry is not None and f'"{SCHEMAS}{name}"' in json.dumps(schema):
             schemas[name] = entry
     return schema
+
+
+# Whenever a problem of that status is answered, app.errors sends these with it.
+WWW_AUTHENTICATE = (
+    "The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, "
+    '`Bearer error="invalid_token"` when its token or key was refused'
+)
+RETRY_AFTER = "Seconds to wait before trying again"
+# `RateLimit-*` of anything but a 429: the fields of a request that was counted.
+NOT_COUNTED = (
+    " Absent when the request was not counted: refused before the count (its token, or a "
+    "body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or "
+    "its storage is down (the limit fails open)."
+)
+
+
+def _problem_headers(method: str, operation: dict[str, Any], status: str) -> dict[str, Any]:
+    """The headers app.errors answers every problem of `status` with, on this operation."""
+    if status == "401":  # errors.Unauthorized
+        return header_docs(required=True, WWW_Authenticate=WWW_AUTHENTICATE)
+    if status == "429":  # rate_limits.RateLimited: its Retry-After and the spent quota
+        return header_docs(required=True, Retry_After=RETRY_AFTER)
+    body = next(iter(operation.get("requestBody", {}).get("content", {})), None)
+    if status != "415" or body is None:
+        return {}
+    if body != JSON:  # an upload: Accept only when the Content-Type was wrong, not the file
+        return header_docs(
+            Accept=f"`{body}`, when the request was not sent as that; absent when the "
+            "file's image format was refused (`accepted` lists those this takes)"
+        )
+    accept = header_docs(required=True, Accept=f"`{JSON}`: the media type this takes")
+    if method == "patch":  # errors._validation_error, RFC 5789 §2.2
+        return {**accept, **header_docs(required=True, Accept_Patch=f"`{JSON}`")}
+    return accept
+
+
+def _declare_headers(
+    method: str, operation: dict[str, Any], status: str, response: dict[str, Any]
+) -> None:
+    """Declare on `response` the headers its status always carries (`_problem_headers`,
+    required; a route's own description of one stays), and say of its `RateLimit-*` fields
+    when they are absent: always sent with a 429, with anything else only once the request
+    was counted, which a request refused before the count (a 422 of its body) never was."""
+    headers: dict[str, Any] = dict(response.get("headers", {}))  # routes share their dicts
+    for name, declared in _problem_headers(method, operation, status).items():
+        headers[name] = {**declared, **headers.get(name, {})}
+        if declared.get("required"):
+            headers[name]["required"] = True
+    for name in RATE_LIMIT_HEADER_NAMES:
+        declared = headers.get(name)
+        if declared is None:
+            continue
+        if status == "429":
+            headers[name] = {**declared, "required": True}
+        elif NOT_COUNTED not in declared["description"]:
+            headers[name] = {**declared, "description": declared["description"] + "." + NOT_COUNTED}
+    if headers:
+        response["headers"] = headers
 
 
 def add_delivery_examples(spec: dict[str, Any]) -> dict[str, Any]:
@@ -205,10 +267,15 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
-    """OpenAPI `headers` of a response: {name: description}, each a string."""
+def header_docs(*, required: bool = False, **headers: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI `headers` of a response: {name: description}, each a string; `required`
+    when every answer of that response carries them (schemathesis checks it is so)."""
     return {
-        name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
+        name.replace("_", "-"): {
+            "description": text,
+            **({"required": True} if required else {}),
+            "schema": {"type": "string"},
+        }
         for name, text in headers.items()
     }
 
@@ -216,9 +283,12 @@ def header_docs(**headers: str) -> dict[str, dict[str, Any]]:
 def with_headers(
     entries: dict[int | str, dict[str, Any]], headers: dict[str, dict[str, Any]]
 ) -> dict[int | str, dict[str, Any]]:
-    """`entries` (responses(...)) whose answers may carry `headers` too: problems
-    that come after a request was counted carry its RateLimit-* fields."""
-    return {status: {**entry, "headers": headers} for status, entry in entries.items()}
+    """`entries` (responses(...)) whose answers may carry `headers` too, beside any they
+    declare: problems that come after a request was counted carry its RateLimit-* fields."""
+    return {
+        status: {**entry, "headers": {**entry.get("headers", {}), **headers}}
+        for status, entry in entries.items()
+    }
 
 
 def multipart_body(name: str, schema: dict[str, Any]) -> dict[str, Any]:

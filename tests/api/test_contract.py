@@ -2,10 +2,12 @@
 app, served with its lifespan on loopback, and any finding fails the test.
 
 Seeded (`derandomize`) and bounded (a few examples per operation) so the run is the same each
-time and takes a minute or two. What cannot be generated from a schema is special-cased here,
-never by loosening a check: a cursor (opaque: a positive case gets one this API could have
-handed out), an upload (a positive case sends a real PNG), and the feed's event stream, which
-never ends (its events are checked against the document in `test_feed_events_match_the_document`).
+time and takes a minute or two. Besides schemathesis' checks, each answer carries exactly the
+headers its documented response declares (`undeclared_headers`). What cannot be generated
+from a schema is special-cased here, never by loosening a check: a cursor (opaque: a positive
+case gets one this API could have handed out), an upload (a positive case sends a real PNG),
+and the feed's event stream, which never ends (its events are checked against the document
+in `test_feed_events_match_the_document`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from app.config import Settings
 from app.main import create_app
 from app.services import devauth, pagination
 from tests.fakes.stripe_api import SECRET_KEY, WEBHOOK_SECRET, StripeApiServer
+from tests.support.documented import assert_documented_headers, header_gaps
 from tests.support.live import ServedApp
 
 Case = schemathesis.Case[Any]
@@ -205,7 +208,20 @@ def test_the_service_answers_as_its_document_says(case: Case, contract: Contract
     _realistic(case)
     excluded = SIGNED_BODY_EXCLUDED if case.path.startswith("/webhooks/") else []
     checks = [check for check in every_check() if check not in excluded]
-    case.call_and_validate(checks=checks, timeout=30)
+    case.call_and_validate(checks=[*checks, undeclared_headers], timeout=30)
+
+
+def undeclared_headers(ctx: Any, response: Any, case: Case) -> None:
+    """Every header of an answer is declared on its documented response, and every one
+    declared required is sent (schemathesis' `response_headers_conformance` checks the
+    latter and each value's schema, not the former). An undocumented status is
+    `status_code_conformance`'s to report."""
+    documented = case.operation.responses.find_by_status_code(response.status_code)
+    if documented is None:
+        return
+    declared = {name: header.definition for name, header in documented.headers.items()}
+    gaps = header_gaps(declared, response.headers)
+    assert not gaps, f"{case.operation.label} answered {response.status_code}: {gaps}"
 
 
 def every_check() -> list[Any]:
@@ -251,12 +267,14 @@ def _check_event(spec: dict[str, Any], path: str, event: dict[str, str]) -> None
 
 def test_event_streams_send_what_the_document_says(contract: Contract) -> None:
     """The streams, checked apart (the feed never ends; a job's events need a job): the
-    feed's `ready` and, on a reconnect with Last-Event-ID, `resync`; a job's first event."""
+    feed's `ready` and, on a reconnect with Last-Event-ID, `resync`; a job's first event;
+    and the headers of each stream as its 200 declares them."""
     with httpx.Client(base_url=contract.served.url, timeout=30) as client:
         spec = client.get("/openapi.json").json()
         reader = {"Authorization": f"Bearer {contract.token()}", "Last-Event-ID": "ready-x"}
         with client.stream("GET", "/v1/feed/events", headers=reader) as stream:
             assert stream.status_code == 200
+            assert_documented_headers(spec, "GET", "/v1/feed/events", stream)
             events = _read_events(stream, 2)
         assert [e["event"] for e in events] == ["ready", "resync"]
         for event in events:
@@ -265,9 +283,11 @@ def test_event_streams_send_what_the_document_says(contract: Contract) -> None:
         owner = {"Authorization": f"Bearer {contract.token()}"}
         created = client.post("/v1/generations", json={"prompt": "a fox"}, headers=owner)
         assert created.status_code == 202, created.text
+        assert_documented_headers(spec, "POST", "/v1/generations", created)
         path = f"/v1/jobs/{created.json()['id']}/events"
         with client.stream("GET", path, headers=owner) as stream:
             assert stream.status_code == 200
+            assert_documented_headers(spec, "GET", "/v1/jobs/{job_id}/events", stream)
             (event,) = _read_events(stream, 1)
         assert event["event"] == "job"
         _check_event(spec, "/v1/jobs/{job_id}/events", event)

@@ -19,6 +19,7 @@ from app.errors import PROBLEM_BASE
 from app.headers import API_CSP, DOCS_CSP, DOCS_STATIC_URL
 from app.main import create_app
 from tests.fakes.running import running
+from tests.support.documented import assert_documented_headers
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 from tests.support.serve import free_port
@@ -283,9 +284,9 @@ BODIES: dict[str, tuple[bytes, str | None]] = {
 NOT_LABELLED_JSON = {"text-plain", "form", "no-content-type"}
 
 
-def json_routes() -> list[tuple[str, str, bool]]:
-    """(method, path, body required) of every operation that takes a JSON body, ids filled
-    in at random."""
+def json_routes() -> list[tuple[str, str, str, bool]]:
+    """(method, path, the path with ids filled in at random, body required) of every
+    operation that takes a JSON body."""
     app = create_app(Settings(_env_file=None))
     found = []
     for path, item in app.openapi()["paths"].items():
@@ -297,7 +298,7 @@ def json_routes() -> list[tuple[str, str, bool]]:
                     start, end = filled.index("{"), filled.index("}")
                     filled = filled[:start] + str(uuid.uuid4()) + filled[end + 1 :]
                 required = bool(operation["requestBody"].get("required", False))
-                found.append((method.upper(), filled, required))
+                found.append((method.upper(), path, filled, required))
     return found
 
 
@@ -308,14 +309,17 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
     content, content_type = BODIES[name]
     routes = json_routes()
     assert len(routes) >= 6  # generations, prompts, packs, images: the table is not empty
-    assert any(method == "PATCH" for method, _, _ in routes)
+    assert any(method == "PATCH" for method, _, _, _ in routes)
+    spec = (await client.get("/openapi.json")).json()
     headers = auth_headers(USER)
     if content_type:
         headers["Content-Type"] = content_type
-    for method, path, required in routes:
+    for method, template, path, required in routes:
         if name in {"empty", "json-null"} and not required:
             continue  # an empty body, or null, is no body, which this operation accepts
         response = await client.request(method, path, content=content, headers=headers)
+        # Accept (and a PATCH's Accept-Patch) as its 415 declares them, RateLimit-* absent
+        assert_documented_headers(spec, method, template, response)
 
         expected = (415,) if name in NOT_LABELLED_JSON else (400, 422)
         assert response.status_code in expected, (name, method, path, response.text)

@@ -31,6 +31,7 @@ from tests.generation.conftest import (
     spend_rows,
     upload,
 )
+from tests.support.documented import assert_documented_headers
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 from tests.support.serve import free_port
@@ -278,31 +279,46 @@ async def test_a_refused_submission_still_counts_but_a_bad_token_counts_for_no_o
 async def test_a_problem_after_the_request_was_counted_says_where_the_caller_stands(
     limited: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
-    """A 402 (no credits left), a 404 (an upload that does not exist) and a 415 (an upload
-    that is no image) used the budget, and carry the RateLimit-* fields as a 202 does; a
-    401 and the next request (another route) carry none."""
+    """A 402 (no credits left), a 404 (an upload that does not exist), a 422 (an edit
+    without its source) and a 415 (an upload that is no image) used the budget, and carry
+    the RateLimit-* fields as a 202 does; a 401, a body refused as it is read (a 422 of
+    `{}` included) and the next request (another route) carry none. Each answer carries
+    what its documented response declares (the fields, not required but on a 429)."""
     alice = auth_headers(ALICE)
-    settings = limited(rate_limit_generations="5/minute", new_user_credits=1)
+    settings = limited(rate_limit_generations="6/minute", new_user_credits=1)
+    generations = ("POST", "/v1/generations")
     async with running(create_app(settings)) as client:
+        spec = (await client.get("/openapi.json")).json()
         assert (await generate(client, alice)).status_code == 202
         broke = await generate(client, alice)
         assert_problem(broke, 402)
-        assert quota(broke)[:2] == (5, 3)
+        assert quota(broke)[:2] == (6, 4)
         unknown = await style_missing_upload(client, alice)
         assert_problem(unknown, 404)
-        assert quota(unknown)[:2] == (5, 2)
+        assert quota(unknown)[:2] == (6, 3)
+        edit = {"prompt": "a fox", "kind": "edit"}
+        no_source = await client.post("/v1/generations", json=edit, headers=alice)
+        assert assert_problem(no_source, 422)["type"].endswith("/unprocessable")
+        assert quota(no_source)[:2] == (6, 2)
+        for counted in (broke, unknown, no_source):
+            assert_documented_headers(spec, *generations, counted)
         not_an_image = await upload(client, alice, b"plain text, not an image")
         assert_problem(not_an_image, 415)
         assert quota(not_an_image)[0] == 60  # the uploads' own budget (the default)
+        assert_documented_headers(spec, "POST", "/v1/uploads", not_an_image)
         for uncounted in (
             await client.post("/v1/generations", json={"prompt": "x"}),
             # a body refused as it is read (not JSON, or invalid) is not counted
             await client.post("/v1/generations", content=b'{"prompt": "x"}', headers=alice),
             await client.post("/v1/generations", json={"prompt": "x" * 3000}, headers=alice),
-            await client.get("/v1/jobs/00000000-0000-4000-8000-000000000000", headers=alice),
+            await client.post("/v1/generations", json={}, headers=alice),
         ):
-            assert uncounted.status_code in (401, 404, 415, 422)
+            assert uncounted.status_code in (401, 415, 422)
             assert not any(name in uncounted.headers for name in RATE_LIMIT_FIELDS)
+            assert_documented_headers(spec, *generations, uncounted)
+        elsewhere = await client.get("/v1/jobs/00000000-0000-4000-8000-000000000000", headers=alice)
+        assert_problem(elsewhere, 404)
+        assert not any(name in elsewhere.headers for name in RATE_LIMIT_FIELDS)
     assert await balance(db, ALICE) == 0
 
 
@@ -340,12 +356,20 @@ def test_rate_limit_settings_accept_the_documented_forms() -> None:
 
 
 async def test_the_429_and_the_headers_are_in_openapi(client: httpx.AsyncClient) -> None:
+    """A 429 always carries Retry-After and the fields; any other answer only once the
+    request was counted, which its declarations say (a 422 of `{}` never was)."""
     spec = (await client.get("/openapi.json")).json()
+    fields = {*RATE_LIMIT_FIELDS, "RateLimit-Policy"}
     for path, success in (("/v1/generations", "202"), ("/v1/uploads", "201")):
         responses = spec["paths"][path]["post"]["responses"]
-        assert "Retry-After" in responses["429"]["headers"], path
-        assert set(RATE_LIMIT_FIELDS) <= set(responses["429"]["headers"]), path
-        assert set(RATE_LIMIT_FIELDS) <= set(responses[success]["headers"]), path
+        refused = responses["429"]["headers"]
+        assert {"Retry-After", *fields} <= set(refused), path
+        assert all(refused[name].get("required") for name in fields | {"Retry-After"}), path
+        for status in (success, "401", "422", "503"):
+            declared = responses[status]["headers"]
+            for name in fields:
+                assert not declared[name].get("required"), (path, status, name)
+                assert "Absent when the request was not counted" in declared[name]["description"]
 
 
 async def test_cors_exposes_the_rate_limit_headers(

@@ -33,6 +33,7 @@ from tests.generation.conftest import (
     storage_of,
     upload,
 )
+from tests.support.documented import assert_documented_headers
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -129,6 +130,8 @@ async def test_anything_but_a_png_jpeg_or_webp_is_refused_whatever_it_claims(
     if status == 415:
         assert body["accepted"] == ["image/png", "image/jpeg", "image/webp"]
         assert "Accept" not in response.headers  # the request's own type, multipart, was right
+    spec = (await client.get("/openapi.json")).json()
+    assert_documented_headers(spec, "POST", "/v1/uploads", response)
     objects = app.state.settings.objects_dir / "uploads"
     assert not objects.exists() or not any(objects.rglob("*.*"))
 
@@ -136,7 +139,11 @@ async def test_anything_but_a_png_jpeg_or_webp_is_refused_whatever_it_claims(
 async def test_an_upload_needs_a_file_and_a_user(
     client: httpx.AsyncClient, auth_headers: Headers
 ) -> None:
-    nothing = assert_problem(await client.post("/v1/uploads", headers=auth_headers(ALICE)), 415)
+    unlabelled = await client.post("/v1/uploads", headers=auth_headers(ALICE))
+    nothing = assert_problem(unlabelled, 415)
+    assert unlabelled.headers["Accept"] == "multipart/form-data"
+    spec = (await client.get("/openapi.json")).json()
+    assert_documented_headers(spec, "POST", "/v1/uploads", unlabelled)
     assert nothing["detail"] == (
         "The body must be sent as Content-Type: multipart/form-data; this request has no "
         "Content-Type."
