@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Response
@@ -26,6 +26,19 @@ from app.services import outgoing, webhook_endpoints
 router = APIRouter(
     prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=responses(*ANY_OPERATION, 401, 503)
 )
+# A registration's or a URL change's 409: a per-user cap, or the caller's previous URL check
+# still running (webhook_endpoints.still_checking), which alone says when to try again.
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {
+        **responses(409)[409],
+        "description": "A per-user cap reached (`limit`), or another URL of the caller's "
+        "still being looked up (`Retry-After`)",
+        "headers": header_docs(
+            Retry_After="Seconds to wait before trying again, when another URL of the "
+            "caller's was still being looked up; absent when a cap was reached"
+        ),
+    }
+}
 
 
 @router.post(
@@ -34,8 +47,13 @@ router = APIRouter(
     status_code=201,
     response_model=WebhookEndpointWithSecret,
     responses={
-        201: {"headers": header_docs(Location="The endpoint: `/v1/webhook-endpoints/{id}`")},
-        **responses(409, 422),
+        201: {
+            "headers": header_docs(
+                required=True, Location="The endpoint: `/v1/webhook-endpoints/{id}`"
+            )
+        },
+        **_CONFLICT,
+        **responses(422),
     },
 )
 async def create_webhook_endpoint(
@@ -75,7 +93,7 @@ async def get_webhook_endpoint(endpoint_id: UUID, user: CurrentUser, conn: Conn)
     "/{endpoint_id}",
     operation_id="update_webhook_endpoint",
     response_model=WebhookEndpoint,
-    responses=responses(404, 409, 422),
+    responses={**responses(404), **_CONFLICT, **responses(422)},
 )
 async def update_webhook_endpoint(
     endpoint_id: UUID, body: WebhookEndpointUpdate, user: StreamUser, svc: Svc

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.core.executors import DaemonPool
 from app.services import webhook_urls
 from tests.fakes.running import running_settings
+from tests.support.documented import assert_documented_headers
 from tests.support.polling import wait_until
 from tests.support.problems import assert_problem
 
@@ -220,6 +221,8 @@ async def test_one_users_url_checks_run_one_at_a_time_even_after_their_requests_
             "Another webhook URL of yours is still being looked up; try again shortly."
         )
         assert held.headers["Retry-After"] == "1"
+        spec = (await client.get("/openapi.json")).json()
+        assert_documented_headers(spec, "POST", "/v1/webhook-endpoints", held)
         by_address = await register(client, "8.8.8.8", alice)
         assert by_address.status_code == 201, by_address.text
         moved = await client.patch(
@@ -228,6 +231,8 @@ async def test_one_users_url_checks_run_one_at_a_time_even_after_their_requests_
             headers=alice,
         )
         assert_problem(moved, 409)
+        assert moved.headers["Retry-After"] == "1"
+        assert_documented_headers(spec, "PATCH", "/v1/webhook-endpoints/{endpoint_id}", moved)
         assert (await register(client, "localhost", bob)).status_code == 201
 
         hanging.release.set()  # the resolver gives up at last
