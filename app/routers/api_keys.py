@@ -25,7 +25,7 @@ router = APIRouter(
     status_code=201,
     response_model=ApiKeyCreated,
     responses={
-        201: {"headers": header_docs(Location="The key: `/v1/api-keys/{id}`")},
+        201: {"headers": header_docs(required=True, Location="The key: `/v1/api-keys/{id}`")},
         **responses(409, 422),
     },
 )

@@ -43,8 +43,8 @@ _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Policy="The limit and its window in seconds, such as `30;w=60`",
 )
 _JOB_HEADERS = {
+    **header_docs(required=True, Location="The job: `/v1/jobs/{id}`"),
     **header_docs(
-        Location="The job: `/v1/jobs/{id}`",
         Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made "
         "the job",
         Preference_Applied="`wait=N` when the request waited for the job (`Prefer: wait=N`)",

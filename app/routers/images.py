@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from app.deps import Conn, CurrentUser, OptionalUser, Services, StreamUser, Svc
-from app.openapi import ANY_OPERATION, responses, sse_events
+from app.openapi import ANY_OPERATION, header_docs, responses, sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import FEED_EVENTS
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate, LikeState
@@ -209,7 +209,13 @@ async def delete_image(image_id: UUID, user: CurrentUser, svc: Svc) -> Response:
     "/images/{image_id}/download",
     operation_id="download_image",
     response_model=DownloadLink,
-    responses={307: {"description": "Redirect to a short-lived URL"}, **responses(404, 422)},
+    responses={
+        307: {
+            "description": "Redirect to a short-lived URL",
+            "headers": header_docs(required=True, Location="The short-lived URL"),
+        },
+        **responses(404, 422),
+    },
     openapi_extra={"security": [{}]},  # a public image needs no token
 )
 async def download_image(

@@ -35,7 +35,10 @@ async def list_prompts(
     operation_id="create_prompt",
     status_code=201,
     response_model=Prompt,
-    responses={201: {"headers": header_docs(Location="The prompt")}, **responses(422)},
+    responses={
+        201: {"headers": header_docs(required=True, Location="The prompt")},
+        **responses(422),
+    },
 )
 async def create_prompt(
     body: PromptCreate, user: CurrentUser, conn: Conn, response: Response

@@ -24,6 +24,7 @@ from tests.gallery.conftest import (
     storage_key_of,
     store_object,
 )
+from tests.support.documented import assert_documented_headers
 from tests.support.problems import assert_problem
 
 ALICE, BOB, CAROL = "user_img_alice", "user_img_bob", "user_img_carol"
@@ -242,6 +243,8 @@ async def test_download_redirects_to_a_short_lived_url_that_serves_the_bytes(
 
     assert redirect.status_code == 307, redirect.text
     assert redirect.headers["cache-control"] == "no-store"
+    spec = (await client.get("/openapi.json")).json()
+    assert_documented_headers(spec, "GET", "/v1/images/{image_id}/download", redirect)
     location = redirect.headers["location"]
     assert location.startswith(settings.public_base_url.rstrip("/") + "/files/")
     served = await client.get(local_path(location))
