@@ -26,8 +26,8 @@ _RATE_LIMIT_HEADERS = header_docs(
     RateLimit_Policy="The limit and its window in seconds, such as `30;w=60`",
 )
 _SET_HEADERS = {
+    **header_docs(required=True, Location="The set: `/v1/packs/{pack_id}/generations/{set_id}`"),
     **header_docs(
-        Location="The set: `/v1/packs/{pack_id}/generations/{set_id}`",
         Idempotent_Replayed="`true` when an earlier request with this `Idempotency-Key` made "
         "the set",
     ),
@@ -62,7 +62,10 @@ async def list_packs(
     operation_id="create_pack",
     status_code=201,
     response_model=Pack,
-    responses={201: {"headers": header_docs(Location="The pack")}, **responses(422)},
+    responses={
+        201: {"headers": header_docs(required=True, Location="The pack")},
+        **responses(422),
+    },
 )
 async def create_pack(body: PackCreate, user: CurrentUser, conn: Conn, response: Response) -> Pack:
     """Start a pack; its style prompt goes with every generation into it."""
@@ -206,7 +209,9 @@ async def get_pack_generations(
             "512, `ico/{name}.ico` (16, 32, 48 and 64), and `manifest.json` naming each icon "
             "by its prompt",
             "content": {pack_export.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-            "headers": header_docs(Content_Disposition='`attachment; filename="<pack>.zip"`'),
+            "headers": header_docs(
+                required=True, Content_Disposition='`attachment; filename="<pack>.zip"`'
+            ),
         },
         **responses(404, 422, 503),
     },

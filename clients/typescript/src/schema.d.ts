@@ -274,7 +274,8 @@ export interface paths {
         };
         /**
          * List Feed
-         * @description Public images from everyone, newest first, with like counts.
+         * @description Public images from everyone, newest first, with like counts; with `pack_id`, the
+         *     public icons of that pack (how another user's public pack pages on).
          */
         get: operations["list_feed"];
         put?: never;
@@ -467,7 +468,11 @@ export interface paths {
         };
         /**
          * Get Pack
-         * @description One of the caller's packs, with its newest icons.
+         * @description A pack with its newest icons: one of the caller's, or anyone's public pack (it has
+         *     icons, and every one of them is public: the packs anyone signed in may export).
+         *
+         *     Another user's private pack is a 404. Changing a pack, its icons or generating into it
+         *     stays its owner's alone, public or not.
          */
         get: operations["get_pack"];
         put?: never;
@@ -563,6 +568,8 @@ export interface paths {
         /**
          * Get Pack Generations
          * @description A set of icons asked for together, as its jobs are now (`finished` once all ended).
+         *
+         *     A 404 once its pack is deleted; its jobs stay readable at /v1/jobs/{job_id}.
          */
         get: operations["get_pack_generations"];
         put?: never;
@@ -1858,6 +1865,7 @@ export interface components {
             /**
              * Updated At
              * Format: date-time
+             * @description Its last change, icons filed in or out (or generated into it) included.
              */
             updated_at: string;
         };
@@ -1928,6 +1936,7 @@ export interface components {
             /**
              * Updated At
              * Format: date-time
+             * @description Its last change, icons filed in or out (or generated into it) included.
              */
             updated_at: string;
             /**
@@ -1937,7 +1946,7 @@ export interface components {
             icons: components["schemas"]["ImageItem"][];
             /**
              * Icons Next Cursor
-             * @description Page on with GET /v1/images?pack_id=…&cursor=…
+             * @description Page on with GET /v1/images?pack_id=…&cursor=… (your own pack) or GET /v1/feed?pack_id=…&cursor=… (another user's public pack)
              */
             icons_next_cursor: string | null;
         };
@@ -3552,6 +3561,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3674,6 +3685,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3728,6 +3741,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3822,6 +3837,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3888,18 +3905,18 @@ export interface operations {
             200: {
                 headers: {
                     /** @description The job: `/v1/jobs/{id}` */
-                    Location?: string;
+                    Location: string;
                     /** @description `true` when an earlier request with this `Idempotency-Key` made the job */
                     "Idempotent-Replayed"?: string;
                     /** @description `wait=N` when the request waited for the job (`Prefer: wait=N`) */
                     "Preference-Applied"?: string;
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3911,18 +3928,18 @@ export interface operations {
             202: {
                 headers: {
                     /** @description The job: `/v1/jobs/{id}` */
-                    Location?: string;
+                    Location: string;
                     /** @description `true` when an earlier request with this `Idempotency-Key` made the job */
                     "Idempotent-Replayed"?: string;
                     /** @description `wait=N` when the request waited for the job (`Prefer: wait=N`) */
                     "Preference-Applied"?: string;
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3942,14 +3959,16 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3959,13 +3978,13 @@ export interface operations {
             /** @description Not enough credits (`balance` and `cost` say by how much) */
             402: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3976,13 +3995,13 @@ export interface operations {
             /** @description Not found, or not yours */
             404: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -3993,13 +4012,13 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4019,6 +4038,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4028,13 +4049,13 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4046,15 +4067,15 @@ export interface operations {
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */
-                    "Retry-After"?: string;
+                    "Retry-After": string;
                     /** @description Requests of this kind allowed per window (per user) */
-                    "RateLimit-Limit"?: string;
+                    "RateLimit-Limit": string;
                     /** @description Requests left in the current window */
-                    "RateLimit-Remaining"?: string;
+                    "RateLimit-Remaining": string;
                     /** @description Seconds until the oldest counted request leaves the window */
-                    "RateLimit-Reset"?: string;
+                    "RateLimit-Reset": string;
                     /** @description The limit and its window in seconds, such as `30;w=60` */
-                    "RateLimit-Policy"?: string;
+                    "RateLimit-Policy": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4073,13 +4094,13 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4138,6 +4159,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4206,6 +4229,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4296,6 +4321,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4365,13 +4392,13 @@ export interface operations {
             /** @description Successful Response */
             201: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4382,13 +4409,13 @@ export interface operations {
             /** @description The body could not be read: bytes that are not text, JSON nested too deeply, or broken multipart (JSON that does not parse, or is not an object, is a 422 `validation` problem) */
             400: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4399,14 +4426,16 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4416,13 +4445,13 @@ export interface operations {
             /** @description Request body too large */
             413: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4433,14 +4462,16 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
+                    /** @description `multipart/form-data`, when the request was not sent as that; absent when the file's image format was refused (`accepted` lists those this takes) */
+                    Accept?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4450,13 +4481,13 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4468,15 +4499,15 @@ export interface operations {
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */
-                    "Retry-After"?: string;
+                    "Retry-After": string;
                     /** @description Requests of this kind allowed per window (per user) */
-                    "RateLimit-Limit"?: string;
+                    "RateLimit-Limit": string;
                     /** @description Requests left in the current window */
-                    "RateLimit-Remaining"?: string;
+                    "RateLimit-Remaining": string;
                     /** @description Seconds until the oldest counted request leaves the window */
-                    "RateLimit-Reset"?: string;
+                    "RateLimit-Reset": string;
                     /** @description The limit and its window in seconds, such as `30;w=60` */
-                    "RateLimit-Policy"?: string;
+                    "RateLimit-Policy": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4495,13 +4526,13 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
-                    /** @description Requests of this kind allowed per window (per user) */
+                    /** @description Requests of this kind allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Requests left in the current window */
+                    /** @description Requests left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted request leaves the window */
+                    /** @description Seconds until the oldest counted request leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -4557,6 +4588,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4614,6 +4647,11 @@ export interface operations {
                  * @example 20
                  */
                 limit?: number;
+                /**
+                 * @description Only this pack's public icons (anyone's pack).
+                 * @example c3a1e5d7-2b4f-4a6c-8e0d-1f3b5d7a9c2e
+                 */
+                pack_id?: string | null;
             };
             header?: never;
             path?: never;
@@ -4642,6 +4680,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4728,6 +4768,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4796,6 +4838,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4871,6 +4915,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4961,6 +5007,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4988,6 +5036,10 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
+                    /** @description `application/json` */
+                    "Accept-Patch": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5053,6 +5105,8 @@ export interface operations {
             /** @description Redirect to a short-lived URL */
             307: {
                 headers: {
+                    /** @description The short-lived URL */
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -5060,6 +5114,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5137,6 +5193,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5214,6 +5272,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5308,6 +5368,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5369,7 +5431,7 @@ export interface operations {
             201: {
                 headers: {
                     /** @description The prompt */
-                    Location?: string;
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5388,6 +5450,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5406,6 +5470,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5465,6 +5531,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5540,6 +5608,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5630,6 +5700,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5657,6 +5729,10 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
+                    /** @description `application/json` */
+                    "Accept-Patch": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5733,6 +5809,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5794,7 +5872,7 @@ export interface operations {
             201: {
                 headers: {
                     /** @description The pack */
-                    Location?: string;
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5813,6 +5891,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5831,6 +5911,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5896,6 +5978,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5971,6 +6055,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6061,6 +6147,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6088,6 +6176,10 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
+                    /** @description `application/json` */
+                    "Accept-Patch": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6158,6 +6250,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6185,6 +6279,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6244,6 +6340,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6320,16 +6418,16 @@ export interface operations {
             200: {
                 headers: {
                     /** @description The set: `/v1/packs/{pack_id}/generations/{set_id}` */
-                    Location?: string;
+                    Location: string;
                     /** @description `true` when an earlier request with this `Idempotency-Key` made the set */
                     "Idempotent-Replayed"?: string;
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6341,16 +6439,16 @@ export interface operations {
             202: {
                 headers: {
                     /** @description The set: `/v1/packs/{pack_id}/generations/{set_id}` */
-                    Location?: string;
+                    Location: string;
                     /** @description `true` when an earlier request with this `Idempotency-Key` made the set */
                     "Idempotent-Replayed"?: string;
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6370,14 +6468,16 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6387,13 +6487,13 @@ export interface operations {
             /** @description Not enough credits (`balance` and `cost` say by how much) */
             402: {
                 headers: {
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6404,13 +6504,13 @@ export interface operations {
             /** @description Not found, or not yours */
             404: {
                 headers: {
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6430,6 +6530,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6439,13 +6541,13 @@ export interface operations {
             /** @description Invalid input */
             422: {
                 headers: {
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6457,15 +6559,15 @@ export interface operations {
             429: {
                 headers: {
                     /** @description Seconds to wait before trying again */
-                    "Retry-After"?: string;
+                    "Retry-After": string;
                     /** @description Generations allowed per window (per user) */
-                    "RateLimit-Limit"?: string;
+                    "RateLimit-Limit": string;
                     /** @description Generations left in the current window */
-                    "RateLimit-Remaining"?: string;
+                    "RateLimit-Remaining": string;
                     /** @description Seconds until the oldest counted generation leaves the window */
-                    "RateLimit-Reset"?: string;
+                    "RateLimit-Reset": string;
                     /** @description The limit and its window in seconds, such as `30;w=60` */
-                    "RateLimit-Policy"?: string;
+                    "RateLimit-Policy": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6484,13 +6586,13 @@ export interface operations {
             /** @description A dependency is unavailable; retry later */
             503: {
                 headers: {
-                    /** @description Generations allowed per window (per user) */
+                    /** @description Generations allowed per window (per user). Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Limit"?: string;
-                    /** @description Generations left in the current window */
+                    /** @description Generations left in the current window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Remaining"?: string;
-                    /** @description Seconds until the oldest counted generation leaves the window */
+                    /** @description Seconds until the oldest counted generation leaves the window. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Reset"?: string;
-                    /** @description The limit and its window in seconds, such as `30;w=60` */
+                    /** @description The limit and its window in seconds, such as `30;w=60`. Absent when the request was not counted: refused before the count (its token, or a body or parameters that fail validation), or no limit is set (`RATE_LIMIT_*` empty) or its storage is down (the limit fails open). */
                     "RateLimit-Policy"?: string;
                     [name: string]: unknown;
                 };
@@ -6526,6 +6628,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6601,7 +6705,7 @@ export interface operations {
             200: {
                 headers: {
                     /** @description `attachment; filename="<pack>.zip"` */
-                    "Content-Disposition"?: string;
+                    "Content-Disposition": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6611,6 +6715,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6797,6 +6903,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6842,6 +6950,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6901,6 +7011,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6995,6 +7107,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7070,6 +7184,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7153,6 +7269,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7231,6 +7349,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7267,6 +7387,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7336,6 +7458,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7372,6 +7496,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7540,6 +7666,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7601,7 +7729,7 @@ export interface operations {
             201: {
                 headers: {
                     /** @description The key: `/v1/api-keys/{id}` */
-                    Location?: string;
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7620,6 +7748,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7656,6 +7786,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7715,6 +7847,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7799,6 +7933,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7882,6 +8018,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7934,7 +8072,7 @@ export interface operations {
             201: {
                 headers: {
                     /** @description The endpoint: `/v1/webhook-endpoints/{id}` */
-                    Location?: string;
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7953,15 +8091,19 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem401"];
                 };
             };
-            /** @description Conflict */
+            /** @description A per-user cap reached (`limit`), or another URL of the caller's still being looked up (`Retry-After`) */
             409: {
                 headers: {
+                    /** @description Seconds to wait before trying again, when another URL of the caller's was still being looked up; absent when a cap was reached */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7980,6 +8122,8 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8039,6 +8183,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8114,6 +8260,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8204,6 +8352,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8219,9 +8369,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem404"];
                 };
             };
-            /** @description Conflict */
+            /** @description A per-user cap reached (`limit`), or another URL of the caller's still being looked up (`Retry-After`) */
             409: {
                 headers: {
+                    /** @description Seconds to wait before trying again, when another URL of the caller's was still being looked up; absent when a cap was reached */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8240,6 +8392,10 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
+                    /** @description `application/json`: the media type this takes */
+                    Accept: string;
+                    /** @description `application/json` */
+                    "Accept-Patch": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8299,6 +8455,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8396,6 +8554,8 @@ export interface operations {
             /** @description Missing or invalid bearer token */
             401: {
                 headers: {
+                    /** @description The bearer challenge (RFC 6750 §3): `Bearer` when the request carried no token, `Bearer error="invalid_token"` when its token or key was refused */
+                    "WWW-Authenticate": string;
                     [name: string]: unknown;
                 };
                 content: {
