@@ -7,8 +7,10 @@ and the storage and provider interfaces, never app.db or an implementation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -59,10 +61,24 @@ class Services:
     # for a waiter, which then goes to the back). At 32 connections on the default pool of
     # 20, p99 of /v1/me fell from 1.0-1.4 s to 0.35-0.43 s (wrk, load average 7: bench/reads).
     db_slots: asyncio.Semaphore | None = None
+    # The users whose feed streams this process holds (a stream each): an `image` event
+    # says `liked_by_me` to those who like it (app.services.gallery.announced).
+    feed_viewers: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         if self.db_slots is None:
             self.db_slots = asyncio.Semaphore(self.pool.get_max_size())
+
+    @contextlib.asynccontextmanager
+    async def feed_viewer(self, user_id: str) -> AsyncIterator[None]:
+        """`user_id` counted in `feed_viewers` while one of their streams is open."""
+        self.feed_viewers[user_id] += 1
+        try:
+            yield
+        finally:
+            self.feed_viewers[user_id] -= 1
+            if not self.feed_viewers[user_id]:
+                del self.feed_viewers[user_id]
 
 
 def services_of(request: Request) -> Services:

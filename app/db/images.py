@@ -6,7 +6,6 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import packs
 from app.db.where import Where
 
 COLUMNS = (
@@ -118,25 +117,17 @@ async def set_visibility(
 async def delete(
     conn: asyncpg.Connection, image_id: UUID, owner: str | None
 ) -> asyncpg.Record | None:
-    """Delete the owner's image row (owner None: anyone's); its likes go with it, and the
-    pack it was in is marked updated (`packs.touch`). Returns its storage key."""
+    """Delete the owner's image row (owner None: anyone's); its likes go with it. Returns
+    its storage key and `pack_id`, the pack it leaves (None: none, or it was already gone
+    from the gallery), for `packs.touch`."""
     return await conn.fetchrow(
-        f"""
-        WITH gone AS (
-            DELETE FROM generated_images WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)
-            RETURNING id, storage_key, pack_id, deleted_at
-        ), touched AS ({packs.touch("SELECT pack_id FROM gone WHERE deleted_at IS NULL")})
-        SELECT id, storage_key FROM gone
+        """
+        DELETE FROM generated_images WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)
+        RETURNING id, storage_key, CASE WHEN deleted_at IS NULL THEN pack_id END AS pack_id
         """,
         image_id,
         owner,
     )
-
-
-# The packs an image left and joined, if it moved (`set_pack`'s `moved`).
-_TOUCH_MOVED = packs.touch(
-    "SELECT unnest(ARRAY[left_pack, $3::uuid]) FROM moved WHERE left_pack IS DISTINCT FROM $3"
-)
 
 
 async def set_pack(
@@ -145,18 +136,17 @@ async def set_pack(
     owner: str,
     pack_id: UUID | None,
     only_from: UUID | None = None,
-) -> bool:
+) -> asyncpg.Record | None:
     """File the owner's image into `pack_id` (None: out of any pack; `only_from`: only if it
-    is in that pack now). False if there is no such image, or no such pack of the owner's
-    (one deleted meanwhile included: the lock waits for a deletion in flight).
+    is in that pack now). None if there is no such image, or no such pack of the owner's
+    (one deleted meanwhile included: the lock waits for a deletion in flight); else its
+    `left_pack`, the pack it was in, for `packs.touch`.
 
-    The packs it leaves and joins are marked updated (`packs.touch`); filing it where it
-    already is changes nothing. The image's row is locked to read the pack it leaves, after
-    the pack it joins is checked (as before: a deletion of that pack, which waits for the
-    image rows in it, is waited for first).
-    """
-    moved = await conn.fetchval(
-        f"""
+    The image's row is locked to read the pack it leaves, after the pack it joins is
+    checked (as before: a deletion of that pack, which waits for the image rows in it, is
+    waited for first)."""
+    return await conn.fetchrow(
+        """
         WITH old AS (
             SELECT id, pack_id FROM generated_images
             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
@@ -165,18 +155,15 @@ async def set_pack(
                     SELECT 1 FROM icon_packs p WHERE p.id = $3 AND p.user_id = $2
                     FOR KEY SHARE))
             FOR NO KEY UPDATE
-        ), moved AS (
-            UPDATE generated_images i SET pack_id = $3 FROM old WHERE i.id = old.id
-            RETURNING old.pack_id AS left_pack
-        ), touched AS ({_TOUCH_MOVED})
-        SELECT count(*) FROM moved
+        )
+        UPDATE generated_images i SET pack_id = $3 FROM old WHERE i.id = old.id
+        RETURNING old.pack_id AS left_pack
         """,
         image_id,
         owner,
         pack_id,
         only_from,
     )
-    return bool(moved == 1)
 
 
 async def pack_reference_keys(conn: asyncpg.Connection, pack_id: UUID, limit: int) -> list[str]:

@@ -14,7 +14,6 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import packs
 from app.db.where import Where
 
 COLUMNS = (
@@ -245,12 +244,10 @@ async def complete(
     `done`). The row itself goes from 60 (or 10) to 100, as before it did within a
     millisecond; one statement instead of a progress write and a four-statement
     transaction. `pack_id` is kept only if that pack (the job owner's) still exists; the
-    lock keeps it from going between this look and the foreign key's check. That pack is
-    marked updated (`packs.touch`) here, as the icon joins it, and not when its job (or
-    set) was queued: that is when its `icon_count` moves and the icon can be seen in it.
+    lock keeps it from going between this look and the foreign key's check.
     """
     row = await conn.fetchrow(
-        f"""
+        """
         WITH done AS (
             UPDATE image_generation_jobs
             SET status = 'completed', progress = 100, image_id = $1, output_image_url = $3,
@@ -270,8 +267,8 @@ async def complete(
                    (SELECT p.id FROM icon_packs p
                     WHERE p.id = $9 AND p.user_id = done.user_id FOR KEY SHARE)
             FROM done
-            RETURNING id, pack_id
-        ), touched AS ({packs.touch("SELECT pack_id FROM image")})
+            RETURNING id
+        )
         SELECT (SELECT count(*) FROM stored) AS announced, (SELECT count(*) FROM image) AS images
         """,
         image_id,

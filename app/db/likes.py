@@ -68,8 +68,13 @@ async def unlike(conn: asyncpg.Connection, image_id: UUID, user_id: str) -> asyn
     return row
 
 
-async def likers(conn: asyncpg.Connection, image_id: UUID) -> list[str]:
-    """Who likes the image (a public image made private keeps its likes, and shows them again
-    when it is public once more)."""
-    rows = await conn.fetch("SELECT user_id FROM image_likes WHERE image_id = $1", image_id)
+async def likers(conn: asyncpg.Connection, image_id: UUID, among: list[str]) -> list[str]:
+    """Which of `among` like the image (a public image made private keeps its likes, and
+    shows them again when it is public once more): one index probe each, however many
+    likes it has."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM image_likes WHERE image_id = $1 AND user_id = ANY($2::text[])",
+        image_id,
+        among,
+    )
     return [row["user_id"] for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
@@ -13,22 +14,30 @@ COLUMNS = "id, user_id, name, style_prompt, cover_image_id, created_at, updated_
 _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 
 
-def touch(pack_ids: str) -> str:
-    """An UPDATE, for a WITH clause of the statement that files icons in or out, marking the
-    packs `pack_ids` (a query of pack ids, NULLs ignored) as changed: their `updated_at`
-    (set by the table's trigger) moves when their icons do, as it does for a rename.
+async def touch(conn: asyncpg.Connection, pack_ids: Iterable[UUID | None]) -> None:
+    """Mark the packs changed: their `updated_at` (the table's trigger sets it) moves when
+    their icons do, as it does for a rename.
 
-    A pack another transaction holds locked is skipped (SKIP LOCKED) rather than waited
-    for: that transaction is writing the pack (and so sets `updated_at` itself) or deleting
-    it, and a deletion waits for the icon rows this statement holds, so waiting here could
-    deadlock with it. The service's statements do this, not a trigger on `generated_images`:
-    the mobile app writes that table too, and its writes stay as they were (an icon it
-    deletes leaves its pack's `updated_at` as it was).
-    """
-    return f"""
+    Its own statement, run after the write that moved the icons has committed, holding no
+    other lock: in that write's statement it held the icon's row while it waited for the
+    pack, and a deletion of the pack (or of an image that is another pack's cover) takes
+    them the other way round, a deadlock; and only after that commit is the time it sets
+    later than the icon it announces (a pack's `updated_at` never older than its newest
+    icon, whatever completes beside it). Several packs are locked in id order; a pack
+    deleted meanwhile is not there to mark. Not a trigger on `generated_images`: the mobile
+    app writes that table too, and its writes stay as they were (an icon it deletes leaves
+    its pack's `updated_at` as it was)."""
+    ids = sorted({pack_id for pack_id in pack_ids if pack_id is not None})
+    if not ids:
+        return
+    await conn.execute(
+        """
         UPDATE icon_packs SET updated_at = now()
-        WHERE id IN (SELECT id FROM icon_packs WHERE id IN ({pack_ids})
-                     FOR NO KEY UPDATE SKIP LOCKED)"""
+        WHERE id IN (SELECT id FROM icon_packs WHERE id = ANY($1::uuid[])
+                     ORDER BY id FOR NO KEY UPDATE)
+        """,
+        ids,
+    )
 
 
 async def page(

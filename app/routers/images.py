@@ -104,7 +104,9 @@ async def _feed_frame(svc: Services, event: dict[str, Any], viewer: str) -> byte
     if kind == "removed":
         return _shared_frame(event, "removed", {"id": event["id"]})
     if kind == "image":
-        found = await gallery.announced(svc.pool, svc.storage, svc.settings, event)
+        found = await gallery.announced(
+            svc.pool, svc.storage, svc.settings, event, svc.feed_viewers.keys()
+        )
         if found is None:
             return None
         return event.once(
@@ -121,7 +123,7 @@ async def _feed_frame(svc: Services, event: dict[str, Any], viewer: str) -> byte
 async def _feed_stream(
     svc: Services, user_id: str, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    async with svc.hub.subscribe(FEED_CHANNEL) as sub:
+    async with svc.hub.subscribe(FEED_CHANNEL) as sub, svc.feed_viewer(user_id):
         # An id on `ready` too: a client that reconnects after seeing only `likes` or
         # `removed` (which carry none) still sends Last-Event-ID, and so learns to resync.
         yield format_sse_event(

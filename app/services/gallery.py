@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -11,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.db import images, likes
+from app.db import images, likes, packs
 from app.errors import NotFound, Unauthorized
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, LikeState
 from app.services import pagination
@@ -58,7 +59,7 @@ class Announced:
 
     item: ImageItem
     owner: str
-    likers: frozenset[str]
+    likers: frozenset[str]  # of the viewers connected when it was built
 
     def view(self, viewer: str) -> tuple[bool, bool]:
         """(`mine`, `liked_by_me`) for `viewer`: the item's only parts that differ by viewer."""
@@ -78,13 +79,13 @@ async def _read_public(pool: asyncpg.Pool, image_id: UUID) -> asyncpg.Record | N
     return row if row is not None and row["visibility"] == "public" else None
 
 
-async def _likers(pool: asyncpg.Pool, image_id: UUID) -> frozenset[str]:
+async def _likers(pool: asyncpg.Pool, image_id: UUID, viewers: list[str]) -> frozenset[str]:
     async with pool.acquire() as conn:
-        return frozenset(await likes.likers(conn, image_id))
+        return frozenset(await likes.likers(conn, image_id, viewers))
 
 
 async def _announce(
-    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: Event
+    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: Event, viewers: list[str]
 ) -> Announced | None:
     record: Any = event
     if event.get("partial"):
@@ -92,20 +93,27 @@ async def _announce(
         if record is None:
             return None
     item = await to_item(storage, settings, record, viewer="")
-    # A new image has no likes; one made public again may (read once per event and process).
-    likers = await _likers(pool, item.id) if item.likes_count else frozenset()
+    # A new image has no likes; one made public again may: which of this process's viewers
+    # like it is read once per event (not every like, which the owner could make costly).
+    likers = await _likers(pool, item.id, viewers) if item.likes_count else frozenset()
     return Announced(item, str(record["user_id"]), likers)
 
 
 async def announced(
-    pool: asyncpg.Pool, storage: Storage, settings: Settings, event: Event
+    pool: asyncpg.Pool,
+    storage: Storage,
+    settings: Settings,
+    event: Event,
+    viewers: Collection[str],
 ) -> Announced | None:
     """The feed item of an `image` notification, built once per event for every subscriber
-    of the process (the URL signed once, the row read once). One too large for a NOTIFY
-    payload arrives `partial` (its id only) and is read then. None when that image is no
-    longer public."""
+    of the process (the URL signed once, the row read once), with which of `viewers` (the
+    users whose streams the process holds, as the first of them builds it) like it. One
+    too large for a NOTIFY payload arrives `partial` (its id only) and is read then. None
+    when that image is no longer public."""
     build = event.once(
-        "announced", lambda: asyncio.ensure_future(_announce(pool, storage, settings, event))
+        "announced",
+        lambda: asyncio.ensure_future(_announce(pool, storage, settings, event, list(viewers))),
     )
     return await asyncio.shield(build)
 
@@ -166,6 +174,8 @@ async def delete(pool: asyncpg.Pool, storage: Storage, image_id: UUID, owner: st
     is (an administrator's takedown)."""
     async with pool.acquire() as conn:
         row = await images.delete(conn, image_id, owner)
+        if row is not None:
+            await packs.touch(conn, [row["pack_id"]])
     if row is None:
         raise NotFound("No such image.")
     if row["storage_key"]:

@@ -18,6 +18,7 @@ import asyncpg
 from app.config import Settings
 from app.core.job_errors import Failure
 from app.db import jobs as jobs_db
+from app.db import packs as packs_db
 from app.services import credits, imaging
 
 log = logging.getLogger("atelier.worker")
@@ -90,6 +91,13 @@ async def complete(
             pack_id=UUID(pack_id) if pack_id else None,
             announce_answered=not answered_shown,
         )
+        if completed and pack_id:
+            # As the icon joins it (that is when its icon_count moves), not when queued.
+            try:
+                await packs_db.touch(conn, [UUID(pack_id)])
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # The job is completed and its icon filed: only the pack's mark is lost.
+                log.warning("job %s: its pack %s not marked updated: %s", job_id, pack_id, exc)
     if not completed:
         raise LostLease
 

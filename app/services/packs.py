@@ -96,21 +96,27 @@ async def delete(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> None:
 
 
 async def add_icon(conn: asyncpg.Connection, pack_id: UUID, user_id: str, image_id: UUID) -> None:
-    """File one of the caller's images into the pack (moving it from any other pack)."""
+    """File one of the caller's images into the pack (moving it from any other pack); the
+    packs it joins and leaves are marked updated once that has committed (`packs.touch`),
+    none when it was in this one already."""
     async with conn.transaction():
         await get_own(conn, pack_id, user_id)
-        if not await images.set_pack(conn, image_id, user_id, pack_id):
+        moved = await images.set_pack(conn, image_id, user_id, pack_id)
+        if moved is None:
             await get_own(conn, pack_id, user_id)  # 404 for a pack deleted meanwhile
             raise NotFound("No such image of yours.")
+    if moved["left_pack"] != pack_id:
+        await packs.touch(conn, [moved["left_pack"], pack_id])
 
 
 async def remove_icon(
     conn: asyncpg.Connection, pack_id: UUID, user_id: str, image_id: UUID
 ) -> None:
-    """Take the image out of the pack; it stays in the gallery."""
+    """Take the image out of the pack (then marked updated); it stays in the gallery."""
     await get_own(conn, pack_id, user_id)
-    if not await images.set_pack(conn, image_id, user_id, None, only_from=pack_id):
+    if await images.set_pack(conn, image_id, user_id, None, only_from=pack_id) is None:
         raise NotFound("That image is not in this pack.")
+    await packs.touch(conn, [pack_id])
 
 
 async def generation_context(

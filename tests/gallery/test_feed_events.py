@@ -489,6 +489,7 @@ async def test_a_thousand_clients_connecting_and_leaving_keep_memory_and_connect
                 lambda: pool.get_size() - pool.get_idle_size() == 0, "no connection in use"
             )
             assert live_subscriptions() == subscriptions_before
+            assert not services.feed_viewers  # every stream's viewer forgotten
             assert await db_connections(db) <= max_connections
             objects_after.append(len(gc.get_objects()))  # right after a full collection
 

@@ -16,8 +16,11 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.db import jobs as jobs_db
 from app.db import ledger as ledger_db
 from app.main import create_app
+from app.services import jobs
+from app.services.imaging import Png
 from app.services.providers.base import ContentRefused, ImageRequest, ImageResult
 from app.services.providers.local import LocalProvider
 from app.services.worker import Worker
@@ -323,9 +326,61 @@ async def test_a_pack_is_marked_updated_as_each_icon_of_its_set_is_filed_not_whe
 
     assert (queued["icon_count"], queued["updated_at"]) == (0, queued["created_at"])
     assert filed["icon_count"] == 2
-    # bumped by the statement that filed an icon (the last to get the pack's row)
-    completed = {datetime.fromisoformat(job["completed_at"]) for job in done["jobs"]}
-    assert datetime.fromisoformat(filed["updated_at"]) in completed
+    # marked once each icon was filed: no older than the last of them
+    completed = [datetime.fromisoformat(job["completed_at"]) for job in done["jobs"]]
+    assert datetime.fromisoformat(filed["updated_at"]) >= max(completed)
+
+
+async def test_a_packs_updated_at_is_never_older_than_its_newest_icon(
+    make_settings: MakeSettings, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """Two icons of one pack complete together, the first one's commit late. The pack is
+    marked after each completion commits, so it ends up no older than the newest icon: a
+    mark inside the first completion's statement was older than the second icon, and the
+    second skipped its own (the pack was locked), so a client syncing on updated_at never
+    saw the last icon."""
+    headers = auth_headers(ALICE)
+    settings = make_settings(new_user_credits=10, worker_in_process=False)
+    application = create_app(settings)
+    async with running(application) as client:
+        pack_id = await create_pack(client, headers)
+        answer = await ask_for_set(client, headers, pack_id, ["q1", "q2"])
+        assert answer.status_code == 202, answer.text
+        pool = application.state.services.pool
+        async with pool.acquire() as conn:
+            (first, one), (second, two) = [
+                (r["id"], r["attempts"]) for r in await jobs_db.claim(conn, "w", 2, 60)
+            ]
+        params = {"pack_id": pack_id}
+        png = Png(b"", 8, 8)
+        async with pool.acquire() as slow, slow.transaction():  # commits after the second
+            assert await jobs_db.complete(
+                slow,
+                first,
+                one,
+                image_id=uuid.uuid4(),
+                image_url="http://127.0.0.1:8000/files/one.png",
+                storage_key="generations/one.png",
+                model="m",
+                visibility="private",
+                width=8,
+                height=8,
+                pack_id=uuid.UUID(pack_id),
+            )
+            await asyncio.sleep(0.05)  # the second icon is made later
+            await asyncio.wait_for(
+                jobs.complete(
+                    pool, settings, second, two, key="k/two.png", png=png, model="m", params=params
+                ),
+                10,
+            )
+    updated = await db.fetchval(
+        "SELECT updated_at FROM icon_packs WHERE id = $1", uuid.UUID(pack_id)
+    )
+    newest = await db.fetchval(
+        "SELECT max(created_at) FROM generated_images WHERE pack_id = $1", uuid.UUID(pack_id)
+    )
+    assert updated >= newest
 
 
 class FailsOnePrompt:

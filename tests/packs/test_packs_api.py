@@ -878,7 +878,8 @@ async def test_taking_an_icon_out_of_a_pack_being_deleted_neither_waits_nor_dead
     client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
     """The deletion holds the pack and waits for the icon's row, which the other side holds:
-    marking the pack updated must not wait for the pack in turn (a deadlock)."""
+    taking the icon out must not wait for the pack in turn (a deadlock); the pack is marked
+    updated only after that has committed (`packs.touch`)."""
     headers = auth_headers(ALICE)
     await ensure_user(client, headers)
     pack = await create_pack(client, headers)
@@ -899,7 +900,44 @@ async def test_taking_an_icon_out_of_a_pack_being_deleted_neither_waits_nor_dead
     finally:
         await remover.close()
 
-    assert taken_out
+    assert taken_out is not None
     assert deleted.status_code == 204, deleted.text
     assert await pack_row(db, pack["id"]) is None
     assert await pack_of(db, icon) is None
+
+
+async def test_deleting_icons_that_are_each_others_packs_covers_does_not_deadlock(
+    client: httpx.AsyncClient, db_url: str, db: asyncpg.Connection, auth_headers: Headers
+) -> None:
+    """X is in pack P and Q's cover, Y in Q and P's cover (a cover may be any of the owner's
+    images). A deletion takes only the pack whose cover it clears, and marks its own pack
+    after it has committed: when each deletion also held its own pack, two of them waited
+    for each other's."""
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    p, q = [uuid.UUID((await create_pack(client, headers, name=n))["id"]) for n in ("P", "Q")]
+    x = await insert_image(db, ALICE, pack_id=p)
+    y = await insert_image(db, ALICE, pack_id=q)
+    cover = "UPDATE icon_packs SET cover_image_id = $1 WHERE id = $2"
+    await db.execute(cover, x, q)
+    await db.execute(cover, y, p)
+    holder = await asyncpg.connect(db_url)
+    try:
+        holding = holder.transaction()
+        await holding.start()
+        # P held, as a deletion clearing P's cover holds it: Y's deletion waits for it.
+        await holder.execute("SELECT 1 FROM icon_packs WHERE id = $1 FOR NO KEY UPDATE", p)
+        deleting = asyncio.create_task(client.delete(f"/v1/images/{y}", headers=headers))
+        await until_a_lock_wait(db, "Y's deletion to wait for P", deleting)
+        await asyncio.wait_for(images_db.delete(holder, x, ALICE), DEADLINE_SECONDS)
+        await holding.commit()
+        deleted = await asyncio.wait_for(deleting, DEADLINE_SECONDS)
+    finally:
+        await holder.close()
+
+    assert deleted.status_code == 204, deleted.text
+    left = await db.fetch("SELECT cover_image_id FROM icon_packs WHERE id = ANY($1)", [p, q])
+    assert [r["cover_image_id"] for r in left] == [None, None]
+    assert (
+        await db.fetchval("SELECT count(*) FROM generated_images WHERE id = ANY($1)", [x, y]) == 0
+    )
