@@ -101,17 +101,23 @@ async def get_with_like(
 
 async def set_visibility(
     conn: asyncpg.Connection, image_id: UUID, owner: str, visibility: str
-) -> bool:
-    status = await conn.execute(
+) -> asyncpg.Record | None:
+    """Set the owner's image's visibility; None when there is no such image, else what it
+    `was` and its `pack_id`."""
+    return await conn.fetchrow(
         """
-        UPDATE generated_images SET visibility = $3
-        WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+        WITH old AS (
+            SELECT id, visibility FROM generated_images
+            WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL
+            FOR NO KEY UPDATE
+        )
+        UPDATE generated_images i SET visibility = $3 FROM old WHERE i.id = old.id
+        RETURNING old.visibility AS was, i.pack_id
         """,
         image_id,
         owner,
         visibility,
     )
-    return bool(status == "UPDATE 1")
 
 
 async def delete(
@@ -119,7 +125,7 @@ async def delete(
 ) -> asyncpg.Record | None:
     """Delete the owner's image row (owner None: anyone's); its likes go with it. Returns
     its storage key and `pack_id`, the pack it leaves (None: none, or it was already gone
-    from the gallery), for `packs.touch`."""
+    from the gallery), to mark updated."""
     return await conn.fetchrow(
         """
         DELETE FROM generated_images WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)
@@ -140,7 +146,7 @@ async def set_pack(
     """File the owner's image into `pack_id` (None: out of any pack; `only_from`: only if it
     is in that pack now). None if there is no such image, or no such pack of the owner's
     (one deleted meanwhile included: the lock waits for a deletion in flight); else its
-    `left_pack`, the pack it was in, for `packs.touch`.
+    `left_pack`, the pack it was in, to mark updated.
 
     The image's row is locked to read the pack it leaves, after the pack it joins is
     checked (as before: a deletion of that pack, which waits for the image rows in it, is

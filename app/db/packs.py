@@ -14,7 +14,9 @@ COLUMNS = "id, user_id, name, style_prompt, cover_image_id, created_at, updated_
 _P_COLUMNS = ", ".join("p." + c.strip() for c in COLUMNS.split(","))
 
 
-async def touch(conn: asyncpg.Connection, pack_ids: Iterable[UUID | None]) -> None:
+async def touch(
+    conn: asyncpg.Connection, pack_ids: Iterable[UUID | None], *, wait_seconds: float | None = None
+) -> None:
     """Mark the packs changed: their `updated_at` (the table's trigger sets it) moves when
     their icons do, as it does for a rename.
 
@@ -26,7 +28,8 @@ async def touch(conn: asyncpg.Connection, pack_ids: Iterable[UUID | None]) -> No
     icon, whatever completes beside it). Several packs are locked in id order; a pack
     deleted meanwhile is not there to mark. Not a trigger on `generated_images`: the mobile
     app writes that table too, and its writes stay as they were (an icon it deletes leaves
-    its pack's `updated_at` as it was)."""
+    its pack's `updated_at` as it was). `wait_seconds`: how long it may wait for the packs
+    (asyncpg cancels it then: TimeoutError)."""
     ids = sorted({pack_id for pack_id in pack_ids if pack_id is not None})
     if not ids:
         return
@@ -37,6 +40,7 @@ async def touch(conn: asyncpg.Connection, pack_ids: Iterable[UUID | None]) -> No
                      ORDER BY id FOR NO KEY UPDATE)
         """,
         ids,
+        timeout=wait_seconds,
     )
 
 

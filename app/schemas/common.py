@@ -18,14 +18,17 @@ def _no_nul(value: str) -> str:
 
 
 # White space as Python's str.isspace and JavaScript's \s see it (the union), and what shows
-# nothing on its own: soft hyphen, combining grapheme joiner, Hangul fillers, Mongolian vowel
-# separator, zero-width space and joiners, direction marks, word joiner and invisible
+# nothing on its own: soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul
+# fillers, Mongolian free variation selectors and vowel separator, zero-width space and
+# joiners, direction marks, embeddings, overrides and isolates, word joiner and invisible
 # operators, blank Braille pattern, variation selectors. Spelled so that the validator and
-# the document's pattern (ECMA-262, as JSON Schema reads it) agree. Text made only of these
-# is blank.
+# the document's pattern (ECMA-262, as JSON Schema reads it, with no `u` flag: so the Basic
+# Multilingual Plane only, not the supplementary variation selectors or tags) agree. Text
+# made only of these is blank.
 BLANK = (
-    r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\xad\u034f\u115f\u1160\u1680\u180e\u2000-\u200f"
-    r"\u2028\u2029\u202f\u205f\u2060-\u2064\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\xad\u034f\u061c\u115f\u1160\u1680\u180b-\u180f"
+    r"\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u2069\u2800\u3000\u3164\ufe00-\ufe0f"
+    r"\ufeff\uffa0"
 )
 _BLANK = re.compile(f"[{BLANK}]*")
 

@@ -12,10 +12,10 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.db import images, likes, packs
+from app.db import images, likes
 from app.errors import NotFound, Unauthorized
 from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, LikeState
-from app.services import pagination
+from app.services import pack_marks, pagination
 from app.services.realtime import Event
 from app.services.storage.base import Storage, StorageError
 
@@ -162,8 +162,11 @@ async def set_visibility(
     owner: str,
     visibility: str,
 ) -> ImageItem:
-    if not await images.set_visibility(conn, image_id, owner, visibility):
+    changed = await images.set_visibility(conn, image_id, owner, visibility)
+    if changed is None:
         raise NotFound("No such image.")
+    if changed["was"] != visibility:  # what others see of its pack changed
+        await pack_marks.mark_updated(conn, [changed["pack_id"]])
     return await get(conn, storage, settings, image_id, owner)
 
 
@@ -174,8 +177,6 @@ async def delete(pool: asyncpg.Pool, storage: Storage, image_id: UUID, owner: st
     is (an administrator's takedown)."""
     async with pool.acquire() as conn:
         row = await images.delete(conn, image_id, owner)
-        if row is not None:
-            await packs.touch(conn, [row["pack_id"]])
     if row is None:
         raise NotFound("No such image.")
     if row["storage_key"]:
@@ -185,6 +186,9 @@ async def delete(pool: asyncpg.Pool, storage: Storage, image_id: UUID, owner: st
             log.warning(
                 "image %s deleted; its object %s remains: %s", image_id, row["storage_key"], exc
             )
+    if row["pack_id"] is not None:
+        async with pool.acquire() as conn:
+            await pack_marks.mark_updated(conn, [row["pack_id"]])
 
 
 async def download(

@@ -18,8 +18,7 @@ import asyncpg
 from app.config import Settings
 from app.core.job_errors import Failure
 from app.db import jobs as jobs_db
-from app.db import packs as packs_db
-from app.services import credits, imaging
+from app.services import credits, imaging, pack_marks
 
 log = logging.getLogger("atelier.worker")
 
@@ -93,11 +92,7 @@ async def complete(
         )
         if completed and pack_id:
             # As the icon joins it (that is when its icon_count moves), not when queued.
-            try:
-                await packs_db.touch(conn, [UUID(pack_id)])
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                # The job is completed and its icon filed: only the pack's mark is lost.
-                log.warning("job %s: its pack %s not marked updated: %s", job_id, pack_id, exc)
+            await pack_marks.mark_updated(conn, [UUID(pack_id)])
     if not completed:
         raise LostLease
 

@@ -10,7 +10,7 @@ from app.config import Settings
 from app.db import images, packs
 from app.errors import NotFound, Unprocessable
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackPage, PackUpdate
-from app.services import gallery, pagination
+from app.services import gallery, pack_marks, pagination
 from app.services.storage.base import Storage
 
 
@@ -97,7 +97,7 @@ async def delete(conn: asyncpg.Connection, pack_id: UUID, user_id: str) -> None:
 
 async def add_icon(conn: asyncpg.Connection, pack_id: UUID, user_id: str, image_id: UUID) -> None:
     """File one of the caller's images into the pack (moving it from any other pack); the
-    packs it joins and leaves are marked updated once that has committed (`packs.touch`),
+    packs it joins and leaves are marked updated once that has committed (`pack_marks`),
     none when it was in this one already."""
     async with conn.transaction():
         await get_own(conn, pack_id, user_id)
@@ -106,7 +106,7 @@ async def add_icon(conn: asyncpg.Connection, pack_id: UUID, user_id: str, image_
             await get_own(conn, pack_id, user_id)  # 404 for a pack deleted meanwhile
             raise NotFound("No such image of yours.")
     if moved["left_pack"] != pack_id:
-        await packs.touch(conn, [moved["left_pack"], pack_id])
+        await pack_marks.mark_updated(conn, [moved["left_pack"], pack_id])
 
 
 async def remove_icon(
@@ -116,7 +116,7 @@ async def remove_icon(
     await get_own(conn, pack_id, user_id)
     if await images.set_pack(conn, image_id, user_id, None, only_from=pack_id) is None:
         raise NotFound("That image is not in this pack.")
-    await packs.touch(conn, [pack_id])
+    await pack_marks.mark_updated(conn, [pack_id])
 
 
 async def generation_context(

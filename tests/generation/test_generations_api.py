@@ -60,6 +60,7 @@ INVALID_BODIES: list[tuple[str, dict[str, Any]]] = [
     ("blank prompt", {"prompt": "  \t\n "}),
     ("invisible prompt", {"prompt": "\u200b\u200d \u2060\u180e"}),
     ("no visible character", {"prompt": "\u200e\u3164\u2800\xad\ufe0f\u034f\u2062"}),
+    ("only direction controls", {"prompt": "\u061c\u202a\u202e\u2066\u2069\u180b"}),
     ("prompt of 2001 characters", {"prompt": "x" * 2001}),
     ("prompt with NUL", {"prompt": "a\x00b"}),
     ("no prompt", {"kind": "generate"}),

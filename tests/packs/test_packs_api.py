@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -16,8 +17,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from app.db import images as images_db
+from app.services import pack_marks
+from app.services.storage.base import ObjectNotFound
 from tests.support.locks import until_a_lock_wait
 from tests.support.polling import DEADLINE_SECONDS
 from tests.support.problems import assert_problem
@@ -609,13 +613,75 @@ async def test_an_icon_filed_in_moved_taken_out_or_deleted_marks_its_packs_updat
     assert removed.status_code == 204, removed.text
     taken_out = await updated(second)
     assert (await add_icon(client, alice, second["id"], doomed)).status_code == 204
-    before_deletion = await updated(second)
+    before_shown = await updated(second)
+
+    async def show(visibility: str) -> None:
+        shown = await client.patch(
+            f"/v1/images/{doomed}", json={"visibility": visibility}, headers=alice
+        )
+        assert shown.status_code == 200, shown.text
+
+    await show("public")  # what other users see of the pack changed
+    shown = await updated(second)
+    await show("public")
+    shown_again = await updated(second)  # no change
     assert (await client.delete(f"/v1/images/{doomed}", headers=alice)).status_code == 204
     deleted = await updated(second)
 
     assert moment(first["created_at"]) < added == again == refused < moved_out
-    assert moment(second["created_at"]) < moved_in < taken_out < before_deletion < deleted
+    assert moment(second["created_at"]) < moved_in < taken_out < before_shown < shown
+    assert shown == shown_again < deleted
     assert (await get_pack(client, alice, second["id"]))["icon_count"] == 0
+
+
+async def test_a_pack_held_by_another_transaction_leaves_its_mark_not_the_deletion(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db_url: str,
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Marking the pack is best effort and waits for it briefly: an icon deleted while
+    another client holds its pack (a long transaction, the mobile app's rename) is deleted,
+    its stored object too, and answered 204; only the mark is lost, and logged."""
+    monkeypatch.setattr(pack_marks, "WAIT_SECONDS", 0.3)
+    headers = auth_headers(ALICE)
+    await ensure_user(client, headers)
+    pack = await create_pack(client, headers)
+    made = await client.post(
+        "/v1/generations",
+        json={"prompt": "a kept fox", "pack_id": pack["id"]},
+        headers={**headers, "Prefer": "wait=10"},
+    )
+    assert made.status_code == 200, made.text
+    icon = made.json()["image"]["id"]
+    key = await db.fetchval(
+        "SELECT storage_key FROM generated_images WHERE id = $1", uuid.UUID(icon)
+    )
+    holder = await asyncpg.connect(db_url)
+    try:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM icon_packs WHERE id = $1 FOR UPDATE", uuid.UUID(pack["id"])
+            )
+            with caplog.at_level(logging.WARNING, logger="atelier.packs"):
+                deleted = await asyncio.wait_for(
+                    client.delete(f"/v1/images/{icon}", headers=headers), DEADLINE_SECONDS
+                )
+    finally:
+        await holder.close()
+
+    assert deleted.status_code == 204, deleted.text
+    assert (
+        await db.fetchval("SELECT count(*) FROM generated_images WHERE id = $1", uuid.UUID(icon))
+        == 0
+    )
+    storage = app.state.services.storage
+    with pytest.raises(ObjectNotFound):
+        await storage.get(key)
+    assert any("not marked updated" in r.getMessage() for r in caplog.records)
 
 
 # -- another user's pack --------------------------------------------------------------------
