@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 from uuid import UUID
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from app.config import Settings
 from app.services.providers.base import ReferenceImage
@@ -130,23 +130,65 @@ def to_png(data: bytes, max_pixels: int = 64_000_000, max_side: int = PROVIDER_M
 
 def clean_upload(data: bytes, max_pixels: int, max_side: int) -> CleanImage:
     """Decode an upload and re-encode it in its own format, dropping EXIF and other metadata
-    (and anything appended after the image data: only the decoded pixels are written)."""
+    (and anything appended after the image data: only the decoded pixels are written).
+
+    What the metadata meant for the pixels is applied first: a camera's EXIF Orientation
+    (a portrait photo is stored upright, not on its side) and an ICC profile (the colours
+    converted to sRGB, which every viewer assumes of an image without one)."""
     with _open(data, max_pixels, max_side) as decoded:
         fmt = decoded.format or "PNG"
-        image = decoded
-        if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
+        steps = _Steps(decoded)
+        if decoded.getexif().get(_ORIENTATION, 1) != 1:
+            steps.then(ImageOps.exif_transpose(decoded))
+        if steps.image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+            steps.then(steps.image.convert("RGBA" if "A" in steps.image.getbands() else "RGB"))
+        if fmt == "JPEG" and steps.image.mode not in ("RGB", "L"):
+            steps.then(steps.image.convert("RGB"))
+        profile = decoded.info.get("icc_profile")
+        if profile and steps.image.mode in ("RGB", "RGBA"):
+            steps.then(_to_srgb(steps.image, profile))
+        image = steps.image
         # Encoders copy some of `info` into the file (JPEG its COM comment, WEBP and JPEG an
         # ICC profile): keep only what the pixels need (a palette's transparency).
         image.info = {k: v for k, v in image.info.items() if k == "transparency"}
         out = io.BytesIO()
         # Saving without exif=/pnginfo=/icc_profile= and that info writes no metadata at all.
         image.save(out, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
-        if image is not decoded:
-            image.close()
-        return CleanImage(out.getvalue(), fmt, decoded.width, decoded.height)
+        steps.close()
+        return CleanImage(out.getvalue(), fmt, image.width, image.height)
+
+
+_ORIENTATION = ExifTags.Base.Orientation
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+class _Steps:
+    """The image as each step leaves it; each one it replaced is closed at once (an upload
+    may be 64 MP: two copies at most at a time), all but the decoded one (its `with`)."""
+
+    def __init__(self, decoded: Image.Image) -> None:
+        self._decoded = decoded
+        self.image = decoded
+
+    def then(self, image: Image.Image) -> None:
+        if image is not self.image and self.image is not self._decoded:
+            self.image.close()
+        self.image = image
+
+    def close(self) -> None:
+        if self.image is not self._decoded:
+            self.image.close()
+
+
+def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+    """`image`'s pixels converted from `profile` to sRGB; as they are when the profile
+    cannot be read (a broken one is the sender's loss, not a refusal)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    return converted if converted is not None else image
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

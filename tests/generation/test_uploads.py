@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from PIL import Image
+from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 from starlette.datastructures import FormData
 
@@ -34,6 +34,7 @@ from tests.generation.conftest import (
     upload,
 )
 from tests.support.documented import assert_documented_headers
+from tests.support.icc import SRGB_BLUE, SRGB_GREEN, SRGB_RED, rgb_profile
 from tests.support.problems import assert_problem
 
 Headers = Callable[..., dict[str, str]]
@@ -49,6 +50,11 @@ def noise_png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+def rgb_at(image: Image.Image, x: int, y: int) -> tuple[int, int, int]:
+    r, g, b = image.convert("RGB").getpixel((x, y))  # type: ignore[misc]
+    return r, g, b
 
 
 def with_metadata(fmt: str) -> bytes:
@@ -225,6 +231,49 @@ async def test_metadata_is_stripped_from_the_stored_copy(
     assert dict(image.getexif()) == {}
     assert "exif" not in image.info and "Comment" not in image.info
     assert b"SpyCamMaker" not in stored and b"Jane Roe" not in stored
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+async def test_a_photo_is_stored_upright_as_its_camera_meant_it(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, fmt: str
+) -> None:
+    """A phone's portrait photo: landscape pixels and EXIF Orientation 6 (turn 90° clockwise
+    to show). The tag goes with the rest of the metadata, so the pixels are turned first."""
+    image = Image.new("RGB", (64, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (32, 0, 64, 32))  # left red, right blue: shown, top and bottom
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    out = io.BytesIO()
+    image.save(out, fmt, exif=exif, quality=95)
+
+    response = await upload(
+        client, auth_headers(ALICE), out.getvalue(), "photo.bin", "application/octet-stream"
+    )
+
+    assert response.status_code == 201, response.text
+    assert (response.json()["width"], response.json()["height"]) == (32, 64)
+    stored = decode(await storage_of(app).get(response.json()["upload_key"]))
+    assert stored.size == (32, 64) and dict(stored.getexif()) == {}
+    top, bottom = rgb_at(stored, 16, 8), rgb_at(stored, 16, 56)
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], (top, bottom)
+
+
+async def test_colours_are_converted_to_srgb_before_the_profile_is_dropped(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    """A profile whose red primary is sRGB's green: its (200, 0, 0) is a green, wherever the
+    profile is honoured. Stored without the profile, the pixels must say so in sRGB."""
+    swapped = rgb_profile(SRGB_GREEN, SRGB_RED, SRGB_BLUE)
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(out, "JPEG", icc_profile=swapped, quality=95)
+
+    response = await upload(client, auth_headers(ALICE), out.getvalue(), "photo.jpg", "image/jpeg")
+
+    assert response.status_code == 201, response.text
+    stored = decode(await storage_of(app).get(response.json()["upload_key"]))
+    assert "icc_profile" not in stored.info
+    red, green, _ = rgb_at(stored, 20, 15)
+    assert green > 200 and red < 40, (red, green)
 
 
 # -- bombs and sizes ------------------------------------------------------------------------
