@@ -8,13 +8,13 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import TextStr
+from app.schemas.common import LineStr
 
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "ci"}]})
 
-    name: Annotated[TextStr, Field(min_length=1, max_length=100)] = Field(
+    name: Annotated[LineStr, Field(min_length=1, max_length=100)] = Field(
         description="What the key is for, to tell keys apart (1 to 100 characters)."
     )
 

@@ -4,7 +4,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 
 def _no_nul(value: str) -> str:
@@ -51,6 +51,28 @@ TextStr = Annotated[
     AfterValidator(_no_nul),
     AfterValidator(_not_blank),
     Field(json_schema_extra={"pattern": rf"^[^\x00]*[^\x00{BLANK}][^\x00]*$"}),
+]
+
+# What a name or a title (one line) may not hold: control characters (C0, DEL, C1: a newline,
+# a bell) and the direction embeddings, overrides and isolates ("\u202etxt.exe").
+CONTROLS = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{CONTROLS}]")
+
+
+def _one_line(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must be one line of text without control characters")
+    return value
+
+
+# A name or a title: one line, trimmed of white space around it, with something in it.
+LineStr = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True),
+    AfterValidator(_no_nul),
+    AfterValidator(_one_line),
+    AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": rf"^[^{CONTROLS}]*[^{CONTROLS}{BLANK}][^{CONTROLS}]*$"}),
 ]
 
 

@@ -165,13 +165,33 @@ async def test_another_users_key_cannot_be_deleted(
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"name": ""}, {"name": "   "}, {"name": "x" * 101}, {"name": "a\u0000b"}, {"name": 5}],
+    [
+        {},
+        {"name": ""},
+        {"name": "   "},
+        {"name": "x" * 101},
+        {"name": "a\u0000b"},
+        {"name": 5},
+        {"name": "x\u0007y"},  # a bell
+        {"name": "line1\nline2"},
+        {"name": "\u202etxt.exe"},  # shown as "exe.txt"
+    ],
 )
 async def test_a_key_needs_a_usable_name(
     client: httpx.AsyncClient, auth_headers: Headers, body: dict[str, Any]
 ) -> None:
     response = await client.post("/v1/api-keys", json=body, headers=auth_headers(ALICE))
     assert_problem(response, 422)
+    listed = await client.get("/v1/api-keys", headers=auth_headers(ALICE))
+    assert listed.json()["items"] == []
+
+
+async def test_a_key_name_is_trimmed(client: httpx.AsyncClient, auth_headers: Headers) -> None:
+    response = await client.post(
+        "/v1/api-keys", json={"name": "  deploy bot "}, headers=auth_headers(ALICE)
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "deploy bot"
 
 
 @pytest.mark.parametrize(
