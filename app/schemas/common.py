@@ -4,7 +4,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field
 
 
 def _no_nul(value: str) -> str:
@@ -53,9 +53,10 @@ TextStr = Annotated[
     Field(json_schema_extra={"pattern": rf"^[^\x00]*[^\x00{BLANK}][^\x00]*$"}),
 ]
 
-# What a name or a title (one line) may not hold: control characters (C0, DEL, C1: a newline,
-# a bell) and the direction embeddings, overrides and isolates ("\u202etxt.exe").
-CONTROLS = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+# What a one-line name may not hold: control characters (C0, DEL, C1: a newline, a bell), the
+# line and paragraph separators, and the direction embeddings, overrides and isolates
+# ("\u202etxt.exe" shows as "exe.txt").
+CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _CONTROL = re.compile(f"[{CONTROLS}]")
 
 
@@ -65,10 +66,10 @@ def _one_line(value: str) -> str:
     return value
 
 
-# A name or a title: one line, trimmed of white space around it, with something in it.
+# A name of the service's own (an API key's): one line, with something in it. Taken as sent
+# (not trimmed: the document's length limits then mean what the server checks).
 LineStr = Annotated[
     str,
-    StringConstraints(strip_whitespace=True),
     AfterValidator(_no_nul),
     AfterValidator(_one_line),
     AfterValidator(_not_blank),

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.schemas.common import LineStr, Page, SafeStr, TextStr, never_null
+from app.schemas.common import Page, SafeStr, TextStr, never_null
 from app.schemas.generations import IMAGE_ID_EXAMPLE, SIGNED_URL_EXAMPLE
 
 Visibility = Literal["private", "public"]
@@ -139,7 +139,7 @@ class PromptCreate(BaseModel):
     prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] = Field(
         description=PROMPT_TEXT
     )
-    title: Annotated[LineStr, Field(min_length=1, max_length=200)] | None = None
+    title: Annotated[TextStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
     secondary_image_url: HttpUrl | None = None
 
@@ -154,7 +154,7 @@ class PromptUpdate(BaseModel):
     prompt_text: Annotated[TextStr, Field(min_length=1, max_length=2000)] | None = Field(
         default=None, json_schema_extra=never_null, description=PROMPT_TEXT
     )
-    title: Annotated[LineStr, Field(min_length=1, max_length=200)] | None = None
+    title: Annotated[TextStr, Field(min_length=1, max_length=200)] | None = None
     thumbnail_url: HttpUrl | None = None
     secondary_image_url: HttpUrl | None = None
 
@@ -190,7 +190,7 @@ class PackCreate(BaseModel):
             ]
         },
     )
-    name: Annotated[LineStr, Field(min_length=1, max_length=100)]
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)]
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = Field(
         default=None, description="Sent with every generation into the pack, to keep its look."
     )
@@ -204,7 +204,7 @@ class PackUpdate(BaseModel):
         json_schema_extra={"examples": [{"name": "Woodland animals", "cover_image_id": None}]},
     )
     # null is refused (422) by the service: the document does not offer it
-    name: Annotated[LineStr, Field(min_length=1, max_length=100)] | None = Field(
+    name: Annotated[TextStr, Field(min_length=1, max_length=100)] | None = Field(
         default=None, json_schema_extra=never_null
     )
     style_prompt: Annotated[SafeStr, Field(max_length=1000)] | None = None

@@ -6,6 +6,7 @@ Everything here is CPU work on bytes; callers run it on `Decoders`, a small pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 from uuid import UUID
 
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from app.config import Settings
 from app.services.providers.base import ReferenceImage
@@ -133,62 +134,96 @@ def clean_upload(data: bytes, max_pixels: int, max_side: int) -> CleanImage:
     (and anything appended after the image data: only the decoded pixels are written).
 
     What the metadata meant for the pixels is applied first: a camera's EXIF Orientation
-    (a portrait photo is stored upright, not on its side) and an ICC profile (the colours
-    converted to sRGB, which every viewer assumes of an image without one)."""
+    (a portrait photo is stored upright, not on its side) and an RGB or CMYK ICC profile
+    (the colours converted to sRGB, which every viewer assumes of an image without one).
+    A profile or an EXIF block that cannot be read is ignored, as it was before."""
     with _open(data, max_pixels, max_side) as decoded:
         fmt = decoded.format or "PNG"
-        steps = _Steps(decoded)
-        if decoded.getexif().get(_ORIENTATION, 1) != 1:
-            steps.then(ImageOps.exif_transpose(decoded))
-        if steps.image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-            steps.then(steps.image.convert("RGBA" if "A" in steps.image.getbands() else "RGB"))
-        if fmt == "JPEG" and steps.image.mode not in ("RGB", "L"):
-            steps.then(steps.image.convert("RGB"))
         profile = decoded.info.get("icc_profile")
-        if profile and steps.image.mode in ("RGB", "RGBA"):
-            steps.then(_to_srgb(steps.image, profile))
-        image = steps.image
-        # Encoders copy some of `info` into the file (JPEG its COM comment, WEBP and JPEG an
-        # ICC profile): keep only what the pixels need (a palette's transparency).
-        image.info = {k: v for k, v in image.info.items() if k == "transparency"}
-        out = io.BytesIO()
-        # Saving without exif=/pnginfo=/icc_profile= and that info writes no metadata at all.
-        image.save(out, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
-        steps.close()
-        return CleanImage(out.getvalue(), fmt, image.width, image.height)
+        method = _TRANSPOSE.get(_orientation(decoded))
+        steps = _Steps(decoded)
+        try:
+            if method is not None:
+                steps.then(steps.image.transpose(method))
+            if steps.image.mode == "CMYK" and profile:
+                to_rgb = _srgb(profile, "CMYK", "RGB")
+                steps.then(ImageCms.applyTransform(steps.image, to_rgb) if to_rgb else None)
+                profile = None  # applied, or not usable
+            image = steps.image
+            if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                steps.then(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+            if fmt == "JPEG" and steps.image.mode not in ("RGB", "L"):
+                steps.then(steps.image.convert("RGB"))
+            image = steps.image
+            if profile and image.mode in ("RGB", "RGBA"):
+                in_place = _srgb(profile, image.mode, image.mode)
+                if in_place is not None:
+                    with contextlib.suppress(ImageCms.PyCMSError):  # left as they were
+                        ImageCms.applyTransform(image, in_place, inPlace=True)
+            # Encoders copy some of `info` into the file (JPEG its COM comment, WEBP and JPEG
+            # an ICC profile): keep only what the pixels need (a palette's transparency).
+            image.info = {k: v for k, v in image.info.items() if k == "transparency"}
+            out = io.BytesIO()
+            # Saving without exif=/pnginfo=/icc_profile= and that info writes no metadata.
+            image.save(out, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
+            return CleanImage(out.getvalue(), fmt, image.width, image.height)
+        finally:
+            steps.close()
 
 
 _ORIENTATION = ExifTags.Base.Orientation
+# EXIF Orientation → the transposition that shows the pixels as the camera meant them (as
+# Pillow's ImageOps.exif_transpose maps it; done here without its rewriting of the EXIF,
+# which raises on a corrupt block, and which is stripped anyway).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation, 1 (as stored) when there is none or it cannot be read."""
+    try:
+        with warnings.catch_warnings():  # a damaged block's, as _open keeps Pillow's quiet
+            warnings.simplefilter("ignore", UserWarning)
+            value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block raises what its parser meets
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _srgb(profile: bytes, mode_in: str, mode_out: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from `profile` to sRGB; None when the profile cannot be read or is not
+    one of `mode_in`'s colour space (a broken one is the sender's loss, not a refusal)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.buildTransform(source, _SRGB, mode_in, mode_out)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
 class _Steps:
-    """The image as each step leaves it; each one it replaced is closed at once (an upload
-    may be 64 MP: two copies at most at a time), all but the decoded one (its `with`)."""
+    """The image as each step leaves it. The one a step replaces is closed at once, the
+    decoded one included (its `with` closes it again, harmlessly), so an upload (up to
+    MAX_UPLOAD_PIXELS) is held at most twice at a time."""
 
     def __init__(self, decoded: Image.Image) -> None:
-        self._decoded = decoded
         self.image = decoded
 
-    def then(self, image: Image.Image) -> None:
-        if image is not self.image and self.image is not self._decoded:
-            self.image.close()
+    def then(self, image: Image.Image | None) -> None:
+        if image is None or image is self.image:
+            return
+        self.image.close()
         self.image = image
 
     def close(self) -> None:
-        if self.image is not self._decoded:
-            self.image.close()
-
-
-def _to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
-    """`image`'s pixels converted from `profile` to sRGB; as they are when the profile
-    cannot be read (a broken one is the sender's loss, not a refusal)."""
-    try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode)
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return image
-    return converted if converted is not None else image
+        self.image.close()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -175,6 +175,8 @@ async def test_another_users_key_cannot_be_deleted(
         {"name": "x\u0007y"},  # a bell
         {"name": "line1\nline2"},
         {"name": "\u202etxt.exe"},  # shown as "exe.txt"
+        {"name": "\tdeploy"},
+        {"name": "a\u2028b"},
     ],
 )
 async def test_a_key_needs_a_usable_name(
@@ -184,14 +186,6 @@ async def test_a_key_needs_a_usable_name(
     assert_problem(response, 422)
     listed = await client.get("/v1/api-keys", headers=auth_headers(ALICE))
     assert listed.json()["items"] == []
-
-
-async def test_a_key_name_is_trimmed(client: httpx.AsyncClient, auth_headers: Headers) -> None:
-    response = await client.post(
-        "/v1/api-keys", json={"name": "  deploy bot "}, headers=auth_headers(ALICE)
-    )
-    assert response.status_code == 201, response.text
-    assert response.json()["name"] == "deploy bot"
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,6 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({**FULL, "title": "t" * 201}, "title"),
     ({**FULL, "title": ""}, "title"),
     ({**FULL, "title": "   "}, "title"),
-    ({**FULL, "title": "two\nlines"}, "title"),
     ({**FULL, "prompt_text": ""}, "prompt_text"),
     ({**FULL, "prompt_text": " \t\n "}, "prompt_text"),
     ({**FULL, "prompt_text": "\u200b"}, "prompt_text"),  # shows nothing: blank as well

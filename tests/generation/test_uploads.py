@@ -258,6 +258,25 @@ async def test_a_photo_is_stored_upright_as_its_camera_meant_it(
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], (top, bottom)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_a_damaged_exif_block_is_ignored_not_a_500(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, fmt: str
+) -> None:
+    """EXIF that Pillow cannot parse (it raises on reading it, in a PNG or a WEBP): the
+    image is stored as it is, without it, as before orientation was read."""
+    out = io.BytesIO()
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(out, fmt, exif=b"Exif\x00\x00XX\x00*garbage")
+
+    response = await upload(
+        client, auth_headers(ALICE), out.getvalue(), "photo.bin", "application/octet-stream"
+    )
+
+    assert response.status_code == 201, response.text
+    assert (response.json()["width"], response.json()["height"]) == (20, 10)
+    stored = await storage_of(app).get(response.json()["upload_key"])
+    assert b"garbage" not in stored
+
+
 async def test_colours_are_converted_to_srgb_before_the_profile_is_dropped(
     app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers
 ) -> None:
