@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.observability import configure_logging
+from app.logs import configure_logging
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -1,31 +1,24 @@
-"""JSON logs with a request id, Prometheus metrics, and the ASGI middleware that feeds both."""
+"""Prometheus metrics, request ids, and the ASGI middleware that feeds both and the access
+log (app.logs)."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import contextvars
-import json
 import logging
 import os
-import queue
 import random
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
 from app.headers import first_header
+from app.logs import ACCESS_LOGGER, access_line, access_record, request_id_var
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "request_id", default=None
-)
 # Headers every answer to the current request carries once they are known, problems
 # included (errors.problem_response): the caller's RateLimit-* fields once the request was
 # counted (rate_limits). A fresh dict per request, filled in place, so code running in a
@@ -53,179 +46,7 @@ def after_response(scope: Scope, callback: Callable[[], Awaitable[None]]) -> Non
     callbacks.append(callback)
 
 
-# Where a queued record keeps the request id of the context it was logged in (the log thread
-# that formats it has none); never written out as an extra field.
-REQUEST_ID_RECORD_ATTR = "atelier_request_id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {
-    "message",
-    "asctime",
-    REQUEST_ID_RECORD_ATTR,
-    "color_message",  # uvicorn's message again, with terminal colour codes
-}
-TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: ts, level, request_id (when there is one), logger, msg, a dict
-    message's keys, the record's extras, exc for an exception and stack_info for a stack.
-
-    Written out rather than python-json-logger's JsonFormatter: its generic field handling
-    (renames, reserved attributes, defaults) took 11.6 µs a line against 6.5 µs here, and the
-    access log writes a line per request (bench/reads.py)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-        }
-        request_id = getattr(record, REQUEST_ID_RECORD_ATTR, None) or request_id_var.get()
-        if request_id:
-            data["request_id"] = request_id  # before the extras: an explicit one wins
-        data["logger"] = record.name
-        if isinstance(record.msg, dict):  # its keys are the fields; no message text
-            data["msg"] = ""
-            data.update(record.msg)
-        else:
-            data["msg"] = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            data["exc"] = record.exc_text
-        if record.stack_info:
-            data["stack_info"] = self.formatStack(record.stack_info)
-        # A copy: another handler of the same record (pytest's) may add attributes to it
-        # from the caller's thread meanwhile. Private ones (a leading _) are not fields.
-        for key, value in tuple(record.__dict__.items()):
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                data[key] = value
-        return json.dumps(data, default=str)
-
-
-class _ContextQueueHandler(QueueHandler):
-    """Hands records to the log thread. What could change once the call returns is settled
-    here: the message with its arguments, the traceback's text, and the request id of the
-    caller's context. The JSON encoding and the write happen on the log thread.
-
-    The record is changed in place rather than copied (3.4 µs a line, measured here): any
-    other handler (pytest's) still sees the same message, and the exception is kept."""
-
-    _exceptions = logging.Formatter()
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if isinstance(record.msg, dict):  # JsonFormatter writes a dict's keys as fields
-            record.msg = dict(record.msg)
-        elif record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._exceptions.formatException(record.exc_info)
-        setattr(record, REQUEST_ID_RECORD_ATTR, request_id_var.get())
-        return record
-
-
-class _LogListener(QueueListener):
-    """The log thread. It lets a burst gather before it waits again (a put into a queue that
-    no thread is waiting on wakes none, so under load the loop does not pay a thread wake-up
-    per line), and it writes what it gathered (up to MAX_GATHERED lines) with one write and
-    one flush per stream: a write to a pipe wakes its reader. With a pipe as stderr, a line
-    cost 34 µs of the service's CPU written one at a time with python-json-logger, 17 µs
-    now. Idle, it blocks as usual."""
-
-    GATHER_SECONDS = 0.005
-    MAX_GATHERED = 256
-
-    def __init__(
-        self, records: queue.SimpleQueue[logging.LogRecord], *handlers: logging.StreamHandler[Any]
-    ) -> None:
-        super().__init__(records, *handlers)
-        self._records = records
-        self._streams: tuple[logging.StreamHandler[Any], ...] = handlers
-        self._gathered: list[logging.LogRecord] = []
-
-    def dequeue(self, block: bool) -> logging.LogRecord:
-        try:
-            record = self._records.get_nowait()
-        except queue.Empty:
-            self._write_gathered()
-            time.sleep(self.GATHER_SECONDS)
-            record = self._records.get(block)
-        if record is self._sentinel:  # type: ignore[attr-defined]  # stopping: write the rest
-            self._write_gathered()
-        return record
-
-    def handle(self, record: logging.LogRecord) -> None:
-        self._gathered.append(self.prepare(record))
-        if len(self._gathered) >= self.MAX_GATHERED:  # a queue that never runs dry
-            self._write_gathered()
-
-    def _write_gathered(self) -> None:
-        records, self._gathered = self._gathered, []
-        if not records:
-            return
-        for handler in self._streams:
-            lines = []
-            for record in records:
-                if record.levelno < handler.level or not handler.filter(record):
-                    continue
-                try:
-                    lines.append(handler.format(record) + handler.terminator)
-                except Exception:
-                    handler.handleError(record)
-            if not lines:
-                continue
-            with handler.lock or contextlib.nullcontext():
-                try:
-                    handler.stream.write("".join(lines))
-                    handler.flush()
-                except Exception:
-                    handler.handleError(records[-1])
-
-
-_listener: QueueListener | None = None
-
-
-def configure_logging(level: str, as_json: bool | None) -> None:
-    """Log to stderr from a thread of its own (stdlib QueueHandler and QueueListener), so a
-    slow or full stderr pipe never stalls the event loop. The queue is unbounded, as the
-    stdlib's recipe has it: a line is never dropped.
-
-    `as_json` None (LOG_JSON unset) chooses by where stderr goes: text for a person at a
-    terminal, one JSON object a line for anything else (a pipe, a file, a log collector)."""
-    global _listener
-    stop_logging()
-    if as_json is None:
-        as_json = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = _LogListener(records, handler)
-    _listener.start()
-    atexit.unregister(stop_logging)  # registered once, however often this is called
-    atexit.register(stop_logging)
-    root = logging.getLogger()
-    root.handlers[:] = [_ContextQueueHandler(records)]
-    root.setLevel(level.upper())
-    # uvicorn's own access log repeats what the middleware logs, without the request id
-    logging.getLogger("uvicorn.access").disabled = True
-
-
-def stop_logging() -> None:
-    """Write out what is queued and stop the log thread (at exit, or to reconfigure); what
-    is logged afterwards is written directly."""
-    global _listener
-    if _listener is None:
-        return
-    _listener.stop()
-    root = logging.getLogger()
-    root.handlers[:] = [
-        direct
-        for handler in root.handlers
-        for direct in (
-            _listener.handlers if isinstance(handler, _ContextQueueHandler) else (handler,)
-        )
-    ]
-    _listener = None
 
 
 class Metrics:
@@ -312,7 +133,11 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.headers = headers
-        self.log = logging.getLogger("atelier.access")
+        self.log = logging.getLogger(ACCESS_LOGGER)
+        self.root = logging.getLogger()
+        # the latency histogram's series by (route, method, status): labels() validates and
+        # locks on every call (a method is one of llhttp's few, so this stays small)
+        self.series: dict[tuple[str, str, int], Any] = {}
         self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -354,7 +179,7 @@ class RequestContextMiddleware:
             try:
                 await self._after_response(callbacks)
             finally:  # a cancellation that reaches the clean-up still gets its line
-                self._record(scope, status, time.perf_counter() - started)
+                self._record(scope, status, time.perf_counter() - started, request_id)
                 request_id_var.reset(token)
                 carried_headers.reset(carried)
 
@@ -365,21 +190,42 @@ class RequestContextMiddleware:
             except Exception:
                 self.log.exception("A request's clean-up failed")
 
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        self.metrics.requests.labels(template, scope["method"], str(status)).observe(elapsed)
+        key = (template, scope["method"], status)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = self.metrics.requests.labels(*key[:2], str(status))
+        series.observe(elapsed)
         if self.log.isEnabledFor(logging.INFO):
-            # made and handled directly: Logger.info would also look up its caller's frame,
-            # a field no formatter here writes (~3 µs a line)
-            line = self.log.makeRecord(
-                self.log.name,
-                logging.INFO,
-                __file__,
-                0,
-                "%s %s %s",
-                (scope["method"], scope["path"], status),
-                None,
-                extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
-            )
-            self.log.handle(line)
+            self._log_access(scope["method"], scope["path"], status, elapsed, request_id)
+
+    def _log_access(
+        self, method: str, path: str, status: int, elapsed: float, request_id: str
+    ) -> None:
+        """One line. Where only configure_logging's JSON queue would see the record (what
+        `atelier serve` runs), the line is made here and queued as it is: a LogRecord made,
+        handled, queued and formatted on the log thread cost about 45 µs of a `/v1/me`
+        request's CPU in process, the line about 20 (bench/app_cpu.py). Anywhere else (a
+        text log, a handler of a test's own), a record goes through logging."""
+        direct = logs.json_queue()
+        if direct is not None and self._only_queued_to(direct[0]):
+            line = access_line(method, path, status, elapsed, request_id, time.time())
+            direct[1].put(line)
+        else:
+            self.log.handle(access_record(self.log, method, path, status, elapsed))
+
+    def _only_queued_to(self, queued: logging.Handler) -> bool:
+        """Whether the access log's records would reach `queued` and no other handler, with
+        no filter on the way."""
+        if self.root.handlers != [queued] or queued.filters or queued.level > logging.INFO:
+            return False
+        if self.log.disabled:
+            return False
+        logger: logging.Logger | None = self.log
+        while logger is not None and logger is not self.root:
+            if logger.handlers or logger.filters or not logger.propagate:
+                return False
+            logger = logger.parent
+        return True

@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ.clear()
         os.environ.update(environment)
         from app.config import Settings
+        from app.logs import configure_logging, stop_logging
         from app.main import create_app
-        from app.observability import configure_logging, stop_logging
 
         settings = Settings(_env_file=None)
         configure_logging(settings.log_level, settings.logs_as_json)

@@ -553,8 +553,8 @@ class StallProbe:
 
 
 async def _worker_main(provider_name: str, probe_on: bool) -> dict[str, Any]:
+    from app.logs import configure_logging
     from app.main import open_runtime
-    from app.observability import configure_logging
     from app.services.realtime import WORKER_CHANNELS
     from app.services.worker import Worker
 

@@ -13,8 +13,8 @@ import httpx
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.logs import configure_logging, stop_logging
 from app.main import create_app
-from app.observability import configure_logging, stop_logging
 
 
 @asynccontextmanager

@@ -4,8 +4,8 @@ Every module of `app/` belongs to one part, and may import (anywhere in the modu
 top, in a function, under TYPE_CHECKING) only from the parts listed for it:
 
 - core: `app.config`, `app.errors`, `app.schemas.*`, `app.core.*` (shared helpers such as
-  secret files), `app.observability` and `app.headers` (logging, metrics and the security
-  headers, which the 500 handler in `app.errors` also needs). Imports core only.
+  secret files), `app.logs`, `app.observability` and `app.headers` (logging, metrics and the
+  security headers, which the 500 handler in `app.errors` also needs). Imports core only.
 - db: `app.db.*`. SQL only: core and db.
 - adapters: the implementations in `app.services.providers.*` and `app.services.storage.*`
   (gemini, local, r2, their factories). Core and their own package only: never a service,
@@ -40,7 +40,9 @@ APP = ROOT / "app"
 MAX_LINES = 400
 
 INTERFACES = frozenset({"app.services.providers.base", "app.services.storage.base"})
-CORE_MODULES = frozenset({"app.config", "app.errors", "app.observability", "app.headers"})
+CORE_MODULES = frozenset(
+    {"app.config", "app.errors", "app.logs", "app.observability", "app.headers"}
+)
 WEB_MODULES = frozenset(
     {
         "app.deps",

@@ -14,7 +14,7 @@ from typing import IO
 import pytest
 
 from app.config import Settings
-from app.observability import configure_logging, stop_logging
+from app.logs import configure_logging, stop_logging
 from tests.fakes.running import json_lines
 
 log = logging.getLogger("atelier.test.logformat")
