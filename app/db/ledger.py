@@ -92,6 +92,13 @@ async def source_used(conn: asyncpg.Connection, source_id: str) -> bool:
     return bool(found)
 
 
+async def by_source(conn: asyncpg.Connection, source_id: str) -> asyncpg.Record | None:
+    """The ledger row written for `source_id`, if any."""
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM credit_ledger WHERE source_id = $1", source_id
+    )
+
+
 async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
     """Record the balance of a user the service has not seen before as its opening balance."""
     await conn.execute(

@@ -50,8 +50,25 @@ async def adjust_credits(
     generations.check_idempotency_key(idempotency_key)
     source = adjustment_source(admin_id, idempotency_key)
     result = await credits.grant(conn, user_id, delta, "admin", source, note=reason)
+    if result.applied:
+        return CreditAdjustmentResult(
+            user_id=user_id, delta=delta, balance=result.balance, applied=True
+        )
+    # A replay: the key's adjustment is the first one. Another user, delta or reason under
+    # the same key is another request, which must not pass for a replay of it (a 200 that
+    # changed nothing); the same one answers the first result again.
+    first = await ledger.by_source(conn, source)
+    if first is None or (first["user_id"], first["delta"], first["note"]) != (
+        user_id,
+        delta,
+        reason,
+    ):
+        raise Unprocessable(
+            "This Idempotency-Key was used with a different request.",
+            idempotency_key=idempotency_key,
+        )
     return CreditAdjustmentResult(
-        user_id=user_id, delta=delta, balance=result.balance, applied=result.applied
+        user_id=user_id, delta=delta, balance=int(first["balance_after"]), applied=False
     )
 
 

@@ -140,6 +140,33 @@ async def test_an_adjustment_retried_with_its_idempotency_key_is_applied_once(
     assert await balance(db) == 8
 
 
+async def test_an_idempotency_key_reused_for_another_adjustment_is_422_not_a_silent_no_op(
+    app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
+) -> None:
+    pool = app.state.services.pool
+    await add_user(pool, USER, 5)
+    await add_user(pool, OTHER, 5)
+    admin = auth_headers(ADMIN)
+    first = await adjust(client, admin, 3, **{"Idempotency-Key": "ticket-7"})
+    assert first.json() == {"user_id": USER, "delta": 3, "balance": 8, "applied": True}
+
+    # The key of the first adjustment sent with another user, delta or reason: a script or a
+    # support tool reusing a key must not be told 200 with the other user's balance and the
+    # delta it asked for while nothing happened.
+    elsewhere = await adjust(client, admin, 3, user_id=OTHER, **{"Idempotency-Key": "ticket-7"})
+    assert_problem(elsewhere, 422)
+    more = await adjust(client, admin, 30, **{"Idempotency-Key": "ticket-7"})
+    assert_problem(more, 422)
+    reworded = await adjust(client, admin, 3, "another ticket", **{"Idempotency-Key": "ticket-7"})
+    assert_problem(reworded, 422)
+    assert await balance(db) == 8 and await balance(db, OTHER) == 5
+
+    # The same key and body still answer the first result.
+    again = await adjust(client, admin, 3, **{"Idempotency-Key": "ticket-7"})
+    assert again.json() == {"user_id": USER, "delta": 3, "balance": 8, "applied": False}
+    await assert_ledger_clean(db)
+
+
 async def test_bad_adjustments_are_problems_and_change_nothing(
     app: FastAPI, client: httpx.AsyncClient, auth_headers: Headers, db: asyncpg.Connection
 ) -> None:
