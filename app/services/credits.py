@@ -43,6 +43,10 @@ async def grant(
         raise ValueError(f"not a grant reason: {reason}")
     if amount == 0:
         raise Unprocessable("A credit adjustment of 0 changes nothing.")
+    # A user the mobile app made and the service never saw has no ledger row yet (the
+    # forfeiture of one deleted in Clerk, an administrator's top-up): their balance is opened
+    # first, or the grant's row would be the ledger's only one and explain just the change.
+    await ledger.open_balance(conn, user_id)
     row = await ledger.grant(conn, user_id, amount, reason, source_id, note)
     if row["balance_after"] is not None:
         return GrantResult(applied=True, balance=int(row["balance_after"]))

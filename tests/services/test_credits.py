@@ -491,3 +491,20 @@ async def test_random_concurrent_submissions_failures_and_grants_keep_every_bala
         )
         assert {r["source_id"]: (r["user_id"], r["delta"]) for r in grants} == out.granted
         assert await credits.check(conn) == ([], 0)
+
+
+async def test_a_grant_to_a_user_the_service_never_opened_opens_the_balance_first(
+    db: asyncpg.Connection,
+) -> None:
+    # Created by the mobile app, never seen by the service: an administrator's top-up (or a
+    # deduction) must leave a ledger that explains the whole balance, not just the change.
+    await db.execute("INSERT INTO users (id, email, credits) VALUES ('user_app', 'a@x.test', 3)")
+    added = await credits.grant(db, "user_app", 10, "admin", "adm_topup")
+    assert added == credits.GrantResult(applied=True, balance=13)
+    rows = await db.fetch(
+        "SELECT reason, delta, balance_after FROM credit_ledger WHERE user_id = 'user_app'"
+        " ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [("opening_balance", 3, 3), ("admin", 10, 13)]
+    bad, unopened = await credits.check(db)
+    assert [dict(r) for r in bad] == [] and unopened == 0

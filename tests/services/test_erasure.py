@@ -547,3 +547,22 @@ async def test_a_balance_the_mobile_app_left_below_zero_does_not_block_erasure(
     assert user["email"] == accounts.erased_email(GONE)
     code, out, err = await check_ledger(db_url, tmp_path)
     assert code == 0, out + err
+
+
+async def test_erasing_a_user_the_service_never_saw_leaves_a_ledger_that_adds_up(
+    app: FastAPI, db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    # A mobile-app user who never called the API (no ledger row yet), deleted in Clerk: the
+    # forfeiture of their 5 credits must not be the ledger's only row (a sum of -5 for a 0).
+    await db.execute("INSERT INTO users (id, email, credits) VALUES ($1, 'm@x.test', 5)", GONE)
+    result = await erase(app, GONE)
+    assert result.erased_now and result.forfeited == 5
+    rows = await db.fetch(
+        "SELECT reason, delta, balance_after FROM credit_ledger WHERE user_id = $1 ORDER BY id",
+        GONE,
+    )
+    assert [tuple(r) for r in rows] == [("opening_balance", 5, 5), ("admin", -5, 0)]
+    bad, _ = await credits.check(db)
+    assert [dict(r) for r in bad] == []
+    code, out, err = await check_ledger(db_url, tmp_path)
+    assert code == 0, out + err
