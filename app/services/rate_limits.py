@@ -21,11 +21,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import limits
 import redis.asyncio
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
@@ -65,10 +65,19 @@ class Quota:
 
 
 class RateLimited(TooManyRequests):
-    """The 429 of a spent budget, with the caller's quota (Retry-After is its reset)."""
+    """The 429 of a spent budget, with the caller's quota. Retry-After is when the refused
+    request would pass: the quota's reset for one, later for a set that needs more room
+    than the oldest counted request leaving makes."""
 
-    def __init__(self, scope: Scope, item: limits.RateLimitItem, quota: Quota) -> None:
-        retry_after = max(1, quota.reset_seconds)
+    def __init__(
+        self,
+        scope: Scope,
+        item: limits.RateLimitItem,
+        quota: Quota,
+        retry_after_seconds: int | None = None,
+    ) -> None:
+        wait = quota.reset_seconds if retry_after_seconds is None else retry_after_seconds
+        retry_after = max(1, wait)
         super().__init__(
             f"At most {item.amount} {scope} per {_window_text(item)}; retry in {retry_after} s.",
             headers={"Retry-After": str(retry_after), **quota.headers()},
@@ -99,6 +108,21 @@ class LoopMemoryStorage(MemoryStorage):
             return
         self._next_sweep = now + SWEEP_SECONDS
         self.sweep(now)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """Upstream's, looking at the newest `limit` entries only, as the Redis storage's
+        script does: the oldest of them still in the window and how many are. With
+        `limit` below the item's amount it says when `limit` more would fit
+        (RateLimiter.hit's Retry-After for a set); with the amount itself it is upstream's
+        answer, since no more than that many are ever in a window."""
+        timestamp = time.time()
+        events = self.events.get(key, [])[:limit]
+        if events:
+            cutoff = -(timestamp - expiry)  # newest first: those in the window are a prefix
+            inside = bisect.bisect_left(events, cutoff, key=lambda entry: -entry.atime)
+            if inside:
+                return events[inside - 1].atime, inside
+        return timestamp, 0
 
     def sweep(self, now: float) -> None:
         """Drop the entries and counters whose window has passed."""
@@ -163,8 +187,30 @@ class RateLimiter:
         if carried is not None:  # every answer from now on says where the caller stands
             carried.update(quota.headers())
         if not allowed:
-            raise RateLimited(scope, item, quota)
+            wait = None
+            if cost > 1:  # the oldest leaving may not make room for all of them
+                wait = await self._seconds_until_room(item, scope, user_id, cost)
+            raise RateLimited(scope, item, quota, wait)
         return quota
+
+    async def _seconds_until_room(
+        self, item: limits.RateLimitItem, scope: Scope, user_id: str, cost: int
+    ) -> int | None:
+        """Seconds until `cost` more fit: a hit of `cost` passes once the counted request
+        `item.amount - cost` places behind the newest has left the window (what the moving
+        window's acquire checks), so the oldest of the newest `amount - cost + 1` is the
+        one to wait for. None when storage does not answer (the quota's reset is used)."""
+        expiry = item.get_expiry()
+        try:
+            oldest, counted = await cast(MovingWindowSupport, self._storage).get_moving_window(
+                item.key_for(scope, user_id), item.amount - cost + 1, expiry
+            )
+        except StorageError as exc:
+            self._warn(repr(exc.storage_error))
+            return None
+        if not counted:  # left the window since the refusal: it would pass now
+            return 0
+        return max(0, math.ceil(oldest + expiry - time.time()))
 
     async def check_storage(self) -> None:
         """Warn (do not fail) when the storage does not answer a PING, e.g. at startup."""

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis.asyncio
 from limits import parse as limits_parse
+from limits.aio.storage import RedisStorage, Storage
 from pydantic import ValidationError
 
 from app.config import Settings
@@ -188,6 +189,54 @@ async def test_counting_in_memory_never_hops_to_a_thread_and_sweeps_what_expired
 
     assert storage.events == {}
     assert await limiter.hit("generations", "a") is not None
+
+
+async def assert_a_refused_set_waits_for_room_for_all_of_it(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set of N is refused until N fit, so its Retry-After is when the counted request
+    `limit - N` places behind the newest leaves the window, not when the oldest does:
+    there a client that waited as told was refused again (4 left of 30, a set of 7, told
+    to come back when the oldest of 27 left, and refused with 5 left)."""
+    clock = [float(int(time.time()))]  # whole seconds: no rounding up to the next one
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    limiter = rate_limits.RateLimiter({"generations": limits_parse("4/minute")}, storage)
+    await limiter.hit("generations", "a")  # at 0 s
+    clock[0] += 20
+    await limiter.hit("generations", "a", cost=2)  # at 20 s: 1 left
+    clock[0] += 10  # at 30 s: 3 more fit once the hits of 0 s and 20 s have left, at 80 s
+
+    async def refused(cost: int) -> rate_limits.RateLimited:
+        with pytest.raises(rate_limits.RateLimited) as raised:
+            await limiter.hit("generations", "a", cost=cost)
+        return raised.value
+
+    first = await refused(3)
+
+    assert first.headers == {
+        "Retry-After": "50",  # not 30, when only one has left
+        "RateLimit-Limit": "4",
+        "RateLimit-Remaining": "1",
+        "RateLimit-Reset": "30",  # the oldest still leaves first
+        "RateLimit-Policy": "4;w=60",
+    }
+    assert first.extra["retry_after"] == 50 and "retry in 50 s" in str(first.detail)
+    clock[0] += 30  # at 60 s the oldest has left: 2 fit, not 3
+    assert (await refused(3)).extra["retry_after"] == 20
+    clock[0] += 21  # past 80 s (a request at the very edge of the window still counts)
+    assert await limiter.hit("generations", "a", cost=3) is not None
+    assert await limiter.hit("generations", "a") is not None
+    clock[0] += 5
+    single = await refused(1)  # one at a time, as before: the oldest counted one's reset
+    assert single.extra["retry_after"] == 55 and single.quota.reset_seconds == 55
+
+
+async def test_a_refused_set_is_told_when_all_of_it_fits_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await assert_a_refused_set_waits_for_room_for_all_of_it(
+        rate_limits.LoopMemoryStorage(), monkeypatch
+    )
 
 
 async def test_a_replay_of_an_existing_job_is_answered_over_the_limit(
@@ -480,3 +529,11 @@ async def test_two_instances_on_one_redis_share_one_budget(
         assert [key async for key in probe.scan_iter(match=f"{prefix}:*")], "no keys in Redis"
     finally:
         await probe.aclose()
+
+
+async def test_a_refused_set_is_told_when_all_of_it_fits_in_redis(
+    redis_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, prefix = redis_url
+    storage = RedisStorage("async+" + url, implementation="redispy", key_prefix=prefix)
+    await assert_a_refused_set_waits_for_room_for_all_of_it(storage, monkeypatch)
