@@ -4,7 +4,8 @@ Each is idempotent and tolerates any order:
 - a paid credit-pack Checkout Session grants its credits once per session id (`purchase`);
 - `customer.subscription.*` re-reads the subscription from Stripe (so the row gets Stripe's
   current state, not the event's snapshot) and writes it unless a newer event did already;
-- `invoice.paid` for the Pro price grants the plan's credits once per invoice id;
+- `invoice.paid` for the Pro price grants the plan's credits once per invoice id, for a new
+  subscription's first invoice and each renewal's only (`GRANTING_INVOICES`);
 - a fully refunded charge, or a dispute lost, of a pack's payment takes the pack's credits
   back (down to zero at most) once per charge (`purchase_reversal`); the payment is mapped
   to its Checkout Session through Stripe, and a purchase not applied yet is applied first.
@@ -31,6 +32,13 @@ from app.services.billing import PRO_STATUSES, StripeApi, product_by_id, product
 from app.services.webhooks import Event
 
 log = logging.getLogger("atelier.billing.webhooks")
+
+# The invoices of the plan that grant its month of credits: the first one of a subscription
+# (a $0 trial's too) and each renewal. A proration for a change of plan or quantity
+# (`subscription_update`) or an invoice made by hand (`manual`) grants none: a month's
+# credits for each change would let a customer who may switch back and forth in the billing
+# portal buy credits at a proration's price.
+GRANTING_INVOICES = frozenset({"subscription_create", "subscription_cycle"})
 
 SUBSCRIPTION_EVENTS = frozenset(
     {
@@ -239,6 +247,15 @@ class StripeEvents:
         plans = [product_by_price(self._settings, price) for price in _prices(invoice)]
         product = next((p for p in plans if p is not None and p.mode == "subscription"), None)
         if product is None:
+            return
+        reason = invoice.get("billing_reason")
+        if reason not in GRANTING_INVOICES:
+            log.info(
+                "invoice %s (%s) of the plan grants no credits: only a new subscription's "
+                "and each renewal's do",
+                invoice.get("id"),
+                reason,
+            )
             return
         customer = _id(invoice.get("customer"))
         user_id = await subscriptions.user_for_customer(conn, customer) if customer else None

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.billing.conftest import deliver, signed
 from tests.fakes.stripe_api import StripeApiServer, sign
@@ -301,6 +302,33 @@ async def test_invoice_paid_grants_the_plan_credits_once_per_invoice(
     other["lines"]["data"][0]["pricing"]["price_details"]["price"] = "price_50"
     assert (await deliver(billing, stripe_api.event("invoice.paid", other))).status_code == 200
     assert await balance(db, "user_invoice") == 405
+
+
+@pytest.mark.parametrize(
+    ("billing_reason", "granted"),
+    [
+        ("subscription_create", 200),
+        ("subscription_cycle", 200),
+        ("subscription_update", 0),  # a proration: a change of plan or quantity
+        ("manual", 0),
+        (None, 0),
+    ],
+)
+async def test_only_a_new_subscriptions_invoice_and_a_renewals_grant_credits(
+    billing: httpx.AsyncClient,
+    auth_headers: Headers,
+    stripe_api: StripeApiServer,
+    db: asyncpg.Connection,
+    billing_reason: str | None,
+    granted: int,
+) -> None:
+    headers = auth_headers("user_proration")
+    subscription = await subscribed(billing, stripe_api, headers)
+    invoice = stripe_api.invoice(subscription["id"], amount_paid=317)
+    invoice["billing_reason"] = billing_reason
+    answer = await deliver(billing, stripe_api.event("invoice.paid", invoice))
+    assert answer.status_code == 200, answer.text
+    assert await balance(db, "user_proration") == 5 + granted
 
 
 # --- refunds and disputes ----------------------------------------------------------------------
