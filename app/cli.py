@@ -8,13 +8,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.logs import configure_logging
+from app.logs import configure_logging, stop_logging
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -118,7 +119,23 @@ def worker_app() -> FastAPI:
     configure_logging(settings.log_level, settings.logs_as_json)
     # Read per connection, and this process serves none before its app is built.
     HeadLimitedHttpToolsProtocol.max_head_bytes = settings.max_header_bytes
-    return create_app(settings)
+    app = create_app(settings)
+    lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def writing_logs_out(app: FastAPI) -> AsyncIterator[Any]:
+        # uvicorn ends a worker process by raising the SIGTERM it caught again with the
+        # default handler back: the process dies there, before atexit runs stop_logging, with
+        # what the log thread still gathers (its last GATHER_SECONDS of lines). So the lines
+        # are written out when the app has shut down, and uvicorn's last ones directly.
+        try:
+            async with lifespan(app) as state:
+                yield state
+        finally:
+            stop_logging()
+
+    app.router.lifespan_context = writing_logs_out
+    return app
 
 
 async def _worker(settings: Settings) -> None:
