@@ -201,14 +201,15 @@ class RateLimiter:
         window's acquire checks), so the oldest of the newest `amount - cost + 1` is the
         one to wait for. None when storage does not answer (the quota's reset is used)."""
         expiry = item.get_expiry()
+        behind = item.amount - cost + 1
         try:
             oldest, counted = await cast(MovingWindowSupport, self._storage).get_moving_window(
-                item.key_for(scope, user_id), item.amount - cost + 1, expiry
+                item.key_for(scope, user_id), behind, expiry
             )
         except StorageError as exc:
             self._warn(repr(exc.storage_error))
             return None
-        if not counted:  # left the window since the refusal: it would pass now
+        if counted < behind:  # the one to wait for left the window since: it would pass now
             return 0
         return max(0, math.ceil(oldest + expiry - time.time()))
 

@@ -239,6 +239,41 @@ async def test_a_refused_set_is_told_when_all_of_it_fits_in_memory(
     )
 
 
+async def assert_a_set_refused_at_the_edge_is_told_it_fits_once_the_edge_passed(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal and the look at the window that makes its Retry-After are two calls: if
+    the counted request that refused the set leaves the window between them, the set fits
+    now, and the wait is not until the next one leaves (a whole window too long)."""
+    clock = [float(int(time.time()))]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    limiter = rate_limits.RateLimiter({"generations": limits_parse("4/minute")}, storage)
+    for step in (0, 30, 20):  # hits at 0 s, 30 s and 50 s
+        clock[0] += step
+        await limiter.hit("generations", "a")
+    clock[0] += 9.75  # at 59.75 s the hit of 0 s still counts: a set of 2 is refused
+    stats = limiter._strategy.get_window_stats
+
+    async def later(*args: Any) -> Any:
+        clock[0] += 0.5  # and it has left the window when the window is read again
+        return await stats(*args)
+
+    monkeypatch.setattr(limiter._strategy, "get_window_stats", later)
+    with pytest.raises(rate_limits.RateLimited) as raised:
+        await limiter.hit("generations", "a", cost=2)
+    assert raised.value.quota.remaining == 2
+    assert raised.value.extra["retry_after"] == 1  # not 30, when the hit of 30 s leaves
+    assert await limiter.hit("generations", "a", cost=2) is not None
+
+
+async def test_a_set_refused_at_the_edge_is_told_it_fits_once_the_edge_passed_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await assert_a_set_refused_at_the_edge_is_told_it_fits_once_the_edge_passed(
+        rate_limits.LoopMemoryStorage(), monkeypatch
+    )
+
+
 async def test_a_replay_of_an_existing_job_is_answered_over_the_limit(
     limited: Callable[..., Settings], db: asyncpg.Connection, auth_headers: Headers
 ) -> None:
@@ -537,3 +572,13 @@ async def test_a_refused_set_is_told_when_all_of_it_fits_in_redis(
     url, prefix = redis_url
     storage = RedisStorage("async+" + url, implementation="redispy", key_prefix=prefix)
     await assert_a_refused_set_waits_for_room_for_all_of_it(storage, monkeypatch)
+
+
+async def test_a_set_refused_at_the_edge_is_told_it_fits_once_the_edge_passed_in_redis(
+    redis_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, prefix = redis_url
+    storage = RedisStorage("async+" + url, implementation="redispy", key_prefix=prefix)
+    await assert_a_set_refused_at_the_edge_is_told_it_fits_once_the_edge_passed(
+        storage, monkeypatch
+    )
