@@ -34,10 +34,12 @@ from app.services.webhooks import Event
 log = logging.getLogger("atelier.billing.webhooks")
 
 # The invoices of the plan that grant its month of credits: the first one of a subscription
-# (a $0 trial's too) and each renewal. A proration for a change of plan or quantity
-# (`subscription_update`) or an invoice made by hand (`manual`) grants none: a month's
-# credits for each change would let a customer who may switch back and forth in the billing
-# portal buy credits at a proration's price.
+# (a $0 trial's too) and each renewal; and an update's (`subscription_update`) that bills a
+# whole new period with nothing prorated (a trial ended early, a paused subscription resumed
+# with a new billing anchor). A proration for a change of plan or quantity, or an invoice
+# made by hand (`manual`), grants none: a month's credits for each change would let a
+# customer who may switch back and forth in the billing portal buy credits at a proration's
+# price.
 GRANTING_INVOICES = frozenset({"subscription_create", "subscription_cycle"})
 
 SUBSCRIPTION_EVENTS = frozenset(
@@ -249,10 +251,12 @@ class StripeEvents:
         if product is None:
             return
         reason = invoice.get("billing_reason")
-        if reason not in GRANTING_INVOICES:
+        if reason not in GRANTING_INVOICES and not (
+            reason == "subscription_update" and _whole_period(invoice, product.price_id)
+        ):
             log.info(
-                "invoice %s (%s) of the plan grants no credits: only a new subscription's "
-                "and each renewal's do",
+                "invoice %s (%s) of the plan grants no credits: only a new subscription's, "
+                "each renewal's and an update's billing a whole period unprorated do",
                 invoice.get("id"),
                 reason,
             )
@@ -337,13 +341,27 @@ def _invoice_user(invoice: dict[str, Any]) -> str | None:
     return str(user_id) if isinstance(user_id, str) and user_id else None
 
 
-def _prices(invoice: dict[str, Any]) -> list[str]:
-    """The price ids an invoice bills, in either of Stripe's line shapes."""
+def _lines(invoice: dict[str, Any]) -> list[tuple[str | None, bool]]:
+    """(price id, whether a proration) of each line an invoice bills, in either of Stripe's
+    line shapes."""
     found = []
     for line in (invoice.get("lines") or {}).get("data") or []:
         price = _id(line.get("price"))  # before API version 2025-03-31
         details = (line.get("pricing") or {}).get("price_details") or {}
-        price = price or _id(details.get("price"))
-        if price:
-            found.append(price)
+        parent = line.get("parent") or {}
+        item = parent.get("subscription_item_details") or parent.get("invoice_item_details") or {}
+        proration = bool(line.get("proration") or item.get("proration"))
+        found.append((price or _id(details.get("price")), proration))
     return found
+
+
+def _prices(invoice: dict[str, Any]) -> list[str]:
+    """The price ids an invoice bills."""
+    return [price for price, _ in _lines(invoice) if price]
+
+
+def _whole_period(invoice: dict[str, Any], price_id: str) -> bool:
+    """Whether the invoice bills a whole period of `price_id` and nothing prorated."""
+    lines = _lines(invoice)
+    whole = any(price == price_id and not proration for price, proration in lines)
+    return whole and not any(proration for _, proration in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -304,28 +305,51 @@ async def test_invoice_paid_grants_the_plan_credits_once_per_invoice(
     assert await balance(db, "user_invoice") == 405
 
 
+def _prorated(invoice: dict[str, Any], legacy_shape: bool = False) -> None:
+    """The invoice's plan line made a proration, and a credit for the unused time added."""
+    [line] = invoice["lines"]["data"]
+    credit = copy.deepcopy(line) | {"id": f"{line['id']}_credit", "amount": -1583}
+    for item in (line, credit):
+        if legacy_shape:  # before API version 2025-03-31
+            item["proration"] = True
+        else:
+            details = {"subscription": "sub", "proration": True}
+            item["parent"] = {"type": "subscription_item_details"}
+            item["parent"]["subscription_item_details"] = details
+    invoice["lines"]["data"].append(credit)
+
+
 @pytest.mark.parametrize(
-    ("billing_reason", "granted"),
+    ("billing_reason", "prorated", "granted"),
     [
-        ("subscription_create", 200),
-        ("subscription_cycle", 200),
-        ("subscription_update", 0),  # a proration: a change of plan or quantity
-        ("manual", 0),
-        (None, 0),
+        ("subscription_create", "no", 200),
+        ("subscription_cycle", "no", 200),
+        # an update that bills a whole new period (a trial ended early, a paused subscription
+        # resumed with billing_cycle_anchor=now): the customer paid a whole period
+        ("subscription_update", "no", 200),
+        # a change of plan or quantity, prorated: no month of credits at a proration's price
+        ("subscription_update", "yes", 0),
+        ("subscription_update", "legacy", 0),
+        ("subscription_cycle", "yes", 200),  # a renewal that carries a proration still renews
+        ("manual", "no", 0),
+        (None, "no", 0),
     ],
 )
-async def test_only_a_new_subscriptions_invoice_and_a_renewals_grant_credits(
+async def test_a_new_subscriptions_invoice_a_renewals_and_a_whole_periods_grant_credits(
     billing: httpx.AsyncClient,
     auth_headers: Headers,
     stripe_api: StripeApiServer,
     db: asyncpg.Connection,
     billing_reason: str | None,
+    prorated: str,
     granted: int,
 ) -> None:
     headers = auth_headers("user_proration")
     subscription = await subscribed(billing, stripe_api, headers)
     invoice = stripe_api.invoice(subscription["id"], amount_paid=317)
     invoice["billing_reason"] = billing_reason
+    if prorated != "no":  # "yes" in the current line shape, "legacy" in the one before
+        _prorated(invoice, legacy_shape=prorated == "legacy")
     answer = await deliver(billing, stripe_api.event("invoice.paid", invoice))
     assert answer.status_code == 200, answer.text
     assert await balance(db, "user_proration") == 5 + granted
