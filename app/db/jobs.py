@@ -210,14 +210,6 @@ async def mark_failed(
     return bool(status == "UPDATE 1")
 
 
-async def exists(conn: asyncpg.Connection, job_id: UUID) -> bool:
-    """Whether the job's row is still there (its user's erasure deletes it)."""
-    found = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM image_generation_jobs WHERE id = $1)", job_id
-    )
-    return bool(found)
-
-
 async def complete(
     conn: asyncpg.Connection,
     job_id: UUID,

@@ -1,5 +1,6 @@
 """The worker's dealings with storage for one attempt: the pack icons it sends along, the
-result it stores (with retries), and a result left behind by a job that was deleted."""
+result it stores (with retries), and the results no row will point at: its own when it lost
+its lease, earlier attempts' once it completed."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import logging
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from app.services import imaging, jobs
+from app.services import imaging
 from app.services.providers.base import ReferenceImage
-from app.services.storage.base import ObjectNotFound, Storage, StorageError
+from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
 log = logging.getLogger("atelier.worker")
 
@@ -42,14 +41,25 @@ async def put_with_retries(storage: Storage, key: str, data: bytes, retries: int
             await asyncio.sleep(min(0.2 * 2**retry, 5.0))
 
 
-async def discard_if_orphaned(pool: asyncpg.Pool, storage: Storage, job_id: UUID, key: str) -> None:
-    """The job's row is gone (its user was erased while this attempt ran): nothing will
-    ever point at the object just stored, and the erasure may have swept before it
-    landed. A job that still exists keeps it: a newer attempt writes the same key."""
-    if await jobs.exists(pool, job_id):
-        return
+async def discard_lost(storage: Storage, job_id: UUID, key: str) -> None:
+    """The attempt that stored `key` lost its lease (another attempt took the job, or the
+    job's row is gone with its erased user): nothing will ever point at the object, which
+    is this attempt's own (generation_key)."""
     try:
         await storage.delete(key)
-        log.info("job %s was deleted while it ran; removed its result %s", job_id, key)
+        log.info("job %s: removed %s, stored by an attempt that lost its lease", job_id, key)
     except StorageError as exc:
-        log.warning("job %s was deleted while it ran; its result %s remains: %s", job_id, key, exc)
+        log.warning(
+            "job %s: %s, stored by an attempt that lost its lease, remains: %s", job_id, key, exc
+        )
+
+
+async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:
+    """Best effort, once `attempt` completed the job: what earlier attempts stored and
+    never completed with (a worker that crashed between its put and its completion)."""
+    for earlier in range(1, attempt):
+        key = generation_key(job_id, earlier)
+        try:
+            await storage.delete(key)
+        except StorageError as exc:
+            log.warning("job %s: could not remove %s of an earlier attempt: %s", job_id, key, exc)

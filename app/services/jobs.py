@@ -136,12 +136,6 @@ async def retry_or_fail(
     return delay
 
 
-async def exists(pool: asyncpg.Pool, job_id: UUID) -> bool:
-    """Whether the job's row is still there (its user's erasure deletes it)."""
-    async with pool.acquire() as conn:
-        return await jobs_db.exists(conn, job_id)
-
-
 async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
     """Put the job back in the queue at once (the worker is shutting down)."""
     async with pool.acquire() as conn:

@@ -344,7 +344,7 @@ class Worker:
             reason = f"the provider's answer is not a usable image: {exc}"
             await self._fail(attempt, "unusable_image", reason)
             return
-        key = generation_key(attempt.id)
+        key = generation_key(attempt.id, attempt.number)
         try:
             await job_objects.put_with_retries(
                 self.storage, key, png.data, self.settings.storage_retries
@@ -366,8 +366,9 @@ class Worker:
                 answered_shown=await answered.settle(),
             )
         except jobs.LostLease:
-            await job_objects.discard_if_orphaned(self.pool, self.storage, attempt.id, key)
+            await job_objects.discard_lost(self.storage, attempt.id, key)
             raise
+        await job_objects.remove_earlier_results(self.storage, attempt.id, attempt.number)
 
     async def _fail(self, attempt: _Attempt, code: JobErrorCode, reason: str) -> None:
         """Failed for good: marked and refunded, in one transaction."""

@@ -229,6 +229,86 @@ async def test_a_late_answer_to_a_taken_over_attempt_changes_nothing(
     await assert_invariants(pool, storage)
 
 
+class HeldPuts(FlakyStorage):
+    """A store whose puts wait until `release` is set: a worker cut off from the database
+    (its heartbeats fail, its lease runs out) while the store still answers it."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner, put_failures=0)
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.waiting.set()
+        await self.release.wait()
+        await super().put(key, data, content_type)
+
+
+async def test_an_attempt_that_lost_its_lease_while_storing_leaves_the_completed_image_alone(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage, gemini: FakeGemini
+) -> None:
+    """Worker A has its answer (16 px) and is storing it when its lease runs out; worker B
+    takes the job over and completes it (32 px). A's store then goes through: under a key
+    of its own, which A removes once its completion is refused, so the image B completed
+    with is still the one its row describes."""
+    settings = gemini_settings(make_settings, gemini, worker_concurrency=1)
+    user = await add_user(pool, ALICE)
+    gemini.script(
+        "*",
+        image_reply(png_for_prompt("stale", size=16)),
+        image_reply(png_for_prompt("fresh", size=32)),
+    )
+    job_id = await submit(pool, settings, storage, user, "a heron cut off")
+    held_store = HeldPuts(storage)
+    a = Worker(settings, pool, build_provider(settings), held_store, worker_id="worker-a")
+    b = Worker(settings, pool, build_provider(settings), storage, worker_id="worker-b")
+    async with worker_running(a):
+        await wait_until(held_store.waiting.is_set, "worker A to store its answer")
+        await expire_lease(pool, job_id)
+        assert await a.reap() == 1
+        async with worker_running(b):
+            done = await wait_for_end(pool, [job_id])
+        held_store.release.set()  # A's put lands now, after B completed
+        stale_key = generation_key(job_id, 1)
+        await wait_until(lambda: held_store.stored == [stale_key], "worker A's put")
+
+        async def removed() -> bool:
+            return not await storage.exists(stale_key)
+
+        await wait_until(removed, "worker A to remove what it stored")
+
+    assert (done[job_id]["status"], done[job_id]["attempts"]) == ("completed", 2)
+    [image] = await images_of(pool, job_id)
+    assert image["storage_key"] == generation_key(job_id, 2)
+    assert (image["width"], image["height"]) == (32, 32)
+    with Image.open(io.BytesIO(await storage.get(image["storage_key"]))) as stored:
+        assert stored.size == (32, 32)  # B's image, as its row says
+    assert await ledger_of(pool, job_id) == [("generate", -1)]
+    await assert_invariants(pool, storage)
+
+
+async def test_the_attempt_that_completes_removes_what_an_earlier_one_left(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    """A worker that crashed between its put and its completion left its object: the next
+    attempt's completion removes it."""
+    settings = make_settings(worker_poll_seconds=0.1)
+    user = await add_user(pool, ALICE)
+    job_id = await submit(pool, settings, storage, user, "a lantern left behind")
+    await claim_as_dead_worker(pool, 10)
+    crashed_key = generation_key(job_id, 1)
+    await storage.put(crashed_key, png_for_prompt("crashed", size=8), "image/png")
+    await expire_lease(pool, job_id)
+    async with worker_running(Worker(settings, pool, LocalProvider(), storage)) as worker:
+        assert await worker.reap() == 1
+        done = await wait_for_end(pool, [job_id])
+    assert (done[job_id]["status"], done[job_id]["attempts"]) == ("completed", 2)
+    [image] = await images_of(pool, job_id)
+    assert image["storage_key"] == generation_key(job_id, 2)
+    assert not await storage.exists(crashed_key)
+    await assert_invariants(pool, storage)
+
+
 async def _updated_at(pool: asyncpg.Pool, job_id: UUID) -> object:
     async with pool.acquire() as conn:
         return await conn.fetchval(
@@ -603,7 +683,8 @@ async def test_a_storage_outage_is_retried_and_the_job_completes(
     assert (job["error_message"], job["error_code"]) == (None, None)  # cleared by the claim
     assert (flaky.put_attempts, flaky.puts_failed) == (4, 3)
     [image] = await images_of(pool, job_id)
-    assert image["storage_key"] == generation_key(job_id) == flaky.stored[0]
+    # the second attempt's own key (the first one's puts all failed)
+    assert image["storage_key"] == generation_key(job_id, 2) == flaky.stored[0]
     assert (await storage.get(image["storage_key"])).startswith(b"\x89PNG")
     assert await ledger_of(pool, job_id) == [("generate", -1)]
     await assert_invariants(pool, storage)

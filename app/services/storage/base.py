@@ -50,13 +50,16 @@ def user_segment(user_id: str) -> str:
     return "u-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
 
 
-def generation_key(job_id: object) -> str:
-    """Where a job's result goes. Deterministic, so a retried attempt overwrites its
-    predecessor's object rather than leaving an orphan. No user id in it: with a public
-    bucket domain the key is the public URL, and it must not say whose image it is. (Rows
-    from before keep their `generations/{user}/{job}.png` keys; whatever removes objects
-    goes by each row's storage_key, never by a prefix.)"""
-    return f"generations/{job_id}.png"
+def generation_key(job_id: object, attempt: int = 1) -> str:
+    """Where an attempt of a job stores its result: `generations/{job}.png` for the first,
+    `generations/{job}-{n}.png` for the n-th. An attempt of its own, so one that lost its
+    lease while it stored (a worker cut off from the database, not from the store) cannot
+    replace the object of the attempt that completed the job; deterministic, so the attempt
+    that completes removes what earlier ones left (job_objects.remove_earlier_results). No
+    user id in it: with a public bucket domain the key is the public URL, and it must not
+    say whose image it is. (Rows from before keep their `generations/{user}/{job}.png` keys;
+    whatever removes objects goes by each row's storage_key, never by a prefix.)"""
+    return f"generations/{job_id}.png" if attempt == 1 else f"generations/{job_id}-{attempt}.png"
 
 
 def upload_prefix(user_id: str) -> str:
