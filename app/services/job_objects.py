@@ -1,6 +1,6 @@
 """The worker's dealings with storage for one attempt: the pack icons it sends along, the
-result it stores (with retries), and the results no row will point at: its own when it lost
-its lease, earlier attempts' once it completed."""
+result it stores (with retries), and the results no row will point at: its own and earlier
+attempts' when it lost its lease, earlier attempts' once it completed."""
 
 from __future__ import annotations
 
@@ -41,17 +41,25 @@ async def put_with_retries(storage: Storage, key: str, data: bytes, retries: int
             await asyncio.sleep(min(0.2 * 2**retry, 5.0))
 
 
-async def discard_lost(storage: Storage, job_id: UUID, key: str) -> None:
-    """The attempt that stored `key` lost its lease (another attempt took the job, or the
-    job's row is gone with its erased user): nothing will ever point at the object, which
-    is this attempt's own (generation_key)."""
-    try:
-        await storage.delete(key)
-        log.info("job %s: removed %s, stored by an attempt that lost its lease", job_id, key)
-    except StorageError as exc:
-        log.warning(
-            "job %s: %s, stored by an attempt that lost its lease, remains: %s", job_id, key, exc
-        )
+async def discard_lost(storage: Storage, job_id: UUID, attempt: int) -> None:
+    """Attempt `attempt` lost its lease (another attempt took the job, or the job's row is
+    gone with its erased user): nothing will ever point at its object (generation_key), nor
+    at what earlier attempts left, since none of them completed the job either (an attempt
+    is claimed only while the job is pending). Those go too: with the row gone, no later
+    attempt will remove them, and the erasure's sweep of the user's folders cannot find a
+    key with no user id in it."""
+    for number in range(attempt, 0, -1):
+        key = generation_key(job_id, number)
+        try:
+            await storage.delete(key)
+            log.info("job %s: removed %s, stored by an attempt that lost its lease", job_id, key)
+        except StorageError as exc:
+            log.warning(
+                "job %s: %s, stored by an attempt that lost its lease, remains: %s",
+                job_id,
+                key,
+                exc,
+            )
 
 
 async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:

@@ -23,7 +23,7 @@ from app.db import users as users_db
 from app.main import create_app
 from app.services import accounts, credits
 from app.services.realtime import FEED_CHANNEL
-from app.services.storage.base import Storage, generation_prefix, upload_prefix
+from app.services.storage.base import Storage, StorageError, generation_prefix, upload_prefix
 from app.services.storage.r2 import R2Storage
 from tests.e2e.test_check_ledger_cli import check_ledger
 from tests.fakes.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeS3
@@ -529,6 +529,59 @@ async def test_a_result_stored_after_the_erasure_swept_is_removed_by_the_worker(
     assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
     bad, unopened = await credits.check(db)
     assert bad == [] and unopened == 0
+
+
+async def test_an_earlier_attempts_result_goes_too_when_the_erasure_comes_mid_retry(
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attempt 1's put lands but the store's answer is lost (a StorageError, so the job is
+    retried); the user is erased while attempt 2 stores. Attempt 2's completion is refused
+    and it removes its own object: attempt 1's, which no row ever pointed at and which the
+    erasure's sweep of the user's folders cannot find (no user id in the key), must go too."""
+    application = create_app(
+        make_settings(
+            worker_in_process=True,
+            worker_poll_seconds=0.1,
+            storage_retries=0,
+            retry_base_seconds=0.0,
+        )
+    )
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://atelier.test"
+        ) as client,
+    ):
+        storage = svc(application).storage
+        real_put = storage.put
+        stored: list[str] = []
+
+        async def put(key: str, data: bytes, content_type: str) -> None:
+            if not key.startswith("generations/"):
+                await real_put(key, data, content_type)
+                return
+            if stored:
+                await erase(application, GONE)  # erased while attempt 2 stores
+            await real_put(key, data, content_type)
+            stored.append(key)
+            if len(stored) == 1:
+                raise StorageError("the answer to a put that landed was lost")
+
+        monkeypatch.setattr(storage, "put", put)
+        job = await client.post(
+            "/v1/generations", json={"prompt": "stored twice"}, headers=auth_headers(GONE)
+        )
+        assert job.status_code == 202, job.text
+
+        async def attempt_two_cleaned() -> bool:
+            return len(stored) == 2 and not await storage.exists(stored[1])
+
+        await wait_until(attempt_two_cleaned, "attempt 2 to remove what it stored")
+        assert not await storage.exists(stored[0]), f"{stored[0]} of the erased user remains"
+    assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
 
 
 async def test_a_balance_the_mobile_app_left_below_zero_does_not_block_erasure(
