@@ -9,7 +9,9 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from app.services import imaging
+import asyncpg
+
+from app.services import imaging, jobs
 from app.services.providers.base import ReferenceImage
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
 
@@ -41,15 +43,26 @@ async def put_with_retries(storage: Storage, key: str, data: bytes, retries: int
             await asyncio.sleep(min(0.2 * 2**retry, 5.0))
 
 
-async def discard_lost(storage: Storage, job_id: UUID, attempt: int) -> None:
+async def discard_lost(pool: asyncpg.Pool, storage: Storage, job_id: UUID, attempt: int) -> None:
     """Attempt `attempt` lost its lease (another attempt took the job, or the job's row is
     gone with its erased user): nothing will ever point at its object (generation_key), nor
     at what earlier attempts left, since none of them completed the job either (an attempt
     is claimed only while the job is pending). Those go too: with the row gone, no later
     attempt will remove them, and the erasure's sweep of the user's folders cannot find a
-    key with no user id in it."""
+    key with no user id in it.
+
+    Whatever an image row points at is kept all the same: a worker of the release before
+    wrote every attempt to the first attempt's key, and during a rolling deploy one of them
+    may have completed the job there. When that cannot be read, everything is kept."""
+    try:
+        kept = await jobs.result_key(pool, job_id)
+    except Exception as exc:  # keeping is always safe; an object too many is only clutter
+        log.warning("job %s: its results are kept, the image's key unread: %r", job_id, exc)
+        return
     for number in range(attempt, 0, -1):
         key = generation_key(job_id, number)
+        if key == kept:
+            continue
         try:
             await storage.delete(key)
             log.info("job %s: removed %s, stored by an attempt that lost its lease", job_id, key)

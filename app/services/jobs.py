@@ -17,6 +17,7 @@ import asyncpg
 
 from app.config import Settings
 from app.core.job_errors import Failure
+from app.db import images
 from app.db import jobs as jobs_db
 from app.services import credits, imaging, pack_marks
 
@@ -134,6 +135,12 @@ async def retry_or_fail(
             conn, job_id, attempt, delay_seconds=delay, error=reason, error_code=failure.code
         )
     return delay
+
+
+async def result_key(pool: asyncpg.Pool, job_id: UUID) -> str | None:
+    """The storage key of the image the job made, if any."""
+    async with pool.acquire() as conn:
+        return await images.key_of_job(conn, job_id)
 
 
 async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:

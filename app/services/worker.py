@@ -366,7 +366,7 @@ class Worker:
                 answered_shown=await answered.settle(),
             )
         except jobs.LostLease:
-            await job_objects.discard_lost(self.storage, attempt.id, attempt.number)
+            await job_objects.discard_lost(self.pool, self.storage, attempt.id, attempt.number)
             raise
         await job_objects.remove_earlier_results(self.storage, attempt.id, attempt.number)
 

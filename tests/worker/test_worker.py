@@ -28,7 +28,7 @@ from app.config import Settings
 from app.db import jobs
 from app.main import create_app
 from app.schemas.generations import GenerationCreate, UploadReference
-from app.services import credits, generations
+from app.services import credits, generations, job_objects
 from app.services.providers.base import ImageRequest, ImageResult
 from app.services.providers.factory import build_provider
 from app.services.providers.local import LocalProvider
@@ -284,6 +284,40 @@ async def test_an_attempt_that_lost_its_lease_while_storing_leaves_the_completed
     with Image.open(io.BytesIO(await storage.get(image["storage_key"]))) as stored:
         assert stored.size == (32, 32)  # B's image, as its row says
     assert await ledger_of(pool, job_id) == [("generate", -1)]
+    await assert_invariants(pool, storage)
+
+
+async def test_an_image_a_worker_of_the_release_before_completed_with_is_kept(
+    pool: asyncpg.Pool, settings: Settings, storage: Storage
+) -> None:
+    """During a rolling deploy, a worker of the release before completes attempt 2 under the
+    first attempt's key (it wrote every attempt there); attempt 1, which lost its lease,
+    removes what it and earlier attempts stored, but not an object a row points at."""
+    user = await add_user(pool, ALICE)
+    job_id = await submit(pool, settings, storage, user, "a lantern across releases")
+    await claim_as_dead_worker(pool, 10)
+    await expire_lease(pool, job_id)
+    assert await Worker(settings, pool, LocalProvider(), storage).reap() == 1
+    first_key = generation_key(job_id, 1)
+    await storage.put(first_key, png_for_prompt("old release", size=8), "image/png")
+    async with pool.acquire() as conn:
+        [second] = await jobs.claim(conn, "old-release-worker", 10, 60)
+        assert second["attempts"] == 2
+        assert await jobs.complete(
+            conn,
+            job_id,
+            2,
+            image_id=uuid.uuid4(),
+            image_url="http://x.test/old",
+            storage_key=first_key,
+            model="old",
+            visibility="private",
+            width=8,
+            height=8,
+            pack_id=None,
+        )
+    await job_objects.discard_lost(pool, storage, job_id, 1)
+    assert await storage.exists(first_key)
     await assert_invariants(pool, storage)
 
 
