@@ -26,6 +26,7 @@ from app.services.realtime import FEED_CHANNEL
 from app.services.storage.base import Storage, StorageError, generation_prefix, upload_prefix
 from app.services.storage.r2 import R2Storage
 from tests.e2e.test_check_ledger_cli import check_ledger
+from tests.fakes.running import running
 from tests.fakes.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, FakeS3
 from tests.gallery.conftest import insert_image, insert_mobile_image, png_bytes, store_object
 from tests.support.locks import until_a_lock_wait
@@ -500,12 +501,7 @@ async def test_a_result_stored_after_the_erasure_swept_is_removed_by_the_worker(
     worker is storing the job's result. The worker finds its job gone and removes the
     object, so nothing is left behind."""
     application = create_app(make_settings(worker_in_process=True, worker_poll_seconds=0.1))
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://atelier.test"
-        ) as client,
-    ):
+    async with running(application) as client:
         storage = svc(application).storage
         real_put = storage.put
         stored: list[str] = []
@@ -549,12 +545,7 @@ async def test_an_earlier_attempts_result_goes_too_when_the_erasure_comes_mid_re
             retry_base_seconds=0.0,
         )
     )
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://atelier.test"
-        ) as client,
-    ):
+    async with running(application) as client:
         storage = svc(application).storage
         real_put = storage.put
         stored: list[str] = []
