@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -59,28 +60,22 @@ async def discard_lost(pool: asyncpg.Pool, storage: Storage, job_id: UUID, attem
     except Exception as exc:  # keeping is always safe; an object too many is only clutter
         log.warning("job %s: its results are kept, the image's key unread: %r", job_id, exc)
         return
-    for number in range(attempt, 0, -1):
-        key = generation_key(job_id, number)
-        if key == kept:
-            continue
-        try:
-            await storage.delete(key)
-            log.info("job %s: removed %s, stored by an attempt that lost its lease", job_id, key)
-        except StorageError as exc:
-            log.warning(
-                "job %s: %s, stored by an attempt that lost its lease, remains: %s",
-                job_id,
-                key,
-                exc,
-            )
+    numbers = [n for n in range(attempt, 0, -1) if generation_key(job_id, n) != kept]
+    await _remove(storage, job_id, numbers, "an attempt that lost its lease")
 
 
 async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:
     """Best effort, once `attempt` completed the job: what earlier attempts stored and
     never completed with (a worker that crashed between its put and its completion)."""
-    for earlier in range(1, attempt):
-        key = generation_key(job_id, earlier)
+    await _remove(storage, job_id, range(1, attempt), "an earlier attempt")
+
+
+async def _remove(storage: Storage, job_id: UUID, numbers: Iterable[int], whose: str) -> None:
+    """Best effort: the results of the job's attempts `numbers`, stored by `whose`."""
+    for number in numbers:
+        key = generation_key(job_id, number)
         try:
             await storage.delete(key)
+            log.info("job %s: removed %s (of %s), if it was there", job_id, key, whose)
         except StorageError as exc:
-            log.warning("job %s: could not remove %s of an earlier attempt: %s", job_id, key, exc)
+            log.warning("job %s: %s, stored by %s, remains: %s", job_id, key, whose, exc)
