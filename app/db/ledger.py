@@ -100,20 +100,28 @@ async def by_source(conn: asyncpg.Connection, source_id: str) -> asyncpg.Record 
 
 
 async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
-    """Record the balance of a user the service has not seen before as its opening balance."""
-    await conn.execute(
-        """
-        WITH locked AS (
-            SELECT id, credits FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE
+    """Record the balance of a user the service has not seen before as its opening balance.
+
+    The row is locked by a statement of its own first: a statement that waited for the lock
+    still reads the ledger as it was when it began, so one that locked and looked at once
+    would miss the rows of the grant it waited for. For a legacy negative balance (never
+    opened: balance_after cannot be negative) that grant leaves no opening row for the
+    unique index to refuse a second one with, and an opening row would be written after it.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
         )
-        INSERT INTO credit_ledger (user_id, delta, reason, balance_after)
-        SELECT id, credits, 'opening_balance', credits FROM locked
-        WHERE credits >= 0
-          AND NOT EXISTS (SELECT 1 FROM credit_ledger WHERE user_id = $1)
-        ON CONFLICT DO NOTHING
-        """,
-        user_id,
-    )
+        await conn.execute(
+            """
+            INSERT INTO credit_ledger (user_id, delta, reason, balance_after)
+            SELECT id, credits, 'opening_balance', credits FROM users
+            WHERE id = $1 AND erased_at IS NULL AND credits >= 0
+              AND NOT EXISTS (SELECT 1 FROM credit_ledger WHERE user_id = $1)
+            ON CONFLICT DO NOTHING
+            """,
+            user_id,
+        )
 
 
 async def page(

@@ -30,6 +30,7 @@ from app.services.storage.base import Storage
 from app.services.users import User
 from app.services.worker import Worker
 from tests.support.generations import add_user, create_job
+from tests.support.locks import until_a_lock_wait
 
 MakeSettings = Callable[..., Settings]
 
@@ -508,3 +509,34 @@ async def test_a_grant_to_a_user_the_service_never_opened_opens_the_balance_firs
     assert [tuple(r) for r in rows] == [("opening_balance", 3, 3), ("admin", 10, 13)]
     bad, unopened = await credits.check(db)
     assert [dict(r) for r in bad] == [] and unopened == 0
+
+
+async def test_a_grant_that_waited_for_another_to_a_legacy_negative_balance_opens_nothing(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # A database the mobile app wrote before the service may hold a negative balance (the
+    # constraint is then left NOT VALID). Such a balance is never opened; a grant that waited
+    # behind another grant must see that grant's row and not open the balance it left.
+    await db.execute("ALTER TABLE users DROP CONSTRAINT users_credits_nonnegative")
+    await db.execute("INSERT INTO users (id, email, credits) VALUES ('user_old', 'o@x.test', -5)")
+    await db.execute(
+        "ALTER TABLE users ADD CONSTRAINT users_credits_nonnegative CHECK (credits >= 0) NOT VALID"
+    )
+    async with pool.acquire() as first:
+        async with first.transaction():
+            assert await credits.grant(first, "user_old", 10, "admin", "adm_1") == (
+                credits.GrantResult(applied=True, balance=5)
+            )
+
+            async def second() -> credits.GrantResult:
+                async with pool.acquire() as conn, conn.transaction():
+                    return await credits.grant(conn, "user_old", 10, "admin", "adm_2")
+
+            waiting = asyncio.ensure_future(second())
+            await until_a_lock_wait(db, "the second grant waits for the first", waiting)
+        assert await waiting == credits.GrantResult(applied=True, balance=15)
+    rows = await db.fetch(
+        "SELECT reason, delta, balance_after FROM credit_ledger WHERE user_id = 'user_old'"
+        " ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [("admin", 10, 5), ("admin", 10, 15)]
