@@ -235,7 +235,7 @@ async def to_schema(row: asyncpg.Record, storage: Storage, settings: Settings) -
     if row["status"] == "completed" and row["image_id"] is not None and key:
         image = JobImage(
             id=row["image_id"],
-            url=await storage.url(key, expires_in=settings.signed_url_ttl_seconds),
+            url=storage.url(key, expires_in=settings.signed_url_ttl_seconds),
             width=row.get("image_width"),
             height=row.get("image_height"),
             model=row["model"],

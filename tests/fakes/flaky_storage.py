@@ -46,8 +46,8 @@ class FlakyStorage:
     async def delete_prefix(self, prefix: str) -> int:
         return await self.inner.delete_prefix(prefix)
 
-    async def url(self, key: str, *, expires_in: int) -> str:
-        return await self.inner.url(key, expires_in=expires_in)
+    def url(self, key: str, *, expires_in: int) -> str:
+        return self.inner.url(key, expires_in=expires_in)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

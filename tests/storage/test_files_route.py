@@ -68,7 +68,7 @@ async def test_signed_url_serves_the_bytes_with_their_content_type(
 ) -> None:
     await storage.put(key, PNG, media_type)
 
-    url = await storage.url(key, expires_in=600)
+    url = storage.url(key, expires_in=600)
     assert url.startswith(f"{BASE_URL}/files/{key}?exp=")
     response = await files_client.get(url)
 
@@ -87,7 +87,7 @@ async def test_tampered_links_are_forbidden(
 ) -> None:
     await storage.put(KEY, PNG, "image/png")
     await storage.put("generations/user_2/job_9.png", b"other", "image/png")
-    url = await storage.url(KEY, expires_in=600)
+    url = storage.url(KEY, expires_in=600)
     query = parse_qs(urlsplit(url).query)
     exp, sig = int(query["exp"][0]), query["sig"][0]
     flipped = ("0" if sig[0] != "0" else "1") + sig[1:]
@@ -129,7 +129,7 @@ async def test_link_without_exp_or_sig_is_refused(files_client: httpx.AsyncClien
 async def test_signed_link_to_a_missing_object_is_not_found(
     storage: LocalStorage, files_client: httpx.AsyncClient
 ) -> None:
-    url = await storage.url(KEY, expires_in=600)
+    url = storage.url(KEY, expires_in=600)
     assert_problem(await files_client.get(url), 404)
 
 
@@ -137,7 +137,7 @@ async def test_files_route_is_not_found_without_local_storage(tmp_path: Path) ->
     signer = LocalStorage(tmp_path / "objects", SECRET, BASE_URL)
     transport = httpx.ASGITransport(app=make_app(tmp_path / "data", None))
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as c:
-        assert_problem(await c.get(await signer.url(KEY, expires_in=60)), 404)
+        assert_problem(await c.get(signer.url(KEY, expires_in=60)), 404)
 
 
 async def test_files_route_is_documented(tmp_path: Path) -> None:
@@ -236,6 +236,6 @@ async def test_symlink_out_of_the_root_is_not_followed(
 
     with pytest.raises(ValueError):
         await storage.get(key)
-    response = await files_client.get(await storage.url(key, expires_in=60))
+    response = await files_client.get(storage.url(key, expires_in=60))
     assert_problem(response, 404)
     assert SECRET_TEXT not in response.content

@@ -119,7 +119,7 @@ async def test_bad_keys_raise_value_error(tmp_path: Path, key: str) -> None:
         with pytest.raises(ValueError):
             await call
     with pytest.raises(ValueError):
-        await storage.url(key, expires_in=60)
+        storage.url(key, expires_in=60)
     assert files_under(tmp_path) == []
 
 
@@ -168,18 +168,21 @@ async def test_a_url_is_valid_long_enough_and_stays_the_same_for_a_while(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Image caches key on the URL: within a step of half the lifetime it must not change,
-    and it must never be valid for less than asked."""
+    and it must never be valid for less than asked, also when links of another lifetime
+    (a download's) are asked for in between."""
     clock = [1_800_000_000.0]
     monkeypatch.setattr("app.services.storage.local.time.time", lambda: clock[0])
-    urls = []
+    urls: dict[int, list[str]] = {3600: [], 300: []}
     for now in range(1_800_000_000, 1_800_000_000 + 7200, 37):
         clock[0] = float(now)
-        url = await storage.url(KEY, expires_in=3600)
-        exp = int(parse_qs(urlsplit(url).query)["exp"][0])
-        assert now + 3600 <= exp < now + 3600 + 1800, (now, exp)
-        urls.append(url)
+        for lifetime, seen in urls.items():
+            url = storage.url(KEY, expires_in=lifetime)
+            exp = int(parse_qs(urlsplit(url).query)["exp"][0])
+            assert now + lifetime <= exp < now + lifetime * 3 // 2, (now, lifetime, exp)
+            seen.append(url)
     # 7,200 s of requests, 3,600 s links: a handful of distinct URLs, not one per second.
-    assert 4 <= len(set(urls)) <= 5, len(set(urls))
+    assert 4 <= len(set(urls[3600])) <= 5, len(set(urls[3600]))
+    assert 48 <= len(set(urls[300])) <= 49, len(set(urls[300]))
 
 
 async def test_configured_secret_signs_the_urls(tmp_path: Path) -> None:
@@ -192,7 +195,7 @@ async def test_configured_secret_signs_the_urls(tmp_path: Path) -> None:
     )
     storage = build_storage(settings)
 
-    url = urlsplit(await storage.url(KEY, expires_in=60))
+    url = urlsplit(storage.url(KEY, expires_in=60))
     query = parse_qs(url.query)
     message = f"{KEY}\n{query['exp'][0]}".encode()
     expected = hmac.new(b"configured-secret", message, hashlib.sha256).hexdigest()

@@ -132,14 +132,14 @@ async def test_missing_bucket_is_a_storage_error_not_a_missing_object(
 async def test_presigned_url_serves_the_bytes(r2: R2Storage, s3: FakeS3, bucket: str) -> None:
     await r2.put(KEY, PNG, "image/png")
 
-    url = await r2.url(KEY, expires_in=300)
+    url = r2.url(KEY, expires_in=300)
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     assert f"{parts.scheme}://{parts.netloc}" == s3.endpoint
     assert parts.path == f"/{bucket}/{KEY}"
     # Signed for half as long again, so the same URL is handed out for a while.
     assert query["X-Amz-Expires"] == ["450"]
-    assert await r2.url(KEY, expires_in=300) == url
+    assert r2.url(KEY, expires_in=300) == url
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Signature"]
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
@@ -157,7 +157,7 @@ async def test_public_base_url_gives_a_plain_public_url(
         r2_public_base_url="https://images.atelier.test/",
     )
 
-    assert await storage.url(KEY, expires_in=300) == f"https://images.atelier.test/{KEY}"
+    assert storage.url(KEY, expires_in=300) == f"https://images.atelier.test/{KEY}"
 
 
 async def test_put_sends_no_checksum_and_no_aws_chunked_body(
@@ -232,7 +232,7 @@ async def test_bad_keys_raise_value_error_before_any_request(r2: R2Storage, key:
         with pytest.raises(ValueError):
             await call
     with pytest.raises(ValueError):
-        await r2.url(key, expires_in=60)
+        r2.url(key, expires_in=60)
     assert sent == []
 
 

@@ -78,7 +78,7 @@ async def round_trip(store: R2Storage) -> None:
     await store.put(KEY, PNG, "image/png")
     assert await store.exists(KEY)
     assert await store.get(KEY) == PNG
-    url = await store.url(KEY, expires_in=120)
+    url = store.url(KEY, expires_in=120)
     async with httpx.AsyncClient() as http:
         fetched = await http.get(url)
     assert fetched.status_code == 200 and fetched.content == PNG
@@ -126,7 +126,7 @@ async def test_a_supabase_shaped_endpoint_with_a_path_prefix_and_an_uppercase_bu
             r2_addressing_style="path",
         )
         await round_trip(store)
-        url = await store.url(KEY, expires_in=60)
+        url = store.url(KEY, expires_in=60)
 
     assert gateway.paths and all(
         p.startswith(f"/storage/v1/s3/{bucket}/{KEY}") for p in gateway.paths

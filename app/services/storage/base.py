@@ -127,8 +127,9 @@ class Storage(Protocol):
         how many were removed. Nothing there is not an error."""
         ...
 
-    async def url(self, key: str, *, expires_in: int) -> str:
-        """A URL a browser can GET: public when the store has a public domain, else signed."""
+    def url(self, key: str, *, expires_in: int) -> str:
+        """A URL a browser can GET: public when the store has a public domain, else signed.
+        Computed here, without I/O or a thread (a gallery page asks for 30 of them)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -16,8 +16,6 @@ import secrets
 import time
 from pathlib import Path
 
-from cachetools import LRUCache
-
 from app.core.executors import BlockingPool
 from app.core.secret_files import read_or_create
 from app.services.storage.base import (
@@ -54,9 +52,11 @@ class LocalStorage:
         self._base_url = public_base_url.rstrip("/")
         # File I/O (with an fsync per write) in threads of its own: see app.core.executors.
         self._io = BlockingPool(workers, "storage-local")
-        # (key, exp) → URL: signing a gallery page's 30 URLs was a third of its cost
-        # (bench/reads.py), and within one expiry step they are the same URLs.
-        self._urls: LRUCache[tuple[str, int], str] = LRUCache(URL_CACHE_SIZE)
+        # expires_in → (exp, key → URL): signing a gallery page's 30 URLs was a third of its
+        # cost (bench/reads.py), and within one expiry step they are the same URLs. Callers
+        # ask for a few fixed lifetimes (settings, downloads), so the outer dict stays small;
+        # each step starts an empty inner one, which is emptied again should it fill up.
+        self._urls: dict[int, tuple[int, dict[str, str]]] = {}
 
     # -- signed URLs ---------------------------------------------------------------------
 
@@ -69,17 +69,20 @@ class LocalStorage:
         expected = self.sign(key, exp).encode()
         return hmac.compare_digest(expected, sig.encode("utf-8", "surrogateescape"))
 
-    async def url(self, key: str, *, expires_in: int) -> str:
+    def url(self, key: str, *, expires_in: int) -> str:
         """A link valid for at least `expires_in` seconds. Its expiry is rounded up to a
         step of half that, so the same object gets the same URL for a while, from every
         process, and caches keyed by URL (the apps' image caches, browsers) keep hitting."""
         step = max(1, expires_in // 2)
         exp = -(-(int(time.time()) + expires_in) // step) * step  # ceiling to the step
-        url = self._urls.get((key, exp))
+        cached = self._urls.get(expires_in)
+        if cached is None or cached[0] != exp or len(cached[1]) >= URL_CACHE_SIZE:
+            cached = self._urls[expires_in] = (exp, {})
+        urls = cached[1]
+        url = urls.get(key)
         if url is None:
             validate_key(key)
-            url = f"{self._base_url}/files/{key}?exp={exp}&sig={self.sign(key, exp)}"
-            self._urls[key, exp] = url
+            url = urls[key] = f"{self._base_url}/files/{key}?exp={exp}&sig={self.sign(key, exp)}"
         return url
 
     # -- files ---------------------------------------------------------------------------

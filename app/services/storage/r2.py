@@ -169,7 +169,7 @@ class R2Storage:
 
         return await self._call("delete under", prefix, delete_all)
 
-    async def url(self, key: str, *, expires_in: int) -> str:
+    def url(self, key: str, *, expires_in: int) -> str:
         validate_key(key)
         if self._public_base_url:
             return f"{self._public_base_url}/{key}"
