@@ -98,3 +98,73 @@ def test_tsc_refuses_a_call_the_document_does_not_allow(tmp_path: Path, broken: 
         probe.unlink()
     assert result.returncode != 0
     assert "cancelled" in result.stdout
+
+
+# Two events as a server may write them: CRLF line ends (a proxy's rewriting, or another
+# server), a comment, a field without a space after its colon, and data over two lines.
+STREAM = (
+    ": keep-alive\r\n\r\n"
+    'event: job\r\nid: 7\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'
+    'data: {"c": 3}\n\n'
+    'event:ready\rdata:{"b": 2}\r\r'
+    'data: {"never": "ended"}\n'
+)
+PARSED = [
+    {"event": "job", "id": "7", "data": {"a": 1}},
+    {"event": "message", "data": {"c": 3}},
+    {"event": "ready", "data": {"b": 2}},
+]
+DRIVER = """
+import { parseEvents } from "./streams.js";
+const text = process.argv[2];
+const results = [];
+// The stream cut into two chunks at every place, a CR and its LF in separate chunks included.
+for (let cut = 0; cut <= text.length; cut++) {
+  const chunks = [text.slice(0, cut), text.slice(cut)].map((s) => new TextEncoder().encode(s));
+  const body = new ReadableStream({
+    start(controller) {
+      for (const chunk of chunks) controller.enqueue(chunk);
+      controller.close();
+    },
+  });
+  const events = [];
+  for await (const event of parseEvents(body)) {
+    events.push(event.id === undefined ? { event: event.event, data: event.data } : event);
+  }
+  results.push(events);
+}
+console.log(JSON.stringify(results));
+"""
+
+
+def test_the_stream_parser_reads_events_however_the_bytes_arrive(tmp_path: Path) -> None:
+    """`parseEvents` (the job and feed streams), compiled and run under Node: the same events
+    wherever the body is cut into chunks, with LF, CR or CRLF line ends."""
+    _require_toolchain()
+    result = _run(
+        BIN / "tsc",
+        "--strict",
+        "--target", "ES2022",
+        "--module", "ESNext",
+        "--moduleResolution", "Bundler",
+        "--lib", "ES2022,DOM,DOM.Iterable",
+        "--outDir", tmp_path,
+        CLIENT / "src" / "streams.ts",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / "package.json").write_text('{"type": "module"}', encoding="utf-8")
+    (tmp_path / "driver.js").write_text(DRIVER, encoding="utf-8")
+    # As written, and ending at the CR CR that ends the last whole event.
+    for text in (STREAM, STREAM.rpartition("\r\r")[0] + "\r\r"):
+        run = subprocess.run(
+            ["node", tmp_path / "driver.js", text],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        results = json.loads(run.stdout)
+        assert len(results) == len(text) + 1
+        wrong = [cut for cut, events in enumerate(results) if events != PARSED]
+        assert wrong == [], f"{text!r} cut at {wrong}: {results[wrong[0]] if wrong else ''}"

@@ -121,10 +121,11 @@ export async function* parseEvents<M>(body: ReadableStream<Uint8Array>): AsyncGe
   let data: string[] = [];
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
+    if (!done) buffer += decoder.decode(value, { stream: true });
     let newline: number;
     while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      // A CR that ends what has arrived may be the first half of a CRLF: wait for more.
+      if (!done && newline === buffer.length - 1 && buffer[newline] === "\r") break;
       const line = buffer.slice(0, newline);
       buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
       if (line === "") {
@@ -144,6 +145,7 @@ export async function* parseEvents<M>(body: ReadableStream<Uint8Array>): AsyncGe
       else if (field === "data") data.push(text);
       else if (field === "id") id = text;
     }
+    if (done) return; // an event its blank line did not end is dropped, as the standard says
   }
 }
 
