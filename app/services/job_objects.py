@@ -1,6 +1,6 @@
 """The worker's dealings with storage for one attempt: the pack icons it sends along, the
 result it stores (with retries), and the results no row will point at: its own and earlier
-attempts' when it lost its lease, earlier attempts' once it completed."""
+attempts' when it lost its lease or the job failed, earlier attempts' once it completed."""
 
 from __future__ import annotations
 
@@ -44,13 +44,15 @@ async def put_with_retries(storage: Storage, key: str, data: bytes, retries: int
             await asyncio.sleep(min(0.2 * 2**retry, 5.0))
 
 
-async def discard_lost(pool: asyncpg.Pool, storage: Storage, job_id: UUID, attempt: int) -> None:
-    """Attempt `attempt` lost its lease (another attempt took the job, or the job's row is
-    gone with its erased user): nothing will ever point at its object (generation_key), nor
-    at what earlier attempts left, since none of them completed the job either (an attempt
-    is claimed only while the job is pending). Those go too: with the row gone, no later
-    attempt will remove them, and the erasure's sweep of the user's folders cannot find a
-    key with no user id in it.
+async def discard_unused(
+    pool: asyncpg.Pool, storage: Storage, job_id: UUID, attempt: int, why: str
+) -> None:
+    """Attempt `attempt` ended without completing the job (`why`: it failed the job for
+    good, or lost its lease to another attempt or to the erasure of the job's user):
+    nothing will ever point at its object (generation_key), nor at what earlier attempts
+    left, since none of them completed the job either (an attempt is claimed only while the
+    job is pending). Those go too: no later attempt will remove them, and the erasure's
+    sweep of the user's folders cannot find a key with no user id in it.
 
     Whatever an image row points at is kept all the same: a worker of the release before
     wrote every attempt to the first attempt's key, and during a rolling deploy one of them
@@ -61,7 +63,7 @@ async def discard_lost(pool: asyncpg.Pool, storage: Storage, job_id: UUID, attem
         log.warning("job %s: its results are kept, the image's key unread: %r", job_id, exc)
         return
     numbers = [n for n in range(attempt, 0, -1) if generation_key(job_id, n) != kept]
-    await _remove(storage, job_id, numbers, "an attempt that lost its lease")
+    await _remove(storage, job_id, numbers, why)
 
 
 async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:

@@ -151,13 +151,16 @@ async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
         )
 
 
-async def reap(pool: asyncpg.Pool, max_attempts: int) -> int:
-    """Requeue jobs whose worker vanished; fail and refund those out of attempts.
+async def reap(pool: asyncpg.Pool, max_attempts: int) -> tuple[int, list[tuple[UUID, int]]]:
+    """Requeue jobs whose worker vanished; fail and refund those out of attempts. Returns
+    how many it reaped, and (job, attempts) of those it failed: their attempts' results,
+    if any were stored, are for the caller to remove.
 
     One short transaction per job: the statements re-check the expired lease, so two
     reapers never act on one job twice, and no batch holds many users' rows at once.
     """
     count = 0
+    failed: list[tuple[UUID, int]] = []
     async with pool.acquire() as conn:
         for row in await jobs_db.expired(conn, REAP_BATCH):
             if row["attempts"] >= max_attempts:
@@ -165,8 +168,9 @@ async def reap(pool: asyncpg.Pool, max_attempts: int) -> int:
                 failure = Failure("worker_lost", reason)
                 if await _fail_and_refund(conn, row["id"], None, failure):
                     count += 1
+                    failed.append((row["id"], row["attempts"]))
             elif await jobs_db.requeue_expired(conn, row["id"], row["attempts"]):
                 count += 1
     if count:
         log.info("reaped %d job(s) with expired leases", count)
-    return count
+    return count, failed

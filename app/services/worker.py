@@ -298,7 +298,7 @@ class Worker:
             return
         except StorageError as exc:
             reason = f"could not read the reference image: {exc}"
-            await self._retry_or_fail(attempt, "storage_unavailable", reason)
+            await self._retry_or_fail(attempt, "storage_unavailable", reason, stored=False)
             return
         request = ImageRequest(
             prompt=imaging.full_prompt(job["prompt"], params.get("style_prompt")),
@@ -313,7 +313,7 @@ class Worker:
         except ProviderError as exc:
             log.info("job %s: provider said %s", attempt.id, exc.reason)
             if exc.retryable:
-                await self._retry_or_fail(attempt, exc.code, exc.reason)
+                await self._retry_or_fail(attempt, exc.code, exc.reason, stored=False)
             else:
                 await self._fail(attempt, exc.code, exc.reason)
             return
@@ -366,23 +366,46 @@ class Worker:
                 answered_shown=await answered.settle(),
             )
         except jobs.LostLease:
-            await job_objects.discard_lost(self.pool, self.storage, attempt.id, attempt.number)
+            why = "an attempt that lost its lease"
+            await job_objects.discard_unused(
+                self.pool, self.storage, attempt.id, attempt.number, why
+            )
             raise
         await job_objects.remove_earlier_results(self.storage, attempt.id, attempt.number)
 
-    async def _fail(self, attempt: _Attempt, code: JobErrorCode, reason: str) -> None:
+    async def _fail(
+        self, attempt: _Attempt, code: JobErrorCode, reason: str, *, stored: bool = False
+    ) -> None:
         """Failed for good: marked and refunded, in one transaction."""
         await jobs.fail(self.pool, attempt.id, attempt.number, Failure(code, reason))
+        await self._discard_results(attempt, stored)
 
-    async def _retry_or_fail(self, attempt: _Attempt, code: JobErrorCode, reason: str) -> None:
+    async def _retry_or_fail(
+        self, attempt: _Attempt, code: JobErrorCode, reason: str, *, stored: bool = True
+    ) -> None:
+        """`stored`: whether this attempt may have stored its result before it failed (a
+        put that timed out, a crash or a deadline after it); when unsure, True."""
         failure = Failure(code, reason)
         delay = await jobs.retry_or_fail(
             self.pool, self.settings, attempt.id, attempt.number, failure
         )
-        if delay is not None:
+        if delay is None:
+            await self._discard_results(attempt, stored)
+        else:
             # A job waiting for its backoff sends no NOTIFY (it could not be claimed yet):
             # this worker wakes itself when it is due, the others find it by their poll.
+            # What this attempt stored, the attempt that completes the job removes.
             asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    async def _discard_results(self, attempt: _Attempt, stored: bool) -> None:
+        """The job ended failed (or another attempt has it now): what its attempts stored
+        goes. An earlier attempt may have stored its result and crashed before completing;
+        a first attempt that never got to storing left nothing (a refusal: no store call)."""
+        if attempt.number > 1 or stored:
+            why = "an attempt of a job that failed"
+            await job_objects.discard_unused(
+                self.pool, self.storage, attempt.id, attempt.number, why
+            )
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         try:
@@ -395,4 +418,8 @@ class Worker:
 
     async def reap(self) -> int:
         """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
-        return await jobs.reap(self.pool, self.settings.max_attempts)
+        count, failed = await jobs.reap(self.pool, self.settings.max_attempts)
+        for job_id, attempts in failed:
+            why = "an attempt of a job the reaper failed"
+            await job_objects.discard_unused(self.pool, self.storage, job_id, attempts, why)
+        return count

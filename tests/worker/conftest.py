@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db import pool as db_pool
 from app.services import credits
 from app.services.realtime import Hub
-from app.services.storage.base import Storage
+from app.services.storage.base import Storage, generation_key
 from app.services.users import User
 from app.services.worker import Worker
 from tests.support.generations import create_job
@@ -179,12 +179,15 @@ async def worker_running(worker: Worker) -> AsyncIterator[Worker]:
 async def assert_invariants(pool: asyncpg.Pool, storage: Storage) -> None:
     """What must hold whatever happened: the ledger explains every balance; every job was
     charged once; a completed job has exactly its one image, a failed one none and exactly
-    one refund, an unfinished one no refund; every image row's object is in the store."""
+    one refund, an unfinished one no refund; every image row's object is in the store; an
+    ended job left no other object under its attempts' keys."""
     async with pool.acquire() as conn:
         mismatched, _ = await credits.check(conn)
         jobs = await conn.fetch(
             """
-            SELECT j.id, j.status, j.image_id,
+            SELECT j.id, j.status, j.image_id, j.attempts,
+                   (SELECT i.storage_key FROM generated_images i
+                    WHERE i.id = j.image_id) AS image_key,
                    (SELECT count(*) FROM credit_ledger l
                     WHERE l.job_id = j.id AND l.delta < 0) AS debits,
                    (SELECT count(*) FROM credit_ledger l
@@ -213,3 +216,9 @@ async def assert_invariants(pool: asyncpg.Pool, storage: Storage) -> None:
     for row in keys:
         assert row["storage_key"], dict(row)
         assert await storage.exists(row["storage_key"]), f"image {row['id']} has no object"
+    for job in jobs:
+        if job["status"] in ("completed", "failed"):
+            attempts = range(1, job["attempts"] + 1)
+            left = [generation_key(job["id"], n) for n in attempts]
+            left = [k for k in left if k != job["image_key"] and await storage.exists(k)]
+            assert left == [], f"{job['status']} job {job['id']} left {left}"

@@ -29,7 +29,7 @@ from app.db import jobs
 from app.main import create_app
 from app.schemas.generations import GenerationCreate, UploadReference
 from app.services import credits, generations, job_objects
-from app.services.providers.base import ImageRequest, ImageResult
+from app.services.providers.base import ContentRefused, ImageRequest, ImageResult
 from app.services.providers.factory import build_provider
 from app.services.providers.local import LocalProvider
 from app.services.realtime import Hub
@@ -316,7 +316,7 @@ async def test_an_image_a_worker_of_the_release_before_completed_with_is_kept(
             height=8,
             pack_id=None,
         )
-    await job_objects.discard_lost(pool, storage, job_id, 1)
+    await job_objects.discard_unused(pool, storage, job_id, 1, "a test")
     assert await storage.exists(first_key)
     await assert_invariants(pool, storage)
 
@@ -699,6 +699,58 @@ async def test_an_attempt_that_outlives_its_deadline_is_retried_then_failed_and_
 # -- the store fails -------------------------------------------------------------------------
 
 
+class _Refusing(LocalProvider):
+    """A provider that refuses every prompt (a safety block): final, never retried."""
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        raise ContentRefused("blocked by the safety filter")
+
+
+async def test_a_job_that_fails_for_good_removes_what_an_earlier_attempt_left(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    """A worker that crashed between its put and its completion left its object; the next
+    attempt fails the job for good (the provider refuses): no attempt will complete it, so
+    none would remove that object."""
+    settings = make_settings(worker_poll_seconds=0.1)
+    user = await add_user(pool, ALICE, credits=1)
+    job_id = await submit(pool, settings, storage, user, "a lantern no one will see")
+    await claim_as_dead_worker(pool, 10)
+    crashed_key = generation_key(job_id, 1)
+    await storage.put(crashed_key, png_for_prompt("crashed", size=8), "image/png")
+    await expire_lease(pool, job_id)
+    async with worker_running(Worker(settings, pool, _Refusing(), storage)) as worker:
+        assert await worker.reap() == 1
+        done = await wait_for_end(pool, [job_id])
+    assert (done[job_id]["status"], done[job_id]["attempts"]) == ("failed", 2)
+    assert done[job_id]["error_code"] == "content_refused"
+    assert not await storage.exists(crashed_key)
+    await assert_invariants(pool, storage)
+
+
+async def test_a_job_the_reaper_gives_up_on_leaves_no_object_behind(
+    pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
+) -> None:
+    """The last attempt's worker stored its result and vanished before completing: the
+    reaper fails the job, and removes what its attempts stored."""
+    settings = make_settings(max_attempts=1)
+    user = await add_user(pool, ALICE, credits=1)
+    job_id = await submit(pool, settings, storage, user, "a lantern on a dead worker")
+    await claim_as_dead_worker(pool, 10)
+    crashed_key = generation_key(job_id, 1)
+    await storage.put(crashed_key, png_for_prompt("crashed", size=8), "image/png")
+    await expire_lease(pool, job_id)
+    assert await Worker(settings, pool, LocalProvider(), storage).reap() == 1
+    async with pool.acquire() as conn:
+        status = await conn.fetchval(
+            "SELECT status FROM image_generation_jobs WHERE id = $1", job_id
+        )
+    assert status == "failed"
+    assert not await storage.exists(crashed_key)
+    assert await balance(pool, ALICE) == 1
+    await assert_invariants(pool, storage)
+
+
 async def test_a_storage_outage_is_retried_and_the_job_completes(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
@@ -781,7 +833,7 @@ async def test_an_s3_store_that_is_gone_fails_and_refunds_without_an_image_row(
     assert await images_of(pool, job_id) == []
     assert await ledger_of(pool, job_id) == [("generate", -1), ("refund", 1)]
     assert await balance(pool, ALICE) == 1
-    await assert_invariants(pool, r2)
+    await assert_invariants(pool, storage)  # r2 cannot be asked; nothing reached either
 
 
 # -- shutdown ------------------------------------------------------------------------------
