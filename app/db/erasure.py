@@ -45,7 +45,8 @@ async def delete_images(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.
 
 
 async def delete_owned(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record:
-    """Delete the user's packs, prompts, jobs and subscription; how many of each."""
+    """Delete the user's packs, prompts, jobs and subscription; how many of each, and the
+    unfinished jobs that were attempted (`attempted`: their ids, `attempts`: how many each)."""
     row = await conn.fetchrow(
         """
         WITH packs AS (
@@ -53,14 +54,18 @@ async def delete_owned(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record
         ), prompts AS (
             DELETE FROM custom_prompts WHERE user_id = $1 RETURNING 1
         ), jobs AS (
-            DELETE FROM image_generation_jobs WHERE user_id = $1 RETURNING 1
+            DELETE FROM image_generation_jobs WHERE user_id = $1 RETURNING id, status, attempts
         ), subscription AS (
             DELETE FROM subscriptions WHERE user_id = $1 RETURNING 1
         )
         SELECT (SELECT count(*) FROM packs) AS packs,
                (SELECT count(*) FROM prompts) AS prompts,
                (SELECT count(*) FROM jobs) AS jobs,
-               (SELECT count(*) FROM subscription) AS subscriptions
+               (SELECT count(*) FROM subscription) AS subscriptions,
+               (SELECT coalesce(array_agg(id), '{}') FROM jobs
+                WHERE status <> 'completed' AND attempts > 0) AS attempted,
+               (SELECT coalesce(array_agg(attempts), '{}') FROM jobs
+                WHERE status <> 'completed' AND attempts > 0) AS attempts
         """,
         user_id,
     )

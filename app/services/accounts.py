@@ -23,6 +23,7 @@ from app.services.billing import StripeApi
 from app.services.storage.base import (
     Storage,
     StorageError,
+    generation_key,
     generation_prefix,
     upload_prefix,
     user_segment,
@@ -58,7 +59,7 @@ class Erasure:
     jobs: int = 0
     forfeited: int = 0
     events_scrubbed: int = 0  # stored webhook events about the user (app.db.webhook_events)
-    objects_removed: int = 0
+    objects_removed: int = 0  # deletions made (of keys that may hold nothing: see _erase_rows)
     # Keys or prefixes whose objects could not be deleted; erase again to retry them.
     objects_left: list[str] = field(default_factory=list)
 
@@ -137,6 +138,11 @@ async def _erase_rows(
     images = await erasure.delete_images(conn, user_id)
     keys.extend(r["storage_key"] for r in images if r["storage_key"])
     owned = await erasure.delete_owned(conn, user_id)
+    # An unfinished job's attempts may have stored results no row points at (a put whose
+    # answer was lost, the job then waiting for its retry): no attempt will run to remove
+    # them, and their keys hold no user id for the sweep of the user's folders to find.
+    for job_id, attempts in zip(owned["attempted"], owned["attempts"], strict=True):
+        keys.extend(generation_key(job_id, n) for n in range(1, attempts + 1))
     forfeited = 0
     if balance > 0:
         # Through the one grant path: the ledger explains the tombstone's zero balance.

@@ -575,6 +575,54 @@ async def test_an_earlier_attempts_result_goes_too_when_the_erasure_comes_mid_re
     assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
 
 
+async def test_an_earlier_attempts_result_goes_when_the_erasure_comes_while_the_job_waits(
+    make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attempt 1's put lands but the store's answer is lost, and the job waits for its retry
+    when the user is erased: no attempt will ever run again to remove that object, so the
+    erasure does (its key has no user id for the sweep of the user's folders to find)."""
+    application = create_app(
+        make_settings(
+            worker_in_process=True,
+            worker_poll_seconds=0.1,
+            storage_retries=0,
+            retry_base_seconds=600.0,
+        )
+    )
+    async with running(application) as client:
+        storage = svc(application).storage
+        real_put = storage.put
+        stored: list[str] = []
+
+        async def put(key: str, data: bytes, content_type: str) -> None:
+            await real_put(key, data, content_type)
+            if key.startswith("generations/"):
+                stored.append(key)
+                raise StorageError("the answer to a put that landed was lost")
+
+        monkeypatch.setattr(storage, "put", put)
+        job = await client.post(
+            "/v1/generations", json={"prompt": "stored, then erased"}, headers=auth_headers(GONE)
+        )
+        assert job.status_code == 202, job.text
+
+        async def waiting_for_retry() -> bool:
+            status = await db.fetchval(
+                "SELECT status FROM image_generation_jobs WHERE id = $1",
+                uuid.UUID(job.json()["id"]),
+            )
+            return bool(stored) and status == "pending"
+
+        await wait_until(waiting_for_retry, "attempt 1 to fail after its put landed")
+        assert await storage.exists(stored[0])
+        await erase(application, GONE)
+        assert not await storage.exists(stored[0]), f"{stored[0]} of the erased user remains"
+    assert await owned_counts(db, GONE) == dict.fromkeys(OWNED_TABLES, 0)
+
+
 async def test_a_balance_the_mobile_app_left_below_zero_does_not_block_erasure(
     app: FastAPI, db: asyncpg.Connection, db_url: str, tmp_path: Path
 ) -> None:
