@@ -107,11 +107,15 @@ async def open_balance(conn: asyncpg.Connection, user_id: str) -> None:
     would miss the rows of the grant it waited for. For a legacy negative balance (never
     opened: balance_after cannot be negative) that grant leaves no opening row for the
     unique index to refuse a second one with, and an opening row would be written after it.
+    Nothing is written when no row was locked: one the mobile app commits in between would
+    be opened unlocked, racing its own spend's trigger for the one opening row.
     """
     async with conn.transaction():
-        await conn.execute(
-            "SELECT 1 FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
+        locked = await conn.fetchval(
+            "SELECT true FROM users WHERE id = $1 AND erased_at IS NULL FOR UPDATE", user_id
         )
+        if locked is None:
+            return
         await conn.execute(
             """
             INSERT INTO credit_ledger (user_id, delta, reason, balance_after)

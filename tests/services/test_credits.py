@@ -13,9 +13,10 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
@@ -540,3 +541,70 @@ async def test_a_grant_that_waited_for_another_to_a_legacy_negative_balance_open
         " ORDER BY id"
     )
     assert [tuple(r) for r in rows] == [("admin", 10, 5), ("admin", 10, 15)]
+
+
+class _AfterFirstStatement:
+    """A connection that runs `between` once its first statement has answered: another
+    session's commit lands exactly between two statements of the call under test."""
+
+    def __init__(self, conn: asyncpg.Connection, between: Callable[[], Awaitable[None]]) -> None:
+        self._conn = conn
+        self._between: Callable[[], Awaitable[None]] | None = between
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name not in ("execute", "fetch", "fetchrow", "fetchval"):
+            return attr
+
+        async def statement(*args: Any, **kwargs: Any) -> Any:
+            result = await attr(*args, **kwargs)
+            between, self._between = self._between, None
+            if between is not None:
+                await between()
+            return result
+
+        return statement
+
+
+async def test_a_user_row_that_appears_after_the_lock_found_none_is_not_opened_unlocked(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # open_balance's lock found no row (the mobile app's INSERT had not committed); the row
+    # commits, and the app starts a spend, before the ledger is read. Writing the opening row
+    # then, with no lock held, races the spend's deferred trigger for the one opening row:
+    # inside a grant's transaction the two wait for each other (deadlock), or the app's
+    # commit fails on the unique index.
+    async with pool.acquire() as app, pool.acquire() as service:
+        inserting = app.transaction()
+        await inserting.start()
+        await app.execute(
+            "INSERT INTO users (id, email, credits) VALUES ('user_new', 'n@x.test', 3)"
+        )
+        spending = app.transaction()
+
+        async def the_app_commits_and_spends() -> None:
+            await inserting.commit()
+            await spending.start()
+            await app.execute("UPDATE users SET credits = credits - 1 WHERE id = 'user_new'")
+
+        async def grant() -> credits.GrantResult:
+            conn = cast(
+                asyncpg.Connection, _AfterFirstStatement(service, the_app_commits_and_spends)
+            )
+            async with service.transaction():
+                return await credits.grant(conn, "user_new", 5, "purchase", "cs_new")
+
+        granting = asyncio.ensure_future(grant())
+        await until_a_lock_wait(db, "the grant waits for the app's spend", granting)
+        await spending.commit()
+        assert await granting == credits.GrantResult(applied=True, balance=7)
+    rows = await db.fetch(
+        "SELECT reason, delta, balance_after FROM credit_ledger WHERE user_id = 'user_new'"
+        " ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("opening_balance", 3, 3),
+        ("app_spend", -1, 2),
+        ("purchase", 5, 7),
+    ]
+    assert await credits.check(db) == ([], 0)
