@@ -133,13 +133,29 @@ for (let cut = 0; cut <= text.length; cut++) {
   }
   results.push(events);
 }
-console.log(JSON.stringify(results));
+// The whole text in one read on a stream that stays open (as the feed's does between
+// events): every event it ends arrives without waiting for more bytes.
+const open = new ReadableStream({
+  start(controller) {
+    controller.enqueue(new TextEncoder().encode(text));
+  },
+});
+const arrived = [];
+const reading = (async () => {
+  for await (const event of parseEvents(open)) {
+    arrived.push(event.id === undefined ? { event: event.event, data: event.data } : event);
+  }
+})();
+await Promise.race([reading, new Promise((resolve) => setTimeout(resolve, 500))]);
+console.log(JSON.stringify({ cuts: results, open: arrived }));
+process.exit(0);
 """
 
 
 def test_the_stream_parser_reads_events_however_the_bytes_arrive(tmp_path: Path) -> None:
     """`parseEvents` (the job and feed streams), compiled and run under Node: the same events
-    wherever the body is cut into chunks, with LF, CR or CRLF line ends."""
+    wherever the body is cut into chunks, with LF, CR or CRLF line ends, and each as soon as
+    its blank line has arrived."""
     _require_toolchain()
     result = _run(
         BIN / "tsc",
@@ -164,7 +180,9 @@ def test_the_stream_parser_reads_events_however_the_bytes_arrive(tmp_path: Path)
             timeout=60,
         )
         assert run.returncode == 0, run.stderr
-        results = json.loads(run.stdout)
+        answer = json.loads(run.stdout)
+        results = answer["cuts"]
         assert len(results) == len(text) + 1
         wrong = [cut for cut, events in enumerate(results) if events != PARSED]
         assert wrong == [], f"{text!r} cut at {wrong}: {results[wrong[0]] if wrong else ''}"
+        assert answer["open"] == PARSED, f"{text!r} on a stream left open"

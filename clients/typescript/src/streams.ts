@@ -119,15 +119,23 @@ export async function* parseEvents<M>(body: ReadableStream<Uint8Array>): AsyncGe
   let event = "message";
   let id: string | undefined;
   let data: string[] = [];
+  // A CR that ended the last read ended its line then; an LF that begins this one is its pair.
+  let pairedLF = false;
   for (;;) {
     const { value, done } = await reader.read();
-    if (!done) buffer += decoder.decode(value, { stream: true });
+    if (done) return; // an event its blank line did not end is dropped, as the standard says
+    let chunk = decoder.decode(value, { stream: true });
+    if (pairedLF && chunk !== "") {
+      if (chunk.startsWith("\n")) chunk = chunk.slice(1);
+      pairedLF = false;
+    }
+    buffer += chunk;
     let newline: number;
     while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
-      // A CR that ends what has arrived may be the first half of a CRLF: wait for more.
-      if (!done && newline === buffer.length - 1 && buffer[newline] === "\r") break;
       const line = buffer.slice(0, newline);
-      buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
+      const crlf = buffer.startsWith("\r\n", newline);
+      pairedLF = !crlf && buffer[newline] === "\r" && newline === buffer.length - 1;
+      buffer = buffer.slice(newline + (crlf ? 2 : 1));
       if (line === "") {
         if (data.length > 0) {
           yield { event, id, data: JSON.parse(data.join("\n")) } as StreamEvent<M>;
@@ -145,7 +153,6 @@ export async function* parseEvents<M>(body: ReadableStream<Uint8Array>): AsyncGe
       else if (field === "data") data.push(text);
       else if (field === "id") id = text;
     }
-    if (done) return; // an event its blank line did not end is dropped, as the standard says
   }
 }
 
