@@ -141,6 +141,25 @@ async def reschedule_pending(
     )
 
 
+async def expire_parked(
+    conn: asyncpg.Connection, endpoint_id: uuid.UUID, older_than_seconds: float, reason: str
+) -> None:
+    """Fail, with `reason` as their error, the endpoint's parked deliveries queued more than
+    `older_than_seconds` ago (a resume, before it makes the others due). One a pause parked
+    while its attempt was under way may still be: its success is recorded over this, as
+    any success is (record_attempt), its failure changes nothing more."""
+    await conn.execute(
+        """
+        UPDATE webhook_deliveries SET status = 'failed', last_error = $3
+        WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'
+          AND created_at < now() - make_interval(secs => $2)
+        """,
+        endpoint_id,
+        older_than_seconds,
+        reason,
+    )
+
+
 async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID, user_id: str) -> bool:
     """Delete the user's endpoint and its deliveries; False when it is not theirs."""
     status = await conn.execute(

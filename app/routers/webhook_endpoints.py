@@ -103,7 +103,8 @@ async def update_webhook_endpoint(
     off (a sender's lease), else at that try (an attempt already under way ends at the old
     one). `events` apply to jobs that end from now on. `enabled: false` pauses the
     endpoint: nothing is queued for it, and its pending deliveries wait until
-    `enabled: true`, then go out a lease later (about 50 s)."""
+    `enabled: true`, then go out a lease later (about 50 s), but for those older than the
+    retry schedule lasts (about 23 h since their job ended): they are `failed`, unsent."""
     return await webhook_endpoints.update(svc.pool, svc.settings, user, endpoint_id, body)
 
 

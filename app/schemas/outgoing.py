@@ -43,6 +43,7 @@ DELIVERY_EXAMPLE: dict[str, Any] = {
         },
     ],
     "next_attempt_at": None,
+    "error": None,
     "delivered_at": "2026-05-04T09:12:17.575Z",
     "created_at": "2026-05-04T09:12:11.902Z",
 }
@@ -93,7 +94,8 @@ class WebhookEndpointUpdate(BaseModel):
         default=None,
         json_schema_extra=never_null,
         description="false pauses the endpoint: nothing is queued for it, and its pending "
-        "deliveries wait; true resumes it, and they are sent.",
+        "deliveries wait; true resumes it, and they are sent, but for those older than the "
+        "retry schedule lasts (about 23 h since their job ended): they are `failed`.",
     )
 
 
@@ -150,6 +152,12 @@ class WebhookDelivery(BaseModel):
     attempts: list[WebhookAttempt]
     next_attempt_at: datetime | None = Field(
         description="When pending: the next try (null while the endpoint is paused)."
+    )
+    error: str | None = Field(
+        description="When failed: why. The last attempt's error once the retry schedule ran "
+        "out, or `expired while the endpoint was paused`: the endpoint was resumed after "
+        "the delivery had waited longer than that schedule lasts (about 23 h since its job "
+        "ended), so it was not sent again. Null otherwise."
     )
     delivered_at: datetime | None
     created_at: datetime

@@ -6,7 +6,8 @@ lease), lets the connection go, checks the URL again (and connects only to addre
 app.services.webhook_urls approves as it connects), signs the body as Standard Webhooks
 says (`webhook-id`, `webhook-timestamp`, `webhook-signature`) and POSTs it; then takes a
 connection again to record the attempt. A failed attempt is retried on RETRY_SCHEDULE, for
-about a day, then the delivery is `failed`.
+about a day, then the delivery is `failed`; so is one that waited out that span parked on a
+paused endpoint (app.services.webhook_endpoints.update), unsent.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ log = logging.getLogger("atelier.outgoing")
 # Seconds from a failed attempt to the next: 5 s, 30 s, 2 min, 10 min, 1 h, 4 h, 8 h, 10 h
 # (about 23 hours in all, nine attempts); after the last failure the delivery is `failed`.
 RETRY_SCHEDULE: tuple[float, ...] = (5, 30, 120, 600, 3600, 4 * 3600, 8 * 3600, 10 * 3600)
+# What a delivery parked on a paused endpoint says when the resume finds it older than
+# retry_span_seconds: failed unsent, as it would have been given up had it been retried.
+EXPIRED_WHILE_PAUSED = "expired while the endpoint was paused"
 BATCH = 20
 MAX_ERROR_LENGTH = 500
 # What a receiver sees the deliveries come from (a firewall rule or a log filter can match it).
@@ -45,6 +49,11 @@ _INSTANT = TypeAdapter(datetime)  # `timestamp` written as every other time of t
 def retry_in(attempts_before: int) -> float | None:
     """Seconds until the next attempt after attempt number `attempts_before + 1` failed."""
     return RETRY_SCHEDULE[attempts_before] if attempts_before < len(RETRY_SCHEDULE) else None
+
+
+def retry_span_seconds() -> float:
+    """How long the retry schedule keeps a delivery going: about 23 hours."""
+    return sum(RETRY_SCHEDULE)
 
 
 def lease_seconds(settings: Settings) -> float:

@@ -135,8 +135,10 @@ async def update(
     url (checked as at registration) at once if their next try was further off than a lease,
     at it otherwise (an attempt under way ends at the old one); new events apply to jobs that
     end from now on. A paused endpoint gets nothing queued, and its pending deliveries are
-    parked until it is resumed: then they go out a lease later (one may have been parked
-    mid-attempt), and on their retry schedule after that."""
+    parked until it is resumed: then those queued longer ago than the retry schedule lasts
+    are failed unsent (they would have been given up by now, unpaused), the others go out a
+    lease later (one may have been parked mid-attempt), and on their retry schedule after
+    that."""
     changes = body.model_dump(exclude_unset=True)
     cleared = sorted(name for name, value in changes.items() if value is None)
     if cleared:
@@ -151,6 +153,10 @@ async def update(
         row = await outgoing_db.update_endpoint(
             conn, endpoint_id, user.id, body.url, events, body.enabled
         )
+        if body.enabled:
+            await outgoing_db.expire_parked(
+                conn, endpoint_id, outgoing.retry_span_seconds(), outgoing.EXPIRED_WHILE_PAUSED
+            )
         await outgoing_db.reschedule_pending(
             conn,
             endpoint_id,
@@ -198,6 +204,7 @@ async def deliveries(
             status=r["status"],
             attempts=r["attempt_log"],
             next_attempt_at=r["next_try"] if r["status"] == "pending" else None,
+            error=r["last_error"] if r["status"] == "failed" else None,
             delivered_at=r["delivered_at"],
             created_at=r["created_at"],
         )

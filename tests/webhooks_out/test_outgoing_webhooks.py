@@ -500,6 +500,53 @@ async def test_a_paused_endpoint_gets_nothing_queued_and_its_pending_deliveries_
             assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
 
 
+async def test_a_delivery_parked_past_its_retry_schedule_fails_on_resume_instead_of_going_out(
+    hook_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resumed, an endpoint gets no delivery older (since its job ended) than the retry
+    schedule lasts, as if it had never been paused: that one is `failed`, saying why, and
+    one still inside the schedule goes out a lease later as before. Retries an hour apart
+    here, so that neither is retried before the pause (the span is then 2 h)."""
+    monkeypatch.setattr(outgoing, "RETRY_SCHEDULE", (3600.0, 3600.0))
+    monkeypatch.setattr(outgoing, "lease_seconds", lambda settings: 1.0)
+    span = sum(outgoing.RETRY_SCHEDULE)
+    alice = auth_headers(ALICE)
+    with WebhookReceiver(500, 500) as receiver:
+        async with running_settings(hook_settings()) as client:
+            endpoint = await register(client, alice, receiver.url, ["job.completed"])
+            stale, fresh = await finished_job(client, alice), await finished_job(client, alice)
+            await received(receiver, 2)
+            await wait_until(lambda: _attempts(db, 2), "both failed attempts to be recorded")
+            url = f"/v1/webhook-endpoints/{endpoint['id']}"
+            assert (await client.patch(url, json={"enabled": False}, headers=alice)).is_success
+            for job, age in ((stale, span + 60), (fresh, span - 600)):
+                await db.execute(
+                    "UPDATE webhook_deliveries "
+                    "SET created_at = now() - make_interval(secs => $2) WHERE job_id = $1",
+                    uuid.UUID(job["id"]),
+                    age,
+                )
+
+            assert (await client.patch(url, json={"enabled": True}, headers=alice)).is_success
+            *_, resumed = await received(receiver, 3)
+            assert verified(endpoint["secret"], resumed)["data"]["id"] == fresh["id"]
+            listed = {d["job_id"]: d for d in await recorded(client, alice, endpoint["id"])}
+            expired = listed[stale["id"]]
+            assert expired["status"] == "failed" and expired["next_attempt_at"] is None
+            assert [a["status_code"] for a in expired["attempts"]] == [500]  # none since
+            assert expired["error"] == "expired while the endpoint was paused"
+            assert listed[fresh["id"]]["status"] == "delivered"
+            assert listed[fresh["id"]]["error"] is None
+            await finished_job(client, alice)
+            await received(receiver, 4)  # the sender has run since the resume
+            assert [json.loads(m.body)["data"]["id"] for m in receiver.received].count(
+                stale["id"]
+            ) == 1
+
+
 async def test_a_claimed_delivery_is_not_made_due_again_by_a_pause_a_resume_or_a_move(
     make_settings: Callable[..., Settings], auth_headers: Headers, db: asyncpg.Connection
 ) -> None:

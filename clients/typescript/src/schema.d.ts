@@ -920,7 +920,8 @@ export interface paths {
          *     off (a sender's lease), else at that try (an attempt already under way ends at the old
          *     one). `events` apply to jobs that end from now on. `enabled: false` pauses the
          *     endpoint: nothing is queued for it, and its pending deliveries wait until
-         *     `enabled: true`, then go out a lease later (about 50 s).
+         *     `enabled: true`, then go out a lease later (about 50 s), but for those older than the
+         *     retry schedule lasts (about 23 h since their job ended): they are `failed`, unsent.
          */
         patch: operations["update_webhook_endpoint"];
         trace?: never;
@@ -2529,6 +2530,7 @@ export interface components {
          *         }
          *       ],
          *       "next_attempt_at": null,
+         *       "error": null,
          *       "delivered_at": "2026-05-04T09:12:17.575Z",
          *       "created_at": "2026-05-04T09:12:11.902Z"
          *     }
@@ -2559,6 +2561,11 @@ export interface components {
              * @description When pending: the next try (null while the endpoint is paused).
              */
             next_attempt_at: string | null;
+            /**
+             * Error
+             * @description When failed: why. The last attempt's error once the retry schedule ran out, or `expired while the endpoint was paused`: the endpoint was resumed after the delivery had waited longer than that schedule lasts (about 23 h since its job ended), so it was not sent again. Null otherwise.
+             */
+            error: string | null;
             /** Delivered At */
             delivered_at: string | null;
             /**
@@ -2591,6 +2598,7 @@ export interface components {
          *             }
          *           ],
          *           "next_attempt_at": null,
+         *           "error": null,
          *           "delivered_at": "2026-05-04T09:12:17.575Z",
          *           "created_at": "2026-05-04T09:12:11.902Z"
          *         }
@@ -2713,7 +2721,7 @@ export interface components {
             events?: ("job.completed" | "job.failed")[];
             /**
              * Enabled
-             * @description false pauses the endpoint: nothing is queued for it, and its pending deliveries wait; true resumes it, and they are sent.
+             * @description false pauses the endpoint: nothing is queued for it, and its pending deliveries wait; true resumes it, and they are sent, but for those older than the retry schedule lasts (about 23 h since their job ended): they are `failed`.
              */
             enabled?: boolean;
         };
