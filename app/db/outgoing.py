@@ -192,6 +192,23 @@ async def set_secret(
     )
 
 
+async def forget_replaced_secrets(conn: asyncpg.Connection) -> int:
+    """Clear the secret a rotation replaced, and its expiry, on every endpoint whose overlap
+    is over (nothing reads it since); endpoints another transaction holds are left to the
+    next sweep. NO KEY: a job-end trigger's foreign-key check goes on. How many."""
+    status = await conn.execute(
+        """
+        UPDATE webhook_endpoints SET previous_secret = NULL, previous_secret_expires_at = NULL
+        WHERE id IN (
+            SELECT id FROM webhook_endpoints
+            WHERE previous_secret_expires_at <= now()
+            FOR NO KEY UPDATE SKIP LOCKED
+        )
+        """
+    )
+    return int(status.split()[-1])
+
+
 async def deliveries_for(
     conn: asyncpg.Connection,
     endpoint_id: uuid.UUID,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import logging
 import math
 import secrets
 import uuid
@@ -28,6 +29,8 @@ from app.schemas.outgoing import (
 )
 from app.services import outgoing, pagination, webhook_urls
 from app.services.users import User
+
+log = logging.getLogger("atelier.outgoing")
 
 # A page of deliveries unless `limit` says otherwise: the most a page holds, as this listing
 # gave before it had pages.
@@ -184,6 +187,17 @@ async def rotate_secret(
     if row is None:
         raise NotFound("No such webhook endpoint.")
     return WebhookEndpointWithSecret(**dict(row), secret=secret)
+
+
+async def forget_replaced_secrets(pool: asyncpg.Pool) -> int:
+    """Erase the secrets rotations replaced once their SECRET_OVERLAP_SECONDS are over: they
+    sign nothing from then on (reads mask them), and must not stay stored. The worker runs
+    this hourly (app.services.sweeps). How many."""
+    async with pool.acquire() as conn:
+        erased = await outgoing_db.forget_replaced_secrets(conn)
+    if erased:
+        log.info("erased %d replaced webhook secrets whose overlap was over", erased)
+    return erased
 
 
 async def deliveries(

@@ -16,7 +16,6 @@ Verifying the signature is the route's job (a dependency), before anything is st
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,25 +136,13 @@ async def replay(
 
 # Rows one statement of the sweep changes: each batch is a short transaction of its own.
 EXPIRE_BATCH = 1000
-SWEEP_EVERY_SECONDS = 3600.0
-
-
-async def expire_payloads_hourly(pool: asyncpg.Pool, days: int) -> None:
-    """`expire_payloads` at once and then hourly, for ever: the worker runs it in a task
-    beside its claim loop, so a first sweep through a large backlog holds no job back. A
-    failure is logged; the next hour tries again."""
-    while True:
-        try:
-            await expire_payloads(pool, days)
-        except Exception:
-            log.exception("dropping old webhook payloads failed; trying again in an hour")
-        await asyncio.sleep(SWEEP_EVERY_SECONDS)
 
 
 async def expire_payloads(pool: asyncpg.Pool, days: int) -> int:
     """Drop the payloads of events processed more than `days` ago (WEBHOOK_EVENT_PAYLOAD_DAYS;
-    0 keeps them), in batches; the worker runs this hourly. Replay only needs events that did
-    not complete, and a redelivery is turned away by the event's id, which stays. How many."""
+    0 keeps them), in batches; the worker runs this hourly (app.services.sweeps). Replay only
+    needs events that did not complete, and a redelivery is turned away by the event's id,
+    which stays. How many."""
     if days <= 0:
         return 0
     total = 0

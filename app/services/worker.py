@@ -38,7 +38,7 @@ import asyncpg
 
 from app.config import Settings
 from app.core.job_errors import Failure, JobErrorCode
-from app.services import imaging, job_objects, job_progress, jobs, webhooks
+from app.services import imaging, job_objects, job_progress, jobs, sweeps
 from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
 from app.services.realtime import QUEUE_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
@@ -108,9 +108,8 @@ class Worker:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
         leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
-        sweeps = asyncio.create_task(
-            webhooks.expire_payloads_hourly(self.pool, self.settings.webhook_event_payload_days),
-            name=f"sweeps {self.worker_id}",
+        sweeping = asyncio.create_task(
+            sweeps.hourly(self.pool, self.settings), name=f"sweeps {self.worker_id}"
         )
         next_reap = 0.0
         log.info("worker %s started", self.worker_id)
@@ -146,8 +145,8 @@ class Worker:
                 listener.cancel()
             if self._gathering is not None:
                 self._gathering.cancel()
-            sweeps.cancel()
-            await asyncio.gather(sweeps, return_exceptions=True)
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             await self._drain()
             leases.cancel()
             log.info("worker %s stopped", self.worker_id)

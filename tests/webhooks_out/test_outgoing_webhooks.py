@@ -23,12 +23,16 @@ from standardwebhooks.exceptions import WebhookVerificationError
 from app.config import Settings
 from app.db import outgoing as outgoing_db
 from app.services import outgoing, webhook_urls
+from app.services.providers.local import LocalProvider
+from app.services.storage.base import Storage
+from app.services.worker import Worker
 from tests.fakes.running import running_settings
 from tests.fakes.tls import TlsServer, ca_file
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
 from tests.support.locks import until_a_lock_wait
 from tests.support.polling import DEADLINE_SECONDS, wait_until
 from tests.support.problems import assert_problem
+from tests.worker.conftest import worker_running
 
 Headers = Callable[..., dict[str, str]]
 ALICE, BOB = "user_hooks_alice", "user_hooks_bob"
@@ -360,6 +364,42 @@ async def test_after_a_rotation_both_secrets_verify_for_a_day_then_the_new_one_o
             assert verified(again["secret"], third) and verified(new_secret, third)
             with pytest.raises(WebhookVerificationError):
                 verified(endpoint["secret"], third)
+
+
+async def test_a_replaced_secret_is_erased_from_the_database_once_its_day_is_over(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    storage: Storage,
+) -> None:
+    """Once its overlap ends, a replaced secret signs nothing (reads mask it), and it must
+    not stay stored either: the worker's sweep (as it starts, then hourly) clears it and its
+    expiry. A secret still in its day is kept."""
+    settings = make_settings(worker_in_process=False)
+    alice = auth_headers(ALICE)
+    async with running_settings(settings) as client:
+        lapsed = await register(client, alice, "https://8.8.8.8/h", ["job.completed"])
+        current = await register(client, alice, "https://8.8.4.4/h", ["job.completed"])
+        for endpoint in (lapsed, current):
+            url = f"/v1/webhook-endpoints/{endpoint['id']}/secret"
+            assert (await client.post(url, headers=alice)).status_code == 200
+    await db.execute(
+        "UPDATE webhook_endpoints SET previous_secret_expires_at = now() WHERE id = $1",
+        uuid.UUID(lapsed["id"]),
+    )
+    stored = (
+        "SELECT previous_secret, previous_secret_expires_at FROM webhook_endpoints WHERE id = $1"
+    )
+
+    async def erased() -> bool:
+        return tuple(await db.fetchrow(stored, uuid.UUID(lapsed["id"]))) == (None, None)
+
+    async with worker_running(Worker(settings, pool, LocalProvider(), storage)):
+        await wait_until(erased, "the worker to erase the lapsed secret")
+    kept = await db.fetchrow(stored, uuid.UUID(current["id"]))
+    assert kept["previous_secret"] == current["secret"]
+    assert kept["previous_secret_expires_at"] > datetime.now(UTC) + timedelta(hours=23)
 
 
 async def test_a_deleted_endpoint_gets_nothing_more(
