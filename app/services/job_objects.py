@@ -19,6 +19,16 @@ from app.services.storage.base import ObjectNotFound, Storage, StorageError, gen
 log = logging.getLogger("atelier.worker")
 
 
+async def references(
+    storage: Storage, job_id: UUID, params: dict[str, Any]
+) -> list[ReferenceImage]:
+    """The images the job was asked to start from, then its pack's icons. ObjectNotFound for
+    a reference deleted since (no later attempt can find it either), StorageError when the
+    store could not be read."""
+    found = [await imaging.load_reference(storage, key) for key in params.get("reference_keys", [])]
+    return found + await pack_references(storage, job_id, params)
+
+
 async def pack_references(
     storage: Storage, job_id: UUID, params: dict[str, Any]
 ) -> list[ReferenceImage]:
@@ -64,6 +74,17 @@ async def discard_unused(
         return
     numbers = [n for n in range(attempt, 0, -1) if generation_key(job_id, n) != kept]
     await _remove(storage, job_id, numbers, why)
+
+
+async def discard_failed(
+    pool: asyncpg.Pool, storage: Storage, job_id: UUID, attempt: int, stored: bool
+) -> None:
+    """The job failed for good at `attempt` (or another attempt has it now): what its
+    attempts stored goes. An earlier attempt may have stored its result and crashed before
+    completing; a first attempt that did not get to storing (`stored`: whether it may have,
+    True when unsure) left nothing, so a refusal costs no store call."""
+    if attempt > 1 or stored:
+        await discard_unused(pool, storage, job_id, attempt, "an attempt of a job that failed")
 
 
 async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:

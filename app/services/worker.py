@@ -38,7 +38,7 @@ import asyncpg
 
 from app.config import Settings
 from app.core.job_errors import Failure, JobErrorCode
-from app.services import imaging, job_objects, job_progress, jobs, sweeps
+from app.services import imaging, job_objects, job_progress, jobs, leases, sweeps
 from app.services.providers.base import ImageProvider, ImageRequest, ProviderError
 from app.services.realtime import QUEUE_CHANNEL, Hub
 from app.services.storage.base import ObjectNotFound, Storage, StorageError, generation_key
@@ -107,7 +107,10 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set; then drain and hand back."""
         listener = asyncio.create_task(self._listen(stop)) if self.hub else None
-        leases = asyncio.create_task(self._keep_leases(), name=f"leases {self.worker_id}")
+        renewing = asyncio.create_task(
+            leases.keep(self.pool, self.settings.job_lease_seconds, self._tasks),
+            name=f"leases {self.worker_id}",
+        )
         sweeping = asyncio.create_task(
             sweeps.hourly(self.pool, self.settings), name=f"sweeps {self.worker_id}"
         )
@@ -148,7 +151,7 @@ class Worker:
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
             await self._drain()
-            leases.cancel()
+            renewing.cancel()
             log.info("worker %s stopped", self.worker_id)
 
     async def _guard(self, work: Any) -> Any:
@@ -244,32 +247,6 @@ class Worker:
             reason = "internal error while generating"
             await self._guard(self._retry_or_fail(attempt, "internal_error", reason))
 
-    async def _keep_leases(self) -> None:
-        """Renew the lease of every running attempt, in one statement, every third of the
-        lease; cancel the attempts whose job was taken over (no use spending on them)."""
-        interval = self.settings.job_lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            running = list(self._tasks.items())
-            if not running:
-                continue
-            try:
-                held = await jobs.extend_leases(
-                    self.pool,
-                    [(attempt.id, attempt.number) for _, attempt in running],
-                    self.settings.job_lease_seconds,
-                )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                # the next beat tries again; a dead lease keeper would let every lease lapse
-                log.warning("renewing %d lease(s) failed: %r", len(running), exc)
-                continue
-            except Exception:
-                log.exception("renewing %d lease(s) failed", len(running))
-                continue
-            for task, attempt in running:
-                if attempt.id not in held and not task.done():
-                    task.cancel()  # someone else has the job now, or it has ended
-
     async def _process_in_time(self, attempt: _Attempt, deadline: float) -> None:
         """`_process` within `deadline` seconds, or _OutOfTime. Every write is fenced, so
         cutting an attempt short anywhere (even mid-statement) leaves the job consistent."""
@@ -286,11 +263,7 @@ class Worker:
         job = attempt.job
         params: dict[str, Any] = job["params"] or {}
         try:
-            references = [
-                await imaging.load_reference(self.storage, key)
-                for key in params.get("reference_keys", [])
-            ]
-            references += await job_objects.pack_references(self.storage, attempt.id, params)
+            references = await job_objects.references(self.storage, attempt.id, params)
         except ObjectNotFound:
             # deleted since the request was accepted: no later attempt can find it either
             await self._fail(attempt, "reference_missing", "the reference image no longer exists")
@@ -377,7 +350,9 @@ class Worker:
     ) -> None:
         """Failed for good: marked and refunded, in one transaction."""
         await jobs.fail(self.pool, attempt.id, attempt.number, Failure(code, reason))
-        await self._discard_results(attempt, stored)
+        await job_objects.discard_failed(
+            self.pool, self.storage, attempt.id, attempt.number, stored
+        )
 
     async def _retry_or_fail(
         self, attempt: _Attempt, code: JobErrorCode, reason: str, *, stored: bool = True
@@ -389,22 +364,14 @@ class Worker:
             self.pool, self.settings, attempt.id, attempt.number, failure
         )
         if delay is None:
-            await self._discard_results(attempt, stored)
+            await job_objects.discard_failed(
+                self.pool, self.storage, attempt.id, attempt.number, stored
+            )
         else:
             # A job waiting for its backoff sends no NOTIFY (it could not be claimed yet):
             # this worker wakes itself when it is due, the others find it by their poll.
             # What this attempt stored, the attempt that completes the job removes.
             asyncio.get_running_loop().call_later(delay, self._wake.set)
-
-    async def _discard_results(self, attempt: _Attempt, stored: bool) -> None:
-        """The job ended failed (or another attempt has it now): what its attempts stored
-        goes. An earlier attempt may have stored its result and crashed before completing;
-        a first attempt that never got to storing left nothing (a refusal: no store call)."""
-        if attempt.number > 1 or stored:
-            why = "an attempt of a job that failed"
-            await job_objects.discard_unused(
-                self.pool, self.storage, attempt.id, attempt.number, why
-            )
 
     async def _hand_back(self, attempt: _Attempt) -> None:
         try:
@@ -419,6 +386,5 @@ class Worker:
         """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
         count, failed = await jobs.reap(self.pool, self.settings.max_attempts)
         for job_id, attempts in failed:
-            why = "an attempt of a job the reaper failed"
-            await job_objects.discard_unused(self.pool, self.storage, job_id, attempts, why)
+            await job_objects.discard_failed(self.pool, self.storage, job_id, attempts, True)
         return count
