@@ -3,13 +3,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.schemas.common import TextStr
 from app.schemas.generations import JOB_EXAMPLE, Job
 from app.schemas.me import LEDGER_ENTRY_EXAMPLE, ME_EXAMPLE, LedgerEntry, Subscription
 
 MAX_ADJUSTMENT = 1_000_000
+
+
+def _a_json_number(value: object) -> object:
+    """JSON Schema's integer is a number with no fraction (5 and 5.0), never true or "5",
+    which lax pydantic would read as credits too."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number, not a string or a boolean")
+    return value
 
 
 def _nonzero(value: int) -> int:
@@ -24,7 +32,9 @@ class CreditAdjustment(BaseModel):
         json_schema_extra={"examples": [{"delta": 10, "reason": "refund for ticket #123"}]},
     )
 
-    delta: Annotated[int, Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT)] = Field(
+    delta: Annotated[
+        int, Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT), BeforeValidator(_a_json_number)
+    ] = Field(
         description="Credits to add (positive) or take (negative); never 0. The balance "
         "never goes below zero (409 with the balance).",
         json_schema_extra={"not": {"const": 0}},  # what _nonzero refuses

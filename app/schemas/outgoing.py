@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.schemas.common import Page, SafeStr, never_null
 from app.schemas.generations import FAILED_JOB_EXAMPLE, JOB_EXAMPLE, JOB_ID_EXAMPLE, Job
@@ -90,7 +90,7 @@ class WebhookEndpointUpdate(BaseModel):
         json_schema_extra=never_null,
         description=EVENTS_DESCRIPTION + " For jobs that end from now on.",
     )
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(  # "false" or 0 is not a JSON boolean
         default=None,
         json_schema_extra=never_null,
         description="false pauses the endpoint: nothing is queued for it, and its pending "

@@ -727,6 +727,8 @@ async def test_recording_an_attempt_locks_as_a_pause_does_so_neither_deadlocks(
         {"url": None},
         {"events": None},
         {"enabled": None},
+        {"enabled": "false"},  # lax pydantic reads "false", "no" and 0 as false
+        {"enabled": 0},
         {"events": []},
         {"events": ["job.started"]},
         {"url": "https://10.1.2.3/hook"},
