@@ -1,27 +1,44 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.schemas.common import Page, SafeStr, TextStr, never_null
+from app.schemas.common import BLANK, Page, SafeStr, TextStr, never_null
 from app.schemas.generations import IMAGE_ID_EXAMPLE, SIGNED_URL_EXAMPLE
 
 Visibility = Literal["private", "public"]
 
 
+# An http(s) URL with a host: optional user info, a host (a name, IDNs included, or an
+# address: brackets hold an IPv6 one), an optional port up to 65535, then anything but NUL
+# (taken as sent, never normalised: the mobile app reads the column). Neither user info nor
+# host holds control characters or white space of any kind, and a host none of `%<>\^|` and
+# the delimiters (the WHATWG URL standard's forbidden domain code points). Spelled so that
+# the validator and the document's pattern (ECMA-262) agree.
+_UNSEEN = rf"\x00-\x20\x7f-\x9f{BLANK}"
+_USER = rf"(?:[^{_UNSEEN}/?#@\\]*@)?"
+_HOST = rf"(?:[^{_UNSEEN}#%/:<>?@\[\\\]^|]+|\[[0-9A-Fa-f:.]+\])"
+_PORT = r"(?::(?:[0-5]?[0-9]{1,4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+_HTTP_URL = rf"https?://{_USER}{_HOST}{_PORT}(?:[/?#][^\x00]*)?"
+_HTTP_URL_MATCH = re.compile(_HTTP_URL)
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("https://", "http://")):
         raise ValueError("must be an http(s) URL")
+    if not _HTTP_URL_MATCH.fullmatch(value):
+        raise ValueError("must be an http(s) URL with a valid host (and port)")
     return value
 
 
 HttpUrl = Annotated[
     SafeStr,
     AfterValidator(_http_url),
-    Field(max_length=2048, json_schema_extra={"pattern": r"^https?://[^\x00]*$"}),
+    Field(max_length=2048, json_schema_extra={"pattern": f"^{_HTTP_URL}$"}),
 ]
 
 

@@ -183,6 +183,19 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({**FULL, "thumbnail_url": "javascript:alert(1)"}, "thumbnail_url"),
     ({**FULL, "thumbnail_url": "https://cdn.example.test/" + "a" * 2030}, "thumbnail_url"),
     ({**FULL, "secondary_image_url": "/relative.png"}, "secondary_image_url"),
+    # no host, or one no URL can have: malformed, however it starts
+    ({**FULL, "thumbnail_url": "http://"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https:///thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://:443/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://user@/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn example.test/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn\u00a0example.test/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn.example.test\\thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn.example.test:99999/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn.example.test:port/thumb.png"}, "thumbnail_url"),
+    ({**FULL, "thumbnail_url": "https://cdn.example.test\n"}, "thumbnail_url"),
+    ({**FULL, "secondary_image_url": "http://?query"}, "secondary_image_url"),
     ({**FULL, "user_id": BOB}, "user_id"),
 ]
 
@@ -224,6 +237,30 @@ async def test_the_limits_themselves_are_accepted(
         "secondary_image_url": "http://x.test/",
     }
     assert len(body["thumbnail_url"]) == 2048
+
+    response = await client.post("/v1/prompts", json=body, headers=auth_headers(ALICE))
+
+    assert response.status_code == 201, response.text
+    assert {k: response.json()[k] for k in body} == body
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example.test",
+        "https://cdn.example.test:8443/a/thumb.png?size=64&v=2#top",
+        "http://user:pw@cdn.example.test:0/thumb.png",
+        "https://CDN.Example.TEST./thumb%20one.png",
+        "https://cdn_1.example.test/a thumb (1).png",
+        "https://bücher.example.test/thumb.png",
+        "http://127.0.0.1:65535/thumb.png",
+        "http://[2001:db8::1]/thumb.png",
+    ],
+)
+async def test_any_http_url_with_a_host_is_accepted_and_kept_as_sent(
+    client: httpx.AsyncClient, auth_headers: Headers, url: str
+) -> None:
+    body = {"prompt_text": "a fox", "thumbnail_url": url, "secondary_image_url": url}
 
     response = await client.post("/v1/prompts", json=body, headers=auth_headers(ALICE))
 
