@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -184,15 +185,27 @@ async def _addresses(host: str, port: int, resolver: DaemonPool) -> list[IpAddre
     return [ipaddress.ip_address(address.split("%")[0]) for address in found]
 
 
+# A host name as DNS can ask for it (after IDNA): labels of 1-63 letters, digits, `-` or
+# `_` (names such as `_acme.example.com` exist), 253 characters at most, a final dot allowed.
+_LABELS = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
+
+
+def _is_host_name(host: str) -> bool:
+    return len(host.removesuffix(".")) <= 253 and _LABELS.fullmatch(host) is not None
+
+
 def _split(url: str) -> tuple[SplitResult, str, int]:
     """The URL's parts, its host as the sender will ask for it (httpx encodes a name with
-    IDNA 2008) and its port; RefusedUrl when it is malformed."""
+    IDNA 2008) and its port; RefusedUrl when it is malformed, a host that can be no name
+    (a space in it, an empty label) included: it is never looked up."""
     try:
         parts = urlsplit(url)
         port = (443 if parts.scheme == "https" else 80) if parts.port is None else parts.port
         host = httpx.URL(url).raw_host.decode("ascii") if parts.hostname else ""
     except (ValueError, httpx.InvalidURL) as exc:
         raise RefusedUrl("The URL is malformed.") from exc
+    if host and _address(host) is None and not _is_host_name(host):
+        raise RefusedUrl(f"The URL is malformed: {parts.hostname!r} is not a host name.")
     return parts, host, port
 
 

@@ -786,6 +786,46 @@ async def test_insecure_or_private_urls_are_refused(
         assert_problem(response, 422)
 
 
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://exa mple.com/hook", "exa mple.com"),
+        ("https://exa%20mple.com/hook", "exa%20mple.com"),
+        ("https://exa<mple.com/hook", "exa<mple.com"),
+        ("https://exa|mple.com/hook", "exa|mple.com"),
+        ("https://exa..mple.com/hook", "exa..mple.com"),
+        ("https://.example.com/hook", ".example.com"),
+        (f"https://{'a' * 64}.example.com/hook", f"{'a' * 64}.example.com"),
+    ],
+)
+async def test_a_host_no_name_can_have_is_refused_as_malformed_without_a_lookup(
+    make_settings: Callable[..., Settings],
+    auth_headers: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    host: str,
+) -> None:
+    asked: list[object] = []
+    resolve = socket.getaddrinfo
+
+    def noting(name: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(name)
+        return resolve(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", noting)
+    async with running_settings(make_settings(worker_in_process=False)) as client:
+        response = await client.post(
+            "/v1/webhook-endpoints",
+            json={"url": url, "events": ["job.completed"]},
+            headers=auth_headers(ALICE),
+        )
+        problem = assert_problem(response, 422)
+        assert problem["detail"] == f"The URL is malformed: {host!r} is not a host name."
+        listed = await client.get("/v1/webhook-endpoints", headers=auth_headers(ALICE))
+        assert listed.json()["items"] == []
+    assert [name for name in asked if "mple" in str(name) or "aaaa" in str(name)] == []
+
+
 async def test_http_to_loopback_needs_development(
     hook_settings: Callable[..., Settings], auth_headers: Headers
 ) -> None:
