@@ -1,4 +1,5 @@
-"""Dependencies the routers share: the app's services, a pooled connection, the caller.
+"""Dependencies the routers share: the app's services, a pooled connection, the caller; and
+the route class of the routers with PATCH operations.
 
 It sits with the routers (the web layer of tests/unit/test_layering.py): it may name services
 and the storage and provider interfaces, never app.db or an implementation.
@@ -10,14 +11,15 @@ import asyncio
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
 from fastapi import Depends, Request, Response
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
@@ -247,3 +249,37 @@ async def admin_user(svc: Svc, user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(admin_user)]
+
+
+# A JSON Patch (RFC 6902): a list of operations, not the fields to change.
+JSON_PATCH = "application/json-patch+json"
+
+
+class _UnreadBody(Request):
+    """A request whose body FastAPI hands the model as bytes, as it does one in a media type
+    it does not read as JSON: `errors._validation_error` then answers its 415."""
+
+    async def json(self) -> Any:
+        return await self.body()
+
+
+class MergePatchRoute(APIRoute):
+    """The route class of the routers with PATCH operations, which take the fields to change
+    as a JSON object (`application/json`, or `application/merge-patch+json`, which means the
+    same). FastAPI reads any `application/…+json` as JSON, a JSON Patch too: its list was
+    refused as no object (a 422) and an object sent under its name was applied. A PATCH
+    leaves a JSON Patch unread instead, so it gets the 415 (and `Accept-Patch`) of any media
+    type the operation does not take, after the token's 401 or 403 as those do."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if "PATCH" not in (self.methods or ()):
+            return handler
+
+        async def patch(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "")
+            if content_type.partition(";")[0].strip().lower() == JSON_PATCH:
+                request = _UnreadBody(request.scope, request.receive)
+            return await handler(request)
+
+        return patch

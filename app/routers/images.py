@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
-from app.deps import Conn, CurrentUser, OptionalUser, Services, StreamUser, Svc
+from app.deps import Conn, CurrentUser, MergePatchRoute, OptionalUser, Services, StreamUser, Svc
 from app.openapi import ANY_OPERATION, header_docs, responses, sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import FEED_EVENTS
@@ -19,7 +19,12 @@ from app.schemas.gallery import DownloadLink, ImageItem, ImagePage, ImageUpdate,
 from app.services import gallery
 from app.services.realtime import FEED_CHANNEL, Event
 
-router = APIRouter(prefix="/v1", tags=["gallery"], responses=responses(*ANY_OPERATION, 401, 503))
+router = APIRouter(
+    prefix="/v1",
+    tags=["gallery"],
+    responses=responses(*ANY_OPERATION, 401, 503),
+    route_class=MergePatchRoute,
+)
 
 
 @router.get(

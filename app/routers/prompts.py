@@ -6,14 +6,17 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from app.deps import Conn, CurrentUser
+from app.deps import Conn, CurrentUser, MergePatchRoute
 from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
 from app.services import prompts
 
 router = APIRouter(
-    prefix="/v1/prompts", tags=["prompts"], responses=responses(*ANY_OPERATION, 401, 503)
+    prefix="/v1/prompts",
+    tags=["prompts"],
+    responses=responses(*ANY_OPERATION, 401, 503),
+    route_class=MergePatchRoute,
 )
 
 

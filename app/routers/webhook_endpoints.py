@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Response
 
 from app.config import Settings
-from app.deps import Conn, CurrentUser, StreamUser, Svc
+from app.deps import Conn, CurrentUser, MergePatchRoute, StreamUser, Svc
 from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.outgoing import (
@@ -24,7 +24,10 @@ from app.schemas.outgoing import (
 from app.services import outgoing, webhook_endpoints
 
 router = APIRouter(
-    prefix="/v1/webhook-endpoints", tags=["webhooks"], responses=responses(*ANY_OPERATION, 401, 503)
+    prefix="/v1/webhook-endpoints",
+    tags=["webhooks"],
+    responses=responses(*ANY_OPERATION, 401, 503),
+    route_class=MergePatchRoute,
 )
 # A registration's or a URL change's 409: a per-user cap, or the caller's previous URL check
 # still running (webhook_endpoints.still_checking), which alone says when to try again.

@@ -277,11 +277,18 @@ BODIES: dict[str, tuple[bytes, str | None]] = {
     "json-null": (b"null", "application/json"),
     "json-array": (b'["a cat"]', "application/json"),
     "nan": (b'{"prompt": NaN}', "application/json"),
+    # JSON, but a JSON Patch (RFC 6902): a list of operations, which no PATCH takes
+    "json-patch": (
+        b'[{"op": "replace", "path": "/prompt", "value": "a cat"}]',
+        "application/json-patch+json",
+    ),
 }
 
 
 # Sent as something other than JSON: a 415 that names what each operation takes.
 NOT_LABELLED_JSON = {"text-plain", "form", "no-content-type"}
+# A patch format other than the JSON object a PATCH takes: its 415 too.
+NOT_A_MERGE_PATCH = {"json-patch"}
 
 
 def json_routes() -> list[tuple[str, str, str, bool]]:
@@ -321,12 +328,13 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
         # Accept (and a PATCH's Accept-Patch) as its 415 declares them, RateLimit-* absent
         assert_documented_headers(spec, method, template, response)
 
-        expected = (415,) if name in NOT_LABELLED_JSON else (400, 422)
+        refused = name in NOT_LABELLED_JSON or (name in NOT_A_MERGE_PATCH and method == "PATCH")
+        expected = (415,) if refused else (400, 422)
         assert response.status_code in expected, (name, method, path, response.text)
         body = assert_problem(response, response.status_code)
         assert body["type"].startswith(PROBLEM_BASE), (name, method, path, body)
         assert body["type"] != "about:blank"
-        if name in NOT_LABELLED_JSON:
+        if refused:
             assert body["accepted"] == ["application/json"]
             assert response.headers["Accept"] == "application/json"
             assert response.headers.get("Accept-Patch") == (
@@ -336,6 +344,50 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
         assert body["detail"] == "The JSON body is nested too deeply to parse."
     if name == "invalid-utf8":
         assert "UTF-8" in body["detail"]
+
+
+async def test_a_json_patch_is_a_415_and_a_merge_style_object_is_what_a_patch_takes(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    """A PATCH takes the fields to change as a JSON object (application/json, or
+    application/merge-patch+json, RFC 7396, which means the same); a JSON Patch (RFC 6902)
+    is another format, refused as any media type the operation does not take, even as an
+    object it would otherwise have read, and after the token's 401 as those are."""
+    headers = auth_headers(USER)
+    created = await client.post("/v1/prompts", json={"prompt_text": "a fox"}, headers=headers)
+    assert created.status_code == 201, created.text
+    path = created.headers["Location"]
+    patches = {
+        "application/json-patch+json": [b'[{"op": "replace", "path": "/title", "value": "x"}]'],
+        "application/json-patch+json; charset=utf-8": [b'{"title": "x"}'],
+        "Application/JSON-Patch+JSON": [b"[]"],
+    }
+    for content_type, bodies in patches.items():
+        for content in bodies:
+            sent = {**headers, "Content-Type": content_type}
+            response = await client.patch(path, content=content, headers=sent)
+
+            body = assert_problem(response, 415)
+            assert body == {
+                "type": PROBLEM_BASE + "unsupported-media-type",
+                "title": "Unsupported media type",
+                "status": 415,
+                "detail": "The body must be sent as Content-Type: application/json; this "
+                f"request has Content-Type: {content_type}.",
+                "accepted": ["application/json"],
+            }
+            assert response.headers["Accept"] == "application/json"
+            assert response.headers["Accept-Patch"] == "application/json"
+    unchanged = await client.get(path, headers=headers)
+    assert unchanged.json() == created.json()
+
+    anonymous = {"Content-Type": "application/json-patch+json"}
+    assert_problem(await client.patch(path, content=b"[]", headers=anonymous), 401)
+    for n, content_type in enumerate(("application/json", "application/merge-patch+json")):
+        sent = {**headers, "Content-Type": content_type}
+        changed = await client.patch(path, content=f'{{"title": "t{n}"}}', headers=sent)
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["title"] == f"t{n}"
 
 
 async def test_a_deep_json_body_leaves_the_service_working(
