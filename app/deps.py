@@ -24,7 +24,7 @@ from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
 from app.config import Settings
-from app.errors import Forbidden, RepeatedHeader, Unauthorized
+from app.errors import UNPARSED_BODY_SCOPE_KEY, Forbidden, RepeatedHeader, Unauthorized
 from app.observability import Metrics, after_response
 from app.services import api_keys
 from app.services.api_keys import ApiKeys
@@ -255,31 +255,43 @@ AdminUser = Annotated[User, Depends(admin_user)]
 JSON_PATCH = "application/json-patch+json"
 
 
-class _UnreadBody(Request):
-    """A request whose body FastAPI hands the model as bytes, as it does one in a media type
-    it does not read as JSON: `errors._validation_error` then answers its 415."""
+class _JsonBody(Request):
+    """The request as `JsonBodyRoute` hands it to FastAPI: its JSON parsed; or its bytes, as
+    FastAPI leaves a body in a media type it does not read as JSON, which the model refuses
+    after the dependencies. `errors._validation_error` answers that refusal with what the
+    parse said (kept in the scope), or, for a PATCH's JSON Patch, with its 415."""
 
     async def json(self) -> Any:
-        return await self.body()
+        body = await self.body()  # reading it may fail (too large, a disconnect): as before
+        media_type = self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if self.method == "PATCH" and media_type == JSON_PATCH:
+            return body
+        try:
+            return await super().json()
+        except (ValueError, RecursionError) as exc:  # bad syntax, bytes not text, too deep
+            self.scope[UNPARSED_BODY_SCOPE_KEY] = exc
+            return body
 
 
-class MergePatchRoute(APIRoute):
-    """The route class of the routers with PATCH operations, which take the fields to change
-    as a JSON object (`application/json`, or `application/merge-patch+json`, which means the
-    same). FastAPI reads any `application/…+json` as JSON, a JSON Patch too: its list was
-    refused as no object (a 422) and an object sent under its name was applied. A PATCH
-    leaves a JSON Patch unread instead, so it gets the 415 (and `Accept-Patch`) of any media
-    type the operation does not take, after the token's 401 or 403 as those do."""
+class JsonBodyRoute(APIRoute):
+    """The route class of every router with JSON bodies. FastAPI parses a JSON body before it
+    solves the route's dependencies, and answered a body that is not JSON (a 422, or a 400 for
+    one nested too deeply) before the token's 401 or an API key's 403: a caller with no
+    right to the operation got feedback on its body first. Here a body that cannot be parsed
+    is refused when the model validates it, after the dependencies, with the same problem.
+
+    A PATCH takes the fields to change as a JSON object (`application/json`, or
+    `application/merge-patch+json`, which means the same). FastAPI reads any
+    `application/…+json` as JSON, a JSON Patch too: its list was refused as no object (a
+    422) and an object sent under its name was applied. A JSON Patch is left unread instead,
+    so it gets the 415 (and `Accept-Patch`) of any media type the operation does not take."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if "PATCH" not in (self.methods or ()):
-            return handler
+        if self.body_field is None:
+            return handler  # nothing to parse (a GET): as FastAPI serves it
 
-        async def patch(request: Request) -> Response:
-            content_type = request.headers.get("content-type", "")
-            if content_type.partition(";")[0].strip().lower() == JSON_PATCH:
-                request = _UnreadBody(request.scope, request.receive)
-            return await handler(request)
+        async def with_json_body(request: Request) -> Response:
+            return await handler(_JsonBody(request.scope, request.receive))
 
-        return patch
+        return with_json_body

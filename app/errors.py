@@ -6,6 +6,7 @@ rewritten to say problem+json in `app.openapi`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -252,18 +253,6 @@ def _http_problem(status: int, detail: str) -> dict[str, Any]:
     return {"type": kind_type, "title": title, "status": status, "detail": detail}
 
 
-def _unparsable_body(cause: BaseException | None) -> str | None:
-    """What to say about a body FastAPI could not parse (it answers a bare 400 "There was an
-    error parsing the body" for anything but a JSON syntax error), from what it raised."""
-    if isinstance(cause, RecursionError):
-        return "The JSON body is nested too deeply to parse."
-    if isinstance(cause, UnicodeDecodeError):
-        return "The body is not valid UTF-8 text, so it cannot be JSON."
-    if cause is not None:
-        return "The body could not be parsed."
-    return None
-
-
 def allowed_methods(request: Request) -> str:
     """`Allow` for a path: the methods of every route that matches it, HEAD beside GET.
 
@@ -283,7 +272,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = str(exc.detail)
     if exc.status_code == 400:
-        detail = _unparsable_body(exc.__cause__) or detail
+        detail = messages.unparsable_body(exc.__cause__) or detail
     body = _http_problem(exc.status_code, detail)
     if isinstance(exc, BodyTooLarge):
         body["limit"] = exc.limit
@@ -308,9 +297,19 @@ def _jsonable_error(error: Any) -> dict[str, Any]:
     return {"loc": loc, "msg": message, "type": error.get("type")}
 
 
+# deps.JsonBodyRoute keeps here why a JSON body did not parse (and hands the model its bytes).
+UNPARSED_BODY_SCOPE_KEY = "atelier.unparsed_body"
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if any(_unread_body(error) for error in exc.errors()):
+        unparsed = request.scope.get(UNPARSED_BODY_SCOPE_KEY)
+        if isinstance(unparsed, json.JSONDecodeError):
+            return problem_response(validation_problem([messages.json_invalid(unparsed)]))
+        if isinstance(unparsed, BaseException):
+            detail = messages.unparsable_body(unparsed) or "The body could not be parsed."
+            return problem_response(_http_problem(400, detail))
         refused = UnsupportedMediaType.body(request.headers.get("content-type"), JSON)
         headers = dict(refused.headers or {})
         if request.method == "PATCH":  # RFC 5789 §2.2

@@ -8,6 +8,7 @@ as configured and in a unit a person reads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,3 +86,26 @@ def missing_file_part(name: str) -> str:
 # is no place in a request, so errors leave it out of `loc` (field and header names cannot
 # hold a ":").
 TAG_PREFIX = "tag:"
+
+
+def unparsable_body(cause: BaseException | None) -> str | None:
+    """What to say about a body FastAPI could not parse (it answers a bare 400 "There was an
+    error parsing the body" for anything but a JSON syntax error), from what it raised."""
+    if isinstance(cause, RecursionError):
+        return "The JSON body is nested too deeply to parse."
+    if isinstance(cause, UnicodeDecodeError):
+        return "The body is not valid UTF-8 text, so it cannot be JSON."
+    if cause is not None:
+        return "The body could not be parsed."
+    return None
+
+
+def json_invalid(error: json.JSONDecodeError) -> dict[str, Any]:
+    """A JSON syntax error as the validation error FastAPI makes of it (`json_invalid`)."""
+    return {
+        "type": "json_invalid",
+        "loc": ("body", error.pos),
+        "msg": "JSON decode error",
+        "input": {},
+        "ctx": {"error": error.msg},
+    }

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from app.deps import AdminUser, Conn, Svc, sent_once, session_only
+from app.deps import AdminUser, Conn, JsonBodyRoute, Svc, sent_once, session_only
 from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, responses
 from app.schemas.admin import AdminUser as AdminUserView
 from app.schemas.admin import CreditAdjustment, CreditAdjustmentResult, Stats
@@ -21,6 +21,7 @@ router = APIRouter(
     tags=["admin"],
     responses=responses(*ANY_OPERATION, 401, 403, 503),
     dependencies=[Depends(session_only)],
+    route_class=JsonBodyRoute,
 )
 
 UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]

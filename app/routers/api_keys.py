@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Response
 
-from app.deps import Conn, CurrentUser, Svc, session_only
+from app.deps import Conn, CurrentUser, JsonBodyRoute, Svc, session_only
 from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.api_keys import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyList
 from app.services import api_keys
@@ -16,6 +16,7 @@ router = APIRouter(
     tags=["api-keys"],
     dependencies=[Depends(session_only)],
     responses=responses(*ANY_OPERATION, 401, 403, 503),
+    route_class=JsonBodyRoute,
 )
 
 

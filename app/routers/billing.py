@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.deps import StreamUser, Svc, session_only
+from app.deps import JsonBodyRoute, StreamUser, Svc, session_only
 from app.openapi import ANY_OPERATION, responses
 from app.schemas.billing import (
     CheckoutCreate,
@@ -25,6 +25,7 @@ router = APIRouter(
     tags=["billing"],
     dependencies=[Depends(session_only)],
     responses=responses(*ANY_OPERATION, 401, 403, 503),
+    route_class=JsonBodyRoute,
 )
 
 

@@ -14,7 +14,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from app.core import messages
-from app.deps import Caller, Conn, CurrentUser, StreamUser, Svc, rate_limited, sent_once
+from app.deps import (
+    Caller,
+    Conn,
+    CurrentUser,
+    JsonBodyRoute,
+    StreamUser,
+    Svc,
+    rate_limited,
+    sent_once,
+)
 from app.errors import NotFound, UnsupportedMediaType
 from app.openapi import (
     ANY_OPERATION,
@@ -32,7 +41,12 @@ from app.schemas.generations import GenerationCreate, Job, JobPage, JobStatus, U
 from app.services import generations, uploads
 from app.services.realtime import JOBS_CHANNEL, RESYNC
 
-router = APIRouter(prefix="/v1", tags=["generation"], responses=responses(*ANY_OPERATION, 401, 503))
+router = APIRouter(
+    prefix="/v1",
+    tags=["generation"],
+    responses=responses(*ANY_OPERATION, 401, 503),
+    route_class=JsonBodyRoute,
+)
 
 
 MULTIPART = "multipart/form-data"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
-from app.deps import Conn, CurrentUser, MergePatchRoute, OptionalUser, Services, StreamUser, Svc
+from app.deps import Conn, CurrentUser, JsonBodyRoute, OptionalUser, Services, StreamUser, Svc
 from app.openapi import ANY_OPERATION, header_docs, responses, sse_events
 from app.schemas.common import Cursor, Limit
 from app.schemas.events import FEED_EVENTS
@@ -23,7 +23,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["gallery"],
     responses=responses(*ANY_OPERATION, 401, 503),
-    route_class=MergePatchRoute,
+    route_class=JsonBodyRoute,
 )
 
 

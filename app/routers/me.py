@@ -2,13 +2,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.deps import Conn, CurrentUser, StreamUser, Svc, session_only
+from app.deps import Conn, CurrentUser, JsonBodyRoute, StreamUser, Svc, session_only
 from app.openapi import ANY_OPERATION, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.me import LedgerEntry, LedgerPage, Me
 from app.services import accounts, credits, profiles
 
-router = APIRouter(prefix="/v1", tags=["account"], responses=responses(*ANY_OPERATION, 401, 503))
+router = APIRouter(
+    prefix="/v1",
+    tags=["account"],
+    responses=responses(*ANY_OPERATION, 401, 503),
+    route_class=JsonBodyRoute,
+)
 
 
 @router.get("/me", operation_id="get_me", response_model=Me)

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.deps import Caller, Conn, CurrentUser, MergePatchRoute, StreamUser, Svc, sent_once
+from app.deps import Caller, Conn, CurrentUser, JsonBodyRoute, StreamUser, Svc, sent_once
 from app.openapi import ANY_OPERATION, IDEMPOTENCY_KEY_SCHEMA, header_docs, responses, with_headers
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Pack, PackCreate, PackDetail, PackIconAdd, PackPage, PackUpdate
@@ -19,7 +19,7 @@ router = APIRouter(
     prefix="/v1/packs",
     tags=["packs"],
     responses=responses(*ANY_OPERATION, 401, 503),
-    route_class=MergePatchRoute,
+    route_class=JsonBodyRoute,
 )
 IconsLimit = Annotated[int, Query(ge=1, le=100, description="How many icons to include.")]
 _RATE_LIMIT_HEADERS = header_docs(

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from app.deps import Conn, CurrentUser, MergePatchRoute
+from app.deps import Conn, CurrentUser, JsonBodyRoute
 from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.gallery import Prompt, PromptCreate, PromptPage, PromptUpdate
@@ -16,7 +16,7 @@ router = APIRouter(
     prefix="/v1/prompts",
     tags=["prompts"],
     responses=responses(*ANY_OPERATION, 401, 503),
-    route_class=MergePatchRoute,
+    route_class=JsonBodyRoute,
 )
 
 

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Response
 
 from app.config import Settings
-from app.deps import Conn, CurrentUser, MergePatchRoute, StreamUser, Svc
+from app.deps import Conn, CurrentUser, JsonBodyRoute, StreamUser, Svc
 from app.openapi import ANY_OPERATION, header_docs, responses
 from app.schemas.common import Cursor, Limit
 from app.schemas.outgoing import (
@@ -27,7 +27,7 @@ router = APIRouter(
     prefix="/v1/webhook-endpoints",
     tags=["webhooks"],
     responses=responses(*ANY_OPERATION, 401, 503),
-    route_class=MergePatchRoute,
+    route_class=JsonBodyRoute,
 )
 # A registration's or a URL change's 409: a per-user cap, or the caller's previous URL check
 # still running (webhook_endpoints.still_checking), which alone says when to try again.
