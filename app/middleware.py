@@ -22,11 +22,12 @@ from app.headers import first_header
 class RouteLimit:
     """A route's own body limit: `read` bytes may arrive (the `stated` limit plus framing,
     such as multipart's), and a 413 names `stated`, the setting the sender can act on, in
-    the words `what` ("Uploads")."""
+    the words `what` ("Uploads"), and the `setting` it is ("MAX_UPLOAD_BYTES")."""
 
     read: int
     stated: int
     what: str
+    setting: str
 
 
 class BodyLimitMiddleware:
@@ -63,7 +64,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     def default_limit(max_body_bytes: int) -> RouteLimit:
-        return RouteLimit(max_body_bytes, max_body_bytes, "The request body")
+        return RouteLimit(max_body_bytes, max_body_bytes, "The request body", "MAX_BODY_BYTES")
 
     def _limit(self, scope: Scope) -> RouteLimit:
         template = getattr(scope.get("route"), "path", None)
@@ -123,12 +124,13 @@ class BodyLimitMiddleware:
 
 def upload_limit(max_upload_bytes: int) -> RouteLimit:
     """POST /v1/uploads's own limit: MAX_UPLOAD_BYTES of image, plus the multipart framing."""
-    return RouteLimit(max_upload_bytes + 64 * 1024, max_upload_bytes, "Uploads")
+    return RouteLimit(max_upload_bytes + 64 * 1024, max_upload_bytes, "Uploads", "MAX_UPLOAD_BYTES")
 
 
 def body_too_large(limit: RouteLimit) -> BodyTooLarge:
     # An HTTPException, so FastAPI's body parsing lets it through to errors._http_error.
-    return BodyTooLarge(f"{limit.what} may be at most {byte_size(limit.stated)}.", limit.stated)
+    stated = f"{byte_size(limit.stated)}, {limit.setting}"
+    return BodyTooLarge(f"{limit.what} may be at most {stated}.", limit.stated)
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -34,7 +34,9 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     while chunk := await file.read(_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"Uploads may be at most {byte_size(limit)}.", limit=limit)
+            raise PayloadTooLarge(
+                f"Uploads may be at most {byte_size(limit)}, MAX_UPLOAD_BYTES.", limit=limit
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

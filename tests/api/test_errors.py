@@ -207,7 +207,7 @@ async def test_body_over_the_limit_is_a_413_problem_and_never_reaches_the_route(
     )
     body = assert_problem(response, 413)
     assert body["title"] == "Payload too large"
-    assert body["detail"] == "The request body may be at most 2048 bytes (2 KiB)."
+    assert body["detail"] == "The request body may be at most 2048 bytes (2 KiB), MAX_BODY_BYTES."
     assert body["limit"] == LIMIT
     assert response.headers["x-request-id"]
     # A far larger one.
@@ -287,7 +287,7 @@ async def test_uploads_have_their_own_larger_body_limit(
         )
         body = assert_problem(response, 413)
         assert (body["detail"], body["limit"]) == (
-            "Uploads may be at most 262144 bytes (256 KiB).",
+            "Uploads may be at most 262144 bytes (256 KiB), MAX_UPLOAD_BYTES.",
             upload_limit,
         )
         # Every other route keeps the app-wide limit.

@@ -336,7 +336,7 @@ async def test_an_upload_over_max_upload_bytes_is_413_before_it_is_all_read(
     # Each 413 names MAX_UPLOAD_BYTES, not the allowance the body may carry besides.
     for refused in (declared, chunked):
         body = assert_problem(refused, 413)
-        assert body["detail"] == "Uploads may be at most 65536 bytes (64 KiB)."
+        assert body["detail"] == "Uploads may be at most 65536 bytes (64 KiB), MAX_UPLOAD_BYTES."
         assert body["limit"] == 64 * KIB
     assert pulled_declared < 256 * KIB
     assert pulled_chunked < 256 * KIB
@@ -353,7 +353,7 @@ async def test_an_upload_over_max_upload_bytes_within_the_framing_allowance_is_4
     body = assert_problem(response, 413)
     assert body["type"].endswith("/payload-too-large")
     assert body["limit"] == 64 * KIB  # the upload's own limit, not the body limit
-    assert body["detail"] == "Uploads may be at most 65536 bytes (64 KiB)."
+    assert body["detail"] == "Uploads may be at most 65536 bytes (64 KiB), MAX_UPLOAD_BYTES."
 
 
 async def test_an_upload_larger_than_the_app_body_limit_is_accepted_up_to_its_own_limit(
