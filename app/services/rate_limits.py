@@ -75,11 +75,20 @@ class RateLimited(TooManyRequests):
         item: limits.RateLimitItem,
         quota: Quota,
         retry_after_seconds: int | None = None,
+        cost: int = 1,
     ) -> None:
         wait = quota.reset_seconds if retry_after_seconds is None else retry_after_seconds
         retry_after = max(1, wait)
+        window = _window_text(item)
+        if cost > 1:  # a set says what it counts as: "22 left" beside a refusal would puzzle
+            said = (
+                f"This request counts as {cost} {scope}, and {quota.remaining} of the "
+                f"{item.amount} per {window} are left; retry in {retry_after} s."
+            )
+        else:
+            said = f"At most {item.amount} {scope} per {window}; retry in {retry_after} s."
         super().__init__(
-            f"At most {item.amount} {scope} per {_window_text(item)}; retry in {retry_after} s.",
+            said,
             headers={"Retry-After": str(retry_after), **quota.headers()},
             limit=item.amount,
             window_seconds=quota.window_seconds,
@@ -190,7 +199,7 @@ class RateLimiter:
             wait = None
             if cost > 1:  # the oldest leaving may not make room for all of them
                 wait = await self._seconds_until_room(item, scope, user_id, cost)
-            raise RateLimited(scope, item, quota, wait)
+            raise RateLimited(scope, item, quota, wait, cost)
         return quota
 
     async def _seconds_until_room(

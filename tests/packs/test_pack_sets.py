@@ -461,6 +461,11 @@ async def test_a_set_counts_as_one_generation_per_icon_against_the_rate_limit(
     assert first.headers["ratelimit-remaining"] == "4"
     problem = assert_problem(over, 429)
     assert int(over.headers["retry-after"]) >= 1 and problem["limit"] == 10
+    # "4 left" beside the refusal of 5 reads as a contradiction unless the 5 are named
+    assert over.headers["ratelimit-remaining"] == "4"
+    assert problem["detail"].startswith(
+        "This request counts as 5 generations, and 4 of the 10 per minute are left; retry in "
+    ), problem["detail"]
     assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
     assert single.status_code == 202, single.text  # 4 were left: one fits
     problem = assert_problem(too_big, 422)
