@@ -29,6 +29,7 @@ log = logging.getLogger("atelier.errors")
 
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
 PROBLEM_BASE = "https://atelier.dev/problems/"
 
 
@@ -170,14 +171,15 @@ class UnsupportedMediaType(AppError):
         super().__init__(detail, headers=headers, accepted=list(accepted))
 
     @classmethod
-    def body(cls, content_type: str | None, accepted: str) -> UnsupportedMediaType:
-        """A body sent as `content_type` (None: with none) where only `accepted` is read."""
+    def body(cls, content_type: str | None, accepted: list[str]) -> UnsupportedMediaType:
+        """A body sent as `content_type` (None: with none) where only `accepted` are read."""
         sent = "no Content-Type"
         if content_type:  # as sent, cut short: it is the client's text
             shown = content_type if len(content_type) <= 100 else f"{content_type[:100]}…"
             sent = f"Content-Type: {shown}"
-        message = f"The body must be sent as Content-Type: {accepted}; this request has {sent}."
-        return cls(message, [accepted], request_type=True)
+        takes = " or ".join(accepted)
+        message = f"The body must be sent as Content-Type: {takes}; this request has {sent}."
+        return cls(message, accepted, request_type=True)
 
 
 class HeadersTooLarge(AppError):
@@ -310,10 +312,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(unparsed, BaseException):
             detail = messages.unparsable_body(unparsed) or "The body could not be parsed."
             return problem_response(_http_problem(400, detail))
-        refused = UnsupportedMediaType.body(request.headers.get("content-type"), JSON)
+        takes = [JSON, MERGE_PATCH] if request.method == "PATCH" else [JSON]  # RFC 7396
+        refused = UnsupportedMediaType.body(request.headers.get("content-type"), takes)
         headers = dict(refused.headers or {})
         if request.method == "PATCH":  # RFC 5789 §2.2
-            headers["Accept-Patch"] = JSON
+            headers["Accept-Patch"] = ", ".join(takes)
         return problem_response(refused.to_problem(), headers)
     return problem_response(validation_problem(exc.errors()))
 
@@ -389,10 +392,7 @@ async def _foreign_key(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(asyncpg.ForeignKeyViolationError, _foreign_key)
-    for unstorable in (
-        asyncpg.CharacterNotInRepertoireError,
-        asyncpg.UntranslatableCharacterError,
-    ):
+    for unstorable in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
         app.add_exception_handler(unstorable, _unstorable_text)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -297,7 +297,7 @@ def problem_examples(
         # an upload's usual 415 is its image's format; any other body's, its Content-Type
         not_an_accepted_image()
         if operation.get("operationId") == "create_upload"
-        else UnsupportedMediaType.body("text/plain", JSON),
+        else UnsupportedMediaType.body("text/plain", [JSON]),
         _rate_limited(operation.get("operationId", "")),
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),

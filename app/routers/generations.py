@@ -239,7 +239,7 @@ async def _file_part(request: Request, name: str) -> AsyncIterator[UploadFile]:
     multipart/form-data is a 415 before anything of it is read."""
     content_type = request.headers.get("content-type")
     if (content_type or "").partition(";")[0].strip().lower() != MULTIPART:
-        raise UnsupportedMediaType.body(content_type, MULTIPART)
+        raise UnsupportedMediaType.body(content_type, [MULTIPART])
     try:
         form = await request.form(max_files=1)
     except HTTPException:

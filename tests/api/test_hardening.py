@@ -335,10 +335,12 @@ async def test_a_body_that_is_not_json_is_a_problem_of_our_own_type_on_every_jso
         assert body["type"].startswith(PROBLEM_BASE), (name, method, path, body)
         assert body["type"] != "about:blank"
         if refused:
-            assert body["accepted"] == ["application/json"]
-            assert response.headers["Accept"] == "application/json"
+            # a PATCH takes a JSON Merge Patch as well, and says so
+            takes = ["application/json"] + (["application/merge-patch+json"] * (method == "PATCH"))
+            assert body["accepted"] == takes
+            assert response.headers["Accept"] == ", ".join(takes)
             assert response.headers.get("Accept-Patch") == (
-                "application/json" if method == "PATCH" else None
+                ", ".join(takes) if method == "PATCH" else None
             )
     if name.startswith("deep"):
         assert body["detail"] == "The JSON body is nested too deeply to parse."
@@ -392,12 +394,14 @@ async def test_a_json_patch_is_a_415_and_a_merge_style_object_is_what_a_patch_ta
                 "type": PROBLEM_BASE + "unsupported-media-type",
                 "title": "Unsupported media type",
                 "status": 415,
-                "detail": "The body must be sent as Content-Type: application/json; this "
+                "detail": "The body must be sent as Content-Type: application/json or "
+                "application/merge-patch+json; this "
                 f"request has Content-Type: {content_type}.",
-                "accepted": ["application/json"],
+                "accepted": ["application/json", "application/merge-patch+json"],
             }
-            assert response.headers["Accept"] == "application/json"
-            assert response.headers["Accept-Patch"] == "application/json"
+            takes = "application/json, application/merge-patch+json"
+            assert response.headers["Accept"] == takes
+            assert response.headers["Accept-Patch"] == takes
     unchanged = await client.get(path, headers=headers)
     assert unchanged.json() == created.json()
 
