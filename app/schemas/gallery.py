@@ -38,7 +38,14 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[
     SafeStr,
     AfterValidator(_http_url),
-    Field(max_length=2048, json_schema_extra={"pattern": f"^{_HTTP_URL}$"}),
+    Field(
+        max_length=2048,
+        json_schema_extra={"pattern": f"^{_HTTP_URL}$"},
+        description="Kept as sent. An image URL this API hands out is signed and expires "
+        "(SIGNED_URL_TTL_SECONDS); for one that lasts, send the image's "
+        "`/v1/images/{id}/download`, which redirects to a fresh one (without a token for a "
+        "public image).",
+    ),
 ]
 
 
