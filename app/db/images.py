@@ -14,14 +14,6 @@ COLUMNS = (
 )
 
 
-async def key_of_job(conn: asyncpg.Connection, job_id: UUID) -> str | None:
-    """The storage key of the image a job made, if there is one."""
-    key: str | None = await conn.fetchval(
-        "SELECT storage_key FROM generated_images WHERE job_id = $1", job_id
-    )
-    return key
-
-
 async def get(conn: asyncpg.Connection, image_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {COLUMNS} FROM generated_images WHERE id = $1 AND deleted_at IS NULL",

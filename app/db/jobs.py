@@ -279,6 +279,19 @@ async def complete(
     return bool(row["images"] == 1)
 
 
+async def fate(conn: asyncpg.Connection, job_id: UUID) -> asyncpg.Record | None:
+    """The job's status and the storage key of the image it made, if any (`storage_key`);
+    None when there is no such job (deleted with its user)."""
+    return await conn.fetchrow(
+        """
+        SELECT j.status, (SELECT i.storage_key FROM generated_images i
+                          WHERE i.job_id = j.id LIMIT 1) AS storage_key
+        FROM image_generation_jobs j WHERE j.id = $1
+        """,
+        job_id,
+    )
+
+
 async def expired(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """Running jobs whose lease ran out (their worker died or stalled), oldest first."""
     rows: list[asyncpg.Record] = await conn.fetch(

@@ -64,15 +64,23 @@ async def discard_unused(
     job is pending). Those go too: no later attempt will remove them, and the erasure's
     sweep of the user's folders cannot find a key with no user id in it.
 
-    Whatever an image row points at is kept all the same: a worker of the release before
-    wrote every attempt to the first attempt's key, and during a rolling deploy one of them
-    may have completed the job there. When that cannot be read, everything is kept."""
+    A worker of the release before wrote every attempt to the first attempt's key, so
+    during a rolling deploy that key is kept while it may still be used: when an image row
+    points at it (one of them completed the job there), and while the job is pending or
+    running (one of them may be storing there now; the attempt that ends the job removes
+    it then). The job's state is read first; when it cannot be, everything is kept."""
     try:
-        kept = await jobs.result_key(pool, job_id)
+        fate = await jobs.fate(pool, job_id)
     except Exception as exc:  # keeping is always safe; an object too many is only clutter
-        log.warning("job %s: its results are kept, the image's key unread: %r", job_id, exc)
+        log.warning("job %s: its results are kept, its state unread: %r", job_id, exc)
         return
-    numbers = [n for n in range(attempt, 0, -1) if generation_key(job_id, n) != kept]
+    kept: set[str | None] = set()
+    if fate is not None:  # None: gone with its user, and no attempt can complete it
+        status, image_key = fate
+        kept.add(image_key)
+        if status in ("pending", "running"):
+            kept.add(generation_key(job_id, 1))
+    numbers = [n for n in range(attempt, 0, -1) if generation_key(job_id, n) not in kept]
     await _remove(storage, job_id, numbers, why)
 
 

@@ -17,7 +17,6 @@ import asyncpg
 
 from app.config import Settings
 from app.core.job_errors import Failure
-from app.db import images
 from app.db import jobs as jobs_db
 from app.services import credits, imaging, pack_marks
 
@@ -137,10 +136,12 @@ async def retry_or_fail(
     return delay
 
 
-async def result_key(pool: asyncpg.Pool, job_id: UUID) -> str | None:
-    """The storage key of the image the job made, if any."""
+async def fate(pool: asyncpg.Pool, job_id: UUID) -> tuple[str, str | None] | None:
+    """The job's status and its image's storage key, if it made one; None when the job is
+    gone (with its user)."""
     async with pool.acquire() as conn:
-        return await images.key_of_job(conn, job_id)
+        row = await jobs_db.fate(conn, job_id)
+    return None if row is None else (row["status"], row["storage_key"])
 
 
 async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
