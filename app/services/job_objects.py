@@ -84,21 +84,41 @@ async def discard_unused(
     await _remove(storage, job_id, numbers, why)
 
 
-async def discard_failed(
-    pool: asyncpg.Pool, storage: Storage, job_id: UUID, attempt: int, stored: bool
-) -> None:
-    """The job failed for good at `attempt` (or another attempt has it now): what its
-    attempts stored goes. An earlier attempt may have stored its result and crashed before
-    completing; a first attempt that did not get to storing (`stored`: whether it may have,
-    True when unsure) left nothing, so a refusal costs no store call."""
-    if attempt > 1 or stored:
-        await discard_unused(pool, storage, job_id, attempt, "an attempt of a job that failed")
-
-
 async def remove_earlier_results(storage: Storage, job_id: UUID, attempt: int) -> None:
     """Best effort, once `attempt` completed the job: what earlier attempts stored and
     never completed with (a worker that crashed between its put and its completion)."""
     await _remove(storage, job_id, range(1, attempt), "an earlier attempt")
+
+
+class Removals:
+    """Removals of what attempts stored, each run in a task of its own: the lease keeper
+    cancels an attempt once its job has ended (failed, completed or gone with its user),
+    which must not stop the attempt's removal halfway, and the reaper's removals must not
+    hold up the loop that claims (a bucket that hangs would stall it for minutes)."""
+
+    def __init__(self, pool: asyncpg.Pool, storage: Storage) -> None:
+        self.pool = pool
+        self.storage = storage
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, ended: list[tuple[UUID, int]], why: str) -> asyncio.Task[None]:
+        """Remove what attempts 1..n of each (job, n) in `ended` stored (`discard_unused`)."""
+        task = asyncio.create_task(self._run(ended, why), name=f"removal: {why}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, ended: list[tuple[UUID, int]], why: str) -> None:
+        for job_id, attempt in ended:
+            try:
+                await discard_unused(self.pool, self.storage, job_id, attempt, why)
+            except Exception:  # best effort, as every removal: the next job's goes on
+                log.exception("job %s: removing what its attempts stored failed", job_id)
+
+    async def wait(self, grace: float) -> None:
+        """Until the removals under way are done, for at most `grace` seconds."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
 
 
 async def _remove(storage: Storage, job_id: UUID, numbers: Iterable[int], whose: str) -> None:

@@ -144,12 +144,17 @@ async def fate(pool: asyncpg.Pool, job_id: UUID) -> tuple[str, str | None] | Non
     return None if row is None else (row["status"], row["storage_key"])
 
 
-async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> bool:
-    """Put the job back in the queue at once (the worker is shutting down)."""
-    async with pool.acquire() as conn:
-        return await jobs_db.release(
-            conn, job_id, attempt, delay_seconds=0, error=None, error_code=None
-        )
+async def hand_back(pool: asyncpg.Pool, job_id: UUID, attempt: int) -> None:
+    """Put the job back in the queue at once (the worker is shutting down); when that
+    fails, the lease runs out and the reaper takes it instead."""
+    try:
+        async with pool.acquire() as conn:
+            await jobs_db.release(
+                conn, job_id, attempt, delay_seconds=0, error=None, error_code=None
+            )
+        log.info("job %s handed back on shutdown", job_id)
+    except Exception as exc:
+        log.warning("could not hand back job %s: %r", job_id, exc)
 
 
 async def reap(pool: asyncpg.Pool, max_attempts: int) -> tuple[int, list[tuple[UUID, int]]]:

@@ -68,6 +68,7 @@ class _OutOfTime(Exception):
 class _Attempt:
     job: asyncpg.Record
     number: int
+    removal: asyncio.Task[None] | None = None  # of what it and earlier attempts stored
 
     @property
     def id(self) -> UUID:
@@ -101,6 +102,7 @@ class Worker:
         self._more_ready = False
         self._gathering: asyncio.TimerHandle | None = None
         self._storing = asyncio.Semaphore(STORING_AT_ONCE)
+        self._removals = job_objects.Removals(pool, storage)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class Worker:
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
             await self._drain()
+            await self._removals.wait(self.settings.shutdown_grace_seconds)
             renewing.cancel()
             log.info("worker %s stopped", self.worker_id)
 
@@ -240,7 +243,7 @@ class Worker:
             log.warning("job %s attempt %d lost its lease", attempt.id, attempt.number)
         except asyncio.CancelledError:
             if self._stopping:
-                await asyncio.shield(self._hand_back(attempt))
+                await asyncio.shield(jobs.hand_back(self.pool, attempt.id, attempt.number))
             raise
         except Exception:
             log.exception("job %s attempt %d crashed", attempt.id, attempt.number)
@@ -338,10 +341,7 @@ class Worker:
                 answered_shown=await answered.settle(),
             )
         except jobs.LostLease:
-            why = "an attempt that lost its lease"
-            await job_objects.discard_unused(
-                self.pool, self.storage, attempt.id, attempt.number, why
-            )
+            await asyncio.shield(self._remove(attempt, "an attempt that lost its lease"))
             raise
         await job_objects.remove_earlier_results(self.storage, attempt.id, attempt.number)
 
@@ -350,9 +350,7 @@ class Worker:
     ) -> None:
         """Failed for good: marked and refunded, in one transaction."""
         await jobs.fail(self.pool, attempt.id, attempt.number, Failure(code, reason))
-        await job_objects.discard_failed(
-            self.pool, self.storage, attempt.id, attempt.number, stored
-        )
+        await self._failed(attempt, stored)
 
     async def _retry_or_fail(
         self, attempt: _Attempt, code: JobErrorCode, reason: str, *, stored: bool = True
@@ -364,27 +362,31 @@ class Worker:
             self.pool, self.settings, attempt.id, attempt.number, failure
         )
         if delay is None:
-            await job_objects.discard_failed(
-                self.pool, self.storage, attempt.id, attempt.number, stored
-            )
+            await self._failed(attempt, stored)
         else:
             # A job waiting for its backoff sends no NOTIFY (it could not be claimed yet):
             # this worker wakes itself when it is due, the others find it by their poll.
             # What this attempt stored, the attempt that completes the job removes.
             asyncio.get_running_loop().call_later(delay, self._wake.set)
 
-    async def _hand_back(self, attempt: _Attempt) -> None:
-        try:
-            await jobs.hand_back(self.pool, attempt.id, attempt.number)
-            log.info("job %s handed back on shutdown", attempt.id)
-        except Exception as exc:  # the lease runs out and the reaper takes it instead
-            log.warning("could not hand back job %s: %r", attempt.id, exc)
+    async def _failed(self, attempt: _Attempt, stored: bool) -> None:
+        """The job failed for good (or another attempt has it now): what its attempts stored
+        goes, unless this is a first attempt that did not get to storing (a refusal)."""
+        if attempt.number > 1 or stored:
+            await asyncio.shield(self._remove(attempt, "an attempt of a job that failed"))
+
+    def _remove(self, attempt: _Attempt, why: str) -> asyncio.Task[None]:
+        """What the attempt and earlier ones stored, removed (once) in a task the lease
+        keeper's cancelling the attempt, once the job has ended, cannot cut short."""
+        held = [(attempt.id, attempt.number)]
+        attempt.removal = attempt.removal or self._removals.start(held, why)
+        return attempt.removal
 
     # -- the reaper -----------------------------------------------------------------------
 
     async def reap(self) -> int:
         """Requeue jobs whose worker vanished; fail and refund those out of attempts."""
         count, failed = await jobs.reap(self.pool, self.settings.max_attempts)
-        for job_id, attempts in failed:
-            await job_objects.discard_failed(self.pool, self.storage, job_id, attempts, True)
+        if failed:  # not awaited: a slow store must not hold up claiming
+            self._removals.start(failed, "an attempt of a job the reaper failed")
         return count
