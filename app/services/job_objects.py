@@ -101,14 +101,22 @@ class Removals:
         self.storage = storage
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, ended: list[tuple[UUID, int]], why: str) -> asyncio.Task[None]:
-        """Remove what attempts 1..n of each (job, n) in `ended` stored (`discard_unused`)."""
-        task = asyncio.create_task(self._run(ended, why), name=f"removal: {why}")
+    def start(
+        self, ended: list[tuple[UUID, int]], why: str, after: asyncio.Future[None] | None = None
+    ) -> asyncio.Task[None]:
+        """Remove what attempts 1..n of each (job, n) in `ended` stored (`discard_unused`),
+        once `after` (a put still under way, which lands whatever became of its attempt) is
+        done."""
+        task = asyncio.create_task(self._run(ended, why, after), name=f"removal: {why}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, ended: list[tuple[UUID, int]], why: str) -> None:
+    async def _run(
+        self, ended: list[tuple[UUID, int]], why: str, after: asyncio.Future[None] | None
+    ) -> None:
+        if after is not None:
+            await asyncio.wait([after])
         for job_id, attempt in ended:
             try:
                 await discard_unused(self.pool, self.storage, job_id, attempt, why)
@@ -119,6 +127,21 @@ class Removals:
         """Until the removals under way are done, for at most `grace` seconds."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+
+
+def start_put(storage: Storage, key: str, data: bytes, retries: int) -> asyncio.Future[None]:
+    """`put_with_retries` as a task of its own, for its attempt to await shielded: a put cut
+    short (a deadline, the lease keeper) lands all the same (a boto3 call runs on in its
+    thread), and a removal of what the attempt stored must wait for it."""
+    put = asyncio.ensure_future(put_with_retries(storage, key, data, retries))
+    put.add_done_callback(_quiet)
+    return put
+
+
+def _quiet(put: asyncio.Future[None]) -> None:
+    """A put no attempt may await any more: its failure was news only to that attempt."""
+    if not put.cancelled():
+        put.exception()
 
 
 async def _remove(storage: Storage, job_id: UUID, numbers: Iterable[int], whose: str) -> None:

@@ -68,6 +68,7 @@ class _OutOfTime(Exception):
 class _Attempt:
     job: asyncpg.Record
     number: int
+    storing: asyncio.Future[None] | None = None  # its put, once started
     removal: asyncio.Task[None] | None = None  # of what it and earlier attempts stored
 
     @property
@@ -244,6 +245,8 @@ class Worker:
         except asyncio.CancelledError:
             if self._stopping:
                 await asyncio.shield(jobs.hand_back(self.pool, attempt.id, attempt.number))
+            elif attempt.storing is not None:  # the lease keeper: the job ended or moved on
+                self._remove(attempt, "an attempt cancelled once its job moved on")
             raise
         except Exception:
             log.exception("job %s attempt %d crashed", attempt.id, attempt.number)
@@ -320,10 +323,10 @@ class Worker:
             await self._fail(attempt, "unusable_image", reason)
             return
         key = generation_key(attempt.id, attempt.number)
+        retries = self.settings.storage_retries
+        attempt.storing = job_objects.start_put(self.storage, key, png.data, retries)
         try:
-            await job_objects.put_with_retries(
-                self.storage, key, png.data, self.settings.storage_retries
-            )
+            await asyncio.shield(attempt.storing)  # cut short, it lands all the same
         except StorageError as exc:
             await self._retry_or_fail(attempt, "storage_unavailable", f"storage unavailable: {exc}")
             return
@@ -379,7 +382,7 @@ class Worker:
         """What the attempt and earlier ones stored, removed (once) in a task the lease
         keeper's cancelling the attempt, once the job has ended, cannot cut short."""
         held = [(attempt.id, attempt.number)]
-        attempt.removal = attempt.removal or self._removals.start(held, why)
+        attempt.removal = attempt.removal or self._removals.start(held, why, attempt.storing)
         return attempt.removal
 
     # -- the reaper -----------------------------------------------------------------------

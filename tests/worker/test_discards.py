@@ -12,6 +12,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 import asyncpg
+import pytest
 
 from app.config import Settings
 from app.db import jobs as jobs_db
@@ -204,3 +205,47 @@ async def test_a_stale_attempt_failing_leaves_the_first_key_an_old_release_attem
     assert completed
     assert await storage.exists(first_key), "the completed job's image has no object"
     await assert_invariants(pool, storage)
+
+
+async def test_an_attempt_cancelled_once_its_job_failed_removes_what_its_put_left(
+    pool: asyncpg.Pool,
+    make_settings: MakeSettings,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker cut off from the database while it stores: its lease runs out and the
+    reaper fails the job (removing what was there: nothing yet). The put lands afterwards;
+    back in touch, the lease keeper finds the job ended and cancels the attempt. Its object
+    is one no row will point at: it goes too."""
+    settings = make_settings(worker_poll_seconds=0.1, job_lease_seconds=1, max_attempts=1)
+    user = await add_user(pool, ALICE, credits=1)
+    job_id = await submit(pool, settings, storage, user, "a lantern stored too late")
+    slow = _SlowStore(storage)
+    slow.lands.clear()
+    renew = jobs.extend_leases
+
+    async def cut_off(*args: object, **kwargs: object) -> set[UUID]:
+        raise OSError("the database is unreachable")
+
+    try:
+        async with worker_running(Worker(settings, pool, LocalProvider(), slow)):
+            await asyncio.wait_for(slow.putting.wait(), 10)
+            monkeypatch.setattr(jobs, "extend_leases", cut_off)
+            await wait_until(lambda: _failed(pool, job_id), "the reaper to fail the job")
+            monkeypatch.setattr(jobs, "extend_leases", renew)
+            await wait_until(lambda: not _jobs_running(), "the keeper to cancel the attempt")
+            slow.lands.set()
+            key = generation_key(job_id, 1)
+            await wait_until(lambda: _landed(slow), "the put to land")
+            await wait_until(lambda: _gone(storage, key), "the late object to go")
+    finally:
+        slow.lands.set()
+    await assert_invariants(pool, storage)
+
+
+async def _failed(pool: asyncpg.Pool, job_id: UUID) -> bool:
+    return await _status(pool, job_id) == "failed"
+
+
+def _landed(store: _SlowStore) -> bool:
+    return all(task.done() for task in store.landing) and bool(store.landing)
