@@ -29,7 +29,6 @@ log = logging.getLogger("atelier.errors")
 
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
 PROBLEM_BASE = "https://atelier.dev/problems/"
 
 
@@ -312,7 +311,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(unparsed, BaseException):
             detail = messages.unparsable_body(unparsed) or "The body could not be parsed."
             return problem_response(_http_problem(400, detail))
-        takes = [JSON, MERGE_PATCH] if request.method == "PATCH" else [JSON]  # RFC 7396
+        takes = messages.json_body_types(request.method)
         refused = UnsupportedMediaType.body(request.headers.get("content-type"), takes)
         headers = dict(refused.headers or {})
         if request.method == "PATCH":  # RFC 5789 §2.2

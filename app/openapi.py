@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from standardwebhooks import Webhook
 
+from app.core.messages import json_body_types
 from app.errors import JSON, PROBLEM_JSON, PROBLEM_TYPES, Problem
 from app.openapi_examples import (
     EVENT_STREAM,
@@ -198,9 +199,12 @@ def _problem_headers(method: str, operation: dict[str, Any], status: str) -> dic
             Accept=f"`{body}`, when the request was not sent as that; absent when the "
             "file's image format was refused (`accepted` lists those this takes)"
         )
-    accept = header_docs(required=True, Accept=f"`{JSON}`: the media type this takes")
+    types = json_body_types(method)
+    takes = f"`{', '.join(types)}`"
+    them = "the media types this takes" if len(types) > 1 else "the media type this takes"
+    accept = header_docs(required=True, Accept=f"{takes}: {them}")
     if method == "patch":  # errors._validation_error, RFC 5789 §2.2
-        return {**accept, **header_docs(required=True, Accept_Patch=f"`{JSON}`")}
+        return {**accept, **header_docs(required=True, Accept_Patch=takes)}
     return accept
 
 

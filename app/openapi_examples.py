@@ -16,10 +16,9 @@ import limits
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from app.config import Settings
-from app.core.messages import missing_file_part
+from app.core.messages import json_body_types, missing_file_part
 from app.errors import (
     ABOUT_BLANK,
-    JSON,
     PROBLEM_JSON,
     PROBLEM_TYPES,
     UNHANDLED_PROBLEM,
@@ -278,7 +277,7 @@ def _payload_too_large(operation_id: str) -> PayloadTooLarge:
 
 
 def problem_examples(
-    spec: dict[str, Any], path: str, operation: dict[str, Any]
+    spec: dict[str, Any], path: str, operation: dict[str, Any], method: str = "post"
 ) -> dict[str, dict[str, Any]]:
     """The problem bodies an operation can answer, one per problem `type`, as the error
     classes render them: a 404 names the operation's resource, a 400 its likely mistake, a
@@ -297,7 +296,7 @@ def problem_examples(
         # an upload's usual 415 is its image's format; any other body's, its Content-Type
         not_an_accepted_image()
         if operation.get("operationId") == "create_upload"
-        else UnsupportedMediaType.body("text/plain", [JSON]),
+        else UnsupportedMediaType.body("text/plain", json_body_types(method)),
         _rate_limited(operation.get("operationId", "")),
         HeadersTooLarge.over(max_header),
         ServiceUnavailable("Storage is unavailable; try again shortly."),
@@ -377,13 +376,13 @@ def webhook_operations(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, An
 
 def add_examples(spec: dict[str, Any]) -> dict[str, Any]:
     """Add parameter, problem and event-stream examples to every operation."""
-    for path, _, operation in operations(spec):
+    for path, method, operation in operations(spec):
         for parameter in operation.get("parameters", []):
             if "example" not in parameter and "examples" not in parameter:
                 example = _parameter_example(operation["operationId"], parameter["name"])
                 if example is not None:
                     parameter["example"] = example
-        problems = problem_examples(spec, path, operation)
+        problems = problem_examples(spec, path, operation, method)
         for status, response in operation.get("responses", {}).items():
             content = response.get("content", {})
             if PROBLEM_JSON in content and int(status) in PROBLEM_TYPES:

@@ -109,3 +109,10 @@ def json_invalid(error: json.JSONDecodeError) -> dict[str, Any]:
         "input": {},
         "ctx": {"error": error.msg},
     }
+
+
+def json_body_types(method: str) -> list[str]:
+    """The media types an operation takes its JSON body in: a PATCH's also as a JSON Merge
+    Patch (RFC 7396), which means the same. Its 415 (`errors`) and its document say so."""
+    takes = ["application/json"]
+    return takes + ["application/merge-patch+json"] if method.upper() == "PATCH" else takes

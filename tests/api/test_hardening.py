@@ -414,6 +414,27 @@ async def test_a_json_patch_is_a_415_and_a_merge_style_object_is_what_a_patch_ta
         assert changed.json()["title"] == f"t{n}"
 
 
+async def test_a_patch_answers_the_415_its_document_shows(
+    client: httpx.AsyncClient, auth_headers: Headers
+) -> None:
+    """What the OpenAPI document (and the TypeScript client built from it) shows of each
+    PATCH's 415 is what it answers: its example's body, and an Accept and Accept-Patch
+    naming both the types it takes."""
+    spec = (await client.get("/openapi.json")).json()
+    headers = {**auth_headers(USER), "Content-Type": "text/plain"}
+    patches = [(t, p) for m, t, p, _ in json_routes() if m == "PATCH"]
+    assert len(patches) >= 4  # images, prompts, packs, webhook endpoints
+    for template, path in patches:
+        response = await client.patch(path, content=b"{}", headers=headers)
+        body = assert_problem(response, 415)
+        documented = spec["paths"][template]["patch"]["responses"]["415"]
+        [example] = documented["content"]["application/problem+json"]["examples"].values()
+        assert body == example["value"], template
+        for name in ("Accept", "Accept-Patch"):
+            said = documented["headers"][name]["description"]
+            assert f"`{response.headers[name]}`" in said, (template, name, said)
+
+
 async def test_a_deep_json_body_leaves_the_service_working(
     client: httpx.AsyncClient, auth_headers: Headers, app: FastAPI
 ) -> None:

@@ -5044,9 +5044,9 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
-                    /** @description `application/json`: the media type this takes */
+                    /** @description `application/json, application/merge-patch+json`: the media types this takes */
                     Accept: string;
-                    /** @description `application/json` */
+                    /** @description `application/json, application/merge-patch+json` */
                     "Accept-Patch": string;
                     [name: string]: unknown;
                 };
@@ -5737,9 +5737,9 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
-                    /** @description `application/json`: the media type this takes */
+                    /** @description `application/json, application/merge-patch+json`: the media types this takes */
                     Accept: string;
-                    /** @description `application/json` */
+                    /** @description `application/json, application/merge-patch+json` */
                     "Accept-Patch": string;
                     [name: string]: unknown;
                 };
@@ -6184,9 +6184,9 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
-                    /** @description `application/json`: the media type this takes */
+                    /** @description `application/json, application/merge-patch+json`: the media types this takes */
                     Accept: string;
-                    /** @description `application/json` */
+                    /** @description `application/json, application/merge-patch+json` */
                     "Accept-Patch": string;
                     [name: string]: unknown;
                 };
@@ -8400,9 +8400,9 @@ export interface operations {
             /** @description The body is not in a media type this operation takes (its Content-Type, or an upload's image format); `accepted` lists those it takes */
             415: {
                 headers: {
-                    /** @description `application/json`: the media type this takes */
+                    /** @description `application/json, application/merge-patch+json`: the media types this takes */
                     Accept: string;
-                    /** @description `application/json` */
+                    /** @description `application/json, application/merge-patch+json` */
                     "Accept-Patch": string;
                     [name: string]: unknown;
                 };
