@@ -6,6 +6,7 @@ and every job is charged once and refunded only if it failed."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -14,8 +15,11 @@ import asyncpg
 import pytest
 
 from app.config import Settings
+from app.db import jobs as jobs_db
 from app.db import pool as db_pool
 from app.services import credits
+from app.services.providers.base import ContentRefused, ImageRequest, ImageResult
+from app.services.providers.local import LocalProvider
 from app.services.realtime import Hub
 from app.services.storage.base import Storage, generation_key
 from app.services.users import User
@@ -222,3 +226,62 @@ async def assert_invariants(pool: asyncpg.Pool, storage: Storage) -> None:
             left = [generation_key(job["id"], n) for n in attempts]
             left = [k for k in left if k != job["image_key"] and await storage.exists(k)]
             assert left == [], f"{job['status']} job {job['id']} left {left}"
+
+
+# -- what other workers did ------------------------------------------------------------------
+
+
+async def expire_lease(pool: asyncpg.Pool, job_id: UUID) -> None:
+    """What time does to the lease of a worker that stopped heartbeating."""
+    async with pool.acquire() as conn:
+        status = await conn.execute(
+            """
+            UPDATE image_generation_jobs SET lease_until = now() - interval '1 second'
+            WHERE id = $1 AND status = 'running'
+            """,
+            job_id,
+        )
+    assert status == "UPDATE 1"
+
+
+async def claim_as_dead_worker(
+    pool: asyncpg.Pool, count: int, lease_seconds: float = 60.0
+) -> list[asyncpg.Record]:
+    """Claim as a worker that then vanishes without another write."""
+    async with pool.acquire() as conn:
+        return await jobs_db.claim(conn, "dead-worker", count, lease_seconds)
+
+
+async def complete_as_old_release(
+    conn: asyncpg.Connection, job_id: UUID, attempt: int, key: str
+) -> bool:
+    """Complete the job as a worker of the release before would: its image under `key`,
+    whichever attempt this is (that release wrote every attempt to the first key)."""
+    return await jobs_db.complete(
+        conn,
+        job_id,
+        attempt,
+        image_id=uuid.uuid4(),
+        image_url="http://x.test/old",
+        storage_key=key,
+        model="old",
+        visibility="private",
+        width=8,
+        height=8,
+        pack_id=None,
+    )
+
+
+class Refusing(LocalProvider):
+    """Refuses every prompt (final), once `release` is set; `asked` says it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        self.asked.set()
+        await self.release.wait()
+        raise ContentRefused("blocked by the safety filter")

@@ -7,7 +7,6 @@ put lands afterwards."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from uuid import UUID
 
@@ -17,7 +16,6 @@ import pytest
 from app.config import Settings
 from app.db import jobs as jobs_db
 from app.services import jobs
-from app.services.providers.base import ContentRefused, ImageRequest, ImageResult
 from app.services.providers.local import LocalProvider
 from app.services.storage.base import Storage, generation_key
 from app.services.worker import Worker
@@ -25,25 +23,20 @@ from tests.fakes.flaky_storage import FlakyStorage
 from tests.fakes.gemini import png_for_prompt
 from tests.support.generations import add_user
 from tests.support.polling import wait_until
-from tests.worker.conftest import assert_invariants, job_row, submit, wait_for_end, worker_running
+from tests.worker.conftest import (
+    Refusing,
+    assert_invariants,
+    claim_as_dead_worker,
+    complete_as_old_release,
+    expire_lease,
+    job_row,
+    submit,
+    wait_for_end,
+    worker_running,
+)
 
 MakeSettings = Callable[..., Settings]
 ALICE = "user_alice"
-
-
-class _Refusing(LocalProvider):
-    """Refuses every prompt (final), once `release` is set; `asked` says it was asked."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked = asyncio.Event()
-        self.release = asyncio.Event()
-        self.release.set()
-
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        self.asked.set()
-        await self.release.wait()
-        raise ContentRefused("blocked by the safety filter")
 
 
 class _SlowStore(FlakyStorage):
@@ -80,14 +73,9 @@ class _SlowStore(FlakyStorage):
 
 async def _dead_first_attempt(pool: asyncpg.Pool, storage: Storage, job_id: UUID) -> str:
     """Attempt 1's worker stored its result and vanished; the reaper queued the job again."""
-    async with pool.acquire() as conn:
-        [row] = await jobs_db.claim(conn, "dead-worker", 10, 60)
-        assert row["id"] == job_id
-        await conn.execute(
-            "UPDATE image_generation_jobs SET lease_until = now() - interval '1 second'"
-            " WHERE id = $1",
-            job_id,
-        )
+    [row] = await claim_as_dead_worker(pool, 10)
+    assert row["id"] == job_id
+    await expire_lease(pool, job_id)
     key = generation_key(job_id, 1)
     await storage.put(key, png_for_prompt("crashed", size=8), "image/png")
     assert await jobs.reap(pool, max_attempts=3) == (1, [])
@@ -114,7 +102,7 @@ async def test_the_lease_keeper_does_not_cut_short_what_a_failed_job_removes(
     job_id = await submit(pool, settings, storage, user, "a lantern on a slow store")
     first_key = await _dead_first_attempt(pool, storage, job_id)
     slow = _SlowStore(storage, delete_seconds=1.0)  # three of the keeper's beats
-    async with worker_running(Worker(settings, pool, _Refusing(), slow)):
+    async with worker_running(Worker(settings, pool, Refusing(), slow)):
         done = await wait_for_end(pool, [job_id])
         assert (done[job_id]["status"], done[job_id]["attempts"]) == ("failed", 2)
         await wait_until(lambda: not _jobs_running(), "the attempt to end")
@@ -135,13 +123,8 @@ async def test_a_store_that_hangs_on_the_reapers_removals_does_not_hold_up_claim
     settings = make_settings(worker_poll_seconds=0.1, max_attempts=1)
     user = await add_user(pool, ALICE, credits=2)
     dead = await submit(pool, settings, storage, user, "a lantern on a dead worker")
-    async with pool.acquire() as conn:
-        await jobs_db.claim(conn, "dead-worker", 10, 60)
-        await conn.execute(
-            "UPDATE image_generation_jobs SET lease_until = now() - interval '1 second'"
-            " WHERE id = $1",
-            dead,
-        )
+    await claim_as_dead_worker(pool, 10)
+    await expire_lease(pool, dead)
     dead_key = generation_key(dead, 1)
     await storage.put(dead_key, png_for_prompt("crashed", size=8), "image/png")
     queued = await submit(pool, settings, storage, user, "a lantern waiting its turn")
@@ -170,7 +153,7 @@ async def test_a_stale_attempt_failing_leaves_the_first_key_an_old_release_attem
     user = await add_user(pool, ALICE, credits=1)
     job_id = await submit(pool, settings, storage, user, "a lantern across releases")
     first_key = await _dead_first_attempt(pool, storage, job_id)
-    provider = _Refusing()
+    provider = Refusing()
     provider.release.clear()
     async with worker_running(Worker(settings, pool, provider, storage)):
         await asyncio.wait_for(provider.asked.wait(), 10)
@@ -189,19 +172,7 @@ async def test_a_stale_attempt_failing_leaves_the_first_key_an_old_release_attem
         await wait_until(lambda: provider.asked.is_set() and not _jobs_running(), "attempt 2")
     assert await _status(pool, job_id) == "running"  # attempt 3's
     async with pool.acquire() as conn:
-        completed = await jobs_db.complete(
-            conn,
-            job_id,
-            3,
-            image_id=uuid.uuid4(),
-            image_url="http://x.test/old",
-            storage_key=first_key,
-            model="old",
-            visibility="private",
-            width=8,
-            height=8,
-            pack_id=None,
-        )
+        completed = await complete_as_old_release(conn, job_id, 3, first_key)
     assert completed
     assert await storage.exists(first_key), "the completed job's image has no object"
     await assert_invariants(pool, storage)

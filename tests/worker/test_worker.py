@@ -29,7 +29,7 @@ from app.db import jobs
 from app.main import create_app
 from app.schemas.generations import GenerationCreate, UploadReference
 from app.services import credits, generations, job_objects
-from app.services.providers.base import ContentRefused, ImageRequest, ImageResult
+from app.services.providers.base import ImageRequest, ImageResult
 from app.services.providers.factory import build_provider
 from app.services.providers.local import LocalProvider
 from app.services.realtime import Hub
@@ -55,9 +55,13 @@ from tests.fakes.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, FakeS3
 from tests.support.generations import add_user
 from tests.support.polling import DEADLINE_SECONDS, wait_until
 from tests.worker.conftest import (
+    Refusing,
     Rounds,
     assert_invariants,
     balance,
+    claim_as_dead_worker,
+    complete_as_old_release,
+    expire_lease,
     images_of,
     job_row,
     jobs_by_id,
@@ -93,27 +97,6 @@ def gemini_settings(make_settings: MakeSettings, gemini: FakeGemini, **changes: 
     }
     values.update(changes)
     return make_settings(**values)
-
-
-async def expire_lease(pool: asyncpg.Pool, job_id: UUID) -> None:
-    """What time does to the lease of a worker that stopped heartbeating."""
-    async with pool.acquire() as conn:
-        status = await conn.execute(
-            """
-            UPDATE image_generation_jobs SET lease_until = now() - interval '1 second'
-            WHERE id = $1 AND status = 'running'
-            """,
-            job_id,
-        )
-    assert status == "UPDATE 1"
-
-
-async def claim_as_dead_worker(
-    pool: asyncpg.Pool, count: int, lease_seconds: float = 60.0
-) -> list[asyncpg.Record]:
-    """Claim as a worker that then vanishes without another write."""
-    async with pool.acquire() as conn:
-        return await jobs.claim(conn, "dead-worker", count, lease_seconds)
 
 
 # -- fencing ---------------------------------------------------------------------------------
@@ -303,19 +286,7 @@ async def test_an_image_a_worker_of_the_release_before_completed_with_is_kept(
     async with pool.acquire() as conn:
         [second] = await jobs.claim(conn, "old-release-worker", 10, 60)
         assert second["attempts"] == 2
-        assert await jobs.complete(
-            conn,
-            job_id,
-            2,
-            image_id=uuid.uuid4(),
-            image_url="http://x.test/old",
-            storage_key=first_key,
-            model="old",
-            visibility="private",
-            width=8,
-            height=8,
-            pack_id=None,
-        )
+        assert await complete_as_old_release(conn, job_id, 2, first_key)
     await job_objects.discard_unused(pool, storage, job_id, 1, "a test")
     assert await storage.exists(first_key)
     await assert_invariants(pool, storage)
@@ -699,13 +670,6 @@ async def test_an_attempt_that_outlives_its_deadline_is_retried_then_failed_and_
 # -- the store fails -------------------------------------------------------------------------
 
 
-class _Refusing(LocalProvider):
-    """A provider that refuses every prompt (a safety block): final, never retried."""
-
-    async def generate(self, request: ImageRequest) -> ImageResult:
-        raise ContentRefused("blocked by the safety filter")
-
-
 async def test_a_job_that_fails_for_good_removes_what_an_earlier_attempt_left(
     pool: asyncpg.Pool, make_settings: MakeSettings, storage: Storage
 ) -> None:
@@ -719,7 +683,7 @@ async def test_a_job_that_fails_for_good_removes_what_an_earlier_attempt_left(
     crashed_key = generation_key(job_id, 1)
     await storage.put(crashed_key, png_for_prompt("crashed", size=8), "image/png")
     await expire_lease(pool, job_id)
-    async with worker_running(Worker(settings, pool, _Refusing(), storage)) as worker:
+    async with worker_running(Worker(settings, pool, Refusing(), storage)) as worker:
         assert await worker.reap() == 1
         done = await wait_for_end(pool, [job_id])
     assert (done[job_id]["status"], done[job_id]["attempts"]) == ("failed", 2)
